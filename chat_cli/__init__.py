@@ -1,0 +1,3 @@
+"""mixvllm: chat_cli."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""mixvllm: model_server."""
+
+__version__ = "0.1.0"
