@@ -1,0 +1,123 @@
+"""The model-status poller against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from terminal_server.model_status import ModelStatusPoller, model_api_root, parse_prometheus
+
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_requests_running_total 99
+"""
+
+
+class ScriptedModelServer:
+    """A loopback HTTP server whose /v1/models answers follow a script (fault injection)."""
+
+    def __init__(self, codes: list[int], metrics: str | None) -> None:
+        self.codes = codes
+        self.metrics = metrics
+        self.auth_headers: list[str | None] = []
+
+    def app(self) -> tornado.web.Application:
+        script = self
+
+        class Models(tornado.web.RequestHandler):
+            def get(self) -> None:
+                script.auth_headers.append(self.request.headers.get("Authorization"))
+                code = script.codes.pop(0) if len(script.codes) > 1 else script.codes[0]
+                self.set_status(code)
+                if code == 200:
+                    self.write({"object": "list", "data": [{"id": "tiny-model"}]})
+
+        class Metrics(tornado.web.RequestHandler):
+            def get(self) -> None:
+                if script.metrics is None:
+                    raise tornado.web.HTTPError(404)
+                self.write(script.metrics)
+
+        return tornado.web.Application([(r"/v1/models", Models), (r"/metrics", Metrics)])
+
+
+@pytest.fixture
+def scripted_server(request: pytest.FixtureRequest, io_loop: object) -> ScriptedModelServer:
+    codes, metrics = request.param
+    script = ScriptedModelServer(codes, metrics)
+    sock, port = bind_unused_port()
+    server = HTTPServer(script.app())
+    server.add_sockets([sock])
+    script.url = f"http://127.0.0.1:{port}/v1"  # type: ignore[attr-defined]
+    request.addfinalizer(server.stop)
+    return script
+
+
+def test_parse_prometheus_sums_label_sets_and_ignores_lookalikes() -> None:
+    found = parse_prometheus(
+        VLLM_METRICS + 'vllm:num_requests_running{engine="1",model_name="m"} 3\n',
+        ("vllm:num_requests_running", "vllm:kv_cache_usage_perc"),
+    )
+    assert found == {"vllm:num_requests_running": 5.0, "vllm:kv_cache_usage_perc": 0.25}
+
+
+def test_model_api_root_accepts_url_with_or_without_v1() -> None:
+    assert model_api_root("http://h:8000/v1/") == "http://h:8000"
+    assert model_api_root("http://h:8000") == "http://h:8000"
+
+
+@pytest.mark.parametrize("scripted_server", [([503, 200], VLLM_METRICS)], indirect=True)
+@pytest.mark.gen_test
+async def test_loading_then_ready_with_vllm_load_figures(
+    scripted_server: ScriptedModelServer,
+) -> None:
+    poller = ModelStatusPoller(scripted_server.url, api_key="k3y")  # type: ignore[attr-defined]
+    loading = await poller.poll_once()
+    assert loading.state == "loading"
+    assert loading.detail == "HTTP 503"
+    ready = await poller.poll_once()
+    assert ready.state == "ready"
+    assert ready.model == "tiny-model"
+    assert (ready.running, ready.waiting, ready.kv_cache_usage) == (2.0, 1.0, 0.25)
+    assert ready.since >= loading.since
+    assert scripted_server.auth_headers == ["Bearer k3y", "Bearer k3y"]
+
+
+@pytest.mark.parametrize("scripted_server", [([200], None)], indirect=True)
+@pytest.mark.gen_test
+async def test_server_without_metrics_degrades_quietly(
+    scripted_server: ScriptedModelServer,
+) -> None:
+    poller = ModelStatusPoller(scripted_server.url)  # type: ignore[attr-defined]
+    status = await poller.poll_once()
+    assert status.state == "ready"
+    assert status.model == "tiny-model"
+    assert (status.running, status.waiting, status.kv_cache_usage) == (None, None, None)
+
+
+@pytest.mark.parametrize("scripted_server", [([401], None)], indirect=True)
+@pytest.mark.gen_test
+async def test_rejected_key_is_reported(scripted_server: ScriptedModelServer) -> None:
+    status = await ModelStatusPoller(scripted_server.url).poll_once()  # type: ignore[attr-defined]
+    assert status.state == "unauthorized"
+
+
+@pytest.mark.gen_test
+async def test_closed_port_is_unreachable_and_keeps_its_since() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    poller = ModelStatusPoller(f"http://127.0.0.1:{port}", timeout=1.0)
+    first = await poller.poll_once()
+    second = await poller.poll_once()
+    assert first.state == second.state == "unreachable"
+    assert second.since == first.since
+    assert second.as_json(second.since + 5)["for_seconds"] == 5.0
