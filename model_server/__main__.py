@@ -1,9 +1,164 @@
+"""`mixvllm-serve`: launch a model profile, wait for a server, or run everything (`up`).
+
+mixvllm-serve [serve] [--profile NAME] [overrides] [--dry-run | --list] [-- ENGINE ARGS]
+mixvllm-serve wait URL [--timeout S]
+mixvllm-serve up [--profile NAME] [--model-port P] [--terminal-port P]
+mixvllm-serve key
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
 import sys
+from collections.abc import Mapping, Sequence
+
+from model_server import config, health, launch, profiles, up
+
+PROG = "mixvllm-serve"
+COMMANDS = ("serve", "wait", "up", "key")
 
 
-def main() -> int:
-    print("model_server: not implemented yet", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Model server launcher: vLLM profiles, the embedded llama.cpp default, "
+        "readiness waiting, and `up` (model server + browser terminal).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{serve,wait,up,key}")
+
+    serve = sub.add_parser(
+        "serve",
+        help="exec the engine for a profile (the default command)",
+        description="Exec the profile's engine; flags override env vars, which override the "
+        "profile. Arguments after `--` go to the engine unchanged.",
+    )
+    config.add_profile_flags(serve)
+    serve.add_argument("--dry-run", action="store_true", help="print the engine command and exit")
+    serve.add_argument("--list", action="store_true", help="list the profiles and exit")
+
+    wait = sub.add_parser(
+        "wait",
+        help="wait until a model server is ready",
+        description="Poll URL/health (vLLM) or URL/v1/models (llama.cpp) until it answers. "
+        f"Uses ${config.API_KEY_ENV} (or the local key) for /v1/models.",
+    )
+    wait.add_argument("url", help="server URL, with or without /v1")
+    wait.add_argument("--timeout", type=float, default=600.0, help="seconds (default: 600)")
+    wait.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    wait.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    up_parser = sub.add_parser(
+        "up",
+        help="run the model server and the browser terminal together",
+        description="Start the model server, wait until it answers a chat completion, start "
+        "mixvllm-terminal pointed at it, print the URL with the token; Ctrl-C stops both.",
+    )
+    up.add_flags(up_parser)
+
+    sub.add_parser(
+        "key",
+        help="print the model server's API key",
+        description=f"Print ${config.API_KEY_ENV}, else the local key "
+        "(generated on first use), e.g. export VLLM_API_KEY=$(mixvllm-serve key).",
+    )
+    return parser
+
+
+def _split_engine_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def list_profiles() -> str:
+    rows = [("NAME", "ENGINE", "MODEL", "TPxPP", "DESCRIPTION")]
+    for name in profiles.available():
+        p = profiles.load(name)
+        marker = " (default)" if name == profiles.DEFAULT_PROFILE else ""
+        parallel = f"{p.tensor_parallel_size}x{p.pipeline_parallel_size}"
+        rows.append((name + marker, p.engine, str(p.model), parallel, p.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        for r in rows
+    )
+
+
+def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.list:
+        print(list_profiles())
+        return 0
+    cfg = config.build(args, env)
+    command = launch.build_command(cfg, env=env)
+    if cfg.dry_run:
+        for warning in command.warnings:
+            print(f"# warning: {warning}", file=sys.stderr)
+        for line in command.env_lines():
+            print(f"# env: {line}", file=sys.stderr)
+        print(command.shell_line())
+        return 0
+    launch.check_engine(cfg, command)
+    p = cfg.profile
+    print(
+        f"{PROG}: profile {p.name!r}: {p.engine} serving {p.served_model_name!r} on "
+        f"http://{p.host}:{p.port}/v1 (API key from {cfg.api_key_source})",
+        file=sys.stderr,
+    )
+    launch.exec_engine(command)
+
+
+def wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        key: str | None = config.resolve_api_key(env, create=False)[0]
+    except config.ConfigError:
+        key = None
+
+    def progress(line: str) -> None:
+        print(f"{PROG} wait: {line}", file=sys.stderr, flush=True)
+
+    took = health.wait(
+        args.url,
+        timeout=args.timeout,
+        api_key=key,
+        interval=args.interval,
+        progress=None if args.quiet else progress,
+    )
+    if not args.quiet:
+        progress(f"{health.root_url(args.url)} is ready after {took:.1f}s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, engine_args = _split_engine_args(argv)
+    if not own or own[0] not in (*COMMANDS, "-h", "--help"):
+        own.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(own)
+    args.engine_args = engine_args
+    if engine_args and args.command != "serve":
+        parser.error("arguments after `--` are only for `serve`")
+    env = os.environ
+    try:
+        if args.command == "wait":
+            return wait(args, env)
+        if args.command == "up":
+            return up.run(up.build(args, env), env)
+        if args.command == "key":
+            print(config.resolve_api_key(env)[0])
+            return 0
+        return serve(args, env)
+    except (profiles.ProfileError, config.ConfigError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (launch.LaunchError, health.NotReady, up.UpError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""Build the exact engine command for a profile, and exec it.
+
+The launcher replaces itself with the engine (os.execvpe), so signals from a terminal,
+compose or systemd reach the engine directly and its exit code is the container's.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
+from model_server.profiles import PackageFile, Profile, sampling_json
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# llama_cpp.server reads its settings from env too (pydantic-settings, no prefix).
+LLAMA_CPP_API_KEY_ENV = "API_KEY"
+
+
+class LaunchError(Exception):
+    """The engine or the model cannot be found or started."""
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    argv: tuple[str, ...]
+    # Added to the launcher's environment; the API key travels here, not in argv (ps).
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: frozenset[str] = frozenset()
+    # Dry runs only: what would stop a real start (e.g. the model is not installed yet).
+    warnings: tuple[str, ...] = ()
+
+    def shell_line(self) -> str:
+        return shlex.join(self.argv)
+
+    def env_lines(self) -> list[str]:
+        return [
+            f"{k}={'<hidden>' if k in self.secret_env else shlex.quote(v)}"
+            for k, v in sorted(self.env.items())
+        ]
+
+
+def _hint(profile: Profile) -> str:
+    return f" ({profile.install_hint})" if profile.install_hint else ""
+
+
+def package_file(spec: PackageFile) -> Path:
+    """Locate a file inside an installed package without importing the package."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None:
+        raise LaunchError(f"model package {spec.package!r} is not installed")
+    roots = list(found.submodule_search_locations or [])
+    if not roots and found.origin:
+        roots = [str(Path(found.origin).parent)]
+    for root in roots:
+        matches = sorted(
+            glob.glob(os.path.join(glob.escape(root), "**", spec.pattern), recursive=True)
+        )
+        if matches:
+            return Path(matches[0])
+    raise LaunchError(f"model package {spec.package!r} has no file matching {spec.pattern!r}")
+
+
+def resolve_model(profile: Profile, cwd: Path) -> str:
+    model = profile.model
+    try:
+        if isinstance(model, PackageFile):
+            return str(package_file(model))
+        if model.startswith(("./", "../", ".models/", "/", "~")):
+            path = (cwd / Path(model).expanduser()).resolve()
+            if not path.exists():
+                raise LaunchError(f"model path {path} does not exist")
+            return str(path)
+    except LaunchError as exc:
+        raise LaunchError(f"{exc}{_hint(profile)}") from exc
+    return model
+
+
+def vllm_binary(env: Mapping[str, str], cwd: Path) -> str:
+    configured = env.get(VLLM_BIN_ENV, "").strip()
+    if configured:
+        return configured
+    for root in (cwd, PROJECT_ROOT):
+        candidate = root / ".venv-vllm" / "bin" / "vllm"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("vllm", path=env.get("PATH")) or "vllm"
+
+
+def _vllm_argv(p: Profile, model: str, binary: str) -> list[str]:
+    argv = [binary, "serve", model, "--served-model-name", p.served_model_name]
+    argv += ["--host", p.host, "--port", str(p.port)]
+    argv += ["--tensor-parallel-size", str(p.tensor_parallel_size)]
+    argv += ["--pipeline-parallel-size", str(p.pipeline_parallel_size)]
+    if p.distributed_executor_backend:
+        argv += ["--distributed-executor-backend", p.distributed_executor_backend]
+    if p.max_model_len:
+        argv += ["--max-model-len", str(p.max_model_len)]
+    if p.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{p.gpu_memory_utilization:g}"]
+    if p.dtype:
+        argv += ["--dtype", p.dtype]
+    if p.quantization:
+        argv += ["--quantization", p.quantization]
+    if p.enable_prefix_caching:
+        argv.append("--enable-prefix-caching")
+    if p.reasoning_parser:
+        argv += ["--reasoning-parser", p.reasoning_parser]
+    if p.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", p.tool_call_parser]
+    if p.sampling:
+        # Merged over the model's own generation_config.json (--generation-config auto).
+        argv += ["--generation-config", "auto", "--override-generation-config", sampling_json(p)]
+    return argv
+
+
+def _llama_cpp_argv(p: Profile, model: str, python: str) -> list[str]:
+    threads = str(p.threads or os.cpu_count() or 1)
+    argv = [
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        model,
+        "--model_alias",
+        p.served_model_name,
+    ]
+    argv += ["--host", p.host, "--port", str(p.port)]
+    if p.max_model_len:
+        argv += ["--n_ctx", str(p.max_model_len)]
+    argv += ["--n_threads", threads, "--n_threads_batch", threads]
+    # The default cancels a running answer whenever another request arrives: wrong for a
+    # server shared by several terminal sessions.
+    argv += ["--interrupt_requests", "False"]
+    return argv
+
+
+def build_command(
+    config: ServeConfig, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> EngineCommand:
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    p = config.profile
+    warnings: tuple[str, ...] = ()
+    try:
+        model = resolve_model(p, cwd)
+    except LaunchError as exc:
+        if not config.dry_run:
+            raise
+        model, warnings = f"<{p.model}>", (str(exc),)
+    extra_env = dict(p.env)
+    if p.engine == "vllm":
+        argv = _vllm_argv(p, model, vllm_binary(env, cwd))
+        key_env = API_KEY_ENV
+    else:
+        argv = _llama_cpp_argv(p, model, sys.executable)
+        key_env = LLAMA_CPP_API_KEY_ENV
+    argv += [*p.extra_args, *config.extra_args]
+    secret: frozenset[str] = frozenset()
+    if config.api_key:
+        extra_env[key_env] = config.api_key
+        secret = frozenset({key_env})
+    return EngineCommand(argv=tuple(argv), env=extra_env, secret_env=secret, warnings=warnings)
+
+
+def check_engine(config: ServeConfig, command: EngineCommand) -> None:
+    """Fail early, with the install hint, when the engine is not installed."""
+    p = config.profile
+    if p.engine == "llama.cpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LaunchError(f"llama-cpp-python is not installed{_hint(p)}")
+        return
+    binary = command.argv[0]
+    found = shutil.which(binary) if os.sep not in binary else binary
+    if not found or not os.access(found, os.X_OK):
+        raise LaunchError(
+            f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
+        )
+
+
+def exec_engine(command: EngineCommand) -> NoReturn:
+    env = {**os.environ, **command.env}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command.argv[0], list(command.argv), env)  # noqa: S606
+    except OSError as exc:
+        raise LaunchError(f"cannot start {command.argv[0]}: {exc.strerror or exc}") from exc

@@ -1,0 +1,242 @@
+"""`mixvllm-serve up`: the model server and the terminal server together, as one command.
+
+Each child runs in its own process group, so Ctrl-C reaches only this supervisor, which
+then stops the terminal first and the model server second (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from model_server import config, health
+
+TERMINAL_ENV_PREFIX = "MIXVLLM_TERMINAL_"
+STOP_GRACE_S = 10.0
+
+
+class UpError(Exception):
+    """A child failed to start or died."""
+
+
+class _Stop(Exception):
+    """Raised from the signal handler to unwind whatever the main thread is doing."""
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    profile_args: argparse.Namespace
+    model_host: str
+    model_port: int
+    terminal_host: str
+    terminal_port: int
+    token: str
+    api_key: str
+    timeout: float
+    log_path: Path
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--profile", help=f"model profile [${config.ENV['profile']}] (default: embedded)")
+    add("--model-port", help=f"model server port [${config.ENV['port']}] (default: the profile's)")
+    add(
+        "--terminal-host",
+        help=f"terminal bind address [${TERMINAL_ENV_PREFIX}HOST] (default: 127.0.0.1)",
+    )
+    add("--terminal-port", help=f"terminal port [${TERMINAL_ENV_PREFIX}PORT] (default: 8888)")
+    add(
+        "--timeout",
+        help="seconds to wait for the model's first answer [$MIXVLLM_MODEL_TIMEOUT] (default: 600)",
+    )
+
+
+def _port(raw: str, what: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 0 < value < 65536:
+        raise config.ConfigError(f"{what}: must be a port number 1..65535, got {raw!r}")
+    return value
+
+
+def build(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
+    profile_args = argparse.Namespace(profile=args.profile)
+    if args.model_port is not None:
+        profile_args.port = args.model_port
+    profile = config.load_profile(profile_args, env)
+    raw_timeout = args.timeout or env.get("MIXVLLM_MODEL_TIMEOUT") or "600"
+    try:
+        timeout = float(raw_timeout)
+    except ValueError:
+        timeout = -1.0
+    if timeout <= 0:
+        raise config.ConfigError(f"--timeout: must be a positive number, got {raw_timeout!r}")
+    terminal_port = args.terminal_port or env.get(TERMINAL_ENV_PREFIX + "PORT") or "8888"
+    terminal_host = args.terminal_host or env.get(TERMINAL_ENV_PREFIX + "HOST") or "127.0.0.1"
+    token = env.get(TERMINAL_ENV_PREFIX + "TOKEN") or secrets.token_urlsafe(24)
+    api_key, _ = config.resolve_api_key(env)
+    return UpConfig(
+        profile_args=profile_args,
+        model_host=profile.host,
+        model_port=profile.port,
+        terminal_host=terminal_host,
+        terminal_port=_port(str(terminal_port), "--terminal-port"),
+        token=token,
+        api_key=api_key,
+        timeout=timeout,
+        log_path=config.state_dir(env) / "model-server.log",
+    )
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _http_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UpError(f"{what} port {port} on {host} is not free ({exc.strerror})") from exc
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> int:
+    """SIGTERM the child's process group, SIGKILL it after `grace` seconds; reap it."""
+    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    # Leftovers of the group (e.g. engine workers) go too.
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_tcp(host: str, port: int, timeout: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise UpError("the terminal server exited during start-up")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise UpError(f"the terminal server did not listen on {host}:{port} within {timeout:g}s")
+
+
+def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int:
+    def say(line: str) -> None:
+        print(f"mixvllm-serve up: {line}", file=out, flush=True)
+
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop_requested.is_set():
+            stop_requested.set()
+            raise _Stop
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        check_port_free(cfg.model_host, cfg.model_port, "model server")
+        check_port_free(cfg.terminal_host, cfg.terminal_port, "terminal")
+        model_url = f"http://{_http_host(_connect_host(cfg.model_host))}:{cfg.model_port}/v1"
+        child_env = {**env, config.API_KEY_ENV: cfg.api_key}
+        cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            log = stack.enter_context(cfg.log_path.open("wb"))
+            model_cmd = [sys.executable, "-m", "model_server", "--port", str(cfg.model_port)]
+            if cfg.profile_args.profile:
+                model_cmd += ["--profile", cfg.profile_args.profile]
+            model = subprocess.Popen(
+                model_cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            children.append(model)
+        profile = config.load_profile(cfg.profile_args, env)
+        say(f"starting model server {profile.name!r} at {model_url} (log: {cfg.log_path})")
+        try:
+            health.wait(
+                model_url,
+                timeout=cfg.timeout,
+                api_key=cfg.api_key,
+                progress=say,
+                alive=lambda: model.poll() is None,
+            )
+            health.first_answer(model_url, model=profile.served_model_name, api_key=cfg.api_key)
+        except health.NotReady as exc:
+            tail = _tail(cfg.log_path)
+            raise UpError(f"{exc}\n--- last lines of {cfg.log_path} ---\n{tail}") from exc
+        say(f"model {profile.served_model_name!r} answers")
+
+        terminal_env = {
+            **child_env,
+            "MODEL_SERVER_URL": model_url,
+            TERMINAL_ENV_PREFIX + "TOKEN": cfg.token,
+        }
+        terminal = subprocess.Popen(
+            [sys.executable, "-m", "terminal_server",
+             "--host", cfg.terminal_host, "--port", str(cfg.terminal_port)],
+            env=terminal_env, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        children.append(terminal)
+        _wait_tcp(
+            _connect_host(cfg.terminal_host), cfg.terminal_port, 30.0,
+            lambda: terminal.poll() is None,
+        )  # fmt: skip
+        host = _http_host(cfg.terminal_host)
+        say(f"open http://{host}:{cfg.terminal_port}/?token={cfg.token}")
+        say("press Ctrl-C to stop both servers")
+        while True:
+            for name, proc in (("model server", model), ("terminal server", terminal)):
+                code = proc.poll()
+                if code is not None:
+                    raise UpError(f"the {name} exited unexpectedly (exit code {code})")
+            stop_requested.wait(0.5)
+    except _Stop:
+        say("stopping")
+        return 0
+    finally:
+        for sig in previous:
+            signal.signal(sig, lambda s, f: None)  # a second Ctrl-C must not cut the cleanup
+        for proc in reversed(children):
+            stop_process(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
