@@ -1,0 +1,250 @@
+// mixvllm browser terminal: owns the socket, resize, reconnect and flow control.
+// Wire protocol (see terminal_server/protocol.py): ["stdin", s], ["set_size", rows, cols],
+// ["ack", frames] up; ["setup", {...}], ["stdout", s], ["disconnect", code], ["error", msg] down.
+"use strict";
+
+(function () {
+  const MSG = Object.freeze({
+    STDIN: "stdin", SET_SIZE: "set_size", ACK: "ack",
+    SETUP: "setup", STDOUT: "stdout", DISCONNECT: "disconnect", ERROR: "error",
+  });
+  const CLOSE = Object.freeze({ TAKEN_OVER: 4001, SESSION_ENDED: 4002, TRY_LATER: 1013 });
+  const THEMES = {
+    dark: { background: "#1e1e1e", foreground: "#d4d4d4", cursor: "#d4d4d4",
+            selectionBackground: "#264f78" },
+    light: { background: "#fafafa", foreground: "#1e1e1e", cursor: "#1e1e1e",
+             selectionBackground: "#add6ff" },
+  };
+  const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
+
+  const params = new URLSearchParams(location.search);
+  const settings = {
+    fontSize: clampInt(params.get("fontSize"), 6, 48, 14),
+    theme: THEMES[params.get("theme")] ? params.get("theme") : "dark",
+  };
+  let sessionId = params.get("session");
+
+  const term = new Terminal({
+    fontSize: settings.fontSize,
+    fontFamily: "'DejaVu Sans Mono', Menlo, Consolas, monospace",
+    theme: THEMES[settings.theme],
+    cursorBlink: true,
+    scrollback: 10000,
+  });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.loadAddon(new WebLinksAddon.WebLinksAddon((event, uri) => {
+    const w = window.open(uri, "_blank", "noopener,noreferrer");
+    if (w) w.opener = null;
+  }));
+  if (window.ClipboardAddon) term.loadAddon(new ClipboardAddon.ClipboardAddon());
+  term.open(document.getElementById("terminal"));
+  applyTheme();
+  fit.fit();
+
+  let ws = null;
+  let attempt = 0;
+  let reconnectTimer = null;
+  let pendingAcks = 0;
+  let ackScheduled = false;
+  let lastError = "";
+
+  // -- socket ---------------------------------------------------------------------------
+  function socketUrl() {
+    const url = new URL("ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    const q = new URLSearchParams();
+    if (sessionId) q.set("session", sessionId);
+    q.set("rows", String(term.rows));
+    q.set("cols", String(term.cols));
+    for (const name of ["model", "system"]) {
+      if (params.get(name)) q.set(name, params.get(name));
+    }
+    url.search = q.toString();
+    return url.toString();
+  }
+
+  function connect() {
+    reconnectTimer = null;
+    lastError = "";
+    const sock = new WebSocket(socketUrl());
+    ws = sock;
+    sock.onopen = () => { attempt = 0; };
+    sock.onmessage = (event) => { if (ws === sock) onMessage(event.data); };
+    sock.onclose = (event) => { if (ws === sock) onClose(event); };
+  }
+
+  function send(msg) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+  }
+
+  function ackLater() {
+    // Acknowledge frames once xterm.js has parsed them; coalesce into one message.
+    pendingAcks += 1;
+    if (ackScheduled) return;
+    ackScheduled = true;
+    queueMicrotask(() => {
+      ackScheduled = false;
+      if (pendingAcks > 0) send([MSG.ACK, pendingAcks]);
+      pendingAcks = 0;
+    });
+  }
+
+  function onMessage(data) {
+    let msg;
+    try { msg = JSON.parse(data); } catch (e) { return; }
+    if (!Array.isArray(msg)) return;
+    switch (msg[0]) {
+      case MSG.SETUP: {
+        const info = msg[1] || {};
+        term.reset();  // a reattach replays recent output from a clean screen
+        pendingAcks = 0;
+        if (sessionId && !info.reattached) {
+          term.write("\x1b[33m[previous session is gone; this is a new one]\x1b[0m\r\n");
+        }
+        sessionId = info.session;
+        setUrlParam("session", sessionId);
+        document.title = `mixvllm · ${sessionId}`;
+        hideOverlay();
+        send([MSG.SET_SIZE, term.rows, term.cols]);
+        break;
+      }
+      case MSG.STDOUT:
+        term.write(msg[1], ackLater);
+        break;
+      case MSG.DISCONNECT:
+        ended(`Session ended (exit ${msg[1]}).`);
+        break;
+      case MSG.ERROR:
+        lastError = String(msg[1]);
+        break;
+    }
+  }
+
+  function onClose(event) {
+    ws = null;
+    if (event.code === CLOSE.SESSION_ENDED) { ended("Session ended."); return; }
+    if (event.code === CLOSE.TAKEN_OVER) {
+      showOverlay("This session was opened in another tab.", "Use it here", connect);
+      return;
+    }
+    const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)]
+      * (event.code === CLOSE.TRY_LATER ? 4 : 1);
+    attempt += 1;
+    const why = lastError || event.reason || "connection lost";
+    showOverlay(`${why} — reconnecting in ${(delay / 1000).toFixed(1)} s…`, "Reconnect now", () => {
+      clearTimeout(reconnectTimer);
+      connect();
+    });
+    reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function ended(text) {
+    ws = null;
+    showOverlay(text, "Start a new session", () => {
+      sessionId = null;
+      setUrlParam("session", null);
+      connect();
+    });
+  }
+
+  // -- overlay, settings, controls ------------------------------------------------------
+  function showOverlay(text, actionLabel, action) {
+    document.getElementById("overlay-text").textContent = text;
+    const button = document.getElementById("overlay-action");
+    button.hidden = !actionLabel;
+    button.textContent = actionLabel || "";
+    button.onclick = action || null;
+    document.getElementById("overlay").hidden = false;
+  }
+
+  function hideOverlay() {
+    document.getElementById("overlay").hidden = true;
+    term.focus();
+  }
+
+  function setUrlParam(name, value) {
+    const url = new URL(location.href);
+    if (value === null || value === undefined) url.searchParams.delete(name);
+    else url.searchParams.set(name, value);
+    history.replaceState(null, "", url);
+  }
+
+  function applyTheme() {
+    term.options.theme = THEMES[settings.theme];
+    term.options.fontSize = settings.fontSize;
+    document.body.classList.toggle("light", settings.theme === "light");
+  }
+
+  const fontInput = document.getElementById("font-size");
+  const themeSelect = document.getElementById("theme");
+  fontInput.value = String(settings.fontSize);
+  themeSelect.value = settings.theme;
+  fontInput.addEventListener("change", () => {
+    settings.fontSize = clampInt(fontInput.value, 6, 48, settings.fontSize);
+    fontInput.value = String(settings.fontSize);
+    setUrlParam("fontSize", String(settings.fontSize));
+    applyTheme();
+    fit.fit();
+  });
+  themeSelect.addEventListener("change", () => {
+    settings.theme = THEMES[themeSelect.value] ? themeSelect.value : "dark";
+    setUrlParam("theme", settings.theme);
+    applyTheme();
+  });
+  document.getElementById("settings").addEventListener("submit", (e) => e.preventDefault());
+  document.getElementById("settings-toggle").addEventListener("click", (e) => {
+    const panel = document.getElementById("settings");
+    panel.hidden = !panel.hidden;
+    e.currentTarget.setAttribute("aria-expanded", String(!panel.hidden));
+  });
+  document.getElementById("new-session").addEventListener("click", () => {
+    const url = new URL(location.href);
+    url.searchParams.delete("session");
+    window.open(url.toString(), "_blank", "noopener");
+  });
+
+  // -- input, clipboard, resize ---------------------------------------------------------
+  term.onData((data) => send([MSG.STDIN, data]));
+  term.onResize(({ rows, cols }) => send([MSG.SET_SIZE, rows, cols]));
+  term.onTitleChange((title) => {
+    document.title = title ? `${title} · ${sessionId}` : `mixvllm · ${sessionId}`;
+  });
+  term.onSelectionChange(() => {
+    const text = term.getSelection();
+    if (text && navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
+  });
+  term.attachCustomKeyEventHandler((e) => {
+    if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
+    if (e.code === "KeyC") {
+      const text = term.getSelection();
+      if (text && navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
+      return false;
+    }
+    if (e.code === "KeyV") {
+      if (navigator.clipboard && navigator.clipboard.readText) {
+        navigator.clipboard.readText().then((t) => term.paste(t)).catch(() => {});
+      }
+      return false;
+    }
+    return true;
+  });
+  let resizeFrame = 0;
+  window.addEventListener("resize", () => {
+    cancelAnimationFrame(resizeFrame);
+    resizeFrame = requestAnimationFrame(() => fit.fit());
+  });
+
+  function clampInt(value, lo, hi, fallback) {
+    const n = Number.parseInt(value, 10);
+    return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : fallback;
+  }
+
+  // A small handle for debugging from the console (and for the browser test).
+  window.mixvllm = {
+    term,
+    get sessionId() { return sessionId; },
+    get connected() { return ws !== null && ws.readyState === WebSocket.OPEN; },
+  };
+  connect();
+})();

@@ -1,0 +1,151 @@
+"""The Tornado application and the serve loop (signals, startup banner, clean shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from . import protocol
+from .config import Config
+from .handlers import (
+    Context,
+    GuardedStaticHandler,
+    HealthHandler,
+    MetricsHandler,
+    PageHandler,
+    TermSocket,
+    log_request,
+)
+from .metrics import Metrics
+from .terminals import SessionManager
+
+log = logging.getLogger("mixvllm.terminal")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+VENDOR_SUBDIR = Path("node_modules", "@xterm")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message is meant for the operator."""
+
+
+def make_app(ctx: Context) -> web.Application:
+    base = ctx.config.base_path
+    vendor = ctx.static_dir / VENDOR_SUBDIR
+    kw: dict[str, Any] = {"ctx": ctx}
+    routes: list[Any] = [
+        (base, PageHandler, kw),
+        (base + "ws", TermSocket, kw),
+        (base + "healthz", HealthHandler, kw),
+        (base + "metrics", MetricsHandler, kw),
+        (
+            base + r"static/(terminal\.js|terminal\.css)",
+            GuardedStaticHandler,
+            {"path": str(ctx.static_dir), **kw},
+        ),
+        (base + r"vendor/(.*)", GuardedStaticHandler, {"path": str(vendor), **kw}),
+    ]
+    if base != "/":
+        routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
+    return web.Application(
+        routes,
+        websocket_max_message_size=ctx.config.max_message_bytes,
+        log_function=log_request,
+        xheaders=False,
+    )
+
+
+def make_context(config: Config, static_dir: Path = STATIC_DIR) -> Context:
+    token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
+    metrics = Metrics()
+    return Context(
+        config=config,
+        manager=SessionManager(config, metrics),
+        metrics=metrics,
+        token=token,
+        static_dir=static_dir,
+    )
+
+
+def check_static(static_dir: Path) -> None:
+    if not (static_dir / VENDOR_SUBDIR / "xterm" / "lib" / "xterm.js").is_file():
+        raise StartupError(
+            f"xterm.js is missing under {static_dir / VENDOR_SUBDIR}: run `make static` "
+            "(or `cd static && npm ci`)"
+        )
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load TLS certificate/key: {exc}") from exc
+    return ctx
+
+
+def public_url(ctx: Context) -> str:
+    cfg = ctx.config
+    host = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"{cfg.scheme}://{host}:{cfg.port}{cfg.base_path}"
+    # Print the token only when we generated it; a configured one is the operator's secret.
+    if ctx.token is not None and cfg.token is None:
+        url += f"?token={ctx.token}"
+    return url
+
+
+async def close_clients(ctx: Context, timeout: float = 2.0) -> None:
+    for sock in list(ctx.sockets):
+        sock.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+    deadline = time.monotonic() + timeout
+    while ctx.sockets and time.monotonic() < deadline:  # noqa: ASYNC110 - a set, not an event
+        await asyncio.sleep(0.01)
+
+
+async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; then close clients with 1001, reap every session, return 0."""
+    check_static(STATIC_DIR)
+    ssl_ctx = _ssl_context(config)
+    try:
+        sockets = netutil.bind_sockets(config.port, config.host)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    port = sockets[0].getsockname()[1]
+    ctx = make_context(dataclasses.replace(config, port=port))
+    server = httpserver.HTTPServer(make_app(ctx), ssl_options=ssl_ctx)
+    server.add_sockets(sockets)
+    ctx.manager.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    (announce or _print)(public_url(ctx))
+    await stop.wait()
+
+    log.info("shutting down")
+    server.stop()
+    await close_clients(ctx)
+    await ctx.manager.shutdown()
+    await server.close_all_connections()
+    return 0
+
+
+def _print(url: str) -> None:
+    print(f"mixvllm-terminal: open {url}", flush=True)
+    print("mixvllm-terminal: press Ctrl-C to stop", file=sys.stderr, flush=True)

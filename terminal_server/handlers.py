@@ -1,0 +1,350 @@
+"""HTTP and WebSocket handlers. Every request passes `guard()`: Host check, then the token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode, urlparse
+
+from tornado import httputil, web, websocket
+
+from . import __version__, protocol
+from .config import Config, is_loopback_host
+from .metrics import Metrics
+from .terminals import (
+    InputOverflowError,
+    Session,
+    SessionLimitError,
+    SessionManager,
+    SessionStartError,
+)
+
+log = logging.getLogger("mixvllm.terminal")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+MAX_CHAT_ARG = 4096
+
+
+@dataclass
+class Context:
+    """Everything the handlers share; injected through `initialize`, never global."""
+
+    config: Config
+    manager: SessionManager
+    metrics: Metrics
+    token: str | None  # None only with --no-auth
+    static_dir: Path
+    sockets: set[TermSocket] = field(default_factory=set)
+
+    @property
+    def cookie_name(self) -> str:
+        return f"mixvllm_token_{self.config.port}"
+
+
+def redacted_path(request: httputil.HTTPServerRequest) -> str:
+    """The request path without its query string, which may carry the token."""
+    return request.path
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Access log without query strings (tokens never reach the logs)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING
+    ms = 1000.0 * handler.request.request_time()
+    log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path, ms)
+
+
+def _host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
+    if not ctx.config.is_loopback:
+        return True
+    host = request.host or ""
+    hostname = urlparse(f"//{host}").hostname or ""
+    return is_loopback_host(hostname)
+
+
+def _token_ok(ctx: Context, candidate: str | None) -> bool:
+    if ctx.token is None:
+        return True
+    if not candidate:
+        return False
+    return hmac.compare_digest(candidate.encode(), ctx.token.encode())
+
+
+def _presented_token(handler: web.RequestHandler, ctx: Context) -> str | None:
+    auth = handler.request.headers.get("Authorization", "")
+    if auth.startswith(("Bearer ", "token ")):
+        return auth.split(" ", 1)[1].strip()
+    return handler.get_cookie(ctx.cookie_name)
+
+
+def guard(handler: web.RequestHandler, ctx: Context) -> bool:
+    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
+    reason = None
+    if not _host_allowed(ctx, handler.request):
+        reason, text = "host", "Host not allowed: this server only answers to localhost names."
+    elif not _token_ok(ctx, _presented_token(handler, ctx)):
+        reason, text = "token", "Token required: open the URL printed when the server started."
+    if reason is None:
+        return True
+    ctx.metrics.rejected[reason] += 1
+    log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
+    handler.set_status(403)
+    handler.set_header("Content-Type", "text/plain; charset=utf-8")
+    handler.finish(text + "\n")
+    return False
+
+
+def _security_headers(handler: web.RequestHandler) -> None:
+    handler.set_header("Referrer-Policy", "no-referrer")
+    handler.set_header("Content-Security-Policy", CSP)
+    handler.set_header("X-Content-Type-Options", "nosniff")
+    handler.set_header("X-Frame-Options", "DENY")
+    handler.set_header("Cross-Origin-Opener-Policy", "same-origin")
+
+
+class GuardedHandler(web.RequestHandler):
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        _security_headers(self)
+        self.set_header("Cache-Control", "no-store")
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redacted_path(self.request)}"
+
+    def prepare(self) -> None:
+        guard(self, self.ctx)
+
+
+class PageHandler(GuardedHandler):
+    def prepare(self) -> None:
+        # A ?token= is swapped for a cookie and dropped from the address bar.
+        token = self.get_query_argument("token", None)
+        if token is None or not _host_allowed(self.ctx, self.request):
+            guard(self, self.ctx)
+            return
+        if not _token_ok(self.ctx, token):
+            self.ctx.metrics.rejected["token"] += 1
+            log.warning("refused %s %s: bad token", self.request.method, self.request.path)
+            self.set_status(403)
+            self.finish("Wrong token.\n")
+            return
+        if self.ctx.token is not None:
+            self.set_cookie(
+                self.ctx.cookie_name,
+                self.ctx.token,
+                httponly=True,
+                samesite="Strict",
+                secure=self.ctx.config.certfile is not None,
+                path=self.ctx.config.base_path,
+            )
+        rest = [
+            (k, v.decode("utf-8", "replace"))
+            for k, values in self.request.query_arguments.items()
+            if k != "token"
+            for v in values
+        ]
+        self.redirect(self.request.path + (f"?{urlencode(rest)}" if rest else ""))
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish((self.ctx.static_dir / "index.html").read_bytes())
+
+
+class GuardedStaticHandler(web.StaticFileHandler):
+    def initialize(
+        self,
+        path: str,
+        default_filename: str | None = None,
+        allowed_symlink_directory: str | list[str] | None = None,
+        ctx: Context | None = None,
+    ) -> None:
+        super().initialize(path, default_filename, allowed_symlink_directory)
+        assert ctx is not None
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        _security_headers(self)
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redacted_path(self.request)}"
+
+    def prepare(self) -> None:
+        guard(self, self.ctx)
+
+
+class HealthHandler(GuardedHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        body = {
+            "status": "ok",
+            "sessions": len(self.ctx.manager.sessions),
+            "clients": self.ctx.manager.clients(),
+            "max_sessions": self.ctx.config.max_sessions,
+            "version": __version__,
+        }
+        self.finish(json.dumps(body))
+
+
+class MetricsHandler(GuardedHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(
+            self.ctx.metrics.render(
+                sessions=len(self.ctx.manager.sessions),
+                clients=self.ctx.manager.clients(),
+                version=__version__,
+            )
+        )
+
+
+class TermSocket(websocket.WebSocketHandler):
+    """One browser tab attached to one session."""
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.session: Session | None = None
+        self.peer = "?"
+
+    def set_default_headers(self) -> None:
+        _security_headers(self)
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redacted_path(self.request)}"
+
+    def prepare(self) -> None:
+        guard(self, self.ctx)
+
+    def check_origin(self, origin: str) -> bool:
+        origin = origin.rstrip("/")
+        ok = False
+        if origin != "null":
+            if origin in self.ctx.config.allowed_origins:
+                ok = True
+            else:
+                parsed = urlparse(origin)
+                ok = parsed.scheme in ("http", "https") and (
+                    parsed.netloc.lower() == (self.request.host or "").lower()
+                )
+        if not ok:
+            self.ctx.metrics.rejected["origin"] += 1
+            log.warning("refused WebSocket from origin %r", origin[:100])
+        return ok
+
+    def _chat_args(self) -> list[str]:
+        args: list[str] = []
+        for name in ("model", "system"):
+            value = self.get_query_argument(name, None)
+            if value and len(value) <= MAX_CHAT_ARG and "\x00" not in value:
+                args += [f"--{name}", value]
+        return args
+
+    def _size(self) -> tuple[int, int]:
+        try:
+            rows = int(self.get_query_argument("rows", "24") or 24)
+            cols = int(self.get_query_argument("cols", "80") or 80)
+        except ValueError:
+            return 24, 80
+        if 1 <= rows <= protocol.MAX_DIMENSION and 1 <= cols <= protocol.MAX_DIMENSION:
+            return rows, cols
+        return 24, 80
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.peer = self.request.remote_ip or "?"
+        self.ctx.sockets.add(self)
+        session = self.ctx.manager.get(self.get_query_argument("session", None))
+        reattached = session is not None
+        if session is None:
+            rows, cols = self._size()
+            try:
+                session = self.ctx.manager.create(self._chat_args(), rows, cols)
+            except SessionLimitError as exc:
+                self.ctx.metrics.rejected["session_limit"] += 1
+                log.warning("refused a new session from %s: %s", self.peer, exc)
+                self._fail(protocol.CLOSE_TRY_LATER, str(exc))
+                return
+            except SessionStartError as exc:
+                log.error("%s", exc)
+                self._fail(1011, str(exc))
+                return
+        self.session = session
+        self._send(
+            protocol.encode(protocol.SETUP, {"session": session.id, "reattached": reattached})
+        )
+        old = session.attach(self)
+        if isinstance(old, TermSocket):
+            old.session = None
+            old._fail(protocol.CLOSE_TAKEN_OVER, "this session was opened in another tab")
+
+    def _fail(self, code: int, message: str) -> None:
+        self._send(protocol.encode(protocol.ERROR, message))
+        self.close(code, message[:120])
+
+    def _send(self, text: str) -> None:
+        try:
+            fut = self.write_message(text)
+        except websocket.WebSocketClosedError:
+            return
+        fut.add_done_callback(_consume)
+
+    def on_message(self, message: str | bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            msg = protocol.parse_client_message(message)
+        except protocol.ProtocolError as exc:
+            self._protocol_error(
+                protocol.CLOSE_UNSUPPORTED
+                if isinstance(message, bytes)
+                else protocol.CLOSE_INVALID,
+                str(exc),
+            )
+            return
+        if isinstance(msg, protocol.Stdin):
+            try:
+                session.write(msg.data)
+            except InputOverflowError as exc:
+                self._protocol_error(protocol.CLOSE_POLICY, str(exc))
+        elif isinstance(msg, protocol.SetSize):
+            session.resize(msg.rows, msg.cols)
+        elif not session.ack(msg.frames):
+            self._protocol_error(protocol.CLOSE_INVALID, "ack for more frames than were sent")
+
+    def _protocol_error(self, code: int, reason: str) -> None:
+        self.ctx.metrics.protocol_errors += 1
+        log.warning("closing WebSocket from %s: %s", self.peer, reason)
+        if self.session is not None:
+            self.session.detach(self)
+            self.session = None
+        self.close(code, reason[:120])
+
+    def on_close(self) -> None:
+        self.ctx.sockets.discard(self)
+        if self.session is not None:
+            self.session.detach(self)
+            self.session = None
+
+    # -- terminals.Client ---------------------------------------------------------------
+    def send_output(self, text: str) -> None:
+        self._send(protocol.encode(protocol.STDOUT, text))
+
+    def session_ended(self, exit_code: int | None) -> None:
+        self.session = None
+        self._send(protocol.encode(protocol.DISCONNECT, exit_code))
+        self.close(protocol.CLOSE_SESSION_ENDED, "session ended")
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    # A write to a closed socket fails; on_close handles that, nobody awaits the write.
+    if not fut.cancelled():
+        fut.exception()

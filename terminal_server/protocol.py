@@ -1,0 +1,96 @@
+"""The WebSocket wire protocol: message names and validation of incoming frames.
+
+Close to terminado's (`["stdin", s]`, `["stdout", s]`, `["set_size", rows, cols]`), plus
+`["ack", frames]`: the page acknowledges stdout frames once xterm.js has consumed them, which
+is what lets the server stop reading the PTY instead of buffering for a slow client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+# client -> server
+STDIN: Final = "stdin"
+SET_SIZE: Final = "set_size"
+ACK: Final = "ack"
+
+# server -> client
+SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, ...}]
+STDOUT: Final = "stdout"  # ["stdout", text]
+DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
+ERROR: Final = "error"  # ["error", message]: sent just before a close
+
+# WebSocket close codes (RFC 6455 + the private 4000-4999 range).
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001  # server shutting down
+CLOSE_UNSUPPORTED: Final = 1003  # binary frames
+CLOSE_INVALID: Final = 1007  # malformed or invalid message
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_TRY_LATER: Final = 1013  # session cap reached
+CLOSE_TAKEN_OVER: Final = 4001  # the session was attached from another tab
+CLOSE_SESSION_ENDED: Final = 4002  # the program in the session exited
+
+MAX_DIMENSION: Final = 1000  # rows or columns; anything larger is junk
+
+
+class ProtocolError(ValueError):
+    """An incoming frame that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class Stdin:
+    data: str
+
+
+@dataclass(frozen=True)
+class SetSize:
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    frames: int
+
+
+ClientMessage = Stdin | SetSize | Ack
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Validate one text frame from the page; raise ProtocolError on anything unexpected."""
+    if isinstance(raw, bytes):
+        raise ProtocolError("binary frames are not part of the protocol")
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("frame is not valid JSON") from exc
+    if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
+        raise ProtocolError("frame must be a JSON array starting with a message name")
+    name, args = msg[0], msg[1:]
+    if name == STDIN:
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise ProtocolError("stdin takes one string")
+        return Stdin(args[0])
+    if name == SET_SIZE:
+        if len(args) != 2 or not all(_is_int(a) for a in args):
+            raise ProtocolError("set_size takes two integers")
+        rows, cols = args
+        if not (1 <= rows <= MAX_DIMENSION and 1 <= cols <= MAX_DIMENSION):
+            raise ProtocolError(f"set_size out of range: {rows}x{cols}")
+        return SetSize(rows, cols)
+    if name == ACK:
+        if len(args) != 1 or not _is_int(args[0]) or args[0] < 1:
+            raise ProtocolError("ack takes one positive integer")
+        return Ack(args[0])
+    raise ProtocolError(f"unknown message {name[:32]!r}")
+
+
+def encode(name: str, *args: object) -> str:
+    return json.dumps([name, *args], ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,482 @@
+"""PTY sessions: spawn, flow-controlled output, bounded scrollback, escalating shutdown.
+
+Output flow control: each attached client may hold at most `window` characters of output it
+has not acknowledged yet. When the window is full the session stops reading the PTY, the
+kernel's PTY buffer fills, and the program blocks in write() instead of the server
+buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shlex
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from .config import ENV_PREFIX, Config
+from .metrics import Metrics
+
+log = logging.getLogger("mixvllm.terminal")
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+READ_CHUNK = 65536
+FRAME_MAX = 64 * 1024  # characters per stdout frame
+INTERACTIVE_MAX = 1024  # small output with nothing in flight goes out at once (echo)
+COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
+MAX_PENDING_INPUT = 4 * 1024 * 1024
+# (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
+ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
+
+
+class SessionLimitError(RuntimeError):
+    """The server already runs its maximum number of sessions."""
+
+
+class SessionStartError(RuntimeError):
+    """The session's program could not be started."""
+
+
+class InputOverflowError(RuntimeError):
+    """More typed input is queued than the program reads."""
+
+
+class Client(Protocol):
+    """What a session needs from an attached WebSocket."""
+
+    def send_output(self, text: str) -> None: ...
+
+    def session_ended(self, exit_code: int | None) -> None: ...
+
+
+def become_subreaper() -> None:
+    """Orphaned grandchildren of our sessions get reparented to us, so we can reap them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _session_members(sid: int) -> list[tuple[int, int, str]]:
+    """(pid, ppid, state) of every process in kernel session `sid` (our PTY's session)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[3]) == sid:
+            members.append((int(entry.name), int(fields[1]), fields[0]))
+    return members
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _make_controlling_tty() -> None:  # runs in the child, after setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def session_argv(config: Config, chat_args: Sequence[str]) -> list[str]:
+    """The session's command: the shell, or `chat` first and then the shell.
+
+    Chat arguments from the URL travel as positional parameters ("$@"), never inside the
+    shell string.
+    """
+    if not config.autostart_chat:
+        return list(config.shell)
+    script = f'{shlex.join(config.chat_command)} "$@"; exec {shlex.join(config.shell)}'
+    return ["/bin/sh", "-c", script, "mixvllm-session", *chat_args]
+
+
+def session_env(session_id: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
+    return env
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        proc: subprocess.Popen[bytes],
+        fd: int,
+        *,
+        scrollback_limit: int,
+        window: int,
+        metrics: Metrics,
+        manager: SessionManager,
+    ) -> None:
+        self.id = session_id
+        self.proc = proc
+        self.fd = fd
+        self.client: Client | None = None
+        self.detached_at: float | None = time.monotonic()
+        self.exit_code: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._manager = manager
+        self._metrics = metrics
+        self._window = window
+        self._scrollback: deque[str] = deque()
+        self._scrollback_len = 0
+        self._scrollback_limit = scrollback_limit
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self._unacked: deque[int] = deque()
+        self._unacked_len = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._input = bytearray()
+        self._reading = False
+        self._writing = False
+        self._closing: asyncio.Task[None] | None = None
+        self._update_reader()
+
+    # -- flow-control state, visible for tests and metrics --------------------------------
+    @property
+    def outstanding(self) -> int:
+        """Output characters read from the PTY that the client has not acknowledged."""
+        return self._pending_len + self._unacked_len
+
+    @property
+    def reading(self) -> bool:
+        return self._reading
+
+    @property
+    def closed(self) -> bool:
+        return self._closing is not None
+
+    # -- clients ------------------------------------------------------------------------
+    def attach(self, client: Client) -> Client | None:
+        """Attach `client`, replaying recent output; return the client it replaces."""
+        old, self.client = self.client, client
+        self._reset_flow()
+        self.detached_at = None
+        replay = "".join(self._scrollback)
+        for start in range(0, len(replay), FRAME_MAX):
+            self._send(replay[start : start + FRAME_MAX])
+        self._update_reader()
+        return old
+
+    def detach(self, client: Client) -> None:
+        if self.client is not client:
+            return
+        self.client = None
+        self._reset_flow()
+        self.detached_at = time.monotonic()
+        self._update_reader()
+
+    def ack(self, frames: int) -> bool:
+        """Record that the client consumed `frames` stdout frames; False if it over-acks."""
+        if frames > len(self._unacked):
+            return False
+        for _ in range(frames):
+            self._unacked_len -= self._unacked.popleft()
+        self._update_reader()
+        return True
+
+    # -- input ----------------------------------------------------------------------------
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        self._metrics.bytes_in += len(data)
+        if len(self._input) + len(data) > MAX_PENDING_INPUT:
+            raise InputOverflowError("the program is not reading its input")
+        self._input += data
+        self._flush_input()
+
+    def resize(self, rows: int, cols: int) -> None:
+        with contextlib.suppress(OSError):
+            _set_winsize(self.fd, rows, cols)  # the kernel sends SIGWINCH
+
+    def _flush_input(self) -> None:
+        while self._input and not self.closed:
+            try:
+                written = os.write(self.fd, self._input[:READ_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._input.clear()
+                break
+            del self._input[:written]
+        want = bool(self._input) and not self.closed
+        if want and not self._writing:
+            self._loop.add_writer(self.fd, self._flush_input)
+        elif not want and self._writing:
+            self._loop.remove_writer(self.fd)
+        self._writing = want
+
+    # -- output ---------------------------------------------------------------------------
+    def _update_reader(self) -> None:
+        want = not self.closed and (self.client is None or self.outstanding < self._window)
+        if want and not self._reading:
+            self._loop.add_reader(self.fd, self._on_readable)
+        elif not want and self._reading:
+            self._loop.remove_reader(self.fd)
+        self._reading = want
+
+    def _on_readable(self) -> None:
+        budget = self._window - self.outstanding if self.client else self._scrollback_limit
+        chunks: list[bytes] = []
+        total, eof = 0, False
+        while total < max(budget, 1):
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every process closed the PTY's other side
+                eof = True
+                break
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            total += len(data)
+        if chunks:
+            self._metrics.bytes_out += total
+            text = self._decoder.decode(b"".join(chunks))
+            if text:
+                self._output(text)
+        if eof:
+            self.close()
+        else:
+            self._update_reader()
+
+    def _output(self, text: str) -> None:
+        self._remember(text)
+        if self.client is None:
+            return
+        self._pending.append(text)
+        self._pending_len += len(text)
+        if self._pending_len >= FRAME_MAX or (
+            self._pending_len <= INTERACTIVE_MAX and not self._unacked
+        ):
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(COALESCE_S, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending or self.client is None:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_len = 0
+        self._send(text)
+
+    def _send(self, text: str) -> None:
+        assert self.client is not None
+        self._unacked.append(len(text))
+        self._unacked_len += len(text)
+        self.client.send_output(text)
+
+    def _remember(self, text: str) -> None:
+        if self._scrollback_limit <= 0:
+            return
+        self._scrollback.append(text)
+        self._scrollback_len += len(text)
+        while self._scrollback_len > self._scrollback_limit:
+            excess = self._scrollback_len - self._scrollback_limit
+            head = self._scrollback[0]
+            if len(head) <= excess:
+                self._scrollback.popleft()
+                self._scrollback_len -= len(head)
+            else:
+                self._scrollback[0] = head[excess:]
+                self._scrollback_len -= excess
+
+    def _reset_flow(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending.clear()
+        self._pending_len = 0
+        self._unacked.clear()
+        self._unacked_len = 0
+
+    # -- shutdown -------------------------------------------------------------------------
+    def leader_exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def close(self) -> asyncio.Task[None]:
+        """Kill every process of the session (HUP -> TERM -> KILL), reap them, tell the client."""
+        if self._closing is None:
+            self._reset_flow()
+            self._update_reader()
+            self._flush_input()
+            self._closing = asyncio.ensure_future(self._terminate())
+        return self._closing
+
+    async def _terminate(self) -> None:
+        sid = self.proc.pid  # start_new_session: the leader's pid is the session id
+        for sig, grace in ESCALATION:
+            if not self._signal_members(sid, sig) or await self._wait_gone(sid, grace):
+                break
+        else:
+            log.error("session %s: processes survived SIGKILL", self.id)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.exit_code = self.proc.returncode
+        client, self.client = self.client, None
+        self._manager._forget(self)
+        if client is not None:
+            client.session_ended(self.exit_code)
+
+    async def _wait_gone(self, sid: int, grace: float) -> bool:
+        deadline = time.monotonic() + grace
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            if not self._reap(sid):
+                return True
+        return False
+
+    def _signal_members(self, sid: int, sig: int) -> bool:
+        """Signal every live process in the session; return whether any was alive."""
+        alive = False
+        for pid, _ppid, state in _session_members(sid):
+            if state == "Z":
+                continue
+            alive = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                if sig != signal.SIGKILL:
+                    os.kill(pid, signal.SIGCONT)  # stopped processes act on signals only now
+        self._reap(sid)
+        return alive
+
+    def _reap(self, sid: int) -> bool:
+        """Reap the leader and reparented orphans; return whether any process is left."""
+        self.proc.poll()
+        left = False
+        me = os.getpid()
+        for pid, ppid, state in _session_members(sid):
+            if pid == self.proc.pid:
+                left = left or self.proc.returncode is None
+                continue
+            if ppid == me and state == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                continue
+            if state != "Z":
+                left = True
+        return left or self.proc.returncode is None
+
+
+class SessionManager:
+    """Owns every session: creation under the cap, lookup by id, idle cull, shutdown."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self._cull_task: asyncio.Task[None] | None = None
+        become_subreaper()
+
+    def start(self) -> None:
+        if self._cull_task is None:
+            self._cull_task = asyncio.ensure_future(self._cull_loop())
+
+    def get(self, session_id: str | None) -> Session | None:
+        if not session_id or not SESSION_ID_RE.match(session_id):
+            return None
+        session = self.sessions.get(session_id)
+        return session if session is not None and not session.closed else None
+
+    def create(self, chat_args: Sequence[str] = (), rows: int = 24, cols: int = 80) -> Session:
+        if len(self.sessions) >= self.config.max_sessions:
+            raise SessionLimitError(
+                f"session limit reached ({self.config.max_sessions}); close a tab and retry"
+            )
+        session_id = secrets.token_urlsafe(12)
+        master, slave = os.openpty()
+        try:
+            _set_winsize(master, rows, cols)
+            proc = subprocess.Popen(
+                session_argv(self.config, chat_args),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=self.config.cwd if os.path.isdir(self.config.cwd) else "/",
+                env=session_env(session_id),
+                start_new_session=True,
+                preexec_fn=_make_controlling_tty,  # noqa: PLW1509 - only an ioctl
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            os.close(master)
+            raise SessionStartError(f"cannot start the session: {exc}") from exc
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        session = Session(
+            session_id,
+            proc,
+            master,
+            scrollback_limit=self.config.scrollback_bytes,
+            window=self.config.flow_window,
+            metrics=self.metrics,
+            manager=self,
+        )
+        self.sessions[session_id] = session
+        self.metrics.sessions_started += 1
+        log.info("session %s started (pid %d)", session_id, proc.pid)
+        return session
+
+    def _forget(self, session: Session) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+            log.info("session %s ended (exit %s)", session.id, session.exit_code)
+
+    def clients(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.client is not None)
+
+    def cull(self) -> None:
+        """Close sessions idle past the timeout, and those whose leader has exited."""
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            idle = session.detached_at is not None and (
+                now - session.detached_at >= self.config.idle_timeout
+            )
+            if idle:
+                log.info(
+                    "session %s: no client for %.0f s, closing",
+                    session.id,
+                    now - (session.detached_at or now),
+                )
+            if idle or session.leader_exited():
+                session.close()
+
+    async def _cull_loop(self) -> None:
+        period = min(max(self.config.idle_timeout / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            self.cull()
+
+    async def shutdown(self) -> None:
+        if self._cull_task is not None:
+            self._cull_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cull_task
+            self._cull_task = None
+        tasks = [s.close() for s in list(self.sessions.values())]
+        if tasks:
+            await asyncio.gather(*tasks)
