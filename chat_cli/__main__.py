@@ -1,9 +1,229 @@
+"""`chat`: the CLI edge. Domain errors become one line and an exit code here, nowhere else."""
+
+from __future__ import annotations
+
+import io
+import json
 import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from chat_cli import client as client_mod
+from chat_cli import conversation as conv_mod
+from chat_cli.client import Answer, ChatClient, Sampling
+from chat_cli.config import Config, load_config
+from chat_cli.errors import ChatError, ModelNotFound, NoModels, ServerUnreachable
+from chat_cli.render import PlainRenderer, Renderer, make_renderer
+from chat_cli.session import INTERRUPTED, Session
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_INTERRUPTED = 130
 
 
-def main() -> int:
-    print("chat_cli: not implemented yet", file=sys.stderr)
-    return 2
+def _progress(stream: TextIO) -> Callable[[str], None]:
+    last = [0.0]
+
+    def show(line: str) -> None:
+        if stream.isatty():
+            stream.write("\r\x1b[K" + line)
+            stream.flush()
+            return
+        # Not a terminal: one line every 5 s, not a flood.
+        now = time.monotonic()
+        if now - last[0] >= 5.0:
+            last[0] = now
+            stream.write(line + "\n")
+            stream.flush()
+
+    return show
+
+
+def connect(config: Config, err: TextIO) -> tuple[str, list[str]]:
+    """Find a server that answers /v1/models: the primary, else the fallback."""
+    urls = [config.url] + ([config.fallback_url] if config.fallback_url else [])
+    failure: ServerUnreachable | None = None
+    for url in urls:
+        try:
+            if config.wait > 0:
+                models = client_mod.wait_for_models(
+                    url, config.api_key, config.wait, _progress(err)
+                )
+                if err.isatty():
+                    err.write("\r\x1b[K")
+            else:
+                models = client_mod.fetch_models(url, config.api_key)
+        except ServerUnreachable as unreachable:
+            failure = failure or unreachable
+            continue
+        if not models:
+            raise NoModels(url)
+        if url != config.url:
+            err.write(f"chat: {config.url} is unreachable; using fallback {url}\n")
+        return url, models
+    assert failure is not None
+    raise ServerUnreachable(config.url, failure.reason, config.fallback_url)
+
+
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as err:
+        raise ChatError("stdin is not UTF-8 text") from err
+
+
+def _make_console(out: TextIO) -> Console:
+    from rich.console import Console  # noqa: PLC0415 (slow import)
+
+    return Console(file=out, highlight=False, soft_wrap=False)
+
+
+def run(config: Config) -> int:
+    out, err = sys.stdout, sys.stderr
+    interactive = config.prompt is None and sys.stdin.isatty()
+    question = config.prompt or ""
+    if not sys.stdin.isatty():
+        piped = _read_stdin()
+        if piped.strip():
+            question = f"{question}\n\n{piped}" if question else piped
+        if not question.strip():
+            raise ChatError("nothing to ask: give a question, or pipe text into chat")
+
+    base_url, models = connect(config, err)
+    model = config.model or models[0]
+    if model not in models:
+        raise ModelNotFound(model, models)
+    client = ChatClient(base_url, config.api_key, config.timeout)
+
+    conversation = conv_mod.Conversation(system=config.system, model=model)
+    resumed_from = None
+    if config.resume:
+        resumed_from = conv_mod.latest(config.paths.conversations_dir)
+        if resumed_from is None:
+            err.write("chat: no saved conversation to resume; starting a new one\n")
+        else:
+            conversation = conv_mod.load(resumed_from)
+            conversation.system = config.system or conversation.system
+            conversation.model = model
+    conversation.path = resumed_from or conv_mod.new_autosave_path(config.paths.conversations_dir)
+    sampling = Sampling(model, config.temperature, config.top_p, config.max_tokens, config.seed)
+    session = Session(
+        client, conversation, sampling, stream=config.stream, completions=config.completions
+    )
+
+    if not interactive:
+        return one_shot(session, config, question, out)
+
+    from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
+
+    console = _make_console(out)
+    console.print(f"Connected to {base_url} · model {model}", style="bold", markup=False)
+    if resumed_from is not None:
+        console.print(
+            f"Resumed {resumed_from.name} ({len(conversation.messages)} messages)",
+            style="dim",
+            markup=False,
+        )
+    console.print(
+        "/help for commands · Alt-Enter or Ctrl-J for a newline · Ctrl-D to exit",
+        style="dim",
+        markup=False,
+    )
+    repl = Repl(
+        session,
+        console,
+        history_file=config.paths.history_file,
+        conversations_dir=config.paths.conversations_dir,
+        markdown=not config.plain,
+        show_reasoning=not config.hide_reasoning,
+        debug=config.debug,
+    )
+    return repl.run()
+
+
+def one_shot(session: Session, config: Config, question: str, out: TextIO) -> int:
+    if config.json:
+        renderer: Renderer = PlainRenderer(io.StringIO(), footer=False, styled=False)
+        failure: ChatError | None = None
+        try:
+            answer = session.ask(question, renderer)
+        except ChatError as error:
+            failure = error
+            answer = session.last_answer or Answer()
+        out.write(json.dumps(_answer_json(session, answer, failure), ensure_ascii=False) + "\n")
+        if failure is not None:
+            raise failure
+        return 0 if not _interrupted(session) else EXIT_INTERRUPTED
+    tty = out.isatty()
+    renderer = make_renderer(
+        _make_console(out),
+        out,
+        markdown=tty and not config.plain,
+        show_reasoning=not config.hide_reasoning,
+        footer=tty,
+    )
+    session.ask(question, renderer)
+    return 0 if not _interrupted(session) else EXIT_INTERRUPTED
+
+
+def _interrupted(session: Session) -> bool:
+    last = session.conversation.last("assistant")
+    return last is not None and last.incomplete == INTERRUPTED
+
+
+def _answer_json(session: Session, answer: Answer, failure: ChatError | None) -> dict[str, object]:
+    usage = answer.usage
+    return {
+        "model": session.sampling.model,
+        "content": answer.text,
+        "reasoning": answer.reasoning_text or None,
+        "finish_reason": answer.finish_reason,
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "estimated": usage.estimated,
+        },
+        "timings": {
+            "ttft_s": answer.ttft,
+            "total_s": answer.elapsed,
+            "tokens_per_s": answer.tokens_per_s,
+        },
+        "error": None if failure is None else str(failure),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv)
+    except ChatError as err:
+        print(f"chat: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
+        return run(config)
+    except ChatError as err:
+        if config.debug:
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(f"chat: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("chat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0  # `chat ... | head`: the reader went away, which is not our failure
+    except Exception as err:
+        if config.debug:
+            raise
+        print(
+            f"chat: internal error: {type(err).__name__}: {err} (run with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The conversation: messages, autosave to the XDG data dir, save/load as JSON or markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chat_cli.errors import ChatError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Message:
+    role: str  # "user" | "assistant"
+    content: str
+    # Why an assistant answer is incomplete ("interrupted", or the error line); None when whole.
+    incomplete: str | None = None
+    reasoning: str | None = None
+
+    def to_api(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Conversation:
+    system: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    model: str | None = None
+    created: float = field(default_factory=time.time)
+    path: Path | None = None  # the autosave file; None disables autosave
+
+    def api_messages(self) -> list[dict[str, str]]:
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out.extend(m.to_api() for m in self.messages if m.content or m.role == "user")
+        return out
+
+    def last(self, role: str) -> Message | None:
+        return next((m for m in reversed(self.messages) if m.role == role), None)
+
+    def undo(self) -> int:
+        """Drop the last exchange (the last user message and what followed it)."""
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index].role == "user":
+                dropped = len(self.messages) - index
+                del self.messages[index:]
+                return dropped
+        return 0
+
+    def pop_for_retry(self) -> str | None:
+        """Remove the last exchange and return its user text, so it can be sent again."""
+        user = self.last("user")
+        if user is None:
+            return None
+        self.undo()
+        return user.content
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "created": self.created,
+            "model": self.model,
+            "system": self.system,
+            "messages": [asdict(m) for m in self.messages],
+        }
+
+    def to_markdown(self) -> str:
+        lines = [f"# Chat ({time.strftime('%Y-%m-%d %H:%M', time.localtime(self.created))})", ""]
+        if self.model:
+            lines += [f"Model: `{self.model}`", ""]
+        if self.system:
+            lines += ["## System", "", self.system, ""]
+        for message in self.messages:
+            lines += [f"## {message.role.capitalize()}", "", message.content]
+            if message.incomplete:
+                lines += ["", f"*[{message.incomplete}]*"]
+            lines.append("")
+        return "\n".join(lines)
+
+    def autosave(self) -> None:
+        if self.path is not None and (self.messages or self.system):
+            _write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1))
+
+    def save(self, path: Path) -> None:
+        text = (
+            self.to_markdown()
+            if path.suffix.lower() in {".md", ".markdown"}
+            else json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+        )
+        try:
+            _write_atomic(path, text)
+        except OSError as err:
+            raise ChatError(f"cannot save to {path}: {err.strerror or err}") from err
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def new_autosave_path(directory: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return directory / f"{stamp}-{secrets.token_hex(3)}.json"
+
+
+def load(path: Path) -> Conversation:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        messages = [
+            Message(
+                role=str(m["role"]),
+                content=str(m["content"]),
+                incomplete=m.get("incomplete"),
+                reasoning=m.get("reasoning"),
+            )
+            for m in data["messages"]
+            if m.get("role") in ("user", "assistant")
+        ]
+        return Conversation(
+            system=data.get("system"),
+            messages=messages,
+            model=data.get("model"),
+            created=float(data.get("created", time.time())),
+        )
+    except OSError as err:
+        raise ChatError(f"cannot read {path}: {err.strerror or err}") from err
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ChatError(f"{path} is not a saved chat (JSON from /save or autosave)") from err
+
+
+def latest(directory: Path) -> Path | None:
+    if not directory.is_dir():
+        return None
+    files = sorted(directory.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return files[-1] if files else None

@@ -1,0 +1,102 @@
+"""Domain errors. Each carries the one line a user sees; only the CLI edge prints them."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base class: `str(err)` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class ConfigError(ChatError):
+    exit_code = 2
+
+
+class ServerUnreachable(ChatError):
+    def __init__(self, url: str, reason: str, fallback: str | None = None) -> None:
+        hint = (
+            f"; fallback {fallback} is unreachable too"
+            if fallback
+            else "; start it with `mixvllm-serve up`, set MODEL_SERVER_URL, or pass --fallback-url"
+        )
+        super().__init__(f"cannot reach the model server at {url} ({reason}){hint}")
+        self.url = url
+        self.reason = reason
+
+
+class WaitTimeout(ChatError):
+    def __init__(self, url: str, seconds: float, last: str) -> None:
+        super().__init__(f"model server at {url} not ready after {seconds:.0f} s (last: {last})")
+
+
+class AuthFailed(ChatError):
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"the model server at {url} rejected the API key (401); "
+            "set VLLM_API_KEY (or OPENAI_API_KEY) or pass --api-key"
+        )
+
+
+class ModelNotFound(ChatError):
+    def __init__(self, model: str, served: list[str]) -> None:
+        served_text = ", ".join(served) if served else "none"
+        super().__init__(f"model {model!r} is not served here (404); served models: {served_text}")
+        self.served = served
+
+
+class NoModels(ChatError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"the model server at {url} serves no models (/v1/models is empty)")
+
+
+class ContextTooLong(ChatError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the conversation no longer fits the model's context (400: {detail}); "
+            "use /clear or /undo, or lower max_tokens"
+        )
+
+
+class BadRequest(ChatError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"the model server refused the request ({status}: {detail})")
+
+
+class ServerFailed(ChatError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"the model server failed ({status}: {detail}); try /retry")
+
+
+class StreamFailed(ChatError):
+    """The answer stream broke after it started; the partial answer is kept."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; the partial answer was kept (try /retry)")
+        self.reason = reason
+
+
+def error_event(detail: str) -> StreamFailed:
+    return StreamFailed(f"the server reported an error mid-answer: {detail}")
+
+
+def malformed_stream(detail: str) -> StreamFailed:
+    return StreamFailed(f"the server sent a malformed stream line ({detail})")
+
+
+def incomplete_stream() -> StreamFailed:
+    return StreamFailed("the answer stream ended early (no finish reason and no [DONE])")
+
+
+def connection_cut() -> StreamFailed:
+    return StreamFailed("the connection to the model server was cut mid-answer")
+
+
+def stalled(seconds: float) -> StreamFailed:
+    return StreamFailed(f"the model server sent nothing for {seconds:g} s (stall timeout)")
+
+
+def short(text: str, limit: int = 200) -> str:
+    """One line, bounded: server messages can be long JSON blobs."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,272 @@
+"""Showing an answer as it streams.
+
+MarkdownRenderer prints each finished markdown block once, to the scrollback, and keeps only
+the unfinished tail in a small live region that is redrawn in place (aider's mdstream idea,
+without its full re-render). Block boundaries are found by scanning each new line once, so the
+cost grows linearly with the answer; tail redraws are throttled and cropped to the screen.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import IO, TYPE_CHECKING, Protocol
+
+from chat_cli.client import Answer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Synchronized output (DEC 2026): terminals that lack it (and tmux < 3.4) ignore it.
+SYNC_START = "\x1b[?2026h"
+SYNC_END = "\x1b[?2026l"
+HIDE_CURSOR = "\x1b[?25l"
+SHOW_CURSOR = "\x1b[?25h"
+DIM = "\x1b[2m"
+YELLOW = "\x1b[33m"
+RESET = "\x1b[0m"
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r"^#{1,6}(\s|$)")
+CODE_THEME = "monokai"
+
+
+def footer_text(answer: Answer) -> str:
+    parts = []
+    if answer.ttft is not None:
+        parts.append(f"TTFT {answer.ttft:.2f} s")
+    rate = answer.tokens_per_s
+    if rate is not None:
+        parts.append(f"{rate:.1f} tok/s")
+    if answer.usage is not None:
+        approx = "~" if answer.usage.estimated else ""
+        parts.append(
+            f"{approx}{answer.usage.prompt_tokens} prompt + "
+            f"{approx}{answer.usage.completion_tokens} completion tokens"
+        )
+    parts.append(f"{answer.elapsed:.1f} s")
+    return " · ".join(parts)
+
+
+def reasoning_summary(reasoning: str) -> str:
+    return f"▸ reasoning: {len(reasoning.split())} words (/reasoning shows it)"
+
+
+class Renderer(Protocol):
+    def reasoning(self, text: str) -> None: ...
+    def content(self, text: str) -> None: ...
+    def finish(self, answer: Answer, note: str | None) -> None: ...
+
+
+class PlainRenderer:
+    """Raw deltas: for pipes, --plain and --json. Reasoning never reaches `out`."""
+
+    def __init__(self, out: IO[str], *, footer: bool, styled: bool) -> None:
+        self.out = out
+        self.footer = footer
+        self.styled = styled
+        self._ends_with_newline = True
+
+    def reasoning(self, text: str) -> None:
+        pass
+
+    def content(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+        self._ends_with_newline = text.endswith("\n")
+
+    def finish(self, answer: Answer, note: str | None) -> None:
+        lines = []
+        if note:
+            lines.append(self._style(f"[{note}]", YELLOW))
+        if self.footer:
+            lines.append(self._style(footer_text(answer), DIM))
+        text = "" if self._ends_with_newline else "\n"
+        if lines:
+            text += "\n".join(lines) + "\n"
+        self.out.write(text)
+        self.out.flush()
+
+    def _style(self, text: str, code: str) -> str:
+        return f"{code}{text}{RESET}" if self.styled else text
+
+
+class MarkdownRenderer:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        live: bool | None = None,
+        show_reasoning: bool = True,
+        refresh_s: float = 0.08,
+        footer: bool = True,
+    ) -> None:
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.show_reasoning = show_reasoning
+        self.footer = footer
+        self.refresh_s = refresh_s
+        self.pending = ""  # markdown not yet printed to the scrollback
+        self._scan = 0  # start of the first line of `pending` not scanned yet
+        self._fence: tuple[str, int] | None = None  # open code fence: (char, length)
+        self._candidate: int | None = None  # a blank-line boundary awaiting the next line
+        self._blocks = 0
+        self._reasoning: list[str] = []
+        self._reasoning_done = False
+        self._live_lines = 0
+        self._last_draw = 0.0
+        self._interval = refresh_s
+        self._cursor_hidden = False
+
+    # -- stream input ------------------------------------------------------------------
+    def reasoning(self, text: str) -> None:
+        self._reasoning.append(text)
+        if self.live and self.show_reasoning:
+            self._maybe_draw()
+
+    def content(self, text: str) -> None:
+        committed = self._close_reasoning()
+        self.pending += text
+        cut = self._find_cut()
+        if cut:
+            block, self.pending = self.pending[:cut], self.pending[cut:]
+            self._scan -= cut
+            self._candidate = None
+            committed += self._block(block)
+        if committed:
+            self._emit(committed)
+        elif self.live:
+            self._maybe_draw()
+
+    def finish(self, answer: Answer, note: str | None) -> None:
+        text = self._close_reasoning()
+        if self.pending.strip():
+            text += self._block(self.pending)
+        self.pending = ""
+        if note:
+            text += self._styled(f"[{note}]", "yellow")
+        if self.footer:
+            text += self._styled(footer_text(answer), "dim")
+        self._emit(text, tail=False)
+        if self._cursor_hidden:
+            self.console.file.write(SHOW_CURSOR)
+            self.console.file.flush()
+            self._cursor_hidden = False
+
+    # -- block boundaries ------------------------------------------------------------
+    def _find_cut(self) -> int:
+        """Scan complete new lines; return the end of the text that is finished (0: none)."""
+        cut = 0
+        pending = self.pending
+        while True:
+            newline = pending.find("\n", self._scan)
+            if newline < 0:
+                return cut
+            start, line = self._scan, pending[self._scan : newline]
+            self._scan = newline + 1
+            if self._fence is not None:
+                char, length = self._fence
+                stripped = line.strip()
+                if stripped.startswith(char * length) and not stripped.strip(char):
+                    self._fence = None
+                    cut = self._scan  # a closed code block is finished
+                continue
+            fence = _FENCE.match(line)
+            if fence:
+                marker = fence.group(1)
+                self._fence = (marker[0], len(marker))
+                if not line.startswith((" ", "\t")):
+                    cut = start  # a fence ends the paragraph before it
+                self._candidate = None
+                continue
+            if not line.strip():
+                if start > cut and self._candidate is None:
+                    self._candidate = self._scan
+                continue
+            if not line.startswith((" ", "\t")):
+                # Text after a blank line that is not indented: the block before it is done
+                # (indented text could still belong to a list item above).
+                if self._candidate is not None:
+                    cut = self._candidate
+                if _HEADING.match(line):
+                    cut = self._scan
+            self._candidate = None
+
+    # -- output ------------------------------------------------------------------------
+    def _block(self, markdown: str) -> str:
+        if not markdown.strip():
+            return ""
+        text = self._render_markdown(markdown)
+        separator = "\n" if self._blocks else ""
+        self._blocks += 1
+        return separator + text
+
+    def _render_markdown(self, markdown: str) -> str:
+        from rich.markdown import Markdown  # noqa: PLC0415 (slow import, warmed up in the REPL)
+
+        with self.console.capture() as capture:
+            self.console.print(Markdown(markdown, code_theme=CODE_THEME))
+        return capture.get()
+
+    def _styled(self, text: str, style: str) -> str:
+        with self.console.capture() as capture:
+            self.console.print(text, style=style, markup=False, highlight=False)
+        return capture.get()
+
+    def _close_reasoning(self) -> str:
+        if self._reasoning_done or not self._reasoning:
+            return ""
+        self._reasoning_done = True
+        return self._styled(reasoning_summary("".join(self._reasoning)), "dim")
+
+    def _maybe_draw(self) -> None:
+        now = time.monotonic()
+        if now - self._last_draw >= self._interval:
+            self._emit("")
+
+    def _emit(self, committed: str, *, tail: bool = True) -> None:
+        """Print `committed` once above the live region, then redraw the tail (if live)."""
+        if not self.live:
+            if committed:
+                self.console.file.write(committed)
+                self.console.file.flush()
+            return
+        started = time.monotonic()
+        parts = [SYNC_START]
+        if not self._cursor_hidden and tail:
+            parts.append(HIDE_CURSOR)
+            self._cursor_hidden = True
+        if self._live_lines:
+            parts.append(f"\x1b[{self._live_lines}A")
+        parts.append("\r\x1b[J")
+        parts.append(committed)
+        tail_text = self._render_tail() if tail else ""
+        parts.append(tail_text)
+        parts.append(SYNC_END)
+        self._live_lines = tail_text.count("\n")
+        self.console.file.write("".join(parts))
+        self.console.file.flush()
+        self._last_draw = time.monotonic()
+        # Back off when redraws get expensive, so a huge tail cannot eat the stream.
+        self._interval = min(1.0, max(self.refresh_s, 4 * (self._last_draw - started)))
+
+    def _render_tail(self) -> str:
+        rendered = ""
+        if self._reasoning and not self._reasoning_done and self.show_reasoning:
+            thought = "".join(self._reasoning)[-600:].strip().splitlines()[-3:]
+            rendered += self._styled("thinking… " + " ".join(thought), "dim italic")
+        if self.pending.strip():
+            rendered += ("\n" if self._blocks else "") + self._render_markdown(self.pending)
+        lines = rendered.splitlines(keepends=True)
+        room = max(3, self.console.height - 2)
+        if len(lines) > room:
+            lines = lines[-room:]
+        return "".join(lines)
+
+
+def make_renderer(
+    console: Console, out: IO[str], *, markdown: bool, show_reasoning: bool, footer: bool
+) -> Renderer:
+    if markdown:
+        return MarkdownRenderer(console, show_reasoning=show_reasoning, footer=footer)
+    return PlainRenderer(out, footer=footer, styled=out.isatty())

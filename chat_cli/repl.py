@@ -1,0 +1,171 @@
+"""The interactive loop: prompt-toolkit input, slash commands, one exchange per line."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+
+from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
+from chat_cli.errors import ChatError
+from chat_cli.render import make_renderer
+from chat_cli.session import Session
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+PROMPT = "> "
+
+
+class SlashCompleter(Completer):
+    def __init__(self, session: Session, conversations_dir: Path) -> None:
+        self.session = session
+        self.conversations_dir = conversations_dir
+        self._models: list[str] | None = None
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterable[Completion]:
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        name, space, arg = text.partition(" ")
+        if not space:
+            for command in COMMANDS.values():
+                if command.name.startswith(name.lower()):
+                    yield Completion(
+                        command.name, start_position=-len(name), display_meta=command.help
+                    )
+            return
+        for choice in self._choices(name.lower()):
+            if choice.startswith(arg) and choice != arg:
+                yield Completion(choice, start_position=-len(arg))
+
+    def _choices(self, name: str) -> list[str]:
+        if name == "/set":
+            return [f"{key} " for key in SETTABLE]
+        if name == "/model":
+            if self._models is None:
+                try:
+                    self._models = self.session.client.models()
+                except ChatError:
+                    return []
+            return self._models
+        if name == "/load" and self.conversations_dir.is_dir():
+            return sorted((p.name for p in self.conversations_dir.glob("*.json")), reverse=True)
+        return []
+
+
+def _key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _accept(event: KeyPressEvent) -> None:
+        event.current_buffer.validate_and_handle()
+
+    @bindings.add("escape", "enter")
+    @bindings.add("c-j")
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+def _warm_up(session: Session) -> None:
+    """Import the heavy parts (openai SDK, markdown renderer) while the user types."""
+
+    def work() -> None:
+        try:
+            import rich.markdown  # noqa: F401, PLC0415
+
+            _ = session.client.sdk
+        except Exception:  # noqa: S110 (a failure shows up again, clearly, on first use)
+            pass
+
+    threading.Thread(target=work, name="chat-warm-up", daemon=True).start()
+
+
+class Repl:
+    def __init__(
+        self,
+        session: Session,
+        console: Console,
+        *,
+        history_file: Path | None,
+        conversations_dir: Path,
+        markdown: bool,
+        show_reasoning: bool,
+        debug: bool,
+    ) -> None:
+        self.session = session
+        self.console = console
+        self.markdown = markdown
+        self.show_reasoning = show_reasoning
+        self.debug = debug
+        self.commands = Commands(session, console.file, conversations_dir)
+        history: History = InMemoryHistory()
+        if history_file is not None:
+            try:
+                history_file.parent.mkdir(parents=True, exist_ok=True)
+                history = FileHistory(str(history_file))
+            except OSError as err:
+                self.error(f"input history disabled: cannot create {history_file} ({err})")
+        self.prompt: PromptSession[str] = PromptSession(
+            history=history,
+            multiline=True,
+            key_bindings=_key_bindings(),
+            completer=SlashCompleter(session, conversations_dir),
+            complete_while_typing=True,
+            prompt_continuation="· ",
+            enable_open_in_editor=True,
+        )
+
+    def error(self, text: str) -> None:
+        self.console.print(f"✗ {text}", style="red", markup=False, highlight=False)
+
+    def run(self) -> int:
+        _warm_up(self.session)
+        while True:
+            try:
+                text = self.prompt.prompt(PROMPT)
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line
+            except EOFError:
+                return 0
+            if not text.strip():
+                continue
+            try:
+                if text.startswith("/"):
+                    outcome = self.commands.run(text)
+                    if isinstance(outcome, Exit):
+                        return 0
+                    if not isinstance(outcome, Send):
+                        continue
+                    text = outcome.text
+                self.ask(text)
+            except ChatError as err:
+                self.error(str(err))
+            except KeyboardInterrupt:
+                self.console.print("[cancelled]", style="yellow", markup=False)
+            except Exception as err:  # a bug must not end the session and lose the chat
+                if self.debug:
+                    traceback.print_exc()
+                self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
+
+    def ask(self, text: str) -> None:
+        renderer = make_renderer(
+            self.console,
+            self.console.file,
+            markdown=self.markdown,
+            show_reasoning=self.show_reasoning,
+            footer=True,
+        )
+        self.session.ask(text, renderer)

@@ -1,0 +1,171 @@
+"""One chat session: the conversation, the sampling settings and one exchange at a time.
+
+An exchange never loses words: whatever streamed before a Ctrl-C or an error stays in the
+conversation, marked incomplete, and the conversation is autosaved after every change.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import Any
+
+from chat_cli import errors
+from chat_cli.client import Answer, ChatClient, Sampling
+from chat_cli.conversation import Conversation, Message
+from chat_cli.errors import ChatError
+from chat_cli.render import Renderer
+
+INTERRUPTED = "interrupted"
+INCOMPLETE = "incomplete"
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    generation_s: float = 0.0
+    errors: int = 0
+
+    def add(self, answer: Answer) -> None:
+        self.requests += 1
+        if answer.usage is not None:
+            self.prompt_tokens += answer.usage.prompt_tokens
+            self.completion_tokens += answer.usage.completion_tokens
+            self.estimated = self.estimated or answer.usage.estimated
+        if answer.first_token_at is not None and answer.ended_at is not None:
+            self.generation_s += answer.ended_at - answer.first_token_at
+
+
+class _Interrupts:
+    """SIGINT raises KeyboardInterrupt at once while we wait on the network, but is held back
+    while a piece is being drawn, so the terminal is never left mid escape sequence."""
+
+    def __init__(self) -> None:
+        self.shielded = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.shielded:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self.shielded = True
+        try:
+            yield
+        finally:
+            self.shielded = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+class Session:
+    def __init__(
+        self,
+        client: ChatClient,
+        conversation: Conversation,
+        sampling: Sampling,
+        *,
+        stream: bool = True,
+        completions: bool = False,
+    ) -> None:
+        self.client = client
+        self.conversation = conversation
+        self.sampling = sampling
+        self.stream = stream
+        self.completions = completions
+        self.stats = Stats()
+        self.unsent: str | None = None  # a message whose request failed before any answer
+        self.last_answer: Answer | None = None
+
+    def set_sampling(self, **changes: Any) -> None:
+        self.sampling = replace(self.sampling, **changes)
+        self.conversation.model = self.sampling.model
+
+    def ask(self, text: str, renderer: Renderer) -> Answer:
+        """Send `text`, stream the answer into `renderer`. Raises ChatError after keeping
+        what arrived; KeyboardInterrupt ends the answer early and is not re-raised."""
+        self.conversation.messages.append(Message("user", text))
+        self.conversation.autosave()
+        answer = Answer()
+        note: str | None = None
+        failure: ChatError | None = None
+        interrupts = _Interrupts()
+        pieces = self.client.stream(
+            self.conversation.api_messages(),
+            self.sampling,
+            answer,
+            stream=self.stream,
+            completions=self.completions,
+        )
+        with interrupts.installed():
+            try:
+                for kind, piece in pieces:
+                    with interrupts.shield():
+                        if kind == "content":
+                            renderer.content(piece)
+                        else:
+                            renderer.reasoning(piece)
+            except KeyboardInterrupt:
+                note = INTERRUPTED
+            except errors.StreamFailed as err:
+                failure = err
+                note = INCOMPLETE
+            except ChatError as err:
+                failure = err
+            finally:
+                pieces.close()
+            interrupts.shielded = True  # a second Ctrl-C must not cut the bookkeeping short
+            self._keep(text, answer, note)
+            renderer.finish(answer, note)
+        if failure is not None:
+            self.stats.errors += 1
+            raise failure
+        return answer
+
+    def _keep(self, text: str, answer: Answer, note: str | None) -> None:
+        self.last_answer = answer
+        self.stats.add(answer)
+        if answer.text or answer.reasoning_text or note == INTERRUPTED:
+            self.unsent = None
+            self.conversation.messages.append(
+                Message(
+                    "assistant",
+                    answer.text,
+                    incomplete=note,
+                    reasoning=answer.reasoning_text or None,
+                )
+            )
+        else:
+            # Nothing came back: take the question out so the next one is not sent after an
+            # unanswered one; /retry sends it again (and it is in the input history).
+            self.conversation.messages.pop()
+            self.unsent = text
+        self.conversation.autosave()
+
+    def retry_text(self) -> str | None:
+        if self.unsent is not None:
+            text, self.unsent = self.unsent, None
+            return text
+        return self.conversation.pop_for_retry()

@@ -1,0 +1,283 @@
+"""A fault-injecting OpenAI-compatible server for tests and benchmarks only (never shipped).
+
+It speaks real HTTP/1.1 with chunked SSE over a real socket. The behaviour of a request is
+chosen by `server.scenario`, or per request by a last user message starting with
+`@fault:NAME` (handy when driving the REPL through a PTY).
+
+Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
+http400ctx, http500, error_event, malformed, no_done, cut, stall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODEL = "fake-model"
+DEFAULT_ANSWER = "Hello **there**! This is a test answer.\n\n- one\n- two\n"
+
+
+@dataclass
+class FakeState:
+    scenario: str = "ok"
+    answer: str = DEFAULT_ANSWER
+    api_key: str | None = None
+    models: list[str] = field(default_factory=lambda: [MODEL, "other-model"])
+    token_delay: float = 0.0
+    loading_until: float = 0.0  # /v1/models answers 503 until this monotonic time
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    raw_sse: bytes | None = None  # when set, sent verbatim as the whole stream body
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def tokens(text: str) -> list[str]:
+    """Split text into word-ish pieces, the way a tokenizer's deltas arrive."""
+    out: list[str] = []
+    word = ""
+    for char in text:
+        if char in " \n" and word:
+            out.append(word)
+            word = ""
+        word += char
+    if word:
+        out.append(word)
+    return out
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, completions: bool = False) -> bytes:
+    if completions:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": delta.get("content", ""),
+            "finish_reason": finish,
+        }
+        obj = "text_completion"
+    else:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    body = {"id": "c1", "object": obj, "created": 0, "model": MODEL, "choices": [choice]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def sse_body(answer: str, *, usage: bool = False, completions: bool = False) -> bytes:
+    parts = [chunk({"role": "assistant", "content": ""}, completions=completions)]
+    pieces = tokens(answer)
+    parts += [chunk({"content": p}, completions=completions) for p in pieces]
+    parts.append(chunk({}, "stop", completions=completions))
+    if usage:
+        body = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 0},
+        }
+        parts.append(b"data: " + json.dumps(body).encode() + b"\n\n")
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    @property
+    def state(self) -> FakeState:
+        return self.server.state
+
+    def _json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        key = self.state.api_key
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self._json(401, {"error": {"message": "Invalid API key", "code": 401}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            if time.monotonic() < self.state.loading_until:
+                self._json(503, {"error": {"message": "Loading model", "code": 503}})
+                return
+            data = [{"id": m, "object": "model", "owned_by": "test"} for m in self.state.models]
+            self._json(200, {"object": "list", "data": data})
+        else:
+            self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        request = json.loads(self.rfile.read(length) or b"{}")
+        self.state.requests.append(request)
+        if not self._authorized():
+            return
+        completions = self.path.rstrip("/") == "/v1/completions"
+        scenario = self.state.scenario
+        messages = request.get("messages") or []
+        last = messages[-1]["content"] if messages else request.get("prompt", "")
+        if isinstance(last, str) and "@fault:" in last:
+            scenario = last.split("@fault:", 1)[1].split()[0]
+        if request.get("model") not in self.state.models:
+            self._json(
+                404, {"error": {"message": f"The model `{request.get('model')}` does not exist."}}
+            )
+            return
+        if scenario.startswith("http"):
+            self._http_error(scenario)
+            return
+        if not request.get("stream"):
+            self._whole(request, completions)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._stream(scenario, completions, request)
+
+    def _http_error(self, scenario: str) -> None:
+        if scenario == "http401":
+            self._json(401, {"error": {"message": "bad key"}})
+        elif scenario == "http404":
+            self._json(404, {"error": {"message": "The model `x` does not exist."}})
+        elif scenario == "http400ctx":
+            message = (
+                "This model's maximum context length is 2048 tokens. However, you requested "
+                "4100 tokens. Please reduce the length of the messages."
+            )
+            self._json(400, {"error": {"message": message, "type": "BadRequestError"}})
+        else:
+            self._json(500, {"error": {"message": "engine crashed: CUDA out of memory"}})
+
+    def _whole(self, request: dict[str, Any], completions: bool) -> None:
+        answer = self.state.answer
+        if completions:
+            choice: dict[str, Any] = {"index": 0, "text": answer, "finish_reason": "stop"}
+        else:
+            message = {"role": "assistant", "content": answer}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 5, "completion_tokens": len(tokens(answer)), "total_tokens": 0}
+        self._json(
+            200,
+            {
+                "id": "c1",
+                "object": "x",
+                "created": 0,
+                "model": MODEL,
+                "choices": [choice],
+                "usage": usage,
+            },
+        )
+
+    def _send(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _pieces(self, completions: bool) -> Iterator[bytes]:
+        for piece in tokens(self.state.answer):
+            if self.state.token_delay:
+                time.sleep(self.state.token_delay)
+            yield chunk({"content": piece}, completions=completions)
+
+    def _stream(self, scenario: str, completions: bool, request: dict[str, Any]) -> None:
+        if self.state.raw_sse is not None:
+            self._send(self.state.raw_sse)
+            self._send(b"")
+            return
+        if scenario in ("ok", "usage") and not self.state.token_delay:
+            self._send(
+                sse_body(self.state.answer, usage=scenario == "usage", completions=completions)
+            )
+            self._send(b"")
+            return
+        self._send(chunk({"role": "assistant", "content": ""}, completions=completions))
+        if scenario == "reasoning":
+            for piece in tokens("Let me think about this carefully."):
+                self._send(chunk({"reasoning_content": piece}))
+        if scenario == "slow":
+            for _ in range(2000):  # until the client hangs up
+                self._send(chunk({"content": "word "}, completions=completions))
+                time.sleep(0.02)
+            return
+        head = scenario not in ("ok", "usage", "reasoning")
+        for index, data in enumerate(self._pieces(completions)):
+            self._send(data)
+            if head and index == 2:
+                break
+        if scenario == "error_event":
+            self._send(b'data: {"error": {"message": "engine died mid-answer", "code": 500}}\n\n')
+        elif scenario == "malformed":
+            self._send(b"data: {this is not json\n\n")
+        elif scenario == "no_done":
+            self._send(b"")  # a clean end of the body, but no finish_reason and no [DONE]
+            return
+        elif scenario == "cut":
+            self.wfile.write(b'40\r\ndata: {"trunc')  # half a chunk, then the socket dies
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        elif scenario == "stall":
+            self.state.release.wait(60)
+            return
+        else:
+            self._send(chunk({}, "stop", completions=completions))
+            if scenario == "usage":
+                pass
+        self._send(b"data: [DONE]\n\n")
+        self._send(b"")
+
+
+class FakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, state: FakeState | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.state = state or FakeState()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.state.release.set()
+        self.shutdown()
+        self.server_close()
+
+
+def main() -> None:
+    """`python -m tests.fake_openai [scenario]`: run it by hand and print its URL."""
+    server = FakeServer(FakeState(scenario=sys.argv[1] if len(sys.argv) > 1 else "ok")).start()
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
