@@ -41,6 +41,9 @@ def probe(client: httpx.Client, root: str, api_key: str | None) -> Probe:
         health = client.get(f"{root}/health")
         if health.status_code == 200:
             return Probe(True, "/health: 200")
+        if health.status_code != 404:
+            return Probe(False, f"/health: {health.status_code}")
+        # No /health (llama.cpp): a keyed /v1/models answers instead.
         models = client.get(f"{root}/v1/models", headers=_headers(api_key))
     except httpx.TransportError as exc:
         return Probe(False, type(exc).__name__)
@@ -49,7 +52,7 @@ def probe(client: httpx.Client, root: str, api_key: str | None) -> Probe:
     if models.status_code in (401, 403):
         # Up, but our key is wrong: waiting longer will not help.
         return Probe(False, f"/v1/models: {models.status_code} (API key rejected)", fatal=True)
-    return Probe(False, f"/health: {health.status_code}, /v1/models: {models.status_code}")
+    return Probe(False, f"/v1/models: {models.status_code}")
 
 
 def wait(

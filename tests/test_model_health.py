@@ -1,0 +1,165 @@
+"""`wait` against real sockets: a server that comes up late, one that never does, bad keys."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from model_server import health
+from tests.embedded_server import free_port
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Answers like vLLM (/health) or like llama.cpp (no /health, keyed /v1/models)."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        srv = self.server
+        if self.path == "/health" and srv.has_health:
+            self._reply(200 if srv.ready else 503)
+        elif self.path == "/v1/models":
+            if self.headers.get("Authorization") != f"Bearer {srv.key}":
+                self._reply(401)
+            else:
+                self._reply(200 if srv.ready else 503, b'{"data": []}')
+        else:
+            self._reply(404)
+
+    def _reply(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    has_health = True
+    ready = True
+    key = "k"
+
+
+@contextmanager
+def serve(port: int, **attrs: object) -> Iterator[_Server]:
+    srv = _Server(("127.0.0.1", port), _Handler)
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def _until(condition: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_root_url_accepts_both_forms() -> None:
+    assert health.root_url("http://h:1/v1/") == "http://h:1"
+    assert health.root_url("h:1") == "http://h:1"
+    assert health.root_url("http://h:1") == "http://h:1"
+
+
+def test_waits_for_a_server_that_comes_up_late() -> None:
+    port = free_port()
+    polls: list[str] = []
+    result: dict[str, object] = {}
+
+    def waiter() -> None:
+        try:
+            result["took"] = health.wait(
+                f"http://127.0.0.1:{port}/v1", timeout=60, interval=0.05,
+                progress=polls.append, progress_every=0.0,
+            )  # fmt: skip
+        except health.NotReady as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    # Let it see refused connections first, then start the server on that port.
+    _until(lambda: len(polls) >= 3)
+    assert "ConnectError" in polls[-1]
+    with serve(port):
+        thread.join(30)
+    assert "error" not in result, result
+    assert isinstance(result["took"], float)
+
+
+def test_waits_through_503_until_health_is_200() -> None:
+    port = free_port()
+    polls: list[str] = []
+    with serve(port, ready=False) as srv:
+        thread = threading.Thread(
+            target=health.wait, args=(f"http://127.0.0.1:{port}",),
+            kwargs={"timeout": 60, "interval": 0.05, "progress": polls.append,
+                    "progress_every": 0.0},
+        )  # fmt: skip
+        thread.start()
+        _until(lambda: len(polls) >= 2)
+        assert "/health: 503" in polls[-1]
+        srv.ready = True
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def test_llama_cpp_style_server_is_ready_on_keyed_models() -> None:
+    port = free_port()
+    with serve(port, has_health=False, key="right"):
+        assert health.wait(f"http://127.0.0.1:{port}", timeout=10, api_key="right") >= 0
+        with pytest.raises(health.NotReady, match="API key rejected"):
+            health.wait(f"http://127.0.0.1:{port}", timeout=30, api_key="wrong")
+
+
+def test_gives_up_on_a_server_that_never_comes() -> None:
+    port = free_port()
+    with pytest.raises(health.NotReady) as err:
+        health.wait(f"http://127.0.0.1:{port}", timeout=1.0, interval=0.1)
+    assert f"http://127.0.0.1:{port} not ready after 1s (last: ConnectError)" == str(err.value)
+
+
+def test_stops_waiting_when_the_server_process_dies() -> None:
+    port = free_port()
+    with pytest.raises(health.NotReady, match="server process exited"):
+        health.wait(f"http://127.0.0.1:{port}", timeout=60, alive=lambda: False)
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "model_server", "wait", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_cli_wait_never_ready_exits_1_with_one_line() -> None:
+    port = free_port()
+    result = _cli(f"http://127.0.0.1:{port}/v1", "--timeout", "1.5", "--interval", "0.2")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(f"mixvllm-serve: error: http://127.0.0.1:{port} not ready after")
+    # Progress lines before the error show the wait is alive.
+    assert any("waiting for" in line for line in lines[:-1]) or len(lines) == 1
+
+
+def test_cli_wait_ready_exits_0() -> None:
+    port = free_port()
+    with serve(port):
+        result = _cli(f"http://127.0.0.1:{port}/v1", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert "is ready after" in result.stderr
