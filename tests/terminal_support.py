@@ -1,0 +1,200 @@
+"""A real terminal server on an ephemeral port plus a small WebSocket client, for the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado import httpclient, httpserver, netutil, websocket
+
+from terminal_server import protocol
+from terminal_server.app import STATIC_DIR, close_clients, make_app, make_context
+from terminal_server.config import Config
+from terminal_server.handlers import Context
+
+TEST_SHELL = ("/bin/bash", "--norc", "--noprofile")
+TOKEN = "test-token-0123456789"
+
+
+def test_config(**overrides: Any) -> Config:
+    base = Config(
+        port=0,
+        autostart_chat=False,
+        shell=TEST_SHELL,
+        token=TOKEN,
+        idle_timeout=60.0,
+        cwd="/tmp",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@dataclass
+class Server:
+    ctx: Context
+    port: int
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.ctx.config.base_path}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.ctx.config.base_path}ws"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Cookie": f"{self.ctx.cookie_name}={TOKEN}"}
+
+    async def fetch(
+        self, path: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> httpclient.HTTPResponse:
+        client = httpclient.AsyncHTTPClient()
+        # "/x" is absolute on the server; "x" is relative to the base path.
+        url = f"http://127.0.0.1:{self.port}{path}" if path.startswith("/") else self.http + path
+        req = httpclient.HTTPRequest(url, headers=headers, follow_redirects=False, **kw)
+        return await client.fetch(req, raise_error=False)
+
+    async def connect(
+        self,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        *,
+        auth: bool = True,
+        auto_ack: bool = True,
+        wait_setup: bool = True,
+    ) -> Client:
+        hdrs = dict(self.auth_headers() if auth else {})
+        hdrs.update(headers or {})
+        req = httpclient.HTTPRequest(self.ws + (f"?{query}" if query else ""), headers=hdrs)
+        conn = await websocket.websocket_connect(req)
+        client = Client(conn, auto_ack=auto_ack)
+        self.clients.append(client)
+        if wait_setup:
+            await client.wait_setup()
+        return client
+
+
+class Client:
+    """Reads frames in the background; stdout is collected and (by default) acknowledged."""
+
+    def __init__(self, conn: websocket.WebSocketClientConnection, *, auto_ack: bool) -> None:
+        self.conn = conn
+        self.auto_ack = auto_ack
+        self.output = ""
+        self.frames: list[list[Any]] = []
+        self.unacked = 0
+        self.setup: dict[str, Any] | None = None
+        self.closed = asyncio.Event()
+        self._task = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            raw = await self.conn.read_message()
+            if raw is None:
+                self.closed.set()
+                return
+            msg = json.loads(raw)
+            self.frames.append(msg)
+            if msg[0] == protocol.SETUP:
+                self.setup = msg[1]
+            elif msg[0] == protocol.STDOUT:
+                self.output += msg[1]
+                self.unacked += 1
+                if self.auto_ack:
+                    self.ack()
+
+    def ack(self) -> None:
+        if self.unacked and self.conn.protocol is not None:
+            self.send(protocol.ACK, self.unacked)
+            self.unacked = 0
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    @property
+    def session_id(self) -> str:
+        assert self.setup is not None
+        return str(self.setup["session"])
+
+    def send(self, *msg: Any) -> None:
+        self.conn.write_message(json.dumps(list(msg)))
+
+    def send_raw(self, data: str | bytes) -> None:
+        self.conn.write_message(data, binary=isinstance(data, bytes))
+
+    def type(self, text: str) -> None:
+        self.send(protocol.STDIN, text)
+
+    async def wait_setup(self, timeout: float = 10.0) -> None:
+        await wait_for(lambda: self.setup is not None or self.closed.is_set(), timeout, "setup")
+
+    async def expect(self, needle: str, timeout: float = 10.0) -> None:
+        await wait_for(lambda: needle in self.output or self.closed.is_set(), timeout, needle)
+        assert needle in self.output, f"{needle!r} not in output (closed): {self.output[-500:]!r}"
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        self.conn.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), 5)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[Server]:
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    config = test_config(**overrides)
+    ctx = make_context(dataclasses.replace(config, port=port), STATIC_DIR)
+    http = httpserver.HTTPServer(make_app(ctx))
+    http.add_sockets(sockets)
+    ctx.manager.start()
+    server = Server(ctx, port)
+    try:
+        yield server
+    finally:
+        try:
+            for client in server.clients:
+                await client.close()
+        finally:
+            await _stop(ctx, http)
+
+
+async def _stop(ctx: Context, http: httpserver.HTTPServer) -> None:
+    http.stop()
+    await close_clients(ctx)
+    await ctx.manager.shutdown()
+    await http.close_all_connections()
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(_with_timeout(coro_fn))
+
+
+async def _with_timeout(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    await asyncio.wait_for(coro_fn(), 100)
