@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 from model_server import profiles
 from model_server.profiles import Profile, ProfileError
 
@@ -50,7 +48,16 @@ class ServeConfig:
 
 
 def state_dir(env: Mapping[str, str]) -> Path:
-    return Path(env.get(STATE_DIR_ENV) or platformdirs.user_state_dir("mixvllm"))
+    """$MIXVLLM_STATE_DIR, else $XDG_STATE_HOME/mixvllm, else ~/.local/state/mixvllm.
+
+    Plain XDG rules rather than platformdirs: the model image installs the launcher
+    without dependencies on top of vLLM's.
+    """
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    xdg = env.get("XDG_STATE_HOME", "").strip()
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "mixvllm"
 
 
 def api_key_file(env: Mapping[str, str]) -> Path:

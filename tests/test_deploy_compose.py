@@ -1,0 +1,90 @@
+"""docker-compose.yml against the compose-spec JSON schema, plus what the schema can't know.
+
+The schema is the one vendored inside check-jsonschema (`vendor.compose-spec`): nothing is
+fetched at test time.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    if not CHECK_JSONSCHEMA.exists():
+        pytest.fail(f"{CHECK_JSONSCHEMA} missing: pip install -e '.[dev]'", pytrace=False)
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    result = validate(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = COMPOSE.read_text().replace("condition: service_healthy", "condition: when_ready")
+    assert broken != COMPOSE.read_text()
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(broken)
+    result = validate(path)
+    assert result.returncode == 1
+    assert "when_ready" in result.stdout + result.stderr
+
+
+def test_model_server_service(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["model-server"]
+    assert svc["build"]["dockerfile"] == "Dockerfile.model"
+    assert svc["ipc"] == "host"
+    env = svc["environment"]
+    assert env["TENSOR_PARALLEL_SIZE"].startswith("${TENSOR_PARALLEL_SIZE")
+    assert env["HF_TOKEN"].startswith("${HF_TOKEN")
+    assert env["VLLM_API_KEY"].startswith("${VLLM_API_KEY:?")  # required, never defaulted
+    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert device["count"].startswith("${GPU_COUNT")
+    assert any(v.endswith(":/root/.cache/huggingface") for v in svc["volumes"])
+    health = svc["healthcheck"]
+    assert "http://127.0.0.1:8000" in health["test"]
+    assert health["start_period"].startswith("${MODEL_START_PERIOD:-1200s")
+    # The model API is published on loopback only.
+    assert all(str(p).startswith("127.0.0.1:") for p in svc["ports"])
+
+
+def test_terminal_server_service(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["terminal-server"]
+    assert svc["build"]["dockerfile"] == "Dockerfile.terminal"
+    env = svc["environment"]
+    assert env["MODEL_SERVER_URL"] == "http://model-server:8000/v1"
+    assert env["MIXVLLM_TERMINAL_TOKEN"].startswith("${MIXVLLM_TERMINAL_TOKEN:?")
+    assert env["VLLM_API_KEY"] == compose["services"]["model-server"]["environment"]["VLLM_API_KEY"]
+    assert svc["depends_on"] == {"model-server": {"condition": "service_healthy"}}
+    assert any(str(p).endswith(":8888") for p in svc["ports"])
+
+
+def test_every_variable_is_documented_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", example, flags=re.MULTILINE))
+    assert used <= documented, f"not in .env.example: {sorted(used - documented)}"
+    assert documented <= used, f"unused in docker-compose.yml: {sorted(documented - used)}"
