@@ -161,6 +161,11 @@ class MarkdownRenderer:
         while True:
             newline = pending.find("\n", self._scan)
             if newline < 0:
+                # The next line has begun without indentation: the block before is done.
+                partial = pending[self._scan : self._scan + 1]
+                if self._candidate is not None and partial and not partial.isspace():
+                    cut = self._candidate
+                    self._candidate = None
                 return cut
             start, line = self._scan, pending[self._scan : newline]
             self._scan = newline + 1

@@ -253,7 +253,7 @@ class FakeServer(ThreadingHTTPServer):
     def __init__(self, state: FakeState | None = None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.state = state or FakeState()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,190 @@
+"""The fault list against the fault-injecting server: one clear error, partial answer kept,
+conversation intact, next question answered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from chat_cli import errors
+from chat_cli.client import Answer, ChatClient, Sampling, fetch_models, wait_for_models
+from chat_cli.conversation import Conversation
+from chat_cli.session import INCOMPLETE, Session
+from tests.chat_support import closed_port_url, fake_server
+from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
+
+PARTIAL = "".join(tokens(DEFAULT_ANSWER)[:3])
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.reasoning_parts: list[str] = []
+        self.note: str | None = "unfinished"
+
+    def reasoning(self, text: str) -> None:
+        self.reasoning_parts.append(text)
+
+    def content(self, text: str) -> None:
+        self.parts.append(text)
+
+    def finish(self, answer: Answer, note: str | None) -> None:
+        self.note = note
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with fake_server() as server:
+        yield server
+
+
+def make_session(server: FakeServer, timeout: float = 10.0, model: str = MODEL) -> Session:
+    client = ChatClient(server.url + "/v1", server.state.api_key, timeout)
+    return Session(client, Conversation(), Sampling(model))
+
+
+def test_happy_path_counts_tokens_when_server_sends_no_usage(fake: FakeServer) -> None:
+    session = make_session(fake)
+    collect = Collect()
+    answer = session.ask("hello", collect)
+    assert answer.text == DEFAULT_ANSWER == "".join(collect.parts)
+    assert collect.note is None
+    assert answer.finish_reason == "stop"
+    assert answer.usage is not None and answer.usage.estimated
+    assert answer.usage.completion_tokens == len(tokens(DEFAULT_ANSWER))
+    assert fake.state.requests[-1]["stream_options"] == {"include_usage": True}
+    assert [m.role for m in session.conversation.messages] == ["user", "assistant"]
+
+
+def test_server_usage_chunk_is_used_when_sent(fake: FakeServer) -> None:
+    fake.state.scenario = "usage"
+    answer = make_session(fake).ask("hello", Collect())
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.estimated) == (7, False)
+
+
+def test_reasoning_is_kept_apart_from_the_answer(fake: FakeServer) -> None:
+    session = make_session(fake)
+    collect = Collect()
+    answer = session.ask("think @fault:reasoning", collect)
+    assert answer.reasoning_text == "Let me think about this carefully."
+    assert answer.text == DEFAULT_ANSWER
+    assert "think" not in "".join(collect.parts)
+    assert session.conversation.messages[-1].reasoning == answer.reasoning_text
+    assert "reasoning" not in session.conversation.api_messages()[-1]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("cut", "cut mid-answer"),
+        ("error_event", "engine died mid-answer"),
+        ("malformed", "malformed stream line"),
+        ("no_done", "ended early"),
+        ("stall", "sent nothing for 0.5 s"),
+    ],
+)
+def test_stream_faults_keep_the_partial_answer(fake: FakeServer, fault: str, expected: str) -> None:
+    session = make_session(fake, timeout=0.5)
+    collect = Collect()
+    with pytest.raises(errors.StreamFailed) as info:
+        session.ask(f"question @fault:{fault}", collect)
+    message = str(info.value)
+    assert expected in message and "partial answer was kept" in message
+    assert "\n" not in message
+    kept = session.conversation.messages[-1]
+    assert (kept.role, kept.content, kept.incomplete) == ("assistant", PARTIAL, INCOMPLETE)
+    assert collect.note == INCOMPLETE
+    # The conversation is intact and the next question is answered.
+    fake.state.release.set()
+    answer = session.ask("next", Collect())
+    assert answer.text == DEFAULT_ANSWER
+    sent = fake.state.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"] == PARTIAL
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type", "expected"),
+    [
+        ("http401", errors.AuthFailed, "VLLM_API_KEY"),
+        ("http400ctx", errors.ContextTooLong, "/clear"),
+        ("http500", errors.ServerFailed, "500: engine crashed"),
+    ],
+)
+def test_http_errors_keep_the_question_for_retry(
+    fake: FakeServer, fault: str, error_type: type[errors.ChatError], expected: str
+) -> None:
+    session = make_session(fake)
+    with pytest.raises(error_type) as info:
+        session.ask(f"question @fault:{fault}", Collect())
+    assert expected in str(info.value)
+    assert session.conversation.messages == []
+    assert session.retry_text() == f"question @fault:{fault}"
+
+
+def test_unknown_model_lists_served_models(fake: FakeServer) -> None:
+    session = make_session(fake, model="missing")
+    with pytest.raises(errors.ModelNotFound) as info:
+        session.ask("hi", Collect())
+    assert "fake-model, other-model" in str(info.value)
+
+
+def test_unreachable_server() -> None:
+    client = ChatClient(closed_port_url() + "/v1", None, 5.0)
+    session = Session(client, Conversation(), Sampling(MODEL))
+    with pytest.raises(errors.ServerUnreachable, match="cannot reach"):
+        session.ask("hi", Collect())
+    with pytest.raises(errors.ServerUnreachable, match="mixvllm-serve up"):
+        fetch_models(closed_port_url() + "/v1", None)
+
+
+def test_models_needs_the_key() -> None:
+    with fake_server(api_key="sekrit") as server:
+        with pytest.raises(errors.AuthFailed, match="--api-key"):
+            fetch_models(server.url + "/v1", None)
+        assert fetch_models(server.url + "/v1", "sekrit") == [MODEL, "other-model"]
+
+
+def test_wait_for_a_loading_server_reports_progress() -> None:
+    with fake_server(loading_until=time.monotonic() + 1.0) as server:
+        seen: list[str] = []
+        models = wait_for_models(server.url + "/v1", None, 20.0, seen.append)
+    assert models[0] == MODEL
+    assert seen and "503" in seen[0] and "waiting for" in seen[0]
+
+
+def test_wait_gives_up_with_a_clear_message() -> None:
+    with fake_server(loading_until=time.monotonic() + 600) as server:
+        with pytest.raises(errors.WaitTimeout, match=r"not ready after 1 s \(last: .*503"):
+            wait_for_models(server.url + "/v1", None, 1.0, lambda _: None)
+
+
+def test_no_stream_and_completions_endpoints(fake: FakeServer) -> None:
+    session = make_session(fake)
+    session.stream = False
+    answer = session.ask("hello", Collect())
+    assert answer.text == DEFAULT_ANSWER
+    assert answer.usage is not None and not answer.usage.estimated
+    assert "stream" not in fake.state.requests[-1]
+
+    session = make_session(fake)
+    session.completions = True
+    answer = session.ask("Once upon a time", Collect())
+    assert answer.text == DEFAULT_ANSWER
+    assert fake.state.requests[-1]["prompt"] == "Once upon a time\n"
+
+
+def test_sampling_settings_reach_the_server(fake: FakeServer) -> None:
+    session = make_session(fake)
+    session.set_sampling(temperature=0.2, top_p=0.9, max_tokens=64, seed=7)
+    session.ask("hi", Collect())
+    request = fake.state.requests[-1]
+    assert (request["temperature"], request["top_p"], request["max_tokens"], request["seed"]) == (
+        0.2,
+        0.9,
+        64,
+        7,
+    )

@@ -1,0 +1,173 @@
+"""Streaming markdown rendering, asserted on visible text (and on a terminal emulator's screen)."""
+
+from __future__ import annotations
+
+import io
+
+import pyte
+from rich.console import Console
+from rich.markdown import Markdown
+
+from chat_cli.client import Answer, Usage
+from chat_cli.render import MarkdownRenderer, PlainRenderer, footer_text
+from tests.chat_support import visible
+from tests.fake_openai import tokens
+
+DOC = """# Release notes
+
+Intro paragraph with **bold** text and `code`.
+
+- first item
+- second item
+
+```python
+def answer():
+
+    return 42
+```
+
+| name | value |
+|------|-------|
+| alpha | 1 |
+
+3. third step
+4. fourth step
+
+Closing words.
+"""
+
+
+def plain_console(width: int = 80) -> Console:
+    return Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+
+
+def stream(renderer: MarkdownRenderer, text: str) -> None:
+    for piece in tokens(text):
+        renderer.content(piece)
+
+
+def finished(**usage: int) -> Answer:
+    answer = Answer(started=10.0, first_token_at=10.5, ended_at=11.5)
+    answer.usage = Usage(usage.get("prompt", 10), usage.get("completion", 20), True)
+    return answer
+
+
+def lines_of(text: str) -> list[str]:
+    return [line.rstrip() for line in visible(text).splitlines() if line.strip()]
+
+
+def test_streamed_output_matches_rendering_the_whole_answer() -> None:
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False, footer=False)
+    stream(renderer, DOC)
+    renderer.finish(finished(), None)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+
+    whole = plain_console()
+    whole.print(Markdown(DOC))
+    assert lines_of(out) == lines_of(whole.file.getvalue())  # type: ignore[attr-defined]
+    text = visible(out)
+    for needle in (
+        "Release notes",
+        "• first item",
+        "def answer():",
+        "return 42",
+        "alpha",
+        "fourth step",
+    ):
+        assert text.count(needle) == 1, needle
+    assert "```" not in text and "**" not in text
+
+
+def test_finished_blocks_are_printed_before_the_answer_ends() -> None:
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False)
+    stream(renderer, "First paragraph here.\n\nSecond one is still")
+    assert "First paragraph here." in visible(console.file.getvalue())  # type: ignore[attr-defined]
+    assert renderer.pending == "Second one is still"
+    renderer.content(" typing\n\n```\nopen code\n\n")
+    assert renderer.pending.startswith("```"), "a code block stays open across blank lines"
+
+
+def test_indented_continuation_keeps_the_list_item_together() -> None:
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False, footer=False)
+    text = "- item one\n\n  more of item one\n\n- item two\n\nAfter.\n"
+    stream(renderer, text)
+    renderer.finish(finished(), None)
+    whole = plain_console()
+    whole.print(Markdown(text))
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert lines_of(out) == lines_of(whole.file.getvalue())  # type: ignore[attr-defined]
+
+
+def test_each_block_is_rendered_once_so_cost_is_linear() -> None:
+    rendered: list[int] = []
+
+    class Counting(MarkdownRenderer):
+        def _render_markdown(self, markdown: str) -> str:
+            rendered.append(len(markdown))
+            return super()._render_markdown(markdown)
+
+    long_doc = DOC * 40
+    renderer = Counting(plain_console(), live=False, footer=False)
+    stream(renderer, long_doc)
+    renderer.finish(finished(), None)
+    assert sum(rendered) <= len(long_doc)
+    assert len(rendered) >= 40 * 6, "the answer was rendered block by block"
+
+
+def test_live_region_leaves_each_line_once_on_a_terminal() -> None:
+    console = Console(
+        file=io.StringIO(), width=60, height=20, force_terminal=True, color_system="256"
+    )
+    renderer = MarkdownRenderer(console, refresh_s=0.0)  # redraw the tail on every piece
+    stream(renderer, DOC * 3)
+    renderer.finish(finished(), "interrupted")
+
+    screen = pyte.HistoryScreen(60, 20, history=2000)
+    screen.set_mode(pyte.modes.LNM)  # a PTY turns \n into \r\n
+    pyte.Stream(screen).feed(console.file.getvalue())  # type: ignore[attr-defined]
+    rows = [
+        "".join(line[x].data for x in range(screen.columns)).rstrip()
+        for line in list(screen.history.top)
+    ] + [row.rstrip() for row in screen.display]
+    shown = "\n".join(rows)
+    assert shown.count("Release notes") == 3
+    assert shown.count("return 42") == 3
+    assert shown.count("Closing words.") == 3
+    assert shown.count("[interrupted]") == 1
+    assert shown.count("tok/s") == 1
+    assert "```" not in shown
+
+
+def test_reasoning_collapses_to_one_line_and_stays_out_of_the_answer() -> None:
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False, footer=False)
+    for piece in tokens("I should greet them politely."):
+        renderer.reasoning(piece)
+    stream(renderer, "Hello!\n")
+    renderer.finish(finished(), None)
+    text = visible(console.file.getvalue())  # type: ignore[attr-defined]
+    assert "▸ reasoning: 5 words" in text
+    assert "politely" not in text
+    assert text.index("reasoning") < text.index("Hello!")
+
+
+def test_plain_renderer_writes_deltas_note_and_footer() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out, footer=True, styled=False)
+    for piece in tokens("Just **text**"):
+        renderer.content(piece)
+    renderer.finish(finished(), "interrupted")
+    assert out.getvalue().splitlines() == [
+        "Just **text**",
+        "[interrupted]",
+        footer_text(finished()),
+    ]
+
+
+def test_footer_shows_ttft_speed_and_tokens() -> None:
+    assert footer_text(finished(prompt=12, completion=40)) == (
+        "TTFT 0.50 s · 40.0 tok/s · ~12 prompt + ~40 completion tokens · 1.5 s"
+    )
