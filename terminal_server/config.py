@@ -88,7 +88,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Browser terminal: xterm.js over a WebSocket, one PTY per tab.",
     )
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="bind address")
-    p.add_argument("--port", type=int, default=int(e("PORT", "8888") or 8888))
+    p.add_argument(
+        "--port", type=int, default=int(e("PORT", "8888") or 8888), help="0 picks a free port"
+    )
     chat = p.add_mutually_exclusive_group()
     default_auto = _env_bool(e("AUTOSTART_CHAT", "1") or "1")
     chat.add_argument(
@@ -161,7 +163,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raise ConfigError(f"cannot parse command line: {exc}") from exc
     if not shell or not chat_cmd:
         raise ConfigError("--shell and --chat-command must not be empty")
-    if not 0 < args.port < 65536:
+    if not 0 <= args.port < 65536:  # 0: any free port (tests, benchmarks)
         raise ConfigError(f"--port out of range: {args.port}")
     if args.max_sessions < 1:
         raise ConfigError("--max-sessions must be at least 1")
