@@ -248,9 +248,9 @@ def test_malformed_frames_close_cleanly_with_a_log_line(caplog: pytest.LogCaptur
                 c.send_raw(frame)
                 codes.append(await c.wait_closed())
                 await c.close()
-            bystander_ok = await srv.connect()
-            bystander_ok.type("echo still'-'serving\r")
-            await bystander_ok.expect("still-serving")
+            bystander.type("echo still'-'serving\r")
+            await bystander.expect("still-serving")
+            assert bystander.close_code is None
             assert srv.ctx.metrics.protocol_errors == len(MALFORMED)
 
     with caplog.at_level(logging.WARNING, "mixvllm.terminal"):
