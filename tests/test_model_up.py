@@ -1,0 +1,161 @@
+"""`mixvllm-serve up`: the real embedded model server and the real terminal server together."""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from model_server import health
+from tests.conftest import require
+from tests.embedded_server import free_port
+from tests.embedded_server import installed as embedded_installed
+
+ROOT = Path(__file__).resolve().parent.parent
+XTERM = ROOT / "static" / "node_modules" / "@xterm" / "xterm" / "lib" / "xterm.js"
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str]
+    seen: list[str]
+    model_port: int
+    terminal_port: int
+    api_key: str
+    reader: threading.Thread
+
+    def expect(self, fragment: str, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if fragment in line:
+                return line
+        raise AssertionError(f"no line with {fragment!r}; output so far:\n" + "".join(self.seen))
+
+    def rest(self) -> str:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[object]:
+    started: list[Up] = []
+
+    def start(*extra: str, env_extra: dict[str, str] | None = None) -> Up:
+        model_port, terminal_port = free_port(), free_port()
+        key = secrets.token_urlsafe(16)
+        env = {**os.environ, "VLLM_API_KEY": key, "MIXVLLM_STATE_DIR": str(tmp_path / "state"),
+               "HOME": str(tmp_path), **(env_extra or {})}  # fmt: skip
+        cmd = [sys.executable, "-m", "model_server", "up", "--model-port", str(model_port),
+               "--terminal-port", str(terminal_port), *extra]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        up = Up(proc, lines, [], model_port, terminal_port, key, reader)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        if up.proc.poll() is None:
+            for child in psutil.Process(up.proc.pid).children(recursive=True):
+                child.kill()
+            os.killpg(up.proc.pid, signal.SIGKILL)
+        up.proc.wait(30)
+        up.reader.join(10)
+        assert up.proc.stdout is not None
+        up.proc.stdout.close()
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_runs_both_and_stops_cleanly(start_up: object, sig: signal.Signals) -> None:
+    ok, why = embedded_installed()
+    require(ok, why)
+    require(XTERM.is_file(), f"{XTERM} missing: run `make static`")
+    up: Up = start_up()  # type: ignore[operator]
+    line = up.expect("open http://")
+    url = line.split("open ", 1)[1].strip()
+    assert url.startswith(f"http://127.0.0.1:{up.terminal_port}/?token=")
+    token = url.split("token=", 1)[1]
+
+    # The model really answers, with the key `up` handed out.
+    model_url = f"http://127.0.0.1:{up.model_port}/v1"
+    assert health.first_answer(model_url, model="smollm2-135m-instruct", api_key=up.api_key)
+    # The terminal serves with the printed token ...
+    healthz = httpx.get(
+        f"http://127.0.0.1:{up.terminal_port}/healthz",
+        headers={"Authorization": f"Bearer {token}"}, timeout=10,
+    )  # fmt: skip
+    assert healthz.status_code == 200
+    # ... and hands its sessions the model's URL and key.
+    children = psutil.Process(up.proc.pid).children(recursive=True)
+    terminal = [c for c in children if "terminal_server" in " ".join(c.cmdline())]
+    assert len(terminal) == 1
+    terminal_env = terminal[0].environ()
+    assert terminal_env["MODEL_SERVER_URL"] == model_url
+    assert terminal_env["VLLM_API_KEY"] == up.api_key
+
+    up.proc.send_signal(sig)
+    assert up.proc.wait(60) == 0, up.rest()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"
+    for port in (up.model_port, up.terminal_port):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+    assert "stopping" in up.rest()
+
+
+def test_up_refuses_a_busy_model_port(start_up: object) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        up: Up = start_up("--model-port", str(port))  # type: ignore[operator]
+        assert up.proc.wait(60) == 1
+    out = up.rest()
+    assert f"mixvllm-serve: error: model server port {port} on 127.0.0.1 is not free" in out
+    assert "Traceback" not in out
+
+
+def test_up_reports_a_model_server_that_cannot_start(start_up: object, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    up: Up = start_up(env_extra={"MODEL": str(missing)})  # type: ignore[operator]
+    assert up.proc.wait(60) == 1
+    out = up.rest()
+    assert "the server process exited" in out
+    # The model server's own error line comes with it, from its log.
+    assert f"model path {missing} does not exist" in out
+    assert "Traceback" not in out
