@@ -79,7 +79,7 @@ class PlainRenderer:
         lines = []
         if note:
             lines.append(self._style(f"[{note}]", YELLOW))
-        if self.footer:
+        if self.footer and answer.first_token_at is not None:
             lines.append(self._style(footer_text(answer), DIM))
         text = "" if self._ends_with_newline else "\n"
         if lines:
@@ -145,7 +145,7 @@ class MarkdownRenderer:
         self.pending = ""
         if note:
             text += self._styled(f"[{note}]", "yellow")
-        if self.footer:
+        if self.footer and answer.first_token_at is not None:
             text += self._styled(footer_text(answer), "dim")
         self._emit(text, tail=False)
         if self._cursor_hidden:

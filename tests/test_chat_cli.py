@@ -199,7 +199,13 @@ def test_errors_are_one_line_with_exit_code(
 ) -> None:
     env = chat_env(tmp_path, closed_port_url())
     result = subprocess.run(
-        CHAT + args, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        CHAT + args,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     assert result.returncode == code
     lines = [line for line in result.stderr.splitlines() if not line.startswith("waiting")]
@@ -212,6 +218,7 @@ def test_entry_point_pipe_mode(tmp_path: Path, fake: FakeServer) -> None:
         [*CHAT, "summarize"],
         env=chat_env(tmp_path, fake.url),
         input="some file text\n",
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,

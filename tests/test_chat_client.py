@@ -157,9 +157,12 @@ def test_wait_for_a_loading_server_reports_progress() -> None:
 
 
 def test_wait_gives_up_with_a_clear_message() -> None:
-    with fake_server(loading_until=time.monotonic() + 600) as server:
-        with pytest.raises(errors.WaitTimeout, match=r"not ready after 1 s \(last: .*503"):
-            wait_for_models(server.url + "/v1", None, 1.0, lambda _: None)
+    expected = r"not ready after 1 s \(last: .*503"
+    with (
+        fake_server(loading_until=time.monotonic() + 600) as server,
+        pytest.raises(errors.WaitTimeout, match=expected),
+    ):
+        wait_for_models(server.url + "/v1", None, 1.0, lambda _: None)
 
 
 def test_no_stream_and_completions_endpoints(fake: FakeServer) -> None:

@@ -1,0 +1,166 @@
+"""The REPL driven through a real PTY: typing, paste, Ctrl-C, Ctrl-D, slash commands."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.chat_support import (
+    CHAT,
+    PROMPT_READY,
+    chat_env,
+    conversations,
+    fake_server,
+    visible,
+    wait_for,
+)
+from tests.fake_openai import DEFAULT_ANSWER, FakeServer
+
+# Generous deadlines: the machine is shared and noisy; the bench measures speed, not these.
+STEP_S = 15
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with fake_server() as server:
+        yield server
+
+
+def spawn(tmp_path: Path, url: str, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        CHAT[0],
+        [*CHAT[1:], *args],
+        env=chat_env(tmp_path, url),
+        cwd=str(tmp_path),
+        encoding="utf-8",
+        dimensions=(40, 120),
+        timeout=STEP_S,
+    )
+    child.expect(PROMPT_READY)
+    return child
+
+
+def ask(child: pexpect.spawn, text: str) -> str:
+    child.send(text + "\r")
+    child.expect("tok/s")
+    answer = visible(child.before)
+    child.expect(PROMPT_READY)
+    return answer
+
+
+def exit_with_ctrl_d(child: pexpect.spawn) -> int:
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    status: int = child.exitstatus
+    return status
+
+
+def last_saved(tmp_path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(conversations(tmp_path)[-1].read_text())
+    return data
+
+
+def test_type_a_question_see_markdown_and_exit_with_ctrl_d(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    child = spawn(tmp_path, fake.url)
+    assert f"Connected to {fake.url}/v1 · model fake-model" in visible(child.before)
+    shown = ask(child, "hello there")
+    assert "Hello there! This is a test answer." in shown and "**" not in shown
+    assert "• one" in shown
+    assert fake.state.requests[-1]["messages"] == [{"role": "user", "content": "hello there"}]
+    assert exit_with_ctrl_d(child) == 0
+    history = (tmp_path / "state" / "mixvllm" / "chat_history").read_text()
+    assert "+hello there" in history
+    assert [m["role"] for m in last_saved(tmp_path)["messages"]] == ["user", "assistant"]  # type: ignore[index, union-attr]
+
+
+def test_paste_keeps_newlines_and_alt_enter_inserts_one(tmp_path: Path, fake: FakeServer) -> None:
+    child = spawn(tmp_path, fake.url)
+    child.send("\x1b[200~line one\nline two\x1b[201~")
+    ask(child, "")
+    assert fake.state.requests[-1]["messages"][-1]["content"] == "line one\nline two"
+    child.send("first")
+    child.send("\x1b\r")  # Alt-Enter
+    ask(child, "second")
+    assert fake.state.requests[-1]["messages"][-1]["content"] == "first\nsecond"
+    assert exit_with_ctrl_d(child) == 0
+
+
+def test_ctrl_c_stops_the_answer_keeps_it_and_returns_to_the_prompt(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    child = spawn(tmp_path, fake.url)
+    child.send("tell me @fault:slow\r")
+    child.expect("word word")
+    child.sendintr()
+    child.expect(r"\[interrupted\]", timeout=3)
+    child.expect(PROMPT_READY, timeout=3)
+    saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
+    assert saved["incomplete"] == "interrupted"
+    assert saved["content"].startswith("word word")
+
+    # Ctrl-C at the prompt clears the line; the conversation goes on with the partial answer.
+    child.send("typo")
+    child.sendcontrol("c")
+    child.expect(PROMPT_READY)
+    ask(child, "next")
+    sent = fake.state.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"] == saved["content"] and sent[2]["content"] == "next"
+    assert exit_with_ctrl_d(child) == 0
+
+
+def test_errors_are_one_line_and_the_next_prompt_works(tmp_path: Path, fake: FakeServer) -> None:
+    child = spawn(tmp_path, fake.url)
+    child.send("q @fault:http500\r")
+    child.expect("try /retry")
+    assert "✗ the model server failed (500: engine crashed" in visible(child.before)
+    child.expect(PROMPT_READY)
+    child.send("/retry\r")  # the same question again: it fails again, the same way
+    child.expect("try /retry")
+    child.expect(PROMPT_READY)
+    assert "Traceback" not in visible(child.before)
+    ask(child, "fine now")
+    assert [m["content"] for m in fake.state.requests[-1]["messages"]] == ["fine now"]
+    assert exit_with_ctrl_d(child) == 0
+
+
+def test_slash_commands_completion_copy_and_set(tmp_path: Path, fake: FakeServer) -> None:
+    child = spawn(tmp_path, fake.url)
+    ask(child, "hello")
+    child.send("/cop")
+    child.send("\t")
+    child.send("\r")
+    payload = base64.b64encode(DEFAULT_ANSWER.encode()).decode()
+    child.expect_exact(f"\x1b]52;c;{payload}\x07")
+    child.expect("Copied the last answer")
+    child.expect(PROMPT_READY)
+    child.send("/set temperature 0.25\r")
+    child.expect("temperature = 0.25")
+    child.expect(PROMPT_READY)
+    ask(child, "again")
+    assert fake.state.requests[-1]["temperature"] == 0.25
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_resume_continues_after_a_restart(tmp_path: Path, fake: FakeServer) -> None:
+    child = spawn(tmp_path, fake.url)
+    ask(child, "remember me")
+    assert exit_with_ctrl_d(child) == 0
+    child = spawn(tmp_path, fake.url, "--resume")
+    assert "Resumed" in visible(child.before)
+    ask(child, "still there?")
+    sent = [m["content"] for m in fake.state.requests[-1]["messages"]]
+    assert sent == ["remember me", DEFAULT_ANSWER, "still there?"]
+    assert exit_with_ctrl_d(child) == 0
+    wait_for(lambda: len(conversations(tmp_path)) == 1)
