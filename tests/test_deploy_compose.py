@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from model_server import profiles
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
@@ -88,3 +90,45 @@ def test_every_variable_is_documented_in_env_example() -> None:
     documented = set(re.findall(r"^([A-Z0-9_]+)=", example, flags=re.MULTILINE))
     assert used <= documented, f"not in .env.example: {sorted(used - documented)}"
     assert documented <= used, f"unused in docker-compose.yml: {sorted(documented - used)}"
+
+
+SCALE_OUT = [ROOT / "deploy" / "compose.ray.yml", ROOT / "deploy" / "compose.terminal-replicas.yml"]
+
+
+@pytest.mark.parametrize("path", SCALE_OUT, ids=lambda p: p.name)
+def test_scale_out_compose_files_match_the_compose_spec(path: Path) -> None:
+    result = validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ray_recipe_uses_the_multinode_profile() -> None:
+    data = yaml.safe_load(SCALE_OUT[0].read_text())
+    head, worker = data["services"]["ray-head"], data["services"]["ray-worker"]
+    assert (head["profiles"], worker["profiles"]) == (["head"], ["worker"])
+    for svc in (head, worker):
+        assert (svc["network_mode"], svc["ipc"]) == ("host", "host")
+    env = head["environment"]
+    name = env["MIXVLLM_PROFILE"].removeprefix("${MIXVLLM_PROFILE:-").removesuffix("}")
+    p = profiles.load(name)
+    assert p.distributed_executor_backend == "ray"
+    assert env["TENSOR_PARALLEL_SIZE"] == f"${{TENSOR_PARALLEL_SIZE:-{p.tensor_parallel_size}}}"
+    assert (
+        env["PIPELINE_PARALLEL_SIZE"] == f"${{PIPELINE_PARALLEL_SIZE:-{p.pipeline_parallel_size}}}"
+    )
+    script = head["command"][0]
+    assert "ray start --head" in script
+    assert script.rstrip().endswith("exec mixvllm-serve")
+    assert "ray start --block --address=" in worker["command"][0]
+
+
+def test_terminal_replicas_sit_behind_a_sticky_proxy() -> None:
+    data = yaml.safe_load(SCALE_OUT[1].read_text())
+    terminal, proxy = data["services"]["terminal"], data["services"]["proxy"]
+    assert "ports" not in terminal  # only the proxy is published
+    assert terminal["deploy"]["replicas"].startswith("${TERMINAL_REPLICAS")
+    assert re.fullmatch(r"haproxy:\d+\.\d+\.\d+-alpine", proxy["image"])
+    cfg = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*cookie MIXVLLM_REPLICA insert .*dynamic", cfg, re.MULTILINE)
+    assert "timeout tunnel" in cfg  # WebSockets outlive the default timeouts
+    assert "uri /healthz" in cfg
+    assert "server-template term 1-16 terminal:8888" in cfg
