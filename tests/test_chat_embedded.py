@@ -1,0 +1,94 @@
+"""Happy paths against the REAL embedded model server (llama.cpp + SmolLM2), no fakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+
+from tests.chat_support import CHAT, PROMPT_READY, chat_env, visible
+
+pytestmark = pytest.mark.embedded
+
+
+def run_chat(
+    tmp_path: Path, server: Any, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = chat_env(tmp_path, server.base_url, VLLM_API_KEY=server.api_key)
+    return subprocess.run(
+        [*CHAT, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_one_shot_answer_from_the_real_model(tmp_path: Path, embedded_model_server: Any) -> None:
+    result = run_chat(
+        tmp_path, embedded_model_server, "--max-tokens", "24", "--seed", "1", "Say hello."
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and result.stderr == ""
+    assert "\x1b[" not in result.stdout  # plain text when stdout is not a terminal
+
+
+def test_json_counts_tokens_from_the_real_stream(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    result = run_chat(
+        tmp_path, embedded_model_server, "--json", "--max-tokens", "16", "Name a colour."
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"] == embedded_model_server.model
+    assert data["content"] and data["error"] is None
+    assert 0 < data["usage"]["completion_tokens"] <= 16 + 1
+    assert data["finish_reason"] in ("stop", "length")
+
+
+def test_pipe_and_no_stream_and_completions(tmp_path: Path, embedded_model_server: Any) -> None:
+    result = run_chat(
+        tmp_path, embedded_model_server, "--no-stream", "--max-tokens", "16", "Summarize:",
+        stdin="The cat sat on the mat. It was warm.\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    result = run_chat(
+        tmp_path, embedded_model_server, "--completions", "--max-tokens", "8", "Once upon a time"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_wrong_key_gives_the_key_hint(tmp_path: Path, embedded_model_server: Any) -> None:
+    env = chat_env(tmp_path, embedded_model_server.base_url, VLLM_API_KEY="wrong")
+    result = subprocess.run(
+        [*CHAT, "hi"], env=env, capture_output=True, text=True, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "rejected the API key (401)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_repl_exchange_with_the_real_model(tmp_path: Path, embedded_model_server: Any) -> None:
+    env = chat_env(
+        tmp_path, embedded_model_server.base_url, VLLM_API_KEY=embedded_model_server.api_key
+    )
+    child = pexpect.spawn(
+        CHAT[0], [*CHAT[1:], "--max-tokens", "32"], env=env, encoding="utf-8",
+        dimensions=(40, 120), timeout=60,
+    )  # fmt: skip
+    child.expect(PROMPT_READY)
+    assert f"model {embedded_model_server.model}" in visible(child.before)
+    child.send("What is 2 + 2?\r")
+    child.expect("tok/s")
+    child.expect(PROMPT_READY)
+    child.send("/model\r")
+    child.expect_exact(f"* {embedded_model_server.model}")
+    child.expect(PROMPT_READY)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
