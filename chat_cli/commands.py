@@ -126,7 +126,8 @@ class Commands:
         try:
             parsed = kind(value)
         except ValueError:
-            raise ChatError(f"{key} needs a {kind.__name__}, got {value!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise ChatError(f"{key} needs {what}, got {value!r}") from None
         self.session.set_sampling(**{key: parsed})
         self.say(f"{key} = {parsed}")
         return None
