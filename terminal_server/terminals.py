@@ -185,6 +185,8 @@ class Session:
 
     def ack(self, frames: int) -> bool:
         """Record that the client consumed `frames` stdout frames; False if it over-acks."""
+        if self.closed:  # acks still in flight while the session shuts down
+            return True
         if frames > len(self._unacked):
             return False
         for _ in range(frames):
@@ -319,10 +321,10 @@ class Session:
     def close(self) -> asyncio.Task[None]:
         """Kill every process of the session (HUP -> TERM -> KILL), reap them, tell the client."""
         if self._closing is None:
+            self._closing = asyncio.ensure_future(self._terminate())  # runs from the next tick
             self._reset_flow()
-            self._update_reader()
+            self._update_reader()  # `closed` is now true: stop watching the fd
             self._flush_input()
-            self._closing = asyncio.ensure_future(self._terminate())
         return self._closing
 
     async def _terminate(self) -> None:

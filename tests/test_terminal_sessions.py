@@ -1,0 +1,229 @@
+"""PTY sessions: escalating kill and reaping, no leaks over 200 cycles, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import psutil
+import pytest
+
+from terminal_server import protocol
+from terminal_server.terminals import READ_CHUNK, _session_members
+
+from .terminal_support import run, running_server, wait_for
+
+
+def _gone(pid: int) -> bool:
+    """Neither running nor a zombie: killed and reaped."""
+    return not psutil.pid_exists(pid)
+
+
+def test_close_kills_the_whole_session_including_hup_ignoring_children() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect()
+            session = srv.ctx.manager.sessions[c.session_id]
+            # A background job (its own process group under job control) that ignores HUP
+            # and TERM, and a foreground-style child via nohup.
+            c.type(
+                "bash -c 'trap \"\" HUP TERM; echo stubborn-$$; exec sleep 300' & "
+                "nohup sleep 301 >/dev/null 2>&1 & echo start'ed'\r"
+            )
+            await c.expect("started")
+            await c.expect("stubborn-")
+            stubborn = int(re.search(r"stubborn-(\d+)", c.output).group(1))  # type: ignore[union-attr]
+            await wait_for(
+                lambda: (
+                    {"sleep"}
+                    <= {
+                        psutil.Process(p).name()
+                        for p, _, s in _session_members(session.proc.pid)
+                        if s != "Z"
+                    }
+                ),
+                5,
+                "children",
+            )
+            pids = [p for p, _, _ in _session_members(session.proc.pid)]
+            assert stubborn in pids
+            assert len(pids) >= 3
+            await session.close()
+            for pid in pids:
+                assert _gone(pid), f"pid {pid} survived"
+            assert _session_members(session.proc.pid) == []
+            assert session.proc.returncode is not None
+            assert await c.wait_closed() == protocol.CLOSE_SESSION_ENDED
+
+    run(body)
+
+
+def test_ctrl_c_reaches_the_foreground_program() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect()
+            c.type("sleep 300; echo after'-'sleep\r")
+            session = srv.ctx.manager.sessions[c.session_id]
+            await wait_for(
+                lambda: any(
+                    psutil.Process(p).name() == "sleep"
+                    for p, _, s in _session_members(session.proc.pid)
+                    if s != "Z"
+                ),
+                5,
+            )
+            c.type("\x03")
+            c.type("echo interrupted'-'ok\r")
+            await c.expect("interrupted-ok")
+            assert "after-sleep" not in c.output
+
+    run(body)
+
+
+def _snapshot() -> tuple[int, set[int]]:
+    me = psutil.Process()
+    return me.num_fds(), {p.pid for p in me.children(recursive=True)}
+
+
+@pytest.mark.slow
+def test_200_open_close_cycles_leak_no_processes_or_fds() -> None:
+    async def body() -> None:
+        async with running_server(max_sessions=4) as srv:
+
+            async def cycle(i: int) -> None:
+                c = await srv.connect()
+                if i % 2:
+                    c.type("exit\r")  # the program ends the session
+                else:
+                    await srv.ctx.manager.sessions[c.session_id].close()  # the server ends it
+                assert await c.wait_closed() == protocol.CLOSE_SESSION_ENDED
+                await c.close()
+                srv.clients.remove(c)
+
+            for i in range(4):  # warm up lazily created fds (HTTP client, selectors)
+                await cycle(i)
+            fds, children = _snapshot()
+            for i in range(200):
+                await cycle(i)
+            assert srv.ctx.manager.sessions == {}
+            fds_after, children_after = _snapshot()
+            assert children_after - children == set()
+            assert fds_after <= fds, (fds, fds_after)
+            assert srv.ctx.metrics.sessions_started == 204
+
+    run(body)
+    me = psutil.Process()
+    zombies = [p for p in me.children() if p.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+
+
+FLOOD = "head -c 6000000 /dev/zero | tr '\\0' a; echo; echo flood'-'done\r"
+
+
+def test_stalled_client_bounds_server_buffering_and_blocks_the_program() -> None:
+    window = 64 * 1024
+
+    async def body() -> None:
+        async with running_server(flow_window=window) as srv:
+            c = await srv.connect(auto_ack=False)
+            session = srv.ctx.manager.sessions[c.session_id]
+            c.type(FLOOD)
+            await wait_for(lambda: not session.reading, 10, "the PTY reader to pause")
+            assert session.outstanding <= window + READ_CHUNK
+            produced = srv.ctx.metrics.bytes_out
+            # While nothing is acknowledged, nothing more is read and the producer waits:
+            # observe for a while (proving an absence needs a time window).
+            for _ in range(10):
+                await asyncio.sleep(0.03)
+                assert not session.reading
+            members = _session_members(session.proc.pid)
+            names = {psutil.Process(p).name() for p, _, s in members if s != "Z"}
+            assert {"head", "tr"} & names, names
+            assert srv.ctx.metrics.bytes_out == produced
+            assert produced < 6_000_000
+            assert c.close_code is None  # stalled but alive: not disconnected
+            # Acknowledge and keep acknowledging: the flood finishes.
+            c.auto_ack = True
+            c.ack()
+            await c.expect("flood-done", 60)
+            assert srv.ctx.metrics.bytes_out >= 6_000_000
+
+    run(body)
+
+
+def test_stalled_client_can_still_interrupt_the_flood() -> None:
+    async def body() -> None:
+        async with running_server(flow_window=64 * 1024) as srv:
+            c = await srv.connect(auto_ack=False)
+            session = srv.ctx.manager.sessions[c.session_id]
+            c.type("cat /dev/zero | tr '\\0' b\r")
+            await wait_for(lambda: not session.reading, 10, "pause")
+            c.type("\x03")
+            c.auto_ack = True
+            c.ack()
+            c.type("echo back'-'at-prompt\r")
+            await c.expect("back-at-prompt", 30)
+
+    run(body)
+
+
+def test_over_acknowledging_is_a_protocol_error() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect(auto_ack=False)
+            c.send(protocol.ACK, 10_000)
+            assert await c.wait_closed() == protocol.CLOSE_INVALID
+
+    run(body)
+
+
+def test_output_is_batched_into_large_frames() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect()
+            c.type("head -c 2000000 /dev/zero | tr '\\0' c; echo; echo batch'-'done\r")
+            await c.expect("batch-done", 30)
+            sizes = [len(f[1]) for f in c.frames if f[0] == protocol.STDOUT]
+            assert sum(sizes) >= 2_000_000
+            # 2 MB in PTY-sized (4 KiB) reads would be ~500 frames
+            assert len(sizes) < 250, len(sizes)
+
+    run(body)
+
+
+def test_session_env_passes_model_settings_and_hides_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODEL_SERVER_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("VLLM_API_KEY", "vk-123")
+    monkeypatch.setenv("OPENAI_API_KEY", "ok-456")
+    monkeypatch.setenv("MIXVLLM_TERMINAL_TOKEN", "secret-token-value")
+
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect()
+            c.type(
+                'echo "u=$MODEL_SERVER_URL v=$VLLM_API_KEY o=$OPENAI_API_KEY'
+                ' t=${MIXVLLM_TERMINAL_TOKEN:-none} s=$MIXVLLM_SESSION term=$TERM"\r'
+            )
+            await c.expect(f"s={c.session_id} term=xterm-256color")
+            assert "u=http://127.0.0.1:9/v1 v=vk-123 o=ok-456 t=none" in c.output
+
+    run(body)
+
+
+def test_autostart_runs_chat_then_lands_in_the_shell(tmp_path: os.PathLike[str]) -> None:
+    fake_chat = os.path.join(tmp_path, "chat")
+    with open(fake_chat, "w") as f:
+        f.write('#!/bin/sh\necho "chat-args:[$*]"; exit 2\n')
+    os.chmod(fake_chat, 0o755)
+
+    async def body() -> None:
+        async with running_server(autostart_chat=True, chat_command=(fake_chat,)) as srv:
+            c = await srv.connect("model=m1&system=be%20brief%3B%20rm%20-rf%20%2F")
+            await c.expect("chat-args:[--model m1 --system be brief; rm -rf /]")
+            c.type("echo in'-'shell\r")  # chat exited: the shell took over the PTY
+            await c.expect("in-shell")
+
+    run(body)
