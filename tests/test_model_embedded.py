@@ -42,10 +42,13 @@ def test_serves_the_profile_model_name(embedded_model_server: EmbeddedServer) ->
 
 
 def test_uses_the_chat_template_from_the_gguf(embedded_model_server: EmbeddedServer) -> None:
-    """SmolLM2's template gives it a role; a raw completion of the same words would not."""
+    """No chat_format is configured: llama.cpp must pick SmolLM2's template from the GGUF."""
     server = embedded_model_server
     answer = health.first_answer(server.base_url, model=server.model, api_key=server.api_key)
     assert answer.strip()
+    log = server.log_path.read_text(errors="replace")
+    assert "Using gguf chat template" in log
+    assert "<|im_start|>" in log  # SmolLM2's ChatML template
 
 
 def test_refuses_a_wrong_key(embedded_model_server: EmbeddedServer) -> None:

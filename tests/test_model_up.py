@@ -106,8 +106,8 @@ def test_up_runs_both_and_stops_cleanly(start_up: object, sig: signal.Signals) -
     require(ok, why)
     require(XTERM.is_file(), f"{XTERM} missing: run `make static`")
     up: Up = start_up()  # type: ignore[operator]
-    line = up.expect("open http://")
-    url = line.split("open ", 1)[1].strip()
+    line = up.expect("mixvllm-serve up: terminal ready: ")
+    url = line.split("ready: ", 1)[1].strip()
     assert url.startswith(f"http://127.0.0.1:{up.terminal_port}/?token=")
     token = url.split("token=", 1)[1]
 
