@@ -1,0 +1,191 @@
+"""`mixvllm-terminal` as a process: config errors, startup banner, SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from tornado import httpclient, websocket
+
+from terminal_server import protocol
+from terminal_server.__main__ import main
+from terminal_server.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults() -> None:
+    cfg = load_config([], env={"SHELL": "/bin/zsh"})
+    assert (cfg.host, cfg.port, cfg.autostart_chat) == ("127.0.0.1", 8888, True)
+    assert cfg.shell == ("/bin/zsh",)
+    assert cfg.token is None
+    assert cfg.no_auth is False
+    assert cfg.base_path == "/"
+    assert cfg.is_loopback
+
+
+def test_env_fallbacks_and_flag_precedence() -> None:
+    env = {
+        "MIXVLLM_TERMINAL_PORT": "9001",
+        "MIXVLLM_TERMINAL_HOST": "0.0.0.0",
+        "MIXVLLM_TERMINAL_AUTOSTART_CHAT": "0",
+        "MIXVLLM_TERMINAL_TOKEN": "from-env-token",
+        "MIXVLLM_TERMINAL_MAX_SESSIONS": "5",
+        "MIXVLLM_TERMINAL_BASE_PATH": "term",
+        "MIXVLLM_TERMINAL_ALLOWED_ORIGINS": "https://a.example, https://b.example/",
+        "MIXVLLM_TERMINAL_IDLE_TIMEOUT": "30",
+        "MIXVLLM_TERMINAL_SHELL": "bash -l",
+    }
+    cfg = load_config([], env=env)
+    assert (cfg.port, cfg.host, cfg.autostart_chat, cfg.token) == (
+        9001,
+        "0.0.0.0",
+        False,
+        "from-env-token",
+    )
+    assert cfg.max_sessions == 5
+    assert cfg.base_path == "/term/"
+    assert cfg.allowed_origins == ("https://a.example", "https://b.example")
+    assert cfg.idle_timeout == 30
+    assert cfg.shell == ("bash", "-l")
+    flags = load_config(["--port", "9002", "--autostart-chat", "--host", "127.0.0.1"], env=env)
+    assert (flags.port, flags.autostart_chat, flags.host) == (9002, True, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--no-auth", "--host", "0.0.0.0"], {}, "loopback"),
+        (["--certfile", "c.pem"], {}, "go together"),
+        (["--max-sessions", "0"], {}, "at least 1"),
+        (["--token", "short"], {}, "at least 8"),
+        (["--port", "70000"], {}, "out of range"),
+        ([], {"MIXVLLM_TERMINAL_PORT": "eighty"}, "invalid literal"),
+        ([], {"MIXVLLM_TERMINAL_AUTOSTART_CHAT": "maybe"}, "not a boolean"),
+    ],
+)
+def test_bad_config_is_one_clear_error(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, env=env)
+
+
+def test_main_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--no-auth", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("mixvllm-terminal: error:")
+    assert "Traceback" not in err
+
+
+def test_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Config().port = 1  # type: ignore[misc]
+
+
+def _start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "terminal_server",
+            "--port",
+            "0",
+            "--no-autostart-chat",
+            "--shell",
+            "/bin/bash --norc --noprofile",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the banner; blocks until the server listens
+    match = re.search(r"open (http://\S+)", line)
+    if match is None:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"no banner: {line!r} {err!r}")
+    return proc, match.group(1)
+
+
+def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
+    proc, url = _start_server()
+    try:
+        port_base, token = url.split("?token=")
+        ws_url = port_base.replace("http://", "ws://") + "ws"
+
+        async def client() -> tuple[int | None, list[int]]:
+            req = httpclient.HTTPRequest(ws_url, headers={"Authorization": f"Bearer {token}"})
+            conn = await websocket.websocket_connect(req)
+            conn.write_message(
+                json.dumps([protocol.STDIN, "trap '' HUP; sleep 300 & echo bg-$!\r"])
+            )
+            out = ""
+            while "bg-" not in out or not re.search(r"bg-\d+\r", out):
+                msg = await asyncio.wait_for(conn.read_message(), 10)
+                assert msg is not None
+                frame = json.loads(msg)
+                if frame[0] == protocol.STDOUT:
+                    out += frame[1]
+            bg = int(re.search(r"bg-(\d+)\r", out).group(1))  # type: ignore[union-attr]
+            children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+            assert bg in children
+            proc.send_signal(signal.SIGTERM)
+            while await asyncio.wait_for(conn.read_message(), 10) is not None:
+                pass
+            conn.close()
+            return conn.close_code, children
+
+        code, children = asyncio.run(client())
+        assert code == protocol.CLOSE_GOING_AWAY
+        assert proc.wait(timeout=15) == 0
+        deadline = time.monotonic() + 5
+        while any(psutil.pid_exists(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [p for p in children if psutil.pid_exists(p)]
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "Traceback" not in err
+        assert token not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_port_in_use_is_one_clear_error() -> None:
+    proc, url = _start_server()
+    try:
+        port = url.split(":")[2].split("/")[0]
+        busy = subprocess.run(
+            [sys.executable, "-m", "terminal_server", "--port", port],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ},
+        )
+        assert busy.returncode == 1
+        assert busy.stderr.startswith(f"mixvllm-terminal: error: cannot listen on 127.0.0.1:{port}")
+        assert "Traceback" not in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
