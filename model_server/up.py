@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -46,7 +46,7 @@ class UpConfig:
     token: str
     api_key: str
     timeout: float
-    log_path: Path
+    log_dir: Path
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def build(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
         token=token,
         api_key=api_key,
         timeout=timeout,
-        log_path=config.state_dir(env) / "model-server.log",
+        log_dir=config.state_dir(env),
     )
 
 
@@ -161,6 +161,20 @@ def _wait_tcp(host: str, port: int, timeout: float, alive: Callable[[], bool]) -
     raise UpError(f"the terminal server did not listen on {host}:{port} within {timeout:g}s")
 
 
+def _spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, its output going to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _failed(message: str, log_path: Path) -> UpError:
+    return UpError(f"{message}\n--- last lines of {log_path} ---\n{_tail(log_path)}")
+
+
 def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int:
     def say(line: str) -> None:
         print(f"mixvllm-serve up: {line}", file=out, flush=True)
@@ -174,36 +188,29 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     children: list[subprocess.Popen[bytes]] = []
+    model_log = cfg.log_dir / "model-server.log"
+    terminal_log = cfg.log_dir / "terminal-server.log"
     try:
         check_port_free(cfg.model_host, cfg.model_port, "model server")
         check_port_free(cfg.terminal_host, cfg.terminal_port, "terminal")
+        profile = config.load_profile(cfg.profile_args, env)
         model_url = f"http://{_http_host(_connect_host(cfg.model_host))}:{cfg.model_port}/v1"
         child_env = {**env, config.API_KEY_ENV: cfg.api_key}
-        cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ExitStack() as stack:
-            log = stack.enter_context(cfg.log_path.open("wb"))
-            model_cmd = [sys.executable, "-m", "model_server", "--port", str(cfg.model_port)]
-            if cfg.profile_args.profile:
-                model_cmd += ["--profile", cfg.profile_args.profile]
-            model = subprocess.Popen(
-                model_cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-            children.append(model)
-        profile = config.load_profile(cfg.profile_args, env)
-        say(f"starting model server {profile.name!r} at {model_url} (log: {cfg.log_path})")
+
+        model_cmd = [sys.executable, "-m", "model_server", "--port", str(cfg.model_port)]
+        if cfg.profile_args.profile:
+            model_cmd += ["--profile", cfg.profile_args.profile]
+        say(f"starting model server {profile.name!r} at {model_url} (log: {model_log})")
+        model = _spawn(model_cmd, child_env, model_log)
+        children.append(model)
         try:
             health.wait(
-                model_url,
-                timeout=cfg.timeout,
-                api_key=cfg.api_key,
-                progress=say,
+                model_url, timeout=cfg.timeout, api_key=cfg.api_key, progress=say,
                 alive=lambda: model.poll() is None,
-            )
+            )  # fmt: skip
             health.first_answer(model_url, model=profile.served_model_name, api_key=cfg.api_key)
         except health.NotReady as exc:
-            tail = _tail(cfg.log_path)
-            raise UpError(f"{exc}\n--- last lines of {cfg.log_path} ---\n{tail}") from exc
+            raise _failed(str(exc), model_log) from exc
         say(f"model {profile.served_model_name!r} answers")
 
         terminal_env = {
@@ -211,24 +218,28 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
             "MODEL_SERVER_URL": model_url,
             TERMINAL_ENV_PREFIX + "TOKEN": cfg.token,
         }
-        terminal = subprocess.Popen(
-            [sys.executable, "-m", "terminal_server",
-             "--host", cfg.terminal_host, "--port", str(cfg.terminal_port)],
-            env=terminal_env, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        terminal_cmd = [sys.executable, "-m", "terminal_server"]
+        terminal_cmd += ["--host", cfg.terminal_host, "--port", str(cfg.terminal_port)]
+        terminal = _spawn(terminal_cmd, terminal_env, terminal_log)
         children.append(terminal)
-        _wait_tcp(
-            _connect_host(cfg.terminal_host), cfg.terminal_port, 30.0,
-            lambda: terminal.poll() is None,
-        )  # fmt: skip
-        host = _http_host(cfg.terminal_host)
+        try:
+            _wait_tcp(
+                _connect_host(cfg.terminal_host), cfg.terminal_port, 30.0,
+                lambda: terminal.poll() is None,
+            )  # fmt: skip
+        except UpError as exc:
+            raise _failed(str(exc), terminal_log) from exc
+        host = _http_host(_connect_host(cfg.terminal_host))
         say(f"terminal ready: http://{host}:{cfg.terminal_port}/?token={cfg.token}")
-        say("press Ctrl-C to stop both servers")
+        say(f"terminal log: {terminal_log}; press Ctrl-C to stop both servers")
         while True:
-            for name, proc in (("model server", model), ("terminal server", terminal)):
+            for name, proc, log_path in (
+                ("model server", model, model_log),
+                ("terminal server", terminal, terminal_log),
+            ):
                 code = proc.poll()
                 if code is not None:
-                    raise UpError(f"the {name} exited unexpectedly (exit code {code})")
+                    raise _failed(f"the {name} exited unexpectedly (exit code {code})", log_path)
             stop_requested.wait(0.5)
     except _Stop:
         say("stopping")
