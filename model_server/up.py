@@ -77,7 +77,7 @@ def _port(raw: str, what: str) -> int:
 def build(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
     profile_args = argparse.Namespace(profile=args.profile)
     if args.model_port is not None:
-        profile_args.port = args.model_port
+        profile_args.port = _port(str(args.model_port), "--model-port")
     profile = config.load_profile(profile_args, env)
     raw_timeout = args.timeout or env.get("MIXVLLM_MODEL_TIMEOUT") or "600"
     try:

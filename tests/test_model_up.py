@@ -19,7 +19,9 @@ import httpx
 import psutil
 import pytest
 
-from model_server import health
+from model_server import config, health
+from model_server import up as up_module
+from model_server.__main__ import build_parser
 from tests.conftest import require
 from tests.embedded_server import free_port
 from tests.embedded_server import installed as embedded_installed
@@ -159,3 +161,59 @@ def test_up_reports_a_model_server_that_cannot_start(start_up: object, tmp_path:
     # The model server's own error line comes with it, from its log.
     assert f"model path {missing} does not exist" in out
     assert "Traceback" not in out
+
+
+def _up_config(argv: list[str], env: dict[str, str]) -> up_module.UpConfig:
+    args = build_parser().parse_args(["up", *argv])
+    return up_module.build(args, env)
+
+
+def test_up_flags_fall_back_to_env(tmp_path: Path) -> None:
+    env = {"MIXVLLM_STATE_DIR": str(tmp_path), "VLLM_API_KEY": "k",
+           "MIXVLLM_PROFILE": "cpu-vllm", "MODEL_SERVER_PORT": "9100",
+           "MIXVLLM_TERMINAL_PORT": "9101", "MIXVLLM_TERMINAL_TOKEN": "tok-12345",
+           "MIXVLLM_MODEL_TIMEOUT": "42"}  # fmt: skip
+    cfg = _up_config([], env)
+    assert (cfg.model_port, cfg.terminal_port, cfg.token, cfg.timeout) == (
+        9100,
+        9101,
+        "tok-12345",
+        42,
+    )
+    assert cfg.api_key == "k"
+    assert config.load_profile(cfg.profile_args, env).name == "cpu-vllm"
+    flags = ["--profile", "embedded", "--model-port", "9200", "--terminal-port", "9201"]
+    cfg = _up_config([*flags, "--timeout", "5"], env)
+    assert (cfg.model_port, cfg.terminal_port, cfg.timeout) == (9200, 9201, 5)
+    assert config.load_profile(cfg.profile_args, env).name == "embedded"
+
+
+def test_up_generates_a_token_and_defaults_to_the_embedded_profile(tmp_path: Path) -> None:
+    env = {"MIXVLLM_STATE_DIR": str(tmp_path)}
+    cfg = _up_config([], env)
+    assert (cfg.model_port, cfg.terminal_port, cfg.terminal_host) == (8000, 8888, "127.0.0.1")
+    assert len(cfg.token) >= 24
+    # No VLLM_API_KEY: the local key, the one `mixvllm-serve key` prints.
+    assert cfg.api_key == config.resolve_api_key(env, create=False)[0]
+    assert config.load_profile(cfg.profile_args, env).name == "embedded"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--terminal-port", "http"], "--terminal-port: must be a port number"),
+        (["--model-port", "99999"], "--model-port: must be a port number 1..65535"),
+        (["--timeout", "-1"], "--timeout: must be a positive number"),
+        (["--profile", "nope"], "unknown profile 'nope'"),
+    ],
+)
+def test_up_bad_values_are_one_line_errors(tmp_path: Path, argv: list[str], message: str) -> None:
+    env = {**os.environ, "MIXVLLM_STATE_DIR": str(tmp_path), "VLLM_API_KEY": "k"}
+    result = subprocess.run(
+        [sys.executable, "-m", "model_server", "up", *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("mixvllm-serve: error: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
