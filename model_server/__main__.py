@@ -102,6 +102,8 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
     launch.check_engine(cfg, command)
     p = cfg.profile
+    # One clear line instead of the engine's traceback after a long model load.
+    up.check_port_free(p.host, p.port, "model server")
     print(
         f"{PROG}: profile {p.name!r}: {p.engine} serving {p.served_model_name!r} on "
         f"http://{p.host}:{p.port}/v1 (API key from {cfg.api_key_source})",

