@@ -111,6 +111,8 @@ class MarkdownRenderer:
         self._fence: tuple[str, int] | None = None  # open code fence: (char, length)
         self._candidate: int | None = None  # a blank-line boundary awaiting the next line
         self._blocks = 0
+        self._ready: list[str] = []  # finished markdown not printed yet
+        self._prefix = ""  # rendered text to print before the ready blocks
         self._reasoning: list[str] = []
         self._reasoning_done = False
         self._live_lines = 0
@@ -121,33 +123,36 @@ class MarkdownRenderer:
     # -- stream input ------------------------------------------------------------------
     def reasoning(self, text: str) -> None:
         self._reasoning.append(text)
-        if self.live and self.show_reasoning:
-            self._maybe_draw()
+        if self.live and self.show_reasoning and self._due():
+            self._emit()
 
     def content(self, text: str) -> None:
-        committed = self._close_reasoning()
+        self._prefix += self._close_reasoning()
         self.pending += text
         cut = self._find_cut()
         if cut:
-            block, self.pending = self.pending[:cut], self.pending[cut:]
+            self._ready.append(self.pending[:cut])
+            self.pending = self.pending[cut:]
             self._scan -= cut
             self._candidate = None
-            committed += self._block(block)
-        if committed:
-            self._emit(committed)
-        elif self.live:
-            self._maybe_draw()
+        if self.live:
+            # Finished blocks wait for the next redraw, so a fast stream renders them in
+            # batches: fewer, larger markdown renders, same output.
+            if self._due():
+                self._emit()
+        elif self._ready or self._prefix:
+            self._emit()
 
     def finish(self, answer: Answer, note: str | None) -> None:
-        text = self._close_reasoning()
-        if self.pending.strip():
-            text += self._block(self.pending)
+        self._prefix += self._close_reasoning()
+        self._ready.append(self.pending)
         self.pending = ""
+        suffix = ""
         if note:
-            text += self._styled(f"[{note}]", "yellow")
+            suffix += self._styled(f"[{note}]", "yellow")
         if self.footer and answer.first_token_at is not None:
-            text += self._styled(footer_text(answer), "dim")
-        self._emit(text, tail=False)
+            suffix += self._styled(footer_text(answer), "dim")
+        self._emit(suffix, tail=False)
         if self._cursor_hidden:
             self.console.file.write(SHOW_CURSOR)
             self.console.file.flush()
@@ -224,13 +229,14 @@ class MarkdownRenderer:
         self._reasoning_done = True
         return self._styled(reasoning_summary("".join(self._reasoning)), "dim")
 
-    def _maybe_draw(self) -> None:
-        now = time.monotonic()
-        if now - self._last_draw >= self._interval:
-            self._emit("")
+    def _due(self) -> bool:
+        return time.monotonic() - self._last_draw >= self._interval
 
-    def _emit(self, committed: str, *, tail: bool = True) -> None:
-        """Print `committed` once above the live region, then redraw the tail (if live)."""
+    def _emit(self, suffix: str = "", *, tail: bool = True) -> None:
+        """Print the finished blocks once above the live region, then redraw the tail."""
+        committed = self._prefix + self._block("".join(self._ready)) + suffix
+        self._prefix = ""
+        self._ready = []
         if not self.live:
             if committed:
                 self.console.file.write(committed)

@@ -255,6 +255,11 @@ class FakeServer(ThreadingHTTPServer):
         self.state = state or FakeState()
         self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up mid-stream (Ctrl-C, cut tests) are normal here, not news."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"

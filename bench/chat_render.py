@@ -1,0 +1,242 @@
+"""Benchmark: how fast `chat` renders a streamed markdown answer, against raw deltas.
+
+A local OpenAI-compatible SSE server (tests/fake_openai.py, which sends the whole stream as
+fast as the socket takes it) serves a 4,000- and an 8,000-token markdown answer (prose,
+lists, tables, code blocks). Two clients run in a real PTY, side by side in the same run:
+
+  chat      the real pipeline: `python -m chat_cli` REPL, live markdown rendering, footer
+  baseline  what `vllm chat` does: the openai SDK, printing raw deltas with flush
+
+Each answer is asked for in an already running client (start-up is measured separately), timed
+from Enter to the next prompt, with the client's CPU seconds. Prints tokens/s, CPU s, the
+8k/4k time ratio (linear is 2.0) and chat's start-up time to the first prompt.
+
+Targets (issue 3): >= 20,000 tokens/s, 8k/4k ratio <= 2.2, start-up <= 400 ms.
+Run: .venv/bin/python bench/chat_render.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import pty
+import select
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_openai import FakeServer, FakeState, tokens  # noqa: E402
+
+PROMPT_READY = "\x1b[?2004h"
+CPR_REQUEST = b"\x1b[6n"
+XDG_VARS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
+BASELINE_END = "<<answer-end>>"
+BASELINE = f"""
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="none", max_retries=0)
+while True:
+    try:
+        question = input("> ")
+    except EOFError:
+        break
+    stream = client.chat.completions.create(
+        model="fake-model", messages=[{{"role": "user", "content": question}}], stream=True
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+    print("\\n{BASELINE_END}", flush=True)
+"""
+
+PROSE = (
+    "Streaming a long answer should feel instant: the renderer prints each finished block "
+    "once and keeps only the unfinished tail live, so the cost stays linear in the length "
+    "of the answer and the terminal never flickers or repeats a line. "
+)
+CODE = '''```python
+def fibonacci(n: int) -> list[int]:
+    """Return the first n Fibonacci numbers."""
+    out = [0, 1]
+    while len(out) < n:
+        out.append(out[-1] + out[-2])
+    return out[:n]
+
+
+print(fibonacci(10))
+```
+'''
+TABLE = """| engine | device | tokens/s | notes |
+|--------|--------|----------|-------|
+| vLLM | GPU | 2500 | paged attention |
+| llama.cpp | CPU | 40 | GGUF, quantized |
+| vLLM CPU | CPU | 25 | parity checks |
+"""
+
+
+def markdown_answer(n_tokens: int) -> str:
+    """Markdown with headings, prose, lists, tables and code, cut to n_tokens pieces."""
+    blocks: list[str] = []
+    section = 0
+    while len(tokens("\n".join(blocks))) < n_tokens:
+        section += 1
+        blocks += [
+            f"## Section {section}\n",
+            PROSE * 2,
+            "".join(f"- point {i} about section {section}, with **bold** text\n" for i in range(5)),
+            TABLE,
+            CODE,
+            "".join(f"{i}. step {i} of the plan\n" for i in range(1, 5)),
+        ]
+    return "".join(tokens("\n".join(blocks))[:n_tokens])
+
+
+class PtyClient:
+    """A client process on a real PTY, read with a plain os.read loop (pexpect's buffer
+    handling is quadratic on large outputs and would measure itself, not the client)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+        self.fd = master
+        self.proc = subprocess.Popen(
+            cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self.bytes_read = 0
+
+    def read_until(self, marker: str, timeout: float = 120.0) -> None:
+        needle = marker.encode()
+        tail = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"no {marker!r} within {timeout} s")
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                raise EOFError("client exited")
+            self.bytes_read += len(data)
+            window = tail + data
+            if CPR_REQUEST in window:
+                # Answer cursor-position requests as a terminal would; prompt-toolkit
+                # otherwise waits for a reply before it draws the prompt.
+                os.write(self.fd, b"\x1b[1;1R")
+            if needle in window:
+                return
+            tail = window[-len(needle) :]
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def close(self) -> None:
+        self.send("\x04")  # Ctrl-D: both clients exit on EOF
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.fd)
+
+
+def timed_answer(child: PtyClient, end_marker: str) -> tuple[float, float]:
+    """Wall and CPU seconds from Enter to the client being ready again."""
+    process = psutil.Process(child.proc.pid)
+    cpu0 = sum(process.cpu_times()[:2])
+    started = time.perf_counter()
+    child.send("go\r")
+    child.read_until(end_marker)
+    wall = time.perf_counter() - started
+    cpu = sum(process.cpu_times()[:2]) - cpu0
+    return wall, cpu
+
+
+def measure(
+    client: str, server: FakeServer, env: dict[str, str], sizes: list[int], repeat: int
+) -> dict[int, tuple[float, float]]:
+    if client == "chat":
+        cmd = [sys.executable, "-m", "chat_cli"]
+        ready = PROMPT_READY
+    else:
+        cmd = [sys.executable, "-c", BASELINE, server.url + "/v1"]
+        ready = BASELINE_END
+    child = PtyClient(cmd, env)
+    child.read_until(PROMPT_READY if client == "chat" else "> ")
+    server.state.answer = "Warm up."
+    timed_answer(child, ready)  # imports and connections are warm from here on
+    results: dict[int, tuple[float, float]] = {}
+    for size in sizes:
+        server.state.answer = markdown_answer(size)
+        runs = [timed_answer(child, ready) for _ in range(repeat)]
+        results[size] = (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+        )
+    child.close()
+    return results
+
+
+def startup_ms(server: FakeServer, env: dict[str, str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        child = PtyClient([sys.executable, "-m", "chat_cli"], env)
+        child.read_until(PROMPT_READY)
+        times.append(time.perf_counter() - started)
+        child.close()
+    return statistics.median(times) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [4000, 8000]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = FakeServer(FakeState()).start()
+        env = {
+            **os.environ,
+            "MODEL_SERVER_URL": server.url,
+            "TERM": "xterm-256color",
+            "PYTHONPATH": str(ROOT),
+            **{
+                k: str(Path(tmp) / k)
+                for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
+            },
+        }
+        try:
+            results = {c: measure(c, server, env, sizes, args.repeat) for c in ("baseline", "chat")}
+            start = startup_ms(server, env, max(3, args.repeat))
+        finally:
+            server.stop()
+
+    print(f"{'client':<10} {'tokens':>7} {'wall s':>8} {'CPU s':>7} {'tokens/s':>10}")
+    for client, by_size in results.items():
+        for size, (wall, cpu) in by_size.items():
+            print(f"{client:<10} {size:>7} {wall:>8.3f} {cpu:>7.3f} {size / wall:>10,.0f}")
+    for client, by_size in results.items():
+        ratio = by_size[8000][0] / by_size[4000][0]
+        print(f"{client}: 8k/4k time ratio {ratio:.2f} (linear = 2.0, target <= 2.2)")
+    chat, base = results["chat"], results["baseline"]
+    print(
+        f"chat vs baseline (8k): {chat[8000][0] / base[8000][0]:.2f}x the wall time, "
+        f"{chat[8000][1] / max(base[8000][1], 1e-9):.2f}x the CPU"
+    )
+    print(f"chat throughput (8k): {8000 / chat[8000][0]:,.0f} tokens/s (target >= 20,000)")
+    print(f"chat start-up to first prompt: {start:.0f} ms (median, target <= 400 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
