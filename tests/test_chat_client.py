@@ -191,3 +191,31 @@ def test_sampling_settings_reach_the_server(fake: FakeServer) -> None:
         64,
         7,
     )
+
+
+def test_sse_comments_multiline_data_and_finish_without_done(fake: FakeServer) -> None:
+    fake.state.raw_sse = (
+        b": keep-alive comment\n\n"
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        b'data: {"choices":[{"index":0,\n'
+        b'data: "delta":{"content":"b"},"finish_reason":"stop"}]}\n\n'
+    )
+    answer = make_session(fake).ask("hi", Collect())
+    assert (answer.text, answer.finish_reason, answer.done) == ("ab", "stop", False)
+
+
+def test_error_event_by_event_name(fake: FakeServer) -> None:
+    fake.state.raw_sse = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+        b'event: error\ndata: {"message": "server overloaded"}\n\n'
+    )
+    session = make_session(fake)
+    with pytest.raises(errors.StreamFailed, match="server overloaded"):
+        session.ask("hi", Collect())
+    assert session.conversation.messages[-1].content == "x"
+
+
+def test_unexpected_chunk_shape_is_malformed(fake: FakeServer) -> None:
+    fake.state.raw_sse = b'data: {"choices":[{"index":0,"delta":"oops"}]}\n\ndata: [DONE]\n\n'
+    with pytest.raises(errors.StreamFailed, match="unexpected chunk"):
+        make_session(fake).ask("hi", Collect())
