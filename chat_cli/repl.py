@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 from collections.abc import Iterable
@@ -118,6 +119,9 @@ class Repl:
                 history = FileHistory(str(history_file))
             except OSError as err:
                 self.error(f"input history disabled: cannot create {history_file} ({err})")
+        # Cursor-position requests answered late (a browser terminal over a slow link) make
+        # prompt-toolkit print a warning mid-screen; it works well without them.
+        os.environ.setdefault("PROMPT_TOOLKIT_NO_CPR", "1")
         self.prompt: PromptSession[str] = PromptSession(
             history=history,
             multiline=True,
