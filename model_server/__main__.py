@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Model server launcher: vLLM profiles, the embedded llama.cpp default, "
         "readiness waiting, and `up` (model server + browser terminal).",
+        epilog="Without a command, `serve` is meant: `mixvllm-serve --profile qwen2-7b-instruct "
+        "--dry-run`, `mixvllm-serve --list`. See `mixvllm-serve serve --help` for its flags.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{serve,wait,up,key}")
 
