@@ -122,8 +122,16 @@ def _vllm_argv(p: Profile, model: str, binary: str) -> list[str]:
     return argv
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity, e.g. taskset or cpusets), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _llama_cpp_argv(p: Profile, model: str, python: str) -> list[str]:
-    threads = str(p.threads or os.cpu_count() or 1)
+    threads = str(p.threads or usable_cpus())
     argv = [
         python,
         "-m",

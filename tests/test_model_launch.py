@@ -100,7 +100,7 @@ def test_embedded_command_is_exact(
     gguf.write_bytes(b"GGUF")
     monkeypatch.setenv("MODEL", str(gguf))
     argv, err = dry_run(capsys, "--port", "8123")
-    threads = str(os.cpu_count())
+    threads = str(len(os.sched_getaffinity(0)))
     assert argv == [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny",
         "--host", "127.0.0.1", "--port", "8123", "--n_ctx", "4096",

@@ -217,3 +217,22 @@ def test_up_bad_values_are_one_line_errors(tmp_path: Path, argv: list[str], mess
     assert result.stderr.startswith("mixvllm-serve: error: ")
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_up_stops_everything_when_the_model_server_dies(start_up: object) -> None:
+    ok, why = embedded_installed()
+    require(ok, why)
+    require(XTERM.is_file(), f"{XTERM} missing: run `make static`")
+    up: Up = start_up()  # type: ignore[operator]
+    up.expect("mixvllm-serve up: terminal ready: ")
+    children = psutil.Process(up.proc.pid).children(recursive=True)
+    (model,) = [c for c in children if "llama_cpp.server" in " ".join(c.cmdline())]
+    model.kill()
+    assert up.proc.wait(60) == 1
+    out = up.rest()
+    assert "mixvllm-serve: error: the model server exited unexpectedly (exit code -9)" in out
+    assert "Traceback" not in out
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"
