@@ -260,6 +260,7 @@ class TermSocket(websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.peer = self.request.remote_ip or "?"
+        self.set_nodelay(True)  # keystroke echo must not wait for Nagle
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
         reattached = session is not None

@@ -1,0 +1,366 @@
+"""Benchmark: mixvllm-terminal against a minimal plain-terminado app, in the same run.
+
+Both servers run as subprocesses on free ports with the same shell (bash --norc); the
+baseline is terminado's TermSocket + UniqueTermManager, nothing else. A Python WebSocket
+client drives both; for mixvllm it acknowledges stdout frames as it consumes them, as the
+page does after xterm.js has parsed them.
+
+Measured, with ratios mixvllm / terminado:
+  throughput       MB/s of `yes` output through the PTY and socket; server CPU s per MB
+  echo             keystroke -> echoed character, p50/p99
+  ctrl-c           Ctrl-C during an output flood until the prompt answers, with a fast client
+                   and with one consuming 1 MB/s
+  stall            server RSS growth while a client stops reading for 20 s during a flood
+  200 sessions     server RSS per session, echo p99 across sessions, server CPU
+
+Targets (issue 2, 2 cores): throughput >= 3x terminado at <= 1/4 of its CPU per MB; echo p50
+no worse; ctrl-c with the 1 MB/s client <= 0.5 s; stall growth <= 8 MB; 200 sessions with
+echo p99 <= 25 ms.
+Run: .venv/bin/python bench/terminal.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from tornado import httpclient, websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+SHELL = "/bin/bash --norc --noprofile"
+TOKEN = "bench-token-0123456789"
+LINE = "0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz"
+CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
+
+
+# -- the baseline server ---------------------------------------------------------------------
+def run_baseline() -> None:
+    import tornado.httpserver
+    import tornado.netutil
+    import tornado.web
+    from terminado import TermSocket, UniqueTermManager
+
+    async def serve() -> None:
+        manager = UniqueTermManager(shell_command=SHELL.split())
+        app = tornado.web.Application(
+            [(r"/websocket", TermSocket, {"term_manager": manager})],
+            websocket_max_message_size=1024 * 1024,
+        )
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        tornado.httpserver.HTTPServer(app).add_sockets(sockets)
+        print(f"PORT {sockets[0].getsockname()[1]}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await manager.shutdown()
+
+    asyncio.run(serve())
+
+
+# -- servers and clients ------------------------------------------------------------------------
+@dataclass
+class Target:
+    name: str
+    proc: subprocess.Popen[str]
+    ws_url: str
+    flow: bool  # speaks the ack protocol
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+
+def start_mixvllm() -> Target:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
+         "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    m = re.search(r"open (http://\S+)", proc.stdout.readline())
+    assert m, "mixvllm-terminal did not start"
+    return Target("mixvllm", proc, m.group(1).replace("http://", "ws://") + "ws", True)
+
+
+def start_terminado() -> Target:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--baseline-server"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline().split()[1])
+    return Target("terminado", proc, f"ws://127.0.0.1:{port}/websocket", False)
+
+
+def stop(target: Target) -> None:
+    target.proc.send_signal(signal.SIGTERM)
+    try:
+        target.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        target.proc.kill()
+        target.proc.wait()
+    if target.proc.stdout:
+        target.proc.stdout.close()
+
+
+@dataclass
+class Conn:
+    ws: websocket.WebSocketClientConnection
+    flow: bool
+    tail: str = ""
+    received: int = 0
+    unacked: int = 0
+    times: list[float] = field(default_factory=list)
+
+    async def frame(self, timeout: float = CAP_S) -> str | None:
+        """Next stdout text (acknowledged by the caller via ack())."""
+        while True:
+            raw = await asyncio.wait_for(self.ws.read_message(), timeout)
+            if raw is None:
+                return None
+            msg = json.loads(raw)
+            if msg[0] == "stdout":
+                self.unacked += 1
+                self.received += len(msg[1])
+                self.tail = (self.tail + msg[1])[-4096:]
+                return str(msg[1])
+
+    def ack(self) -> None:
+        if self.flow and self.unacked:
+            self.ws.write_message(json.dumps(["ack", self.unacked]))
+        self.unacked = 0
+
+    def send(self, text: str) -> None:
+        self.ws.write_message(json.dumps(["stdin", text]))
+
+    async def until(self, marker: str, rate: float | None = None, timeout: float = CAP_S) -> bool:
+        """Consume (at `rate` bytes/s if given) until `marker` shows up; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.tail:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                text = await self.frame(left)
+            except asyncio.TimeoutError:
+                return False
+            if text is None:
+                return False
+            if rate:
+                await asyncio.sleep(len(text.encode()) / rate)
+            self.ack()
+        return True
+
+
+@contextlib.asynccontextmanager
+async def connect(target: Target) -> AsyncIterator[Conn]:
+    req = httpclient.HTTPRequest(
+        target.ws_url, headers={"Authorization": f"Bearer {TOKEN}"}, request_timeout=60
+    )
+    ws = await websocket.websocket_connect(req)
+    ws.protocol.set_nodelay(True)  # as browsers do
+    conn = Conn(ws, target.flow)
+    try:
+        conn.send("PS1='$ '; stty -echoctl; echo READY-$((40+2))\r")
+        assert await conn.until("READY-42"), "shell did not start"
+        yield conn
+    finally:
+        ws.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- measurements --------------------------------------------------------------------------------
+async def throughput(target: Target, megabytes: int) -> tuple[float, float]:
+    async with connect(target) as c:
+        n = megabytes * 1_000_000
+        cpu0, t0 = target.cpu(), time.monotonic()
+        c.send(f"yes {LINE} | head -c {n}; echo END-$((6*7))\r")
+        ok = await c.until("END-42", timeout=120)
+        wall, cpu = time.monotonic() - t0, target.cpu() - cpu0
+        assert ok, f"{target.name}: flood did not finish"
+        return megabytes / wall, cpu / megabytes
+
+
+async def echo_latencies(c: Conn, count: int) -> list[float]:
+    samples = []
+    for i in range(count):
+        ch = "abcdefghij"[i % 10]
+        t0 = time.monotonic()
+        c.send(ch)
+        while True:
+            text = await c.frame()
+            c.ack()
+            if text is not None and ch in text:
+                break
+        samples.append(time.monotonic() - t0)
+        if i % 50 == 49:
+            c.send("\x15")  # clear the line
+            await c.frame()
+            c.ack()
+    c.send("\x15")
+    return samples
+
+
+async def echo(target: Target, count: int) -> tuple[float, float]:
+    async with connect(target) as c:
+        s = await echo_latencies(c, count)
+        return pct(s, 0.5), pct(s, 0.99)
+
+
+async def ctrl_c(target: Target, rate: float | None) -> float:
+    async with connect(target) as c:
+        c.send(f"yes {LINE}\r")
+        warm = time.monotonic() + 2.0
+        while time.monotonic() < warm:  # let the flood fill every buffer on the way
+            text = await c.frame()
+            if rate and text:
+                await asyncio.sleep(len(text.encode()) / rate)
+            c.ack()
+        t0 = time.monotonic()
+        c.send("\x03")
+        c.send("echo CC-$((2+3))\r")
+        ok = await c.until("CC-5", rate=rate, timeout=CAP_S)
+        return time.monotonic() - t0 if ok else float("inf")
+
+
+async def stall(target: Target, seconds: float) -> float:
+    async with connect(target) as c:
+        c.send(f"yes {LINE}\r")
+        for _ in range(20):
+            await c.frame()
+            c.ack()
+        rss0 = peak = target.rss()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # read nothing, ack nothing
+            await asyncio.sleep(0.25)
+            peak = max(peak, target.rss())
+        c.send("\x03")
+        return (peak - rss0) / 1e6
+
+
+async def many_sessions(target: Target, n: int) -> tuple[float, float, float]:
+    rss0 = target.rss()
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        conns = []
+        for _ in range(n):
+            conns.append(await stack.enter_async_context(connect(target)))
+        per_session = (target.rss() - rss0) / n / 1e6
+        cpu0, t0 = target.cpu(), time.monotonic()
+        samples: list[float] = []
+        for _ in range(3):
+            for c in conns:
+                samples += await echo_latencies(c, 1)
+        cpu = (target.cpu() - cpu0) / (time.monotonic() - t0)
+        return per_session, pct(samples, 0.99), cpu
+
+
+# -- report ------------------------------------------------------------------------------------------
+def fmt(v: float, unit: str) -> str:
+    return f">= {CAP_S:.0f} s" if v == float("inf") else f"{v:.3f} {unit}".rstrip()
+
+
+def ratio(a: float, b: float) -> str:
+    if a == float("inf") or b == float("inf"):
+        return "n/a (capped)" if a == b else ("0.00x" if b == float("inf") else "inf")
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+async def run_all(args: argparse.Namespace) -> int:
+    targets = [start_mixvllm(), start_terminado()]
+    rows: list[tuple[str, str, float, float]] = []
+    try:
+        for label, unit, fn in [
+            ("throughput MB/s", "MB/s", lambda t: throughput(t, args.megabytes)),
+            ("echo p50 / p99", "ms", lambda t: echo(t, args.keys)),
+            ("ctrl-c, fast client", "s", lambda t: ctrl_c(t, None)),
+            ("ctrl-c, 1 MB/s client", "s", lambda t: ctrl_c(t, 1e6)),
+            ("stall RSS growth", "MB", lambda t: stall(t, args.stall)),
+            (f"{args.sessions} sessions", "", lambda t: many_sessions(t, args.sessions)),
+        ]:
+            if args.only and not any(o in label for o in args.only):
+                continue
+            results = {}
+            for t in targets:
+                print(f"... {label}: {t.name}", file=sys.stderr, flush=True)
+                results[t.name] = await fn(t)
+            rows.append((label, unit, results["mixvllm"], results["terminado"]))  # type: ignore[arg-type]
+    finally:
+        for t in targets:
+            stop(t)
+
+    print(f"{'measure':<28} {'mixvllm':>22} {'terminado':>22} {'ratio':>10}")
+    for label, unit, ours, base in rows:
+        if label.startswith("throughput"):
+            print(
+                f"{'throughput (MB/s)':<28} {ours[0]:>22.1f} {base[0]:>22.1f} {ratio(ours[0], base[0]):>10}"
+            )
+            print(
+                f"{'server CPU s per MB':<28} {ours[1]:>22.4f} {base[1]:>22.4f} {ratio(ours[1], base[1]):>10}"
+            )
+        elif label.startswith("echo"):
+            print(
+                f"{'echo p50 (ms)':<28} {ours[0] * 1e3:>22.2f} {base[0] * 1e3:>22.2f} {ratio(ours[0], base[0]):>10}"
+            )
+            print(
+                f"{'echo p99 (ms)':<28} {ours[1] * 1e3:>22.2f} {base[1] * 1e3:>22.2f} {ratio(ours[1], base[1]):>10}"
+            )
+        elif label.endswith("sessions"):
+            print(
+                f"{label + ': RSS/session MB':<28} {ours[0]:>22.3f} {base[0]:>22.3f} {ratio(ours[0], base[0]):>10}"
+            )
+            print(
+                f"{label + ': echo p99 ms':<28} {ours[1] * 1e3:>22.2f} {base[1] * 1e3:>22.2f} {ratio(ours[1], base[1]):>10}"
+            )
+            print(
+                f"{label + ': server CPU':<28} {ours[2]:>21.0%} {base[2]:>21.0%}  {ratio(ours[2], base[2]):>10}"
+            )
+        else:
+            print(
+                f"{label:<28} {fmt(ours, unit):>22} {fmt(base, unit):>22} {ratio(ours, base):>10}"
+            )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=300)
+    parser.add_argument("--stall", type=float, default=20.0)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--only", action="append", help="run measures whose label has this")
+    args = parser.parse_args()
+    if args.baseline_server:
+        run_baseline()
+        return 0
+    if args.quick:
+        args.megabytes, args.keys, args.stall, args.sessions = 10, 50, 3.0, 20
+    return asyncio.run(run_all(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
