@@ -62,6 +62,7 @@ class Answer:
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False  # [DONE] seen
+    events: int = 0  # server-sent events received
 
     @property
     def text(self) -> str:
@@ -207,8 +208,19 @@ class ChatClient:
                 except timeout_error as err:
                     raise errors.stalled(self.stall_timeout) from err
                 except transport_error as err:
-                    raise errors.connection_cut() from err
+                    if answer.events:
+                        raise errors.connection_cut() from err
             if not answer.done and answer.finish_reason is None:
+                if answer.events == 0:
+                    # llama.cpp ends (or drops) the stream without a word when the request
+                    # cannot run, e.g. a prompt over the context size; asked without
+                    # streaming, it says why.
+                    del params["stream"], params["stream_options"]
+                    # Retries: the pooled connection may be the one the server just dropped.
+                    again = self.sdk.with_options(max_retries=2)
+                    api = again.completions if completions else again.chat.completions
+                    yield from self._whole(api.create(**params), answer, completions)
+                    return
                 raise errors.incomplete_stream()
         except openai.APITimeoutError as err:
             raise errors.stalled(self.stall_timeout) from err
@@ -311,6 +323,7 @@ def _pieces(
     events: Iterable[tuple[str, str]], answer: Answer, completions: bool
 ) -> Iterator[tuple[str, str]]:
     for event, data in events:
+        answer.events += 1
         if data == "[DONE]":
             answer.done = True
             return

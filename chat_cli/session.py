@@ -138,7 +138,8 @@ class Session:
                 pieces.close()
             interrupts.shielded = True  # a second Ctrl-C must not cut the bookkeeping short
             self._keep(text, answer, note)
-            renderer.finish(answer, note)
+            said_something = bool(answer.text or answer.reasoning_text)
+            renderer.finish(answer, note if said_something or note == INTERRUPTED else None)
         if failure is not None:
             self.stats.errors += 1
             raise failure

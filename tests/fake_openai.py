@@ -5,7 +5,8 @@ chosen by `server.scenario`, or per request by a last user message starting with
 `@fault:NAME` (handy when driving the REPL through a PTY).
 
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
-http400ctx, http500, error_event, malformed, no_done, cut, stall.
+http400ctx, http500, error_event, malformed, no_done, cut, stall, empty_ctx (an empty
+200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if scenario.startswith("http"):
             self._http_error(scenario)
+            return
+        if scenario == "empty_ctx":  # llama.cpp: empty 200 stream, 400 when not streamed
+            if not request.get("stream"):
+                self._http_error("http400ctx")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if not request.get("stream"):
             self._whole(request, completions)

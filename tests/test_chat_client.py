@@ -111,6 +111,7 @@ def test_stream_faults_keep_the_partial_answer(fake: FakeServer, fault: str, exp
     [
         ("http401", errors.AuthFailed, "VLLM_API_KEY"),
         ("http400ctx", errors.ContextTooLong, "/clear"),
+        ("empty_ctx", errors.ContextTooLong, "maximum context length is 2048"),
         ("http500", errors.ServerFailed, "500: engine crashed"),
     ],
 )
