@@ -123,7 +123,7 @@ class MarkdownRenderer:
     # -- stream input ------------------------------------------------------------------
     def reasoning(self, text: str) -> None:
         self._reasoning.append(text)
-        if self.live and self.show_reasoning and self._due():
+        if self.live and self._due():
             self._emit()
 
     def content(self, text: str) -> None:
@@ -227,6 +227,8 @@ class MarkdownRenderer:
         if self._reasoning_done or not self._reasoning:
             return ""
         self._reasoning_done = True
+        if not self.show_reasoning:
+            return ""
         return self._styled(reasoning_summary("".join(self._reasoning)), "dim")
 
     def _due(self) -> bool:
@@ -263,9 +265,13 @@ class MarkdownRenderer:
 
     def _render_tail(self) -> str:
         rendered = ""
-        if self._reasoning and not self._reasoning_done and self.show_reasoning:
-            thought = "".join(self._reasoning)[-600:].strip().splitlines()[-3:]
-            rendered += self._styled("thinking… " + " ".join(thought), "dim italic")
+        if self._reasoning and not self._reasoning_done:
+            if self.show_reasoning:
+                thought = " ".join("".join(self._reasoning)[-600:].split()[-60:])
+                rendered += self._styled("thinking… " + thought, "dim italic")
+            else:
+                words = len("".join(self._reasoning).split())
+                rendered += self._styled(f"thinking… ({words} words)", "dim italic")
         if self.pending.strip():
             rendered += ("\n" if self._blocks else "") + self._render_markdown(self.pending)
         lines = rendered.splitlines(keepends=True)

@@ -117,22 +117,54 @@ def test_each_block_is_rendered_once_so_cost_is_linear() -> None:
     assert len(rendered) >= 40 * 6, "the answer was rendered block by block"
 
 
-def test_live_region_leaves_each_line_once_on_a_terminal() -> None:
-    console = Console(
-        file=io.StringIO(), width=60, height=20, force_terminal=True, color_system="256"
-    )
-    renderer = MarkdownRenderer(console, refresh_s=0.0)  # redraw the tail on every piece
-    stream(renderer, DOC * 3)
-    renderer.finish(finished(), "interrupted")
-
-    screen = pyte.HistoryScreen(60, 20, history=2000)
+def on_screen(output: str, width: int = 60, height: int = 20) -> str:
+    """What a terminal shows (scrollback included) after receiving `output`."""
+    screen = pyte.HistoryScreen(width, height, history=2000)
     screen.set_mode(pyte.modes.LNM)  # a PTY turns \n into \r\n
-    pyte.Stream(screen).feed(console.file.getvalue())  # type: ignore[attr-defined]
+    pyte.Stream(screen).feed(output)
     rows = [
         "".join(line[x].data for x in range(screen.columns)).rstrip()
         for line in list(screen.history.top)
     ] + [row.rstrip() for row in screen.display]
-    shown = "\n".join(rows)
+    return "\n".join(rows)
+
+
+def terminal_console() -> Console:
+    return Console(file=io.StringIO(), width=60, height=20, force_terminal=True, color_system="256")
+
+
+class EveryPiece(MarkdownRenderer):
+    """Redraws the live region on every piece (no throttling), the hardest case."""
+
+    def _due(self) -> bool:
+        return True
+
+
+def test_live_reasoning_preview_is_erased_and_hidden_mode_shows_only_a_count() -> None:
+    for show in (True, False):
+        console = terminal_console()
+        renderer = EveryPiece(console, show_reasoning=show)
+        for piece in tokens("I should greet them politely."):
+            renderer.reasoning(piece)
+        live = visible(console.file.getvalue())  # type: ignore[attr-defined]
+        assert "thinking…" in live
+        assert ("politely" in live) == show
+        assert ("(5 words)" in live) == (not show)
+        stream(renderer, "Hello!\n")
+        renderer.finish(finished(), None)
+        shown = on_screen(console.file.getvalue())  # type: ignore[attr-defined]
+        assert "politely" not in shown and "thinking" not in shown
+        assert ("▸ reasoning: 5 words" in shown) == show
+        assert "Hello!" in shown
+
+
+def test_live_region_leaves_each_line_once_on_a_terminal() -> None:
+    console = terminal_console()
+    renderer = EveryPiece(console)
+    stream(renderer, DOC * 3)
+    renderer.finish(finished(), "interrupted")
+
+    shown = on_screen(console.file.getvalue())  # type: ignore[attr-defined]
     assert shown.count("Release notes") == 3
     assert shown.count("return 42") == 3
     assert shown.count("Closing words.") == 3
