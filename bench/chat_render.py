@@ -150,21 +150,22 @@ class PtyClient:
         os.close(self.fd)
 
 
-def timed_answer(child: PtyClient, end_marker: str) -> tuple[float, float]:
-    """Wall and CPU seconds from Enter to the client being ready again."""
+def timed_answer(child: PtyClient, end_marker: str) -> tuple[float, float, int]:
+    """Wall and CPU seconds from Enter to the client being ready again, and PTY bytes."""
     process = psutil.Process(child.proc.pid)
     cpu0 = sum(process.cpu_times()[:2])
+    bytes0 = child.bytes_read
     started = time.perf_counter()
     child.send("go\r")
     child.read_until(end_marker)
     wall = time.perf_counter() - started
     cpu = sum(process.cpu_times()[:2]) - cpu0
-    return wall, cpu
+    return wall, cpu, child.bytes_read - bytes0
 
 
 def measure(
     client: str, server: FakeServer, env: dict[str, str], sizes: list[int], repeat: int
-) -> dict[int, tuple[float, float]]:
+) -> dict[int, tuple[float, float, int]]:
     if client == "chat":
         cmd = [sys.executable, "-m", "chat_cli"]
         ready = PROMPT_READY
@@ -175,13 +176,14 @@ def measure(
     child.read_until(PROMPT_READY if client == "chat" else "> ")
     server.state.answer = "Warm up."
     timed_answer(child, ready)  # imports and connections are warm from here on
-    results: dict[int, tuple[float, float]] = {}
+    results: dict[int, tuple[float, float, int]] = {}
     for size in sizes:
         server.state.answer = markdown_answer(size)
         runs = [timed_answer(child, ready) for _ in range(repeat)]
         results[size] = (
             statistics.median(r[0] for r in runs),
             statistics.median(r[1] for r in runs),
+            runs[-1][2],
         )
     child.close()
     return results
@@ -221,10 +223,14 @@ def main() -> int:
         finally:
             server.stop()
 
-    print(f"{'client':<10} {'tokens':>7} {'wall s':>8} {'CPU s':>7} {'tokens/s':>10}")
+    header = ("client", "tokens", "wall s", "CPU s", "tokens/s", "PTY KiB")
+    print("{:<10} {:>7} {:>8} {:>7} {:>10} {:>8}".format(*header))
     for client, by_size in results.items():
-        for size, (wall, cpu) in by_size.items():
-            print(f"{client:<10} {size:>7} {wall:>8.3f} {cpu:>7.3f} {size / wall:>10,.0f}")
+        for size, (wall, cpu, nbytes) in by_size.items():
+            print(
+                f"{client:<10} {size:>7} {wall:>8.3f} {cpu:>7.3f} {size / wall:>10,.0f}"
+                f" {nbytes / 1024:>8.0f}"
+            )
     for client, by_size in results.items():
         ratio = by_size[8000][0] / by_size[4000][0]
         print(f"{client}: 8k/4k time ratio {ratio:.2f} (linear = 2.0, target <= 2.2)")
