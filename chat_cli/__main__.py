@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 import traceback
@@ -215,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("chat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0  # `chat ... | head`: the reader went away, which is not our failure
+        # `chat ... | head`: the reader went away, which is not our failure. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:
         if config.debug:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -225,3 +226,18 @@ def test_entry_point_pipe_mode(tmp_path: Path, fake: FakeServer) -> None:
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, DEFAULT_ANSWER, "")
     assert fake.state.requests[-1]["messages"][-1]["content"] == "summarize\n\nsome file text\n"
+
+
+def test_reader_going_away_is_not_an_error(tmp_path: Path) -> None:
+    with fake_server(answer="line\n" * 50000) as server:
+        result = subprocess.run(
+            f"{shlex.join(CHAT)} hi | head -2; exit ${{PIPESTATUS[0]}}",
+            shell=True,
+            executable="/bin/bash",
+            env=chat_env(tmp_path, server.url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "line\nline\n", "")
