@@ -116,7 +116,7 @@ OPTIONS: tuple[Option, ...] = (
         "use the raw /v1/completions endpoint (no chat template)",
     ),
     Option(
-        "stream",
+        "no_stream",
         ("--no-stream",),
         ("CHAT_NO_STREAM",),
         _bool,
@@ -175,8 +175,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("debug", ("--debug",), ("CHAT_DEBUG",), _bool, False, "show tracebacks on errors"),
 )
-# --no-stream is stored inverted: the flag/env say "no stream", the config field says "stream".
-_INVERTED = {"stream"}
 
 
 @dataclass(frozen=True)
@@ -328,9 +326,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
             value = _convert(opt, file_values[opt.dest], str(paths.config_file))
         if value is None:
             value = opt.default
-        if opt.dest in _INVERTED:
-            value = not value
         values[opt.dest] = value
+    values["stream"] = not values.pop("no_stream")
 
     if values["wait"] < 0 or values["timeout"] <= 0:
         raise ConfigError("--wait must be >= 0 and --timeout > 0")

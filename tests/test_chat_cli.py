@@ -61,6 +61,9 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     assert load_config([], {"VLLM_API_KEY": "a", "OPENAI_API_KEY": "b"}).api_key == "a"
     assert load_config([], {"OPENAI_API_KEY": "b"}).api_key == "b"
     assert not load_config([], {"CHAT_NO_STREAM": "1"}).stream
+    config_file.write_text("no_stream = true\nplain = true\n")
+    config = load_config([], {"XDG_CONFIG_HOME": str(tmp_path / "config")})
+    assert (config.stream, config.plain) == (False, True)
 
 
 def test_bad_values_are_config_errors(tmp_path: Path) -> None:
