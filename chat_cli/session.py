@@ -148,7 +148,7 @@ class Session:
     def _keep(self, text: str, answer: Answer, note: str | None) -> None:
         self.last_answer = answer
         self.stats.add(answer)
-        if answer.text or answer.reasoning_text or note == INTERRUPTED:
+        if answer.text:
             self.unsent = None
             self.conversation.messages.append(
                 Message(
@@ -159,8 +159,9 @@ class Session:
                 )
             )
         else:
-            # Nothing came back: take the question out so the next one is not sent after an
-            # unanswered one; /retry sends it again (and it is in the input history).
+            # No answer text (an error, or Ctrl-C before the first word): take the question
+            # out so the next one does not follow an unanswered one; /retry sends it again,
+            # and it is in the input history.
             self.conversation.messages.pop()
             self.unsent = text
         self.conversation.autosave()

@@ -5,7 +5,7 @@ chosen by `server.scenario`, or per request by a last user message starting with
 `@fault:NAME` (handy when driving the REPL through a PTY).
 
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
-http400ctx, http500, error_event, malformed, no_done, cut, stall, empty_ctx (an empty
+http400ctx, http500, error_event, malformed, no_done, cut, stall, hang, empty_ctx (an empty
 200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
 """
 
@@ -213,6 +213,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(self.state.raw_sse)
             self._send(b"")
             return
+        if scenario == "hang":  # nothing at all until released, then a whole answer
+            self.state.release.wait(60)
+            scenario = "ok"
         if scenario in ("ok", "usage") and not self.state.token_delay:
             self._send(
                 sse_body(self.state.answer, usage=scenario == "usage", completions=completions)

@@ -164,3 +164,33 @@ def test_resume_continues_after_a_restart(tmp_path: Path, fake: FakeServer) -> N
     assert sent == ["remember me", DEFAULT_ANSWER, "still there?"]
     assert exit_with_ctrl_d(child) == 0
     wait_for(lambda: len(conversations(tmp_path)) == 1)
+
+
+def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(tmp_path: Path, fake: FakeServer) -> None:
+    child = pexpect.spawn(
+        CHAT[0], [*CHAT[1:], "tell me @fault:slow"], env=chat_env(tmp_path, fake.url),
+        encoding="utf-8", dimensions=(40, 120), timeout=STEP_S,
+    )  # fmt: skip
+    child.expect("word word")
+    child.sendintr()
+    child.expect(r"\[interrupted\]", timeout=3)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
+    assert saved["incomplete"] == "interrupted" and saved["content"].startswith("word word")
+
+
+def test_ctrl_c_before_the_first_word_keeps_the_question_for_retry(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    child = spawn(tmp_path, fake.url)
+    child.send("wait @fault:hang\r")
+    wait_for(lambda: len(fake.state.requests) == 1)
+    child.sendintr()
+    child.expect(r"\[interrupted\]", timeout=3)
+    child.expect(PROMPT_READY, timeout=3)
+    fake.state.release.set()
+    ask(child, "/retry")
+    assert fake.state.requests[-1]["messages"] == [{"role": "user", "content": "wait @fault:hang"}]
+    assert exit_with_ctrl_d(child) == 0
