@@ -53,6 +53,7 @@ def reasoning_summary(reasoning: str) -> str:
 
 
 class Renderer(Protocol):
+    def begin(self) -> None: ...
     def reasoning(self, text: str) -> None: ...
     def content(self, text: str) -> None: ...
     def finish(self, answer: Answer, note: str | None) -> None: ...
@@ -66,6 +67,9 @@ class PlainRenderer:
         self.footer = footer
         self.styled = styled
         self._ends_with_newline = True
+
+    def begin(self) -> None:
+        pass
 
     def reasoning(self, text: str) -> None:
         pass
@@ -121,6 +125,11 @@ class MarkdownRenderer:
         self._cursor_hidden = False
 
     # -- stream input ------------------------------------------------------------------
+    def begin(self) -> None:
+        """Show that the question left, before the first token (a CPU model takes seconds)."""
+        if self.live:
+            self._emit()
+
     def reasoning(self, text: str) -> None:
         self._reasoning.append(text)
         if self.live and self._due():
@@ -274,6 +283,8 @@ class MarkdownRenderer:
                 rendered += self._styled(f"thinking… ({words} words)", "dim italic")
         if self.pending.strip():
             rendered += ("\n" if self._blocks else "") + self._render_markdown(self.pending)
+        elif not rendered and not self._blocks:
+            rendered = self._styled("…", "dim")
         lines = rendered.splitlines(keepends=True)
         room = max(3, self.console.height - 2)
         if len(lines) > room:

@@ -121,6 +121,8 @@ class Session:
         )
         with interrupts.installed():
             try:
+                with interrupts.shield():
+                    renderer.begin()
                 for kind, piece in pieces:
                     with interrupts.shield():
                         if kind == "content":

@@ -24,6 +24,9 @@ class Collect:
         self.reasoning_parts: list[str] = []
         self.note: str | None = "unfinished"
 
+    def begin(self) -> None:
+        self.note = None
+
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
 

@@ -161,6 +161,8 @@ def test_live_reasoning_preview_is_erased_and_hidden_mode_shows_only_a_count() -
 def test_live_region_leaves_each_line_once_on_a_terminal() -> None:
     console = terminal_console()
     renderer = EveryPiece(console)
+    renderer.begin()
+    assert visible(console.file.getvalue()).strip() == "…"  # type: ignore[attr-defined]
     stream(renderer, DOC * 3)
     renderer.finish(finished(), "interrupted")
 
@@ -170,7 +172,7 @@ def test_live_region_leaves_each_line_once_on_a_terminal() -> None:
     assert shown.count("Closing words.") == 3
     assert shown.count("[interrupted]") == 1
     assert shown.count("tok/s") == 1
-    assert "```" not in shown
+    assert "```" not in shown and "…" not in shown
 
 
 def test_reasoning_collapses_to_one_line_and_stays_out_of_the_answer() -> None:
