@@ -76,9 +76,8 @@ def test_dry_runs_parse_and_validate_with_vllms_own_parser(
     payload["<misspelt flag>"] = ["serve", model, "--max-model-length", "8"]
     payload["<lone flag>"] = ["serve", model, "--enable-auto-tool-choice"]
     payload["<unknown parser>"] = [*payload["<lone flag>"], "--tool-call-parser", "no_such"]
-    python = vllm_cpu.VLLM_VENV / "bin" / "python"
     result = subprocess.run(
-        [str(python), str(Path(__file__).with_name("vllm_parse_args.py"))],
+        [str(vllm_cpu.vllm_python()), str(Path(__file__).with_name("vllm_parse_args.py"))],
         input=json.dumps(payload),
         capture_output=True,
         text=True,

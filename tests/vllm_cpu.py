@@ -37,10 +37,18 @@ def vllm_bin() -> Path | None:
     return path if os.access(path, os.X_OK) else None
 
 
+def vllm_python() -> Path:
+    """The interpreter of the venv that holds the vllm binary."""
+    binary = vllm_bin()
+    assert binary is not None
+    return binary.parent / "python"
+
+
 def installed() -> tuple[bool, str]:
     """(ok, why not) for the vLLM CPU build plus the converted model."""
     if vllm_bin() is None:
-        return False, f"vLLM's CPU build is not installed in {VLLM_VENV} ({INSTALL_HINT})"
+        where = os.environ.get("MIXVLLM_VLLM_BIN", "").strip() or VLLM_VENV / "bin" / "vllm"
+        return False, f"vLLM's CPU build is not installed: no {where} ({INSTALL_HINT})"
     if not (MODEL_DIR / "config.json").is_file():
         return False, f"the converted model {MODEL_DIR} is missing ({INSTALL_HINT})"
     return True, ""
