@@ -68,13 +68,12 @@ class _Interrupts:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    @contextmanager
-    def shield(self) -> Iterator[None]:
+    # `with interrupts:` shields one drawing step; a plain class, as it runs once per token.
+    def __enter__(self) -> None:
         self.shielded = True
-        try:
-            yield
-        finally:
-            self.shielded = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.shielded = False
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
@@ -121,10 +120,10 @@ class Session:
         )
         with interrupts.installed():
             try:
-                with interrupts.shield():
+                with interrupts:
                     renderer.begin()
                 for kind, piece in pieces:
-                    with interrupts.shield():
+                    with interrupts:
                         if kind == "content":
                             renderer.content(piece)
                         else:
