@@ -97,7 +97,8 @@ def start_mixvllm() -> Target:
     assert proc.stdout is not None
     m = re.search(r"open (http://\S+)", proc.stdout.readline())
     assert m, "mixvllm-terminal did not start"
-    return Target("mixvllm", proc, m.group(1).replace("http://", "ws://") + "ws", True)
+    # ?binary=1: stdout as raw UTF-8 frames, as the page asks for it
+    return Target("mixvllm", proc, m.group(1).replace("http://", "ws://") + "ws?binary=1", True)
 
 
 def start_terminado() -> Target:
@@ -136,6 +137,12 @@ class Conn:
             raw = await asyncio.wait_for(self.ws.read_message(), timeout)
             if raw is None:
                 return None
+            if isinstance(raw, bytes):  # binary stdout frame
+                text = raw.decode("utf-8", "replace")
+                self.unacked += 1
+                self.received += len(raw)
+                self.tail = (self.tail + text)[-4096:]
+                return text
             msg = json.loads(raw)
             if msg[0] == "stdout":
                 self.unacked += 1

@@ -1,6 +1,7 @@
 // mixvllm browser terminal: owns the socket, resize, reconnect and flow control.
 // Wire protocol (see terminal_server/protocol.py): ["stdin", s], ["set_size", rows, cols],
-// ["ack", frames] up; ["setup", {...}], ["stdout", s], ["disconnect", code], ["error", msg] down.
+// ["ack", frames] up; ["setup", {...}], stdout (binary frames, as we ask with ?binary=1),
+// ["disconnect", code], ["error", msg] down.
 "use strict";
 
 (function () {
@@ -55,6 +56,7 @@
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams();
     if (sessionId) q.set("session", sessionId);
+    q.set("binary", "1");  // stdout as raw UTF-8 frames; xterm.js decodes them
     q.set("rows", String(term.rows));
     q.set("cols", String(term.cols));
     for (const name of ["model", "system"]) {
@@ -68,6 +70,7 @@
     reconnectTimer = null;
     lastError = "";
     const sock = new WebSocket(socketUrl());
+    sock.binaryType = "arraybuffer";
     ws = sock;
     sock.onopen = () => { attempt = 0; };
     sock.onmessage = (event) => { if (ws === sock) onMessage(event.data); };
@@ -91,6 +94,10 @@
   }
 
   function onMessage(data) {
+    if (typeof data !== "string") {  // binary frame: terminal output
+      term.write(new Uint8Array(data), ackLater);
+      return;
+    }
     let msg;
     try { msg = JSON.parse(data); } catch (e) { return; }
     if (!Array.isArray(msg)) return;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hmac
 import json
 import logging
@@ -214,6 +215,8 @@ class TermSocket(websocket.WebSocketHandler):
         self.ctx = ctx
         self.session: Session | None = None
         self.peer = "?"
+        self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def set_default_headers(self) -> None:
         _security_headers(self)
@@ -260,6 +263,7 @@ class TermSocket(websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.peer = self.request.remote_ip or "?"
+        self.binary = self.get_query_argument("binary", "0") == "1"
         self.set_nodelay(True)  # keystroke echo must not wait for Nagle
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
@@ -290,9 +294,9 @@ class TermSocket(websocket.WebSocketHandler):
         self._send(protocol.encode(protocol.ERROR, message))
         self.close(code, message[:120])
 
-    def _send(self, text: str) -> None:
+    def _send(self, message: str | bytes, binary: bool = False) -> None:
         try:
-            fut = self.write_message(text)
+            fut = self.write_message(message, binary=binary)
         except websocket.WebSocketClosedError:
             return
         fut.add_done_callback(_consume)
@@ -336,8 +340,11 @@ class TermSocket(websocket.WebSocketHandler):
             self.session = None
 
     # -- terminals.Client ---------------------------------------------------------------
-    def send_output(self, text: str) -> None:
-        self._send(protocol.encode(protocol.STDOUT, text))
+    def send_output(self, data: bytes) -> None:
+        if self.binary:
+            self._send(data, binary=True)
+        else:
+            self._send(protocol.encode(protocol.STDOUT, self._decoder.decode(data)))
 
     def session_ended(self, exit_code: int | None) -> None:
         self.session = None

@@ -3,6 +3,8 @@
 Close to terminado's (`["stdin", s]`, `["stdout", s]`, `["set_size", rows, cols]`), plus
 `["ack", frames]`: the page acknowledges stdout frames once xterm.js has consumed them, which
 is what lets the server stop reading the PTY instead of buffering for a slow client.
+A client that connects with `?binary=1` (the page does) gets stdout as binary frames holding
+the PTY's bytes: no UTF-8 decode and JSON escaping on the server, no JSON.parse in the page.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ ACK: Final = "ack"
 
 # server -> client
 SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, ...}]
-STDOUT: Final = "stdout"  # ["stdout", text]
+STDOUT: Final = "stdout"  # ["stdout", text]; with ?binary=1 a binary frame of raw UTF-8 instead
 DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
 ERROR: Final = "error"  # ["error", message]: sent just before a close
 

@@ -1,6 +1,6 @@
 """PTY sessions: spawn, flow-controlled output, bounded scrollback, escalating shutdown.
 
-Output flow control: each attached client may hold at most `window` characters of output it
+Output flow control: each attached client may hold at most `window` bytes of output it
 has not acknowledged yet. When the window is full the session stops reading the PTY, the
 kernel's PTY buffer fills, and the program blocks in write() instead of the server
 buffering without bound.
@@ -9,7 +9,6 @@ buffering without bound.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ctypes
 import fcntl
@@ -35,9 +34,11 @@ log = logging.getLogger("mixvllm.terminal")
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 READ_CHUNK = 65536
-FRAME_MAX = 64 * 1024  # characters per stdout frame
+FRAME_MAX = 64 * 1024  # bytes per stdout frame
 INTERACTIVE_MAX = 1024  # small output with nothing in flight goes out at once (echo)
 COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
+PACE_MIN = 16 * 1024  # a wake-up that read this much means a flood...
+PACE_S = 0.001  # ...so skip reading for this long
 MAX_PENDING_INPUT = 4 * 1024 * 1024
 # (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
 ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
@@ -58,7 +59,7 @@ class InputOverflowError(RuntimeError):
 class Client(Protocol):
     """What a session needs from an attached WebSocket."""
 
-    def send_output(self, text: str) -> None: ...
+    def send_output(self, data: bytes) -> None: ...
 
     def session_ended(self, exit_code: int | None) -> None: ...
 
@@ -134,17 +135,17 @@ class Session:
         self._manager = manager
         self._metrics = metrics
         self._window = window
-        self._scrollback: deque[str] = deque()
+        self._scrollback: deque[bytes] = deque()
         self._scrollback_len = 0
         self._scrollback_limit = scrollback_limit
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._pending_len = 0
         self._unacked: deque[int] = deque()
         self._unacked_len = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._input = bytearray()
         self._reading = False
+        self._paced = False  # reader parked for PACE_S during a flood
         self._writing = False
         self._closing: asyncio.Task[None] | None = None
         self._update_reader()
@@ -152,12 +153,17 @@ class Session:
     # -- flow-control state, visible for tests and metrics --------------------------------
     @property
     def outstanding(self) -> int:
-        """Output characters read from the PTY that the client has not acknowledged."""
+        """Output bytes read from the PTY that the client has not acknowledged."""
         return self._pending_len + self._unacked_len
 
     @property
     def reading(self) -> bool:
         return self._reading
+
+    @property
+    def window_full(self) -> bool:
+        """The client holds a full window of unacknowledged output: the PTY is not read."""
+        return self.client is not None and self.outstanding >= self._window
 
     @property
     def closed(self) -> bool:
@@ -169,7 +175,7 @@ class Session:
         old, self.client = self.client, client
         self._reset_flow()
         self.detached_at = None
-        replay = "".join(self._scrollback)
+        replay = b"".join(self._scrollback)
         for start in range(0, len(replay), FRAME_MAX):
             self._send(replay[start : start + FRAME_MAX])
         self._update_reader()
@@ -226,7 +232,11 @@ class Session:
 
     # -- output ---------------------------------------------------------------------------
     def _update_reader(self) -> None:
-        want = not self.closed and (self.client is None or self.outstanding < self._window)
+        want = (
+            not self.closed
+            and not self._paced
+            and (self.client is None or self.outstanding < self._window)
+        )
         if want and not self._reading:
             self._loop.add_reader(self.fd, self._on_readable)
         elif not want and self._reading:
@@ -252,20 +262,27 @@ class Session:
             total += len(data)
         if chunks:
             self._metrics.bytes_out += total
-            text = self._decoder.decode(b"".join(chunks))
-            if text:
-                self._output(text)
+            self._output(b"".join(chunks))
         if eof:
             self.close()
-        else:
-            self._update_reader()
+            return
+        if total >= PACE_MIN:
+            # A flood: the PTY hands out at most ~4 KiB per read, so give the program a moment
+            # to fill the buffer; fewer, fuller reads cost far less CPU per MB.
+            self._paced = True
+            self._loop.call_later(PACE_S, self._unpace)
+        self._update_reader()
 
-    def _output(self, text: str) -> None:
-        self._remember(text)
+    def _unpace(self) -> None:
+        self._paced = False
+        self._update_reader()
+
+    def _output(self, data: bytes) -> None:
+        self._remember(data)
         if self.client is None:
             return
-        self._pending.append(text)
-        self._pending_len += len(text)
+        self._pending.append(data)
+        self._pending_len += len(data)
         if self._pending_len >= FRAME_MAX or (
             self._pending_len <= INTERACTIVE_MAX and not self._unacked
         ):
@@ -279,22 +296,22 @@ class Session:
             self._flush_handle = None
         if not self._pending or self.client is None:
             return
-        text = "".join(self._pending)
+        data = b"".join(self._pending)
         self._pending.clear()
         self._pending_len = 0
-        self._send(text)
+        self._send(data)
 
-    def _send(self, text: str) -> None:
+    def _send(self, data: bytes) -> None:
         assert self.client is not None
-        self._unacked.append(len(text))
-        self._unacked_len += len(text)
-        self.client.send_output(text)
+        self._unacked.append(len(data))
+        self._unacked_len += len(data)
+        self.client.send_output(data)
 
-    def _remember(self, text: str) -> None:
+    def _remember(self, data: bytes) -> None:
         if self._scrollback_limit <= 0:
             return
-        self._scrollback.append(text)
-        self._scrollback_len += len(text)
+        self._scrollback.append(data)
+        self._scrollback_len += len(data)
         while self._scrollback_len > self._scrollback_limit:
             excess = self._scrollback_len - self._scrollback_limit
             head = self._scrollback[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import json
@@ -103,6 +104,8 @@ class Client:
         self.frames: list[list[Any]] = []
         self.unacked = 0
         self.setup: dict[str, Any] | None = None
+        self.binary_frames = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.closed = asyncio.Event()
         self._task = asyncio.ensure_future(self._pump())
 
@@ -112,6 +115,9 @@ class Client:
             if raw is None:
                 self.closed.set()
                 return
+            if isinstance(raw, bytes):
+                self.binary_frames += 1
+                raw = json.dumps([protocol.STDOUT, self._decoder.decode(raw)])
             msg = json.loads(raw)
             self.frames.append(msg)
             if msg[0] == protocol.SETUP:
@@ -124,7 +130,8 @@ class Client:
 
     def ack(self) -> None:
         if self.unacked and self.conn.protocol is not None:
-            self.send(protocol.ACK, self.unacked)
+            with contextlib.suppress(websocket.WebSocketClosedError):
+                self.send(protocol.ACK, self.unacked)
             self.unacked = 0
 
     @property

@@ -93,11 +93,18 @@ def test_200_open_close_cycles_leak_no_processes_or_fds() -> None:
 
             async def cycle(i: int) -> None:
                 c = await srv.connect()
+                session = srv.ctx.manager.sessions[c.session_id]
                 if i % 2:
+                    await c.expect("bash")  # the prompt: bash is reading its input
                     c.type("exit\r")  # the program ends the session
                 else:
-                    await srv.ctx.manager.sessions[c.session_id].close()  # the server ends it
-                assert await c.wait_closed() == protocol.CLOSE_SESSION_ENDED
+                    await session.close()  # the server ends it
+                try:
+                    code = await c.wait_closed()
+                except asyncio.TimeoutError:
+                    state = (session.closed, session.reading, session.proc.poll())
+                    raise AssertionError(f"cycle {i}: {c.output!r} {state}") from None
+                assert code == protocol.CLOSE_SESSION_ENDED
                 await c.close()
                 srv.clients.remove(c)
 
@@ -129,13 +136,15 @@ def test_stalled_client_bounds_server_buffering_and_blocks_the_program() -> None
             c = await srv.connect(auto_ack=False)
             session = srv.ctx.manager.sessions[c.session_id]
             c.type(FLOOD)
-            await wait_for(lambda: not session.reading, 10, "the PTY reader to pause")
+            await wait_for(lambda: session.window_full, 10, "the window to fill")
+            assert not session.reading
             assert session.outstanding <= window + READ_CHUNK
             produced = srv.ctx.metrics.bytes_out
             # While nothing is acknowledged, nothing more is read and the producer waits:
             # observe for a while (proving an absence needs a time window).
             for _ in range(10):
                 await asyncio.sleep(0.03)
+                assert session.window_full
                 assert not session.reading
             members = _session_members(session.proc.pid)
             names = {psutil.Process(p).name() for p, _, s in members if s != "Z"}
@@ -158,7 +167,7 @@ def test_stalled_client_can_still_interrupt_the_flood() -> None:
             c = await srv.connect(auto_ack=False)
             session = srv.ctx.manager.sessions[c.session_id]
             c.type("cat /dev/zero | tr '\\0' b\r")
-            await wait_for(lambda: not session.reading, 10, "pause")
+            await wait_for(lambda: session.window_full, 10, "the window to fill")
             c.type("\x03")
             c.auto_ack = True
             c.ack()
@@ -225,5 +234,25 @@ def test_autostart_runs_chat_then_lands_in_the_shell(tmp_path: os.PathLike[str])
             await c.expect("chat-args:[--model m1 --system be brief; rm -rf /]")
             c.type("echo in'-'shell\r")  # chat exited: the shell took over the PTY
             await c.expect("in-shell")
+
+    run(body)
+
+
+def test_binary_output_mode_carries_raw_utf8_with_the_same_flow_control() -> None:
+    async def body() -> None:
+        async with running_server(flow_window=64 * 1024) as srv:
+            c = await srv.connect("binary=1")
+            c.type("printf 'caf\\303\\251 %s\\n' bin'-'ok\r")
+            await c.expect("café bin-ok")
+            assert c.binary_frames > 0
+            stalled = await srv.connect("binary=1", auto_ack=False)
+            session = srv.ctx.manager.sessions[stalled.session_id]
+            stalled.type("head -c 3000000 /dev/zero | tr '\\0' z; echo; echo bin'-'done\r")
+            await wait_for(lambda: session.window_full, 10, "the window to fill")
+            assert not session.reading
+            assert session.outstanding <= 64 * 1024 + READ_CHUNK
+            stalled.auto_ack = True
+            stalled.ack()
+            await stalled.expect("bin-done", 60)
 
     run(body)
