@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from tornado import httpclient, websocket
+from terminado import TermSocket, UniqueTermManager
+from tornado import httpclient, httpserver, netutil, web, websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL = "/bin/bash --norc --noprofile"
@@ -46,19 +47,14 @@ CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
 
 # -- the baseline server ---------------------------------------------------------------------
 def run_baseline() -> None:
-    import tornado.httpserver
-    import tornado.netutil
-    import tornado.web
-    from terminado import TermSocket, UniqueTermManager
-
     async def serve() -> None:
         manager = UniqueTermManager(shell_command=SHELL.split())
-        app = tornado.web.Application(
+        app = web.Application(
             [(r"/websocket", TermSocket, {"term_manager": manager})],
             websocket_max_message_size=1024 * 1024,
         )
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        tornado.httpserver.HTTPServer(app).add_sockets(sockets)
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        httpserver.HTTPServer(app).add_sockets(sockets)
         print(f"PORT {sockets[0].getsockname()[1]}", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -284,7 +280,7 @@ async def many_sessions(target: Target, n: int) -> tuple[float, float, float]:
         return per_session, pct(samples, 0.99), cpu
 
 
-# -- report ------------------------------------------------------------------------------------------
+# -- report ---------------------------------------------------------------------------------
 def fmt(v: float, unit: str) -> str:
     return f">= {CAP_S:.0f} s" if v == float("inf") else f"{v:.3f} {unit}".rstrip()
 
@@ -318,36 +314,35 @@ async def run_all(args: argparse.Namespace) -> int:
         for t in targets:
             stop(t)
 
-    print(f"{'measure':<28} {'mixvllm':>22} {'terminado':>22} {'ratio':>10}")
+    def line(label: str, ours: str, base: str, r: str) -> None:
+        print(f"{label:<30} {ours:>16} {base:>16} {r:>12}")
+
+    line("measure", "mixvllm", "terminado", "ratio")
     for label, unit, ours, base in rows:
         if label.startswith("throughput"):
-            print(
-                f"{'throughput (MB/s)':<28} {ours[0]:>22.1f} {base[0]:>22.1f} {ratio(ours[0], base[0]):>10}"
-            )
-            print(
-                f"{'server CPU s per MB':<28} {ours[1]:>22.4f} {base[1]:>22.4f} {ratio(ours[1], base[1]):>10}"
-            )
+            line("throughput (MB/s)", f"{ours[0]:.1f}", f"{base[0]:.1f}", ratio(ours[0], base[0]))
+            line("server CPU s per MB", f"{ours[1]:.4f}", f"{base[1]:.4f}", ratio(ours[1], base[1]))
         elif label.startswith("echo"):
-            print(
-                f"{'echo p50 (ms)':<28} {ours[0] * 1e3:>22.2f} {base[0] * 1e3:>22.2f} {ratio(ours[0], base[0]):>10}"
-            )
-            print(
-                f"{'echo p99 (ms)':<28} {ours[1] * 1e3:>22.2f} {base[1] * 1e3:>22.2f} {ratio(ours[1], base[1]):>10}"
-            )
+            for i, q in enumerate(("p50", "p99")):
+                line(
+                    f"echo {q} (ms)",
+                    f"{ours[i] * 1e3:.2f}",
+                    f"{base[i] * 1e3:.2f}",
+                    ratio(ours[i], base[i]),
+                )
         elif label.endswith("sessions"):
-            print(
-                f"{label + ': RSS/session MB':<28} {ours[0]:>22.3f} {base[0]:>22.3f} {ratio(ours[0], base[0]):>10}"
+            line(f"{label}: RSS/session MB", f"{ours[0]:.3f}", f"{base[0]:.3f}", "")
+            line(
+                f"{label}: echo p99 ms",
+                f"{ours[1] * 1e3:.2f}",
+                f"{base[1] * 1e3:.2f}",
+                ratio(ours[1], base[1]),
             )
-            print(
-                f"{label + ': echo p99 ms':<28} {ours[1] * 1e3:>22.2f} {base[1] * 1e3:>22.2f} {ratio(ours[1], base[1]):>10}"
-            )
-            print(
-                f"{label + ': server CPU':<28} {ours[2]:>21.0%} {base[2]:>21.0%}  {ratio(ours[2], base[2]):>10}"
+            line(
+                f"{label}: server CPU", f"{ours[2]:.0%}", f"{base[2]:.0%}", ratio(ours[2], base[2])
             )
         else:
-            print(
-                f"{label:<28} {fmt(ours, unit):>22} {fmt(base, unit):>22} {ratio(ours, base):>10}"
-            )
+            line(label, fmt(ours, unit), fmt(base, unit), ratio(ours, base))
     return 0
 
 

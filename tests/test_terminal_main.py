@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def _start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the banner; blocks until the server listens
-    match = re.search(r"open (http://\S+)", line)
+    match = re.search(r"open (https?://\S+)", line)
     if match is None:
         proc.kill()
         _, err = proc.communicate()
@@ -186,6 +187,37 @@ def test_port_in_use_is_one_clear_error() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    proc, url = _start_server("--certfile", str(cert), "--keyfile", str(key))
+    try:
+        assert url.startswith("https://")
+
+        async def fetch() -> httpclient.HTTPResponse:
+            client = httpclient.AsyncHTTPClient()
+            return await client.fetch(
+                url, ca_certs=str(cert), validate_cert=False, follow_redirects=False,
+                raise_error=False,
+            )  # fmt: skip
+
+        r = asyncio.run(fetch())
+        assert r.code == 302
+        assert "Secure" in r.headers["Set-Cookie"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
