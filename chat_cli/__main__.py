@@ -171,8 +171,7 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
 
 
 def _interrupted(session: Session) -> bool:
-    last = session.conversation.last("assistant")
-    return last is not None and last.incomplete == INTERRUPTED
+    return session.last_note == INTERRUPTED
 
 
 def _answer_json(session: Session, answer: Answer, failure: ChatError | None) -> dict[str, object]:

@@ -97,6 +97,7 @@ class Session:
         self.stats = Stats()
         self.unsent: str | None = None  # a message whose request failed before any answer
         self.last_answer: Answer | None = None
+        self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE or None
 
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)
@@ -148,6 +149,7 @@ class Session:
 
     def _keep(self, text: str, answer: Answer, note: str | None) -> None:
         self.last_answer = answer
+        self.last_note = note
         self.stats.add(answer)
         if answer.text:
             self.unsent = None

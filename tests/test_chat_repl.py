@@ -22,7 +22,7 @@ from tests.chat_support import (
 from tests.fake_openai import DEFAULT_ANSWER, FakeServer
 
 # Generous deadlines: the machine is shared and noisy; the bench measures speed, not these.
-STEP_S = 15
+STEP_S = 30
 
 
 @pytest.fixture
@@ -179,6 +179,21 @@ def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(tmp_path: Path, fake: 
     assert child.exitstatus == 130
     saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
     assert saved["incomplete"] == "interrupted" and saved["content"].startswith("word word")
+
+
+def test_ctrl_c_before_the_first_word_in_one_shot_mode_exits_130(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    child = pexpect.spawn(
+        CHAT[0], [*CHAT[1:], "@fault:hang"], env=chat_env(tmp_path, fake.url),
+        encoding="utf-8", dimensions=(40, 120), timeout=STEP_S,
+    )  # fmt: skip
+    wait_for(lambda: len(fake.state.requests) == 1)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "[interrupted]" in visible(child.before)
 
 
 def test_ctrl_c_before_the_first_word_keeps_the_question_for_retry(
