@@ -49,6 +49,7 @@
   let pendingAcks = 0;
   let ackScheduled = false;
   let lastError = "";
+  let restartRequested = false;
 
   // -- socket ---------------------------------------------------------------------------
   function socketUrl() {
@@ -56,6 +57,7 @@
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams();
     if (sessionId) q.set("session", sessionId);
+    if (restartRequested) q.set("restart", "1");
     q.set("binary", "1");  // stdout as raw UTF-8 frames; xterm.js decodes them
     q.set("rows", String(term.rows));
     q.set("cols", String(term.cols));
@@ -104,9 +106,11 @@
     switch (msg[0]) {
       case MSG.SETUP: {
         const info = msg[1] || {};
+        const restarted = restartRequested;
+        restartRequested = false;
         term.reset();  // a reattach replays recent output from a clean screen
         pendingAcks = 0;
-        if (sessionId && !info.reattached) {
+        if (sessionId && !info.reattached && !restarted) {
           term.write("\x1b[33m[previous session is gone; this is a new one]\x1b[0m\r\n");
         }
         sessionId = info.session;
@@ -204,6 +208,15 @@
     const panel = document.getElementById("settings");
     panel.hidden = !panel.hidden;
     e.currentTarget.setAttribute("aria-expanded", String(!panel.hidden));
+  });
+  document.getElementById("restart").addEventListener("click", () => {
+    if (!window.confirm("End this session (chat, shell and everything running in it) and start a new one?")) return;
+    restartRequested = true;
+    const old = ws;
+    ws = null;  // its close event is ours, not a dropped connection
+    if (old) old.close();
+    clearTimeout(reconnectTimer);
+    connect();
   });
   document.getElementById("new-session").addEventListener("click", () => {
     const url = new URL(location.href);

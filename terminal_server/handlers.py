@@ -261,12 +261,16 @@ class TermSocket(websocket.WebSocketHandler):
             return rows, cols
         return 24, 80
 
-    def open(self, *args: str, **kwargs: str) -> None:
+    async def open(self, *args: str, **kwargs: str) -> None:
         self.peer = self.request.remote_ip or "?"
         self.binary = self.get_query_argument("binary", "0") == "1"
         self.set_nodelay(True)  # keystroke echo must not wait for Nagle
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
+        if session is not None and self.get_query_argument("restart", "0") == "1":
+            # "Restart": end the session (chat, shell and all) and start a fresh one.
+            await session.close()
+            session = None
         reattached = session is not None
         if session is None:
             rows, cols = self._size()

@@ -241,3 +241,24 @@ def test_websocket_connect_helper_raises_on_refusal() -> None:
             assert err.value.code == 403
 
     run(body)
+
+
+def test_restart_ends_the_session_and_starts_a_fresh_one() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            a = await srv.connect()
+            a.type("X=old; echo set'-'old\r")
+            await a.expect("set-old")
+            old = srv.ctx.manager.sessions[a.session_id]
+            b = await srv.connect(f"session={a.session_id}&restart=1")
+            assert b.setup is not None
+            assert b.setup["reattached"] is False
+            assert b.session_id != a.session_id
+            assert old.closed
+            assert old.proc.returncode is not None
+            assert await a.wait_closed() == protocol.CLOSE_SESSION_ENDED
+            b.type("echo X=${X:-unset}\r")
+            await b.expect("X=unset")
+            assert list(srv.ctx.manager.sessions) == [b.session_id]
+
+    run(body)

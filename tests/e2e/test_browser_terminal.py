@@ -120,6 +120,20 @@ def test_type_resize_reload_reattach(server_url: str) -> None:
             page.wait_for_function(
                 f"() => ({BUFFER_TEXT})().includes('got-same-shell')", timeout=15000
             )
+
+            # The restart control ends the session and starts a fresh one in this tab.
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#restart")
+            page.wait_for_function(
+                f"() => window.mixvllm.connected && window.mixvllm.sessionId !== '{session}'",
+                timeout=15000,
+            )
+            fresh = page.evaluate("() => window.mixvllm.sessionId")
+            assert f"session={fresh}" in page.url
+            page.click("#terminal")
+            page.keyboard.type("echo x=${X:-fresh}")
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('x=fresh')", timeout=15000)
             assert problems == []
         finally:
             browser.close()
