@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pexpect
 import pytest
 
 from model_server import profiles
@@ -69,9 +70,7 @@ def wait_metric(server: vllm_cpu.Server, name: str, want: float, timeout: float 
     return value
 
 
-def run_chat(
-    server: vllm_cpu.Server, tmp: Path, *args: str, key: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def chat_env(server: vllm_cpu.Server, tmp: Path, key: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "OPENAI_", "VLLM_"))}
     env.update(
         MODEL_SERVER_URL=server.root,
@@ -82,7 +81,15 @@ def run_chat(
         XDG_DATA_HOME=str(tmp / "data"),
         XDG_STATE_HOME=str(tmp / "state"),
         XDG_CACHE_HOME=str(tmp / "cache"),
+        TERM="xterm-256color",
     )
+    return env
+
+
+def run_chat(
+    server: vllm_cpu.Server, tmp: Path, *args: str, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = chat_env(server, tmp, key)
     return subprocess.run(
         [str(CHAT), *args],
         capture_output=True,
@@ -244,6 +251,28 @@ def test_chat_cli_one_shot_streams_a_real_answer(server: vllm_cpu.Server, tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "Traceback" not in result.stdout + result.stderr
+    assert wait_metric(server, "vllm:generation_tokens_total", before + 1) > before
+
+
+def test_chat_cli_in_a_terminal_streams_a_real_answer(
+    server: vllm_cpu.Server, tmp_path: Path
+) -> None:
+    # The same one-shot on a real PTY: the live markdown renderer, not the plain pipe path.
+    before = metric(server, "vllm:generation_tokens_total")
+    child = pexpect.spawn(
+        str(CHAT),
+        ["--max-tokens", "24", "Say hello in one short sentence."],
+        env=chat_env(server, tmp_path),
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(24, 80),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before or "")
+    assert child.exitstatus == 0, output
+    assert output.strip()
+    assert "Traceback" not in output
     assert wait_metric(server, "vllm:generation_tokens_total", before + 1) > before
 
 
