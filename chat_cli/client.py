@@ -104,8 +104,7 @@ def fetch_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> l
     except urllib.error.HTTPError as err:
         if err.code == 401:
             raise errors.AuthFailed(base_url) from err
-        detail = errors.short(err.read().decode("utf-8", "replace") or err.reason)
-        raise errors.ServerFailed(err.code, detail) from err
+        raise errors.ServerFailed(err.code, _body_message(err.read(), str(err.reason))) from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise errors.ServerUnreachable(base_url, errors.short(str(reason))) from err
@@ -135,6 +134,8 @@ def wait_for_models(
             last = "/v1/models lists no model yet"
         except errors.AuthFailed:
             raise
+        except errors.ServerFailed as err:
+            last = f"server up, model not ready ({err.status}: {err.detail})"
         except ChatError as err:
             last = str(err).split(";")[0]
         now = time.monotonic()
@@ -363,6 +364,16 @@ def _pieces(
                     yield "content", str(content)
         except (AttributeError, TypeError, ValueError) as err:
             raise errors.malformed_stream(f"unexpected chunk: {errors.short(data, 60)}") from err
+
+
+def _body_message(body: bytes, fallback: str) -> str:
+    """The message of an error body: OpenAI-style JSON, or its text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return errors.short(text or fallback)
+    return _error_message(data) if isinstance(data, dict) else errors.short(text)
 
 
 def _error_message(chunk: dict[str, Any]) -> str:

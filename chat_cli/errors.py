@@ -66,6 +66,8 @@ class BadRequest(ChatError):
 class ServerFailed(ChatError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"the model server failed ({status}: {detail}); try /retry")
+        self.status = status
+        self.detail = detail
 
 
 class StreamFailed(ChatError):
