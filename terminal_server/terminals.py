@@ -35,7 +35,7 @@ log = logging.getLogger("mixvllm.terminal")
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 READ_CHUNK = 65536
 FRAME_MAX = 64 * 1024  # bytes per stdout frame
-INTERACTIVE_MAX = 1024  # small output with nothing in flight goes out at once (echo)
+INTERACTIVE_MAX = 1024  # small output goes out at once (echo); bigger reads are batched
 COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
 PACE_MIN = 16 * 1024  # a wake-up that read this much means a flood...
 PACE_S = 0.001  # ...so skip reading for this long
@@ -284,9 +284,9 @@ class Session:
         self._pending.append(data)
         self._pending_len += len(data)
         if self._pending_len >= FRAME_MAX or (
-            self._pending_len <= INTERACTIVE_MAX and not self._unacked
+            self._pending_len <= INTERACTIVE_MAX and self._flush_handle is None
         ):
-            self._flush()
+            self._flush()  # a full frame, or small interactive output (echo): no waiting
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_later(COALESCE_S, self._flush)
 
