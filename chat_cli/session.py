@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,6 +23,8 @@ from chat_cli.render import Renderer
 
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
+IN_PROGRESS = "in progress"  # only ever seen in an autosave of a process that was killed
+AUTOSAVE_EVERY_S = 1.0
 
 
 @dataclass
@@ -123,12 +126,16 @@ class Session:
             try:
                 with interrupts:
                     renderer.begin()
+                saved_at = time.monotonic()
                 for kind, piece in pieces:
                     with interrupts:
                         if kind == "content":
                             renderer.content(piece)
                         else:
                             renderer.reasoning(piece)
+                        if time.monotonic() - saved_at >= AUTOSAVE_EVERY_S:
+                            self._save_in_progress(answer)
+                            saved_at = time.monotonic()
             except KeyboardInterrupt:
                 note = INTERRUPTED
             except errors.StreamFailed as err:
@@ -146,6 +153,17 @@ class Session:
             self.stats.errors += 1
             raise failure
         return answer
+
+    def _save_in_progress(self, answer: Answer) -> None:
+        """Autosave the answer so far, so a closed terminal or a kill loses at most a second."""
+        if not answer.text:
+            return
+        messages = self.conversation.messages
+        messages.append(Message("assistant", answer.text, incomplete=IN_PROGRESS))
+        try:
+            self.conversation.autosave()
+        finally:
+            messages.pop()
 
     def _keep(self, text: str, answer: Answer, note: str | None) -> None:
         self.last_answer = answer

@@ -209,3 +209,24 @@ def test_ctrl_c_before_the_first_word_keeps_the_question_for_retry(
     ask(child, "/retry")
     assert fake.state.requests[-1]["messages"] == [{"role": "user", "content": "wait @fault:hang"}]
     assert exit_with_ctrl_d(child) == 0
+
+
+def test_a_killed_chat_leaves_the_answer_so_far_in_the_autosave(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    child = spawn(tmp_path, fake.url)
+    child.send("tell me @fault:slow\r")
+    child.expect("word word")
+
+    def partial_saved() -> bool:
+        files = conversations(tmp_path)
+        if not files:
+            return False
+        messages = json.loads(files[-1].read_text())["messages"]
+        return len(messages) == 2 and messages[-1]["incomplete"] == "in progress"
+
+    wait_for(partial_saved, timeout=STEP_S)
+    child.kill(9)  # a closed browser tab or a kill: no chance to clean up
+    child.close()
+    saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
+    assert saved["content"].startswith("word ")
