@@ -235,13 +235,21 @@ def main() -> int:
             )
     for client, by_size in results.items():
         ratio = by_size[8000][0] / by_size[4000][0]
-        print(f"{client}: 8k/4k time ratio {ratio:.2f} (linear = 2.0, target <= 2.2)")
+        cpu_ratio = by_size[8000][1] / max(by_size[4000][1], 1e-9)
+        print(
+            f"{client}: 8k/4k time ratio {ratio:.2f}, CPU ratio {cpu_ratio:.2f} "
+            "(linear = 2.0, target <= 2.2)"
+        )
     chat, base = results["chat"], results["baseline"]
     print(
         f"chat vs baseline (8k): {chat[8000][0] / base[8000][0]:.2f}x the wall time, "
         f"{chat[8000][1] / max(base[8000][1], 1e-9):.2f}x the CPU"
     )
-    print(f"chat throughput (8k): {8000 / chat[8000][0]:,.0f} tokens/s (target >= 20,000)")
+    print(
+        f"chat throughput (8k): {8000 / chat[8000][0]:,.0f} tokens/s wall, "
+        f"{8000 / max(chat[8000][1], 1e-9):,.0f} tokens per CPU second (target >= 20,000; "
+        "wall figures need an idle machine, CPU figures hold under load)"
+    )
     print(f"chat start-up to first prompt: {start:.0f} ms (median, target <= 400 ms)")
     return 0
 
