@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "MIXVLLM_TERMINAL_"
 # Variables handed to every session so `chat` finds the model server.
@@ -80,67 +81,57 @@ def _default_shell(env: Mapping[str, str]) -> str:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def e(name: str, default: str | None = None) -> str | None:
-        return env.get(ENV_PREFIX + name, default)
-
+    """Flags; each falls back to MIXVLLM_TERMINAL_<NAME> (listed in --help)."""
     p = argparse.ArgumentParser(
         prog="mixvllm-terminal",
         description="Browser terminal: xterm.js over a WebSocket, one PTY per tab.",
     )
-    p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="bind address")
-    p.add_argument(
-        "--port", type=int, default=int(e("PORT", "8888") or 8888), help="0 picks a free port"
-    )
+
+    def add(flag: str, help_: str, default: str | None, **kw: Any) -> None:
+        name = flag.lstrip("-").replace("-", "_").upper()
+        value = env.get(ENV_PREFIX + name, default)
+        if value is not None and kw.get("type") in (int, float):
+            value = kw["type"](value)  # a malformed value raises ValueError -> ConfigError
+        shown = f" (default: {default})" if default else ""
+        p.add_argument(flag, default=value, help=f"{help_} [${ENV_PREFIX}{name}]{shown}", **kw)
+
+    add("--host", "bind address", "127.0.0.1")
+    add("--port", "TCP port; 0 picks a free one", "8888", type=int)
+    auto = _env_bool(env.get(ENV_PREFIX + "AUTOSTART_CHAT", "1"))
     chat = p.add_mutually_exclusive_group()
-    default_auto = _env_bool(e("AUTOSTART_CHAT", "1") or "1")
     chat.add_argument(
         "--autostart-chat",
         dest="autostart_chat",
         action="store_true",
-        default=default_auto,
-        help="start `chat` in each new session; the shell follows when it exits (default)",
+        default=auto,
+        help=f"start `chat` in each new session; the shell follows when it exits "
+        f"[${ENV_PREFIX}AUTOSTART_CHAT=1|0] (default: on)",
     )
-    chat.add_argument("--no-autostart-chat", dest="autostart_chat", action="store_false")
-    p.add_argument(
-        "--chat-command", default=e("CHAT_COMMAND") or _default_chat(), help="chat command line"
+    chat.add_argument(
+        "--no-autostart-chat",
+        dest="autostart_chat",
+        action="store_false",
+        help="sessions start the shell directly",
     )
-    p.add_argument(
-        "--shell", default=e("SHELL") or _default_shell(env), help="shell command line per session"
-    )
-    p.add_argument("--token", default=e("TOKEN"), help="access token (default: generated)")
+    add("--chat-command", "chat command line", _default_chat())
+    add("--shell", "shell command line per session", _default_shell(env))
+    add("--token", "access token, at least 8 characters (default: generated, printed)", None)
     p.add_argument(
         "--no-auth",
         action="store_true",
-        default=_env_bool(e("NO_AUTH", "0") or "0"),
-        help="disable the token; only allowed on a loopback address",
+        default=_env_bool(env.get(ENV_PREFIX + "NO_AUTH", "0")),
+        help=f"disable the token; only allowed on a loopback address [${ENV_PREFIX}NO_AUTH=1]",
     )
-    p.add_argument("--max-sessions", type=int, default=int(e("MAX_SESSIONS", "32") or 32))
-    p.add_argument("--base-path", default=e("BASE_PATH", "/"), help="URL prefix behind a proxy")
-    p.add_argument("--certfile", default=e("CERTFILE"), help="TLS certificate (PEM)")
-    p.add_argument("--keyfile", default=e("KEYFILE"), help="TLS private key (PEM)")
-    p.add_argument(
-        "--allowed-origins",
-        default=e("ALLOWED_ORIGINS", ""),
-        help="comma-separated extra WebSocket origins, e.g. https://term.example.com",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=float(e("IDLE_TIMEOUT", "600") or 600),
-        help="seconds before a session without a client is closed",
-    )
-    p.add_argument(
-        "--scrollback-bytes",
-        type=int,
-        default=int(e("SCROLLBACK_BYTES", str(256 * 1024)) or 0),
-        help="recent output kept per session and replayed on reattach",
-    )
-    p.add_argument(
-        "--flow-window",
-        type=int,
-        default=int(e("FLOW_WINDOW", str(256 * 1024)) or 0),
-        help="unacknowledged output bytes per client before the PTY is paused",
-    )
+    add("--max-sessions", "sessions at most; the next one is refused", "32", type=int)
+    add("--base-path", "URL prefix when served behind a reverse proxy", "/")
+    add("--certfile", "TLS certificate (PEM); serves https", None)
+    add("--keyfile", "TLS private key (PEM)", None)
+    add("--allowed-origins", "comma-separated extra WebSocket origins", "")
+    add("--idle-timeout", "seconds a session lives without a client", "600", type=float)
+    add("--scrollback-bytes", "recent output kept per session, replayed on reattach",
+        str(256 * 1024), type=int)  # fmt: skip
+    add("--flow-window", "unacknowledged output bytes per client before the PTY pauses",
+        str(256 * 1024), type=int)  # fmt: skip
     return p
 
 
