@@ -230,3 +230,10 @@ def test_a_killed_chat_leaves_the_answer_so_far_in_the_autosave(
     child.close()
     saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
     assert saved["content"].startswith("word ")
+
+
+def test_plain_mode_prints_the_raw_markdown(tmp_path: Path, fake: FakeServer) -> None:
+    child = spawn(tmp_path, fake.url, "--plain")
+    shown = ask(child, "hello")
+    assert "Hello **there**! This is a test answer." in shown and "- one" in shown
+    assert exit_with_ctrl_d(child) == 0
