@@ -116,7 +116,11 @@ def run(config: Config) -> int:
     )
 
     if not interactive:
-        return one_shot(session, config, question, out)
+        try:
+            return one_shot(session, config, question, out)
+        finally:
+            if session.conversation.autosave_failure:
+                err.write(f"chat: {session.conversation.autosave_failure}\n")
 
     from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
 

@@ -34,6 +34,7 @@ class Conversation:
     model: str | None = None
     created: float = field(default_factory=time.time)
     path: Path | None = None  # the autosave file; None disables autosave
+    autosave_failure: str | None = None  # set when autosave had to stop; the CLI reports it
 
     def api_messages(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system}] if self.system else []
@@ -84,7 +85,15 @@ class Conversation:
 
     def autosave(self) -> None:
         if self.path is not None and (self.messages or self.system):
-            _write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1))
+            try:
+                _write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1))
+            except OSError as err:
+                # Losing autosave must not stop the chat: stop saving, say so once.
+                self.autosave_failure = (
+                    f"autosave stopped: cannot write {self.path} ({err.strerror or err}); "
+                    "/save FILE still works"
+                )
+                self.path = None
 
     def save(self, path: Path) -> None:
         text = (
@@ -99,9 +108,12 @@ class Conversation:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Chats can hold private text: owner-only directory and files.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
     tmp.replace(path)
 
 

@@ -115,7 +115,8 @@ class Repl:
         history: History = InMemoryHistory()
         if history_file is not None:
             try:
-                history_file.parent.mkdir(parents=True, exist_ok=True)
+                history_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(history_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
                 history = FileHistory(str(history_file))
             except OSError as err:
                 self.error(f"input history disabled: cannot create {history_file} ({err})")
@@ -163,6 +164,11 @@ class Repl:
                 if self.debug:
                     traceback.print_exc()
                 self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
+            finally:
+                conversation = self.session.conversation
+                if conversation.autosave_failure:
+                    self.error(conversation.autosave_failure)
+                    conversation.autosave_failure = None
 
     def ask(self, text: str) -> None:
         renderer = make_renderer(

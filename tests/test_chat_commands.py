@@ -134,3 +134,28 @@ def test_latest_autosave_is_found(tmp_path: Path) -> None:
     first.autosave()
     assert conv_mod.latest(tmp_path) == tmp_path / "a.json"
     assert conv_mod.load(tmp_path / "a.json").messages == first.messages
+
+
+def test_autosave_failure_stops_saving_but_not_the_chat(
+    setup: tuple[Session, Commands, io.StringIO], tmp_path: Path
+) -> None:
+    session, _, _ = setup
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    session.conversation.path = blocker / "chat.json"
+    ask(session, "still answered?")
+    assert session.conversation.messages[-1].content == DEFAULT_ANSWER
+    assert session.conversation.path is None
+    assert session.conversation.autosave_failure is not None
+    assert "autosave stopped: cannot write" in session.conversation.autosave_failure
+
+
+def test_saved_chats_and_history_are_private(
+    setup: tuple[Session, Commands, io.StringIO], tmp_path: Path
+) -> None:
+    session, _, _ = setup
+    ask(session, "secret")
+    path = session.conversation.path
+    assert path is not None
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700

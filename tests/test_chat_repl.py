@@ -76,8 +76,9 @@ def test_type_a_question_see_markdown_and_exit_with_ctrl_d(
     assert "• one" in shown
     assert fake.state.requests[-1]["messages"] == [{"role": "user", "content": "hello there"}]
     assert exit_with_ctrl_d(child) == 0
-    history = (tmp_path / "state" / "mixvllm" / "chat_history").read_text()
-    assert "+hello there" in history
+    history_file = tmp_path / "state" / "mixvllm" / "chat_history"
+    assert "+hello there" in history_file.read_text()
+    assert history_file.stat().st_mode & 0o777 == 0o600
     assert [m["role"] for m in last_saved(tmp_path)["messages"]] == ["user", "assistant"]  # type: ignore[index, union-attr]
 
 
