@@ -53,13 +53,14 @@ def connect(config: Config, err: TextIO) -> tuple[str, list[str]]:
                 models = client_mod.wait_for_models(
                     url, config.api_key, config.wait, _progress(err)
                 )
-                if err.isatty():
-                    err.write("\r\x1b[K")
             else:
                 models = client_mod.fetch_models(url, config.api_key)
         except ServerUnreachable as unreachable:
             failure = failure or unreachable
             continue
+        finally:
+            if config.wait > 0 and err.isatty():
+                err.write("\r\x1b[K")  # the progress line gives way to what follows
         if not models:
             raise NoModels(url)
         if url != config.url:
@@ -85,6 +86,8 @@ def _make_console(out: TextIO) -> Console:
 def run(config: Config) -> int:
     out, err = sys.stdout, sys.stderr
     interactive = config.prompt is None and sys.stdin.isatty()
+    if interactive and not out.isatty():
+        raise ChatError("nothing to ask: give a question (the interactive mode needs a terminal)")
     question = config.prompt or ""
     if not sys.stdin.isatty():
         piped = _read_stdin()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import shlex
 import subprocess
 import time
@@ -244,3 +246,17 @@ def test_reader_going_away_is_not_an_error(tmp_path: Path) -> None:
             check=False,
         )
     assert (result.returncode, result.stdout, result.stderr) == (0, "line\nline\n", "")
+
+
+def test_interactive_mode_needs_a_terminal_for_its_output(tmp_path: Path, fake: FakeServer) -> None:
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run(
+            CHAT, stdin=slave, env=chat_env(tmp_path, fake.url), capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("chat: nothing to ask: give a question (the interactive")
