@@ -28,7 +28,7 @@ from .handlers import (
     log_request,
 )
 from .metrics import Metrics
-from .terminals import SessionManager
+from .terminals import SessionManager, become_subreaper
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -120,6 +120,7 @@ async def close_clients(ctx: Context, timeout: float = 2.0) -> None:
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; then close clients with 1001, reap every session, return 0."""
     check_static(STATIC_DIR)
+    become_subreaper()
     ssl_ctx = _ssl_context(config)
     try:
         sockets = netutil.bind_sockets(config.port, config.host)

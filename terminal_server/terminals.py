@@ -64,11 +64,35 @@ class Client(Protocol):
     def session_ended(self, exit_code: int | None) -> None: ...
 
 
+_SUBREAPER = {"on": False}
+
+
 def become_subreaper() -> None:
-    """Orphaned grandchildren of our sessions get reparented to us, so we can reap them."""
+    """Orphans from our sessions get reparented to this process, so we can reap them.
+
+    Process-wide, so only the server's entry point calls it (not the library code tests use).
+    """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        _SUBREAPER["on"] = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(keep: set[int]) -> None:
+    """As a subreaper, reap exited orphans (e.g. daemons started from a session) except `keep`."""
+    if not _SUBREAPER["on"]:
+        return
+    me = str(os.getpid())
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in keep:
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] == "Z" and fields[1] == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), os.WNOHANG)
 
 
 def _session_members(sid: int) -> list[tuple[int, int, str]]:
@@ -409,7 +433,6 @@ class SessionManager:
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self._cull_task: asyncio.Task[None] | None = None
-        become_subreaper()
 
     def start(self) -> None:
         if self._cull_task is None:
@@ -483,6 +506,7 @@ class SessionManager:
                 )
             if idle or session.leader_exited():
                 session.close()
+        reap_orphans(keep={s.proc.pid for s in self.sessions.values()})
 
     async def _cull_loop(self) -> None:
         period = min(max(self.config.idle_timeout / 4, 0.05), 5.0)

@@ -221,3 +221,42 @@ def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+
+
+def test_server_reaps_orphans_that_left_their_session() -> None:
+    # A daemon-like orphan (own kernel session, parent gone) is reparented to the server,
+    # which is a subreaper, and must not stay a zombie once it exits.
+    proc, url = _start_server("--idle-timeout", "1")
+    try:
+        base, token = url.split("?token=")
+
+        async def client() -> int:
+            req = httpclient.HTTPRequest(
+                base.replace("http://", "ws://") + "ws",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            conn = await websocket.websocket_connect(req)
+            cmd = "(setsid sleep 0.3 & echo orphan-$!)\r"
+            conn.write_message(json.dumps([protocol.STDIN, cmd]))
+            out = ""
+            while not re.search(r"orphan-\d+\r", out):
+                msg = await asyncio.wait_for(conn.read_message(), 10)
+                assert msg is not None
+                frame = json.loads(msg)
+                if frame[0] == protocol.STDOUT:
+                    out += frame[1]
+            orphan = int(re.search(r"orphan-(\d+)\r", out).group(1))  # type: ignore[union-attr]
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(orphan) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            conn.close()
+            return orphan
+
+        orphan = asyncio.run(client())
+        assert not psutil.pid_exists(orphan)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
