@@ -186,6 +186,21 @@ def test_max_tokens_beyond_context_is_400_with_message(
     assert "max_model_len=2048" in caught.value.message
 
 
+def test_prompt_beyond_context_is_400_naming_the_limit(
+    client: openai.OpenAI, server: vllm_cpu.Server
+) -> None:
+    # What a long chat history runs into: vLLM refuses it up front instead of truncating.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": "word " * 3000}],
+            max_tokens=16,
+            stream=True,
+        )
+    assert caught.value.status_code == 400
+    assert "2048" in caught.value.message, caught.value.message
+
+
 def test_unknown_model_is_404_naming_the_served_one(
     client: openai.OpenAI, server: vllm_cpu.Server
 ) -> None:
