@@ -23,7 +23,7 @@ TEST_SHELL = ("/bin/bash", "--norc", "--noprofile")
 TOKEN = "test-token-0123456789"
 
 
-def test_config(**overrides: Any) -> Config:
+def make_config(**overrides: Any) -> Config:
     base = Config(
         port=0,
         autostart_chat=False,
@@ -33,9 +33,6 @@ def test_config(**overrides: Any) -> Config:
         cwd="/tmp",
     )
     return dataclasses.replace(base, **overrides)
-
-
-test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -176,7 +173,7 @@ class Client:
 async def running_server(**overrides: Any) -> AsyncIterator[Server]:
     sockets = netutil.bind_sockets(0, "127.0.0.1")
     port = sockets[0].getsockname()[1]
-    config = test_config(**overrides)
+    config = make_config(**overrides)
     ctx = make_context(dataclasses.replace(config, port=port), STATIC_DIR)
     http = httpserver.HTTPServer(make_app(ctx))
     http.add_sockets(sockets)
