@@ -65,6 +65,14 @@ def visible(text: str) -> str:
     return ANSI.sub("", text).replace("\r", "")
 
 
+def exit_status(child: Any) -> int:
+    """A pexpect child's exit code, waiting for the exit (close() alone may signal a child
+    that is still tearing down on a loaded machine)."""
+    status: int = child.wait()
+    child.close()
+    return status
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

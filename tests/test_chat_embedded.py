@@ -10,7 +10,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from tests.chat_support import CHAT, PROMPT_READY, chat_env, visible
+from tests.chat_support import CHAT, PROMPT_READY, chat_env, exit_status, visible
 
 pytestmark = pytest.mark.embedded
 
@@ -90,8 +90,7 @@ def test_repl_exchange_with_the_real_model(tmp_path: Path, embedded_model_server
     child.expect(PROMPT_READY)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    assert exit_status(child) == 0
 
 
 def test_context_overflow_suggests_clear(tmp_path: Path, embedded_model_server: Any) -> None:

@@ -15,6 +15,7 @@ from tests.chat_support import (
     PROMPT_READY,
     chat_env,
     conversations,
+    exit_status,
     fake_server,
     visible,
     wait_for,
@@ -56,9 +57,7 @@ def ask(child: pexpect.spawn, text: str) -> str:
 def exit_with_ctrl_d(child: pexpect.spawn) -> int:
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
-    child.close()
-    status: int = child.exitstatus
-    return status
+    return exit_status(child)
 
 
 def last_saved(tmp_path: Path) -> dict[str, object]:
@@ -150,8 +149,7 @@ def test_slash_commands_completion_copy_and_set(tmp_path: Path, fake: FakeServer
     assert fake.state.requests[-1]["temperature"] == 0.25
     child.send("/exit\r")
     child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    assert exit_status(child) == 0
 
 
 def test_resume_continues_after_a_restart(tmp_path: Path, fake: FakeServer) -> None:
@@ -176,8 +174,7 @@ def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(tmp_path: Path, fake: 
     child.sendintr()
     child.expect(r"\[interrupted\]", timeout=3)
     child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 130
+    assert exit_status(child) == 130
     saved = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
     assert saved["incomplete"] == "interrupted" and saved["content"].startswith("word word")
 
@@ -192,8 +189,7 @@ def test_ctrl_c_before_the_first_word_in_one_shot_mode_exits_130(
     wait_for(lambda: len(fake.state.requests) == 1)
     child.sendintr()
     child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 130
+    assert exit_status(child) == 130
     assert "[interrupted]" in visible(child.before)
 
 
