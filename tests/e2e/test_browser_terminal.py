@@ -137,3 +137,32 @@ def test_type_resize_reload_reattach(server_url: str) -> None:
             assert problems == []
         finally:
             browser.close()
+
+
+def test_second_tab_takes_over_and_the_first_can_take_it_back(server_url: str) -> None:
+    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make browser)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 900, "height": 600})
+            first = context.new_page()
+            first.goto(server_url)
+            first.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
+            first.wait_for_function("() => /[?&]session=/.test(location.search)")
+            session = first.evaluate("() => window.mixvllm.sessionId")
+
+            second = context.new_page()  # same cookie jar: no token needed any more
+            second.goto(first.url)
+            second.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
+            assert second.evaluate("() => window.mixvllm.sessionId") == session
+
+            overlay = first.locator("#overlay")
+            overlay.wait_for(state="visible", timeout=15000)
+            assert "another tab" in first.locator("#overlay-text").inner_text()
+            first.click("#overlay-action")
+            first.wait_for_function("() => window.mixvllm.connected", timeout=15000)
+            overlay.wait_for(state="hidden", timeout=15000)
+            assert first.evaluate("() => window.mixvllm.sessionId") == session
+            second.locator("#overlay").wait_for(state="visible", timeout=15000)
+        finally:
+            browser.close()
