@@ -260,6 +260,45 @@
     return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : fallback;
   }
 
+  // -- model-server status bar (fed by the terminal server's poller; never blocks the terminal)
+  const STATUS_POLL_MS = 3000;
+  const statusBar = document.getElementById("statusbar");
+
+  function formatAge(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    const s = Math.round(seconds);
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+    return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  }
+
+  function renderStatus(st) {
+    const parts = [`model server: ${st.state}`];
+    if (st.state !== "ready" && st.detail) parts[0] += ` (${st.detail})`;
+    if (st.for_seconds !== null) parts[0] += ` for ${formatAge(st.for_seconds)}`;
+    if (st.model) parts.push(st.model);
+    if (st.running !== null) parts.push(`${st.running} running`);
+    if (st.waiting !== null) parts.push(`${st.waiting} waiting`);
+    if (st.kv_cache_usage !== null) parts.push(`KV cache ${Math.round(st.kv_cache_usage * 100)}%`);
+    statusBar.textContent = parts.join(" \u00b7 ");
+    statusBar.dataset.state = st.state;
+    statusBar.title = st.url;
+    statusBar.hidden = false;
+  }
+
+  async function pollStatus() {
+    if (!document.hidden) {
+      try {
+        const response = await fetch("api/status", { cache: "no-store", credentials: "same-origin" });
+        if (response.ok) renderStatus(await response.json());
+      } catch (_) {
+        // The terminal server itself is away: the connection overlay already says so.
+      }
+    }
+    setTimeout(pollStatus, STATUS_POLL_MS);
+  }
+  pollStatus();
+
   // A small handle for debugging from the console (and for the browser test).
   window.mixvllm = {
     term,

@@ -23,11 +23,13 @@ from .handlers import (
     GuardedStaticHandler,
     HealthHandler,
     MetricsHandler,
+    ModelStatusHandler,
     PageHandler,
     TermSocket,
     log_request,
 )
 from .metrics import Metrics
+from .model_status import ModelStatusPoller
 from .terminals import SessionManager, become_subreaper
 
 log = logging.getLogger("mixvllm.terminal")
@@ -49,6 +51,7 @@ def make_app(ctx: Context) -> web.Application:
         (base + "ws", TermSocket, kw),
         (base + "healthz", HealthHandler, kw),
         (base + "metrics", MetricsHandler, kw),
+        (base + "api/status", ModelStatusHandler, kw),
         (
             base + r"static/(terminal\.js|terminal\.css)",
             GuardedStaticHandler,
@@ -75,6 +78,7 @@ def make_context(config: Config, static_dir: Path = STATIC_DIR) -> Context:
         metrics=metrics,
         token=token,
         static_dir=static_dir,
+        model_status=ModelStatusPoller(config.model_server_url, config.model_api_key),
     )
 
 
@@ -131,6 +135,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     server = httpserver.HTTPServer(make_app(ctx), ssl_options=ssl_ctx)
     server.add_sockets(sockets)
     ctx.manager.start()
+    ctx.model_status.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,6 +147,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     log.info("shutting down")
     server.stop()
     await close_clients(ctx)
+    await ctx.model_status.stop()
     await ctx.manager.shutdown()
     await server.close_all_connections()
     return 0

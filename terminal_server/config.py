@@ -16,6 +16,7 @@ from typing import Any
 ENV_PREFIX = "MIXVLLM_TERMINAL_"
 # Variables handed to every session so `chat` finds the model server.
 PASSTHROUGH_ENV = ("MODEL_SERVER_URL", "VLLM_API_KEY", "OPENAI_API_KEY")
+DEFAULT_MODEL_SERVER_URL = "http://localhost:8000"  # chat's default too
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,9 @@ class Config:
     flow_window: int = 256 * 1024  # unacknowledged output per client
     max_message_bytes: int = 1024 * 1024
     cwd: str = str(Path.home())
+    # Polled for the page's status bar; the same URL and key reach `chat` through the env.
+    model_server_url: str = DEFAULT_MODEL_SERVER_URL
+    model_api_key: str | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -71,9 +75,9 @@ def _env_bool(value: str) -> bool:
 
 def _default_chat() -> str:
     # Prefer the `chat` installed next to this interpreter (the venv), so sessions find it
-    # even when the venv is not on PATH.
+    # even when the venv is not on PATH. A tab opened while the model loads waits for it.
     beside = Path(sys.executable).with_name("chat")
-    return str(beside) if beside.exists() else "chat"
+    return shlex.quote(str(beside) if beside.exists() else "chat") + " --wait 120"
 
 
 def _default_shell(env: Mapping[str, str]) -> str:
@@ -190,4 +194,6 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         scrollback_bytes=args.scrollback_bytes,
         flow_window=args.flow_window,
         cwd=env.get("HOME") or str(Path.home()),
+        model_server_url=env.get("MODEL_SERVER_URL") or DEFAULT_MODEL_SERVER_URL,
+        model_api_key=env.get("VLLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
     )

@@ -7,6 +7,7 @@ import codecs
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlparse
@@ -16,6 +17,7 @@ from tornado import httputil, web, websocket
 from . import __version__, protocol
 from .config import Config, is_loopback_host
 from .metrics import Metrics
+from .model_status import ModelStatusPoller
 from .terminals import (
     InputOverflowError,
     Session,
@@ -43,6 +45,7 @@ class Context:
     metrics: Metrics
     token: str | None  # None only with --no-auth
     static_dir: Path
+    model_status: ModelStatusPoller
     sockets: set[TermSocket] = field(default_factory=set)
 
     @property
@@ -194,6 +197,14 @@ class HealthHandler(GuardedHandler):
             "version": __version__,
         }
         self.finish(json.dumps(body))
+
+
+class ModelStatusHandler(GuardedHandler):
+    """The latest model-server snapshot for the status bar; never waits on the model server."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.ctx.model_status.status.as_json(time.time())))
 
 
 class MetricsHandler(GuardedHandler):

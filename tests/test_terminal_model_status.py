@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -10,6 +11,8 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from terminal_server.model_status import ModelStatusPoller, model_api_root, parse_prometheus
+
+from .terminal_support import running_server
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -121,3 +124,22 @@ async def test_closed_port_is_unreachable_and_keeps_its_since() -> None:
     assert first.state == second.state == "unreachable"
     assert second.since == first.since
     assert second.as_json(second.since + 5)["for_seconds"] == 5.0
+
+
+@pytest.mark.parametrize("scripted_server", [([200], VLLM_METRICS)], indirect=True)
+@pytest.mark.gen_test
+async def test_status_endpoint_serves_the_snapshot_behind_the_token(
+    scripted_server: ScriptedModelServer,
+) -> None:
+    url = scripted_server.url  # type: ignore[attr-defined]
+    async with running_server(model_server_url=url, model_api_key="k3y") as srv:
+        refused = await srv.fetch("api/status")
+        assert refused.code == 403
+        await srv.ctx.model_status.poll_once()
+        response = await srv.fetch("api/status", headers=srv.auth_headers())
+        assert response.code == 200
+        body = json.loads(response.body)
+        assert body["state"] == "ready"
+        assert body["model"] == "tiny-model"
+        assert body["kv_cache_usage"] == 0.25
+        assert "k3y" not in response.body.decode()
