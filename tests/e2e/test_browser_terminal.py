@@ -2,167 +2,102 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import require
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from .browser_support import (
+    BUFFER_TEXT,
+    TEST_SHELL,
+    chromium,
+    collect_problems,
+    terminal_server,
+)
 
 pytestmark = pytest.mark.browser
-
-BUFFER_TEXT = """() => {
-  const buf = window.mixvllm.term.buffer.active;
-  const lines = [];
-  for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
-  return lines.join("\\n");
-}"""
 
 
 @pytest.fixture
 def server_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "terminal_server",
-            "--port",
-            "0",
-            "--no-autostart-chat",  # the browser path must not depend on a model server
-            "--shell",
-            "/bin/bash --norc --noprofile",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"open (http://\S+)", line)
-    try:
-        assert match, f"no banner from the server: {line!r}"
-        yield match.group(1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+    # The browser path must not depend on a model server: a plain shell, no chat.
+    with terminal_server(["--no-autostart-chat", "--shell", TEST_SHELL]) as (url, _):
+        yield url
 
 
 def test_type_resize_reload_reattach(server_url: str) -> None:
-    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make browser)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
-            problems: list[str] = []
-            page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-            page.on(
-                "response",
-                lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-            )
-            page.on(
-                "console",
-                lambda msg: (
-                    problems.append(f"console: {msg.text}") if msg.type == "error" else None
-                ),
-            )
+    with sync_playwright() as p, chromium(p) as browser:
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        problems = collect_problems(page)
 
-            page.goto(server_url)
-            assert "token=" not in page.url  # swapped for a cookie and redirected away
-            page.wait_for_function(
-                "() => window.mixvllm && window.mixvllm.connected", timeout=15000
-            )
-            page.wait_for_function("() => /[?&]session=/.test(location.search)", timeout=15000)
-            session = page.evaluate("() => window.mixvllm.sessionId")
-            assert session
-            assert session in page.title()
+        page.goto(server_url)
+        assert "token=" not in page.url  # swapped for a cookie and redirected away
+        page.wait_for_function("() => window.mixvllm && window.mixvllm.connected", timeout=15000)
+        page.wait_for_function("() => /[?&]session=/.test(location.search)", timeout=15000)
+        session = page.evaluate("() => window.mixvllm.sessionId")
+        assert session
+        assert session in page.title()
 
-            page.click("#terminal")
-            page.keyboard.type("X=same-shell; echo hello-$((6*7))")
-            page.keyboard.press("Enter")
-            page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('hello-42')", timeout=15000)
+        page.click("#terminal")
+        page.keyboard.type("X=same-shell; echo hello-$((6*7))")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('hello-42')", timeout=15000)
 
-            # Resize the window: the terminal refits and the PTY learns the new size.
-            before = page.evaluate("() => [window.mixvllm.term.rows, window.mixvllm.term.cols]")
-            page.set_viewport_size({"width": 640, "height": 420})
-            shrunk = "window.mixvllm.term.cols < {} && window.mixvllm.term.rows < {}"
-            page.wait_for_function(f"() => {shrunk.format(before[1], before[0])}", timeout=15000)
-            rows, cols = page.evaluate("() => [window.mixvllm.term.rows, window.mixvllm.term.cols]")
-            page.keyboard.type("stty size")
-            page.keyboard.press("Enter")
-            page.wait_for_function(
-                f"() => ({BUFFER_TEXT})().includes('{rows} {cols}')", timeout=15000
-            )
+        # Resize the window: the terminal refits and the PTY learns the new size.
+        before = page.evaluate("() => [window.mixvllm.term.rows, window.mixvllm.term.cols]")
+        page.set_viewport_size({"width": 640, "height": 420})
+        shrunk = "window.mixvllm.term.cols < {} && window.mixvllm.term.rows < {}"
+        page.wait_for_function(f"() => {shrunk.format(before[1], before[0])}", timeout=15000)
+        rows, cols = page.evaluate("() => [window.mixvllm.term.rows, window.mixvllm.term.cols]")
+        page.keyboard.type("stty size")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('{rows} {cols}')", timeout=15000)
 
-            # Reload: same session id, recent output replayed, same shell state.
-            page.reload()
-            page.wait_for_function(
-                "() => window.mixvllm && window.mixvllm.connected", timeout=15000
-            )
-            assert page.evaluate("() => window.mixvllm.sessionId") == session
-            page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('hello-42')", timeout=15000)
-            page.click("#terminal")
-            page.keyboard.type("echo got-$X")
-            page.keyboard.press("Enter")
-            page.wait_for_function(
-                f"() => ({BUFFER_TEXT})().includes('got-same-shell')", timeout=15000
-            )
+        # Reload: same session id, recent output replayed, same shell state.
+        page.reload()
+        page.wait_for_function("() => window.mixvllm && window.mixvllm.connected", timeout=15000)
+        assert page.evaluate("() => window.mixvllm.sessionId") == session
+        page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('hello-42')", timeout=15000)
+        page.click("#terminal")
+        page.keyboard.type("echo got-$X")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('got-same-shell')", timeout=15000)
 
-            # The restart control ends the session and starts a fresh one in this tab.
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.click("#restart")
-            page.wait_for_function(
-                f"() => window.mixvllm.connected && window.mixvllm.sessionId !== '{session}'",
-                timeout=15000,
-            )
-            fresh = page.evaluate("() => window.mixvllm.sessionId")
-            assert f"session={fresh}" in page.url
-            page.click("#terminal")
-            page.keyboard.type("echo x=${X:-fresh}")
-            page.keyboard.press("Enter")
-            page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('x=fresh')", timeout=15000)
-            assert problems == []
-        finally:
-            browser.close()
+        # The restart control ends the session and starts a fresh one in this tab.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#restart")
+        page.wait_for_function(
+            f"() => window.mixvllm.connected && window.mixvllm.sessionId !== '{session}'",
+            timeout=15000,
+        )
+        fresh = page.evaluate("() => window.mixvllm.sessionId")
+        assert f"session={fresh}" in page.url
+        page.click("#terminal")
+        page.keyboard.type("echo x=${X:-fresh}")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({BUFFER_TEXT})().includes('x=fresh')", timeout=15000)
+        assert problems == []
 
 
 def test_second_tab_takes_over_and_the_first_can_take_it_back(server_url: str) -> None:
-    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make browser)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 900, "height": 600})
-            first = context.new_page()
-            first.goto(server_url)
-            first.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
-            first.wait_for_function("() => /[?&]session=/.test(location.search)")
-            session = first.evaluate("() => window.mixvllm.sessionId")
+    with sync_playwright() as p, chromium(p) as browser:
+        context = browser.new_context(viewport={"width": 900, "height": 600})
+        first = context.new_page()
+        first.goto(server_url)
+        first.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
+        first.wait_for_function("() => /[?&]session=/.test(location.search)")
+        session = first.evaluate("() => window.mixvllm.sessionId")
 
-            second = context.new_page()  # same cookie jar: no token needed any more
-            second.goto(first.url)
-            second.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
-            assert second.evaluate("() => window.mixvllm.sessionId") == session
+        second = context.new_page()  # same cookie jar: no token needed any more
+        second.goto(first.url)
+        second.wait_for_function("() => window.mixvllm && window.mixvllm.connected")
+        assert second.evaluate("() => window.mixvllm.sessionId") == session
 
-            overlay = first.locator("#overlay")
-            overlay.wait_for(state="visible", timeout=15000)
-            assert "another tab" in first.locator("#overlay-text").inner_text()
-            first.click("#overlay-action")
-            first.wait_for_function("() => window.mixvllm.connected", timeout=15000)
-            overlay.wait_for(state="hidden", timeout=15000)
-            assert first.evaluate("() => window.mixvllm.sessionId") == session
-            second.locator("#overlay").wait_for(state="visible", timeout=15000)
-        finally:
-            browser.close()
+        overlay = first.locator("#overlay")
+        overlay.wait_for(state="visible", timeout=15000)
+        assert "another tab" in first.locator("#overlay-text").inner_text()
+        first.click("#overlay-action")
+        first.wait_for_function("() => window.mixvllm.connected", timeout=15000)
+        overlay.wait_for(state="hidden", timeout=15000)
+        assert first.evaluate("() => window.mixvllm.sessionId") == session
+        second.locator("#overlay").wait_for(state="visible", timeout=15000)

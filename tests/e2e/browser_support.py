@@ -1,0 +1,99 @@
+"""Shared parts of the browser tests: a real terminal server process and Debian's Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, Playwright
+
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TEST_SHELL = "/bin/bash --norc --noprofile"
+
+# The visible text of xterm.js's active buffer, one terminal row per line.
+BUFFER_TEXT = """() => {
+  const buf = window.mixvllm.term.buffer.active;
+  const lines = [];
+  for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
+  return lines.join("\\n");
+}"""
+
+
+def buffer_text(page: Page) -> str:
+    text: str = page.evaluate(BUFFER_TEXT)
+    return text
+
+
+def wait_for_text(page: Page, needle: str, timeout_ms: int = 15000) -> None:
+    page.wait_for_function(
+        f"(needle) => ({BUFFER_TEXT})().includes(needle)", arg=needle, timeout=timeout_ms
+    )
+
+
+def wait_connected(page: Page, timeout_ms: int = 15000) -> None:
+    page.wait_for_function("() => window.mixvllm && window.mixvllm.connected", timeout=timeout_ms)
+
+
+def type_line(page: Page, text: str) -> None:
+    page.click("#terminal")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
+@contextmanager
+def terminal_server(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run `python -m terminal_server ARGS --port 0`; yield (the URL it prints, the process)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal_server", "--port", "0", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"open (http://\S+)", line)
+    try:
+        assert match, f"no banner from the server: {line!r}"
+        yield match.group(1), proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        proc.stdout.close()
+
+
+@contextmanager
+def chromium(p: Playwright) -> Iterator[Browser]:
+    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make browser)")
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def collect_problems(page: Page) -> list[str]:
+    """Page errors, failed responses and console errors, gathered while the test runs."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+    page.on(
+        "response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
+    )
+    page.on(
+        "console",
+        lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None,
+    )
+    return problems
