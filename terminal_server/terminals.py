@@ -131,9 +131,14 @@ def session_argv(config: Config, chat_args: Sequence[str]) -> list[str]:
     return ["/bin/sh", "-c", script, "mixvllm-session", *chat_args]
 
 
-def session_env(session_id: str) -> dict[str, str]:
+def session_env(session_id: str, config: Config) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
+    # After chat exits, `chat` must work in the shell too, venv activated or not.
+    chat_dir = os.path.dirname(config.chat_command[0])
+    path = env.get("PATH", os.defpath)
+    if os.path.isabs(chat_dir) and chat_dir not in path.split(os.pathsep):
+        env["PATH"] = chat_dir + os.pathsep + path
     return env
 
 
@@ -459,7 +464,7 @@ class SessionManager:
                 stdout=slave,
                 stderr=slave,
                 cwd=self.config.cwd if os.path.isdir(self.config.cwd) else "/",
-                env=session_env(session_id),
+                env=session_env(session_id, self.config),
                 start_new_session=True,
                 preexec_fn=_make_controlling_tty,  # noqa: PLW1509 - only an ioctl
             )

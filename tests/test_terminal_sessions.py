@@ -10,9 +10,9 @@ import psutil
 import pytest
 
 from terminal_server import protocol
-from terminal_server.terminals import READ_CHUNK, _session_members
+from terminal_server.terminals import READ_CHUNK, _session_members, session_env
 
-from .terminal_support import run, running_server, wait_for
+from .terminal_support import make_config, run, running_server, wait_for
 
 
 def _gone(pid: int) -> bool:
@@ -264,3 +264,13 @@ def test_binary_output_mode_carries_raw_utf8_with_the_same_flow_control() -> Non
             await stalled.expect("bin-done", 60)
 
     run(body)
+
+
+def test_sessions_find_chat_on_path_after_it_exits() -> None:
+    config = make_config(chat_command=("/opt/mixvllm/venv/bin/chat", "--wait", "120"))
+    env = session_env("abc", config)
+    assert env["PATH"].split(os.pathsep)[0] == "/opt/mixvllm/venv/bin"
+    assert env["MIXVLLM_SESSION"] == "abc"
+    assert session_env("abc", make_config(chat_command=("chat",)))["PATH"] == os.environ.get(
+        "PATH", os.defpath
+    )

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from playwright.sync_api import Browser, Page, Playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import require
 
@@ -35,9 +36,17 @@ def buffer_text(page: Page) -> str:
 
 
 def wait_for_text(page: Page, needle: str, timeout_ms: int = 15000) -> None:
-    page.wait_for_function(
-        f"(needle) => ({BUFFER_TEXT})().includes(needle)", arg=needle, timeout=timeout_ms
-    )
+    wait_for_js(page, f"(needle) => ({BUFFER_TEXT})().includes(needle)", needle, timeout_ms)
+
+
+def wait_for_js(page: Page, predicate: str, arg: object, timeout_ms: int) -> None:
+    """page.wait_for_function, but a timeout shows what the terminal displayed."""
+    try:
+        page.wait_for_function(predicate, arg=arg, timeout=timeout_ms)
+    except PlaywrightTimeoutError:
+        screen = "\n".join(buffer_text(page).rstrip().splitlines()[-40:])
+        message = f"timed out waiting for {arg!r}; the terminal shows:\n{screen}"
+        raise AssertionError(message) from None
 
 
 def wait_connected(page: Page, timeout_ms: int = 15000) -> None:
