@@ -283,7 +283,10 @@
     statusBar.textContent = parts.join(" \u00b7 ");
     statusBar.dataset.state = st.state;
     statusBar.title = st.url;
-    statusBar.hidden = false;
+    if (statusBar.hidden) {
+      statusBar.hidden = false;
+      fit.fit();  // the terminal gives the bar its row
+    }
   }
 
   async function pollStatus() {

@@ -20,11 +20,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 log = logging.getLogger(__name__)
 
-State = Literal["unknown", "loading", "ready", "unauthorized", "unreachable"]
+# "busy": the server took the connection but did not answer in time; llama.cpp's server,
+# for one, answers nothing else while it generates.
+State = Literal["unknown", "loading", "ready", "busy", "unauthorized", "unreachable"]
 
 # vLLM has renamed its KV-cache gauge across releases; the first one present wins.
 _KV_CACHE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _RUNNING_METRIC = "vllm:num_requests_running"
+_NO_ANSWER = -1
 _WAITING_METRIC = "vllm:num_requests_waiting"
 
 
@@ -123,6 +126,8 @@ class ModelStatusPoller:
         code, body = await self._get("/v1/models")
         if code == 0:
             return ModelStatus(url=self._root, state="unreachable", detail=body)
+        if code == _NO_ANSWER:
+            return replace(self._status, state="busy", detail=body)
         if code in (401, 403):
             return ModelStatus(url=self._root, state="unauthorized", detail="API key rejected")
         if code != 200:
@@ -145,7 +150,7 @@ class ModelStatusPoller:
         return parse_prometheus(body, (_RUNNING_METRIC, _WAITING_METRIC, *_KV_CACHE_METRICS))
 
     async def _get(self, path: str) -> tuple[int, str]:
-        """Return (HTTP status, body); status 0 means the server could not be reached."""
+        """Return (HTTP status, body); 0: no connection; _NO_ANSWER: connected, no answer."""
         request = HTTPRequest(
             self._root + path,
             headers=self._headers,
@@ -156,10 +161,15 @@ class ModelStatusPoller:
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as error:
-            return 0, _describe_unreachable(error)
+            return self._failure(error)
         if response.code == 599:  # tornado's code for connection errors and timeouts
-            return 0, _describe_unreachable(response.error)
+            return self._failure(response.error)
         return response.code, response.body.decode("utf-8", "replace")
+
+    def _failure(self, error: BaseException | None) -> tuple[int, str]:
+        if isinstance(error, HTTPClientError) and "during request" in str(error):
+            return _NO_ANSWER, f"no answer within {self._timeout:g} s"
+        return 0, _describe_unreachable(error)
 
 
 def _first_model_id(body: str) -> str | None:

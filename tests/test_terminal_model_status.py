@@ -143,3 +143,16 @@ async def test_status_endpoint_serves_the_snapshot_behind_the_token(
         assert body["model"] == "tiny-model"
         assert body["kv_cache_usage"] == 0.25
         assert "k3y" not in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_a_server_too_busy_to_answer_is_busy_not_unreachable() -> None:
+    # llama.cpp's server accepts connections but answers nothing else while it generates.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        poller = ModelStatusPoller(f"http://127.0.0.1:{port}", timeout=0.3)
+        status = await poller.poll_once()
+    assert status.state == "busy"
+    assert status.detail == "no answer within 0.3 s"

@@ -147,6 +147,14 @@ def test_chat_streams_a_real_answer_and_a_reload_mid_answer_reattaches(
         after = buffer_text(page).split(question, 1)[1]
         assert len("".join(after.split())) > 100, after
 
+        # The bar has its own row: inside the window, below the terminal, not over it.
+        wait_for_status(page, "ready")
+        bar = page.locator("#statusbar").bounding_box()
+        screen = page.locator("#terminal .xterm-screen").bounding_box()
+        assert bar is not None and screen is not None
+        assert bar["y"] + bar["height"] <= 700 + 0.5
+        assert screen["y"] + screen["height"] <= bar["y"] + 0.5
+
         shot = os.environ.get("MIXVLLM_SCREENSHOT")
         page.screenshot(path=str(ROOT / shot) if shot else str(tmp_path / "session.png"))
         assert problems == []
