@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +121,14 @@ def check_port_free(host: str, port: int, what: str) -> None:
             raise UpError(f"{what} port {port} on {host} is not free ({exc.strerror})") from exc
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> int:
-    """SIGTERM the child's process group, SIGKILL it after `grace` seconds; reap it."""
-    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+def stop_process(
+    proc: subprocess.Popen[bytes],
+    grace: float = STOP_GRACE_S,
+    steps: Sequence[tuple[signal.Signals, float]] | None = None,
+) -> int:
+    """Signal the child's process group with escalation (by default SIGTERM, then SIGKILL
+    after `grace` seconds), kill whatever is left of the group, and reap the child."""
+    for sig, wait_s in steps or ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
         if proc.poll() is not None:
             break
         try:
