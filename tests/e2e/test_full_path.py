@@ -10,7 +10,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +49,7 @@ TOKEN = "e2e-" + secrets.token_urlsafe(12)
 CHAT = str(Path(sys.executable).with_name("chat"))
 ANSWER_TIMEOUT_MS = 120_000  # a 300-token answer from a CPU model on a busy 2-core machine
 FOOTER = "tok/s"  # chat's footer after every finished answer
+VIEWPORT_WIDTH, VIEWPORT_HEIGHT = 1100, 700
 
 
 def session_env(tmp: Path, url: str, key: str) -> dict[str, str]:
@@ -71,6 +71,19 @@ def chat_terminal(tmp: Path, url: str, key: str) -> Iterator[str]:
     args = ["--token", TOKEN, "--shell", TEST_SHELL, "--chat-command", chat_command]
     with terminal_server(args, session_env(tmp, url, key)) as (page_url, _):
         yield f"{page_url}?token={TOKEN}"
+
+
+@contextmanager
+def chat_page(tmp: Path, url: str, key: str) -> Iterator[tuple[Page, list[str]]]:
+    """A browser tab on a fresh session whose auto-started chat is connected to `url`;
+    yields the page and the problems (page errors, failed responses) seen so far."""
+    with chat_terminal(tmp, url, key) as page_url, sync_playwright() as p, chromium(p) as browser:
+        page = browser.new_page(viewport={"width": VIEWPORT_WIDTH, "height": VIEWPORT_HEIGHT})
+        problems = collect_problems(page)
+        page.goto(page_url)
+        wait_connected(page)
+        wait_for_text(page, "Connected to", timeout_ms=60000)
+        yield page, problems
 
 
 def count(page: Page, needle: str) -> int:
@@ -118,16 +131,8 @@ def test_chat_streams_a_real_answer_and_a_reload_mid_answer_reattaches(
     embedded_model_server: EmbeddedServer, tmp_path: Path
 ) -> None:
     server = embedded_model_server
-    with (
-        chat_terminal(tmp_path, server.base_url, server.api_key) as url,
-        sync_playwright() as p,
-        chromium(p) as browser,
-    ):
-        page = browser.new_page(viewport={"width": 1100, "height": 700})
-        problems = collect_problems(page)
-        page.goto(url)
-        wait_connected(page)
-        wait_for_text(page, f"model {server.model}", timeout_ms=60000)
+    with chat_page(tmp_path, server.base_url, server.api_key) as (page, problems):
+        wait_for_text(page, f"model {server.model}")
         session = page.evaluate("() => window.mixvllm.sessionId")
 
         status = wait_for_status(page, "ready")
@@ -152,7 +157,7 @@ def test_chat_streams_a_real_answer_and_a_reload_mid_answer_reattaches(
         bar = page.locator("#statusbar").bounding_box()
         screen = page.locator("#terminal .xterm-screen").bounding_box()
         assert bar is not None and screen is not None
-        assert bar["y"] + bar["height"] <= 700 + 0.5
+        assert bar["y"] + bar["height"] <= VIEWPORT_HEIGHT + 0.5
         assert screen["y"] + screen["height"] <= bar["y"] + 0.5
 
         shot = os.environ.get("MIXVLLM_SCREENSHOT")
@@ -164,15 +169,7 @@ def test_leaving_chat_lands_in_a_shell_where_chat_works_again(
     embedded_model_server: EmbeddedServer, tmp_path: Path
 ) -> None:
     server = embedded_model_server
-    with (
-        chat_terminal(tmp_path, server.base_url, server.api_key) as url,
-        sync_playwright() as p,
-        chromium(p) as browser,
-    ):
-        page = browser.new_page(viewport={"width": 1000, "height": 600})
-        page.goto(url)
-        wait_connected(page)
-        wait_for_text(page, f"model {server.model}", timeout_ms=60000)
+    with chat_page(tmp_path, server.base_url, server.api_key) as (page, _):
         type_line(page, "/exit")
         type_line(page, "echo shell-$((40+2))")
         wait_for_text(page, "shell-42")
@@ -271,14 +268,8 @@ def test_model_server_outage_mid_chat_keeps_the_conversation(tmp_path: Path) -> 
     require(ok, why)
     with (
         restartable_model_server(tmp_path) as (base_url, key, (start, stop)),
-        chat_terminal(tmp_path, base_url, key) as url,
-        sync_playwright() as p,
-        chromium(p) as browser,
+        chat_page(tmp_path, base_url, key) as (page, _),
     ):
-        page = browser.new_page(viewport={"width": 1100, "height": 700})
-        page.goto(url)
-        wait_connected(page)
-        wait_for_text(page, "Connected to", timeout_ms=60000)
         wait_for_status(page, "ready")
 
         ask(page, "Name one colour.")
@@ -292,14 +283,11 @@ def test_model_server_outage_mid_chat_keeps_the_conversation(tmp_path: Path) -> 
         wait_for_count(page, "cannot reach the model server", errors_before + 1, 60000)
         assert "Traceback" not in buffer_text(page)
 
-        started = time.monotonic()
         start()
         wait_for_status(page, "ready", timeout_ms=30000)
-        assert time.monotonic() - started < 120
         ask(page, "Name one fruit.")
         wait_for_count(page, FOOTER, 2, ANSWER_TIMEOUT_MS)
 
-        type_line(page, "/history")
-        wait_for_text(page, "Name one fruit.")
-        history = buffer_text(page).rsplit("/history", 1)[1]
-        assert "Name one colour." in history, history
+        type_line(page, "/history")  # the conversation from before the outage is still there
+        wait_for_text(page, "[user] Name one colour.")
+        wait_for_text(page, "[user] Name one fruit.")
