@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,9 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    if sys.version_info < (3, 11):
-        raise ConfigError(f"config file {path} needs Python 3.11+ (tomllib)")
-    import tomllib  # noqa: PLC0415 (3.11+ only)
+    import tomllib  # noqa: PLC0415 (only when a config file exists)
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -113,10 +113,10 @@ def public_url(ctx: Context) -> str:
     return url
 
 
-async def close_clients(ctx: Context, timeout: float = 2.0) -> None:
+async def close_clients(ctx: Context, grace: float = 2.0) -> None:
     for sock in list(ctx.sockets):
         sock.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + grace
     while ctx.sockets and time.monotonic() < deadline:  # noqa: ASYNC110 - a set, not an event
         await asyncio.sleep(0.01)
 
