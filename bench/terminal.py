@@ -7,6 +7,10 @@ page does after xterm.js has parsed them.
 
 Measured, with ratios mixvllm / terminado:
   throughput       MB/s of `yes` output through the PTY and socket; server CPU s per MB
+  PTY floor        the same output read from a PTY by a bare loop (non-blocking reads until
+                   EAGAIN, as the server does) that throws it away: no socket, no client. No
+                   server can read faster or for less CPU than this on the same machine; its
+                   rows put it in the mixvllm column and compare it with terminado.
   echo             keystroke -> echoed character, p50/p99
   ctrl-c           Ctrl-C during an output flood until the prompt answers, with a fast client
                    and with one consuming 1 MB/s
@@ -25,7 +29,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
+import resource
+import select
 import signal
 import statistics
 import subprocess
@@ -64,6 +71,47 @@ def run_baseline() -> None:
         await manager.shutdown()
 
     asyncio.run(serve())
+
+
+# -- the floor: reading the PTY and nothing else -------------------------------------------
+def run_pty_floor(megabytes: int) -> None:
+    master, slave = os.openpty()
+    buf = memoryview(bytearray(256 * 1024))
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f"yes {LINE} | head -c {megabytes * 1_000_000}"],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    os.set_blocking(master, False)
+    poller = select.epoll()
+    poller.register(master, select.EPOLLIN)
+    done = False
+    while not done:
+        poller.poll()
+        while True:
+            try:
+                if not os.readv(master, [buf]):
+                    done = True
+                    break
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: the writer is gone and everything is read
+                done = True
+                break
+    wall, after = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    proc.wait()
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(json.dumps({"wall": wall, "cpu": cpu}))
+
+
+async def pty_floor(megabytes: int) -> tuple[float, float]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--pty-floor", str(megabytes), stdout=subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    result = json.loads(out)
+    return megabytes / result["wall"], result["cpu"] / megabytes
 
 
 # -- servers and clients ------------------------------------------------------------------------
@@ -165,7 +213,7 @@ class Conn:
                 return False
             try:
                 text = await self.frame(left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
             if text is None:
                 return False
@@ -302,6 +350,7 @@ def ratio(a: float, b: float) -> str:
 async def run_all(args: argparse.Namespace) -> int:
     targets = [start_mixvllm(), start_terminado()]
     rows: list[tuple[str, str, Any, Any]] = []
+    floor: list[tuple[float, float]] = []
     try:
         for label, unit, fn in [
             ("throughput MB/s", "MB/s", lambda t: throughput(t, args.megabytes)),
@@ -327,6 +376,9 @@ async def run_all(args: argparse.Namespace) -> int:
                 for t in targets:
                     print(f"... {label}: {t.name}", file=sys.stderr, flush=True)
                     samples[t.name].append(await fn(t))
+                if label.startswith("throughput"):
+                    print("... throughput: PTY floor", file=sys.stderr, flush=True)
+                    floor.append(await pty_floor(args.megabytes))
             results = {name: median_of(values) for name, values in samples.items()}
             rows.append((label, unit, results["mixvllm"], results["terminado"]))
     finally:
@@ -341,6 +393,9 @@ async def run_all(args: argparse.Namespace) -> int:
         if label.startswith("throughput"):
             line("throughput (MB/s)", f"{ours[0]:.1f}", f"{base[0]:.1f}", ratio(ours[0], base[0]))
             line("server CPU s per MB", f"{ours[1]:.4f}", f"{base[1]:.4f}", ratio(ours[1], base[1]))
+            rate, cpu = median_of(floor)
+            line("PTY floor (MB/s)", f"{rate:.1f}", f"{base[0]:.1f}", ratio(rate, base[0]))
+            line("PTY floor CPU s per MB", f"{cpu:.4f}", f"{base[1]:.4f}", ratio(cpu, base[1]))
         elif label.startswith("echo"):
             for i, q in enumerate(("p50", "p99")):
                 line(
@@ -368,6 +423,7 @@ async def run_all(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pty-floor", type=int, metavar="MB", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--keys", type=int, default=300)
@@ -378,6 +434,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.baseline_server:
         run_baseline()
+        return 0
+    if args.pty_floor:
+        run_pty_floor(args.pty_floor)
         return 0
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1

@@ -33,12 +33,11 @@ from .metrics import Metrics
 log = logging.getLogger("mixvllm.terminal")
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-READ_CHUNK = 65536
+READ_CHUNK = 65536  # most bytes of typed input handed to one write()
+READ_BUFFER = 256 * 1024  # most PTY output read in one wake-up
 FRAME_MAX = 64 * 1024  # bytes per stdout frame
 INTERACTIVE_MAX = 1024  # small output goes out at once (echo); bigger reads are batched
 COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
-PACE_MIN = 16 * 1024  # a wake-up that read this much means a flood...
-PACE_S = 0.001  # ...so skip reading for this long
 MAX_PENDING_INPUT = 4 * 1024 * 1024
 # (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
 ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
@@ -165,7 +164,8 @@ class Session:
         self._metrics = metrics
         self._window = window
         self._scrollback: deque[bytes] = deque()
-        self._scrollback_len = 0
+        self._scrollback_len = 0  # bytes kept, not counting the skipped head
+        self._scrollback_skip = 0  # bytes of the oldest chunk that are already forgotten
         self._scrollback_limit = scrollback_limit
         self._pending: list[bytes] = []
         self._pending_len = 0
@@ -174,7 +174,6 @@ class Session:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._input = bytearray()
         self._reading = False
-        self._paced = False  # reader parked for PACE_S during a flood
         self._writing = False
         self._closing: asyncio.Task[None] | None = None
         self._update_reader()
@@ -204,7 +203,7 @@ class Session:
         old, self.client = self.client, client
         self._reset_flow()
         self.detached_at = None
-        replay = b"".join(self._scrollback)
+        replay = b"".join(self._scrollback)[self._scrollback_skip :]
         for start in range(0, len(replay), FRAME_MAX):
             self._send(replay[start : start + FRAME_MAX])
         self._update_reader()
@@ -261,11 +260,7 @@ class Session:
 
     # -- output ---------------------------------------------------------------------------
     def _update_reader(self) -> None:
-        want = (
-            not self.closed
-            and not self._paced
-            and (self.client is None or self.outstanding < self._window)
-        )
+        want = not self.closed and (self.client is None or self.outstanding < self._window)
         if want and not self._reading:
             self._loop.add_reader(self.fd, self._on_readable)
         elif not want and self._reading:
@@ -273,37 +268,31 @@ class Session:
         self._reading = want
 
     def _on_readable(self) -> None:
-        budget = self._window - self.outstanding if self.client else self._scrollback_limit
-        chunks: list[bytes] = []
+        # The kernel hands out at most ~4 KiB per PTY read: read them all straight into the
+        # shared scratch buffer and make one bytes object per wake-up, not one per read.
+        buf = self._manager.read_buffer
+        budget = len(buf)
+        if self.client is not None:
+            budget = max(1, min(budget, self._window - self.outstanding))
         total, eof = 0, False
-        while total < max(budget, 1):
+        while total < budget:
             try:
-                data = os.read(self.fd, READ_CHUNK)
+                n = os.readv(self.fd, (buf[total:budget],))
             except BlockingIOError:
                 break
             except OSError:  # EIO: every process closed the PTY's other side
                 eof = True
                 break
-            if not data:
+            if not n:
                 eof = True
                 break
-            chunks.append(data)
-            total += len(data)
-        if chunks:
+            total += n
+        if total:
             self._metrics.bytes_out += total
-            self._output(b"".join(chunks))
+            self._output(bytes(buf[:total]))
         if eof:
             self.close()
             return
-        if total >= PACE_MIN:
-            # A flood: the PTY hands out at most ~4 KiB per read, so give the program a moment
-            # to fill the buffer; fewer, fuller reads cost far less CPU per MB.
-            self._paced = True
-            self._loop.call_later(PACE_S, self._unpace)
-        self._update_reader()
-
-    def _unpace(self) -> None:
-        self._paced = False
         self._update_reader()
 
     def _output(self, data: bytes) -> None:
@@ -341,15 +330,19 @@ class Session:
             return
         self._scrollback.append(data)
         self._scrollback_len += len(data)
-        while self._scrollback_len > self._scrollback_limit:
-            excess = self._scrollback_len - self._scrollback_limit
-            head = self._scrollback[0]
-            if len(head) <= excess:
+        excess = self._scrollback_len - self._scrollback_limit
+        while excess > 0:
+            # Trim by moving an offset into the oldest chunk: slicing it would copy it all.
+            head_left = len(self._scrollback[0]) - self._scrollback_skip
+            if head_left <= excess:
                 self._scrollback.popleft()
-                self._scrollback_len -= len(head)
+                self._scrollback_skip = 0
+                self._scrollback_len -= head_left
+                excess -= head_left
             else:
-                self._scrollback[0] = head[excess:]
+                self._scrollback_skip += excess
                 self._scrollback_len -= excess
+                excess = 0
 
     def _reset_flow(self) -> None:
         if self._flush_handle is not None:
@@ -437,6 +430,8 @@ class SessionManager:
         self.config = config
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        # One scratch buffer for every session's PTY reads: they all run on this event loop.
+        self.read_buffer = memoryview(bytearray(READ_BUFFER))
         self._cull_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

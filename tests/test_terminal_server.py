@@ -100,6 +100,26 @@ def test_scrollback_is_bounded() -> None:
     run(body)
 
 
+def test_scrollback_replay_is_exactly_the_latest_output() -> None:
+    async def body() -> None:
+        async with running_server(scrollback_bytes=3000) as srv:
+            a = await srv.connect()
+            a.type("seq 1 5000; echo seq'-'done\r")
+            await a.expect("seq-done")
+            sid = a.session_id
+            await a.close()
+            await wait_for(lambda: srv.ctx.manager.sessions[sid].client is None)
+            b = await srv.connect(f"session={sid}")
+            await b.expect("seq-done")
+            assert len(b.output.encode()) == 3000
+            # The oldest kept bytes start mid-line; every whole line after them is there.
+            numbers = [int(line) for line in b.output.split("\r\n")[1:] if line.isdigit()]
+            assert numbers == list(range(numbers[0], 5001)), numbers
+            assert len(numbers) > 400
+
+    run(body)
+
+
 def test_idle_session_is_culled() -> None:
     async def body() -> None:
         async with running_server(idle_timeout=0.3) as srv:

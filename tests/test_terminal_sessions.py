@@ -109,7 +109,7 @@ def test_200_open_close_cycles_leak_no_processes_or_fds() -> None:
                     await session.close()  # the server ends it
                 try:
                     code = await c.wait_closed()
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     state = (session.closed, session.reading, session.proc.poll())
                     raise AssertionError(f"cycle {i}: {c.output!r} {state}") from None
                 assert code == protocol.CLOSE_SESSION_ENDED
