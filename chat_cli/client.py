@@ -207,11 +207,17 @@ class ChatClient:
                 try:
                     yield from _pieces(_sse_events(response.iter_lines()), answer, completions)
                 except timeout_error as err:
-                    raise errors.stalled(self.stall_timeout) from err
+                    if answer.finish_reason is None:
+                        raise errors.stalled(self.stall_timeout) from err
                 except transport_error as err:
-                    if answer.events:
+                    # After finish_reason only [DONE] (and vLLM's usage chunk) can be lost:
+                    # the answer is whole. Before it, it is not, however much text came.
+                    if answer.events and answer.finish_reason is None:
                         raise errors.connection_cut() from err
-            if not answer.done and answer.finish_reason is None:
+            # finish_reason, not [DONE], says the answer ended: vLLM and llama.cpp always
+            # send it; llama-cpp-python sends [DONE] without it when it drops an answer for
+            # another request.
+            if answer.finish_reason is None:
                 if answer.events == 0:
                     # llama.cpp ends (or drops) the stream without a word when the request
                     # cannot run, e.g. a prompt over the context size; asked without
@@ -222,7 +228,7 @@ class ChatClient:
                     api = again.completions if completions else again.chat.completions
                     yield from self._whole(api.create(**params), answer, completions)
                     return
-                raise errors.incomplete_stream()
+                raise errors.incomplete_stream(answer.done)
         except openai.APITimeoutError as err:
             raise errors.stalled(self.stall_timeout) from err
         except openai.APIConnectionError as err:

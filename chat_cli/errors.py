@@ -86,7 +86,9 @@ def malformed_stream(detail: str) -> StreamFailed:
     return StreamFailed(f"the server sent a malformed stream line ({detail})")
 
 
-def incomplete_stream() -> StreamFailed:
+def incomplete_stream(done: bool) -> StreamFailed:
+    if done:
+        return StreamFailed("the server ended the answer early ([DONE] without a finish reason)")
     return StreamFailed("the answer stream ended early (no finish reason and no [DONE])")
 
 

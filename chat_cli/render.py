@@ -4,6 +4,10 @@ MarkdownRenderer prints each finished markdown block once, to the scrollback, an
 the unfinished tail in a small live region that is redrawn in place (aider's mdstream idea,
 without its full re-render). Block boundaries are found by scanning each new line once, so the
 cost grows linearly with the answer; tail redraws are throttled and cropped to the screen.
+
+The live region is remembered as the cells of each line it printed, not as a count of rows:
+terminals that reflow on resize (xterm.js, tmux, VTE, kitty...) re-wrap those lines to the new
+width, so the rows to erase are worked out at the width the terminal has when it is erased.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import re
 import time
 from typing import IO, TYPE_CHECKING, Protocol
+
+from rich.cells import cell_len
 
 from chat_cli.client import Answer
 
@@ -26,6 +32,11 @@ DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"
 RESET = "\x1b[0m"
 
+# Rich pads lines to the width with plain spaces: a terminal keeps written spaces as content,
+# so padded lines would take two rows each after the terminal narrows. Styled padding (code
+# block backgrounds) is kept.
+_PADDING = re.compile(r" +$", re.MULTILINE)
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r"^#{1,6}(\s|$)")
 CODE_THEME = "monokai"
@@ -58,6 +69,15 @@ class Renderer(Protocol):
     def content(self, text: str) -> None: ...
     def finish(self, answer: Answer, note: str | None) -> None: ...
 
+    def waiting(self) -> float | None:
+        """Seconds until text received but not shown yet is due on screen; None: none waits."""
+
+    def tick(self) -> None:
+        """Show what `waiting` announced (called from a timer, between pieces)."""
+
+    def resized(self) -> None:
+        """The terminal changed size: redraw the live part for the new size."""
+
 
 class PlainRenderer:
     """Raw deltas: for pipes, --plain and --json. Reasoning never reaches `out`."""
@@ -72,6 +92,15 @@ class PlainRenderer:
         pass
 
     def reasoning(self, text: str) -> None:
+        pass
+
+    def waiting(self) -> float | None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def resized(self) -> None:
         pass
 
     def content(self, text: str) -> None:
@@ -119,7 +148,9 @@ class MarkdownRenderer:
         self._prefix = ""  # rendered text to print before the ready blocks
         self._reasoning: list[str] = []
         self._reasoning_done = False
-        self._live_lines = 0
+        self._live: list[int] = []  # cells in each line of the live region, as printed
+        self._active = False  # between begin() and finish(): the live region is ours
+        self._dirty = False  # received text that the screen does not show yet
         self._last_draw = 0.0
         self._interval = refresh_s
         self._cursor_hidden = False
@@ -128,12 +159,16 @@ class MarkdownRenderer:
     def begin(self) -> None:
         """Show that the question left, before the first token (a CPU model takes seconds)."""
         if self.live:
+            self._active = True
             self._emit()
 
     def reasoning(self, text: str) -> None:
         self._reasoning.append(text)
-        if self.live and self._due():
-            self._emit()
+        if self.live:
+            if self._due():
+                self._emit()
+            else:
+                self._dirty = True
 
     def content(self, text: str) -> None:
         self._prefix += self._close_reasoning()
@@ -149,7 +184,22 @@ class MarkdownRenderer:
             # batches: fewer, larger markdown renders, same output.
             if self._due():
                 self._emit()
+            else:
+                self._dirty = True
         elif self._ready or self._prefix:
+            self._emit()
+
+    def waiting(self) -> float | None:
+        if not (self._dirty and self._active):
+            return None
+        return max(0.0, self._last_draw + self._interval - time.monotonic())
+
+    def tick(self) -> None:
+        if self._dirty and self._active:
+            self._emit()
+
+    def resized(self) -> None:
+        if self._active:
             self._emit()
 
     def finish(self, answer: Answer, note: str | None) -> None:
@@ -162,6 +212,7 @@ class MarkdownRenderer:
         if self.footer and answer.first_token_at is not None:
             suffix += self._styled(footer_text(answer), "dim")
         self._emit(suffix, tail=False)
+        self._active = False
         if self._cursor_hidden:
             self.console.file.write(SHOW_CURSOR)
             self.console.file.flush()
@@ -215,7 +266,7 @@ class MarkdownRenderer:
     def _block(self, markdown: str) -> str:
         if not markdown.strip():
             return ""
-        text = self._render_markdown(markdown)
+        text = _PADDING.sub("", self._render_markdown(markdown))
         separator = "\n" if self._blocks else ""
         self._blocks += 1
         return separator + text
@@ -258,19 +309,26 @@ class MarkdownRenderer:
         if not self._cursor_hidden and tail:
             parts.append(HIDE_CURSOR)
             self._cursor_hidden = True
-        if self._live_lines:
-            parts.append(f"\x1b[{self._live_lines}A")
+        rows = self._live_rows()
+        if rows:
+            parts.append(f"\x1b[{rows}A")
         parts.append("\r\x1b[J")
         parts.append(committed)
-        tail_text = self._render_tail() if tail else ""
+        tail_text = _PADDING.sub("", self._render_tail()) if tail else ""
         parts.append(tail_text)
         parts.append(SYNC_END)
-        self._live_lines = tail_text.count("\n")
+        self._live = [cell_len(_ESCAPE.sub("", line)) for line in tail_text.splitlines()]
         self.console.file.write("".join(parts))
         self.console.file.flush()
+        self._dirty = False
         self._last_draw = time.monotonic()
         # Back off when redraws get expensive, so a huge tail cannot eat the stream.
         self._interval = min(1.0, max(self.refresh_s, 4 * (self._last_draw - started)))
+
+    def _live_rows(self) -> int:
+        """Rows the live region takes now: its lines re-wrapped to the terminal's width."""
+        width = max(1, self.console.width)
+        return sum((cells - 1) // width + 1 if cells else 1 for cells in self._live)
 
     def _render_tail(self) -> str:
         rendered = ""
@@ -286,7 +344,9 @@ class MarkdownRenderer:
         elif not rendered and not self._blocks:
             rendered = self._styled("…", "dim")
         lines = rendered.splitlines(keepends=True)
-        room = max(3, self.console.height - 2)
+        # Half the screen: after the terminal narrows to half its width, the re-wrapped live
+        # region still fits on screen, where the cursor can reach it to erase it.
+        room = max(3, (self.console.height - 2) // 2)
         if len(lines) > room:
             lines = lines[-room:]
         return "".join(lines)

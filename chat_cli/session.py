@@ -19,6 +19,7 @@ from chat_cli import errors
 from chat_cli.client import Answer, ChatClient, Sampling
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
+from chat_cli.redraw import Redraws
 from chat_cli.render import Renderer
 
 INTERRUPTED = "interrupted"
@@ -122,20 +123,24 @@ class Session:
             stream=self.stream,
             completions=self.completions,
         )
+        redraws = Redraws(renderer, interrupts)
         with interrupts.installed():
             try:
-                with interrupts:
-                    renderer.begin()
-                saved_at = time.monotonic()
-                for kind, piece in pieces:
+                with redraws.installed():
                     with interrupts:
-                        if kind == "content":
-                            renderer.content(piece)
-                        else:
-                            renderer.reasoning(piece)
-                        if time.monotonic() - saved_at >= AUTOSAVE_EVERY_S:
-                            self._save_in_progress(answer)
-                            saved_at = time.monotonic()
+                        renderer.begin()
+                        redraws.after_piece()
+                    saved_at = time.monotonic()
+                    for kind, piece in pieces:
+                        with interrupts:
+                            if kind == "content":
+                                renderer.content(piece)
+                            else:
+                                renderer.reasoning(piece)
+                            if time.monotonic() - saved_at >= AUTOSAVE_EVERY_S:
+                                self._save_in_progress(answer)
+                                saved_at = time.monotonic()
+                            redraws.after_piece()
             except KeyboardInterrupt:
                 note = INTERRUPTED
             except errors.StreamFailed as err:

@@ -7,6 +7,10 @@ chosen by `server.scenario`, or per request by a last user message starting with
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
 http400ctx, http500, error_event, malformed, no_done, cut, stall, hang, empty_ctx (an empty
 200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
+Around the end of a whole answer: finish_cut (finish_reason, then the socket dies),
+finish_no_done (finish_reason, then a clean end without [DONE]), cut_before_finish (all the
+text, then the socket dies before finish_reason), done_no_finish ([DONE] after a few words
+without finish_reason: llama-cpp-python's server does this when another request interrupts).
 """
 
 from __future__ import annotations
@@ -231,10 +235,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(chunk({"content": "word "}, completions=completions))
                 time.sleep(0.02)
             return
-        head = scenario not in ("ok", "usage", "reasoning")
+        whole = ("ok", "usage", "reasoning", "finish_cut", "finish_no_done", "cut_before_finish")
         for index, data in enumerate(self._pieces(completions)):
             self._send(data)
-            if head and index == 2:
+            if scenario not in whole and index == 2:
                 break
         if scenario == "error_event":
             self._send(b'data: {"error": {"message": "engine died mid-answer", "code": 500}}\n\n')
@@ -243,21 +247,28 @@ class Handler(BaseHTTPRequestHandler):
         elif scenario == "no_done":
             self._send(b"")  # a clean end of the body, but no finish_reason and no [DONE]
             return
-        elif scenario == "cut":
-            self.wfile.write(b'40\r\ndata: {"trunc')  # half a chunk, then the socket dies
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
+        elif scenario in ("cut", "cut_before_finish"):
+            self._cut()
             return
         elif scenario == "stall":
             self.state.release.wait(60)
             return
-        else:
+        elif scenario != "done_no_finish":
             self._send(chunk({}, "stop", completions=completions))
-            if scenario == "usage":
-                pass
+            if scenario == "finish_cut":
+                self._cut()
+                return
+            if scenario == "finish_no_done":
+                self._send(b"")
+                return
         self._send(b"data: [DONE]\n\n")
         self._send(b"")
+
+    def _cut(self) -> None:
+        self.wfile.write(b'40\r\ndata: {"trunc')  # half a chunk, then the socket dies
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
 
 
 class FakeServer(ThreadingHTTPServer):

@@ -109,6 +109,40 @@ def test_stream_faults_keep_the_partial_answer(fake: FakeServer, fault: str, exp
     assert sent[1]["content"] == PARTIAL
 
 
+@pytest.mark.parametrize("fault", ["finish_cut", "finish_no_done"])
+def test_an_answer_whose_stream_ends_after_its_finish_reason_is_complete(
+    fake: FakeServer, fault: str
+) -> None:
+    """vLLM and llama.cpp always send finish_reason, then [DONE]; once finish_reason is in,
+    the whole answer is, so losing only [DONE] (a proxy, a cut connection) costs nothing."""
+    session = make_session(fake)
+    collect = Collect()
+    answer = session.ask(f"question @fault:{fault}", collect)
+    assert (answer.text, answer.finish_reason, answer.done) == (DEFAULT_ANSWER, "stop", False)
+    assert collect.note is None
+    assert session.conversation.messages[-1].incomplete is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected", "kept"),
+    [
+        ("cut_before_finish", "cut mid-answer", DEFAULT_ANSWER),
+        ("done_no_finish", "ended the answer early", PARTIAL),
+    ],
+)
+def test_an_answer_without_finish_reason_is_incomplete(
+    fake: FakeServer, fault: str, expected: str, kept: str
+) -> None:
+    """Even with every word in, or with [DONE]: only finish_reason says the answer ended."""
+    session = make_session(fake)
+    collect = Collect()
+    with pytest.raises(errors.StreamFailed, match=expected):
+        session.ask(f"question @fault:{fault}", collect)
+    message = session.conversation.messages[-1]
+    assert (message.content, message.incomplete) == (kept, INCOMPLETE)
+    assert collect.note == INCOMPLETE
+
+
 @pytest.mark.parametrize(
     ("fault", "error_type", "expected"),
     [

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pyte
+import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
 from chat_cli.client import Answer, Usage
 from chat_cli.render import MarkdownRenderer, PlainRenderer, footer_text
-from tests.chat_support import visible
+from tests.chat_support import XtermScreen, visible
 from tests.fake_openai import tokens
 
 DOC = """# Release notes
@@ -205,3 +207,60 @@ def test_footer_shows_ttft_speed_and_tokens() -> None:
     assert footer_text(finished(prompt=12, completion=40)) == (
         "TTFT 0.50 s · 40.0 tok/s · ~12 prompt + ~40 completion tokens · 1.5 s"
     )
+
+
+class Terminal:
+    """A console whose output lands on an xterm.js-like screen; both resize together, the way
+    a PTY's size follows the browser terminal's."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.console = Console(
+            file=io.StringIO(), width=width, height=height, force_terminal=True, color_system="256"
+        )
+        self.screen = XtermScreen(width, height)
+        self._fed = 0
+
+    def pump(self) -> None:
+        output = self.console.file.getvalue()  # type: ignore[attr-defined]
+        self.screen.feed(output[self._fed :])
+        self._fed = len(output)
+
+    def resize(self, width: int, height: int) -> None:
+        self.pump()
+        self.screen.reflow(width, height)
+        self.console.width, self.console.height = width, height
+
+    def words(self) -> list[str]:
+        self.pump()
+        return re.findall(r"w\d{3}", " ".join(self.screen.transcript()))
+
+
+WORDS = [f"w{i:03}" for i in range(120)]
+PARAGRAPH = " ".join(WORDS[:60]) + "\n\n" + " ".join(WORDS[60:]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((60, 24), (40, 24)), ((60, 24), (90, 24)), ((80, 30), (50, 20)), ((50, 20), (80, 30))],
+)
+def test_a_resize_mid_answer_neither_duplicates_nor_loses_lines(
+    before: tuple[int, int], after: tuple[int, int]
+) -> None:
+    terminal = Terminal(*before)
+    renderer = EveryPiece(terminal.console)
+    renderer.begin()
+    pieces = tokens("# Title\n\nFirst paragraph done.\n\n" + PARAGRAPH + "\n" + DOC)
+    for piece in pieces:
+        renderer.content(piece)
+        # Mid-paragraph: the unfinished paragraph is the live tail. Resize there, and back.
+        if "w040" in piece:
+            terminal.resize(*after)
+        elif "w100" in piece:
+            terminal.resize(*before)
+    renderer.finish(finished(), None)
+
+    assert terminal.words() == WORDS
+    shown = terminal.screen.transcript()
+    for needle in ("Title", "First paragraph done.", "Release notes", "return 42", "tok/s"):
+        assert sum(needle in line for line in shown) == 1, needle
+    assert not any("…" in line for line in shown)

@@ -234,3 +234,15 @@ def test_plain_mode_prints_the_raw_markdown(tmp_path: Path, fake: FakeServer) ->
     shown = ask(child, "hello")
     assert "Hello **there**! This is a test answer." in shown and "- one" in shown
     assert exit_with_ctrl_d(child) == 0
+
+
+def test_words_show_while_the_stream_pauses(tmp_path: Path, fake: FakeServer) -> None:
+    """Three words arrive at once, then nothing: they must show without waiting for a fourth
+    (redraws are throttled to one per 80 ms, so they arrive before the next redraw is due)."""
+    child = spawn(tmp_path, fake.url, "--timeout", "300")
+    child.send("question @fault:stall\r")
+    child.expect(r"Hello \S*there\S*! This", timeout=10)  # long before the 300 s stall timeout
+    child.sendintr()
+    child.expect(r"\[interrupted\]")
+    child.expect(PROMPT_READY)
+    assert exit_with_ctrl_d(child) == 0
