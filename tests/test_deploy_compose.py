@@ -132,3 +132,10 @@ def test_terminal_replicas_sit_behind_a_sticky_proxy() -> None:
     assert "timeout tunnel" in cfg  # WebSockets outlive the default timeouts
     assert "uri /healthz" in cfg
     assert "server-template term 1-16 terminal:8888" in cfg
+
+
+def test_terminal_image_is_mixvllm_terminal_wired_to_the_model_server() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    terminal = compose["services"]["terminal-server"]
+    assert terminal["image"].split(":")[0] == "mixvllm-terminal"
+    assert terminal["environment"]["MODEL_SERVER_URL"].startswith("http://model-server:8000")
