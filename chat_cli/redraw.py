@@ -8,16 +8,22 @@ they leave the work to the end of that step, so there is no second writer and no
 
 SIGALRM is only taken when nobody holds it (pytest-timeout does, in-process tests); without
 it, waiting text shows with the next piece or at the end of the answer, as before.
+
+Keys typed during an answer are not echoed while a live region is drawn: the echo lands in
+the live region, and an echoed Enter moves the cursor a row down under the renderer's feet.
+The keys stay queued (the line discipline keeps them) for the next prompt.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
+import termios
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import Protocol
+from typing import IO, Protocol
 
 from chat_cli.render import Renderer
 
@@ -33,6 +39,23 @@ class Shield(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@contextmanager
+def echo_off(stream: IO[str]) -> Iterator[None]:
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):
+        yield  # not a terminal (a pipe, a closed or captured stdin)
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 def _alarm_free() -> bool:
     return signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(
         signal.ITIMER_REAL
@@ -40,18 +63,27 @@ def _alarm_free() -> bool:
 
 
 class Redraws:
-    def __init__(self, renderer: Renderer, shield: Shield) -> None:
+    def __init__(self, renderer: Renderer, shield: Shield, stdin: IO[str] | None = None) -> None:
         self.renderer = renderer
         self.shield = shield
+        self.stdin = sys.stdin if stdin is None else stdin
         self.timer = False  # SIGALRM is ours
         self.armed = False
         self._resized = False
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        if not self.renderer.live:
             yield
             return
+        with ExitStack() as stack:
+            stack.enter_context(echo_off(self.stdin))
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(self._signals())
+            yield
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
         previous_winch = signal.signal(signal.SIGWINCH, self._on_resize)
         previous_alarm = None
         if _alarm_free():

@@ -64,6 +64,8 @@ def reasoning_summary(reasoning: str) -> str:
 
 
 class Renderer(Protocol):
+    live: bool  # redraws a live region in place: nothing else may write to the terminal
+
     def begin(self) -> None: ...
     def reasoning(self, text: str) -> None: ...
     def content(self, text: str) -> None: ...
@@ -86,6 +88,7 @@ class PlainRenderer:
         self.out = out
         self.footer = footer
         self.styled = styled
+        self.live = False
         self._ends_with_newline = True
 
     def begin(self) -> None:
@@ -149,6 +152,7 @@ class MarkdownRenderer:
         self._reasoning: list[str] = []
         self._reasoning_done = False
         self._live: list[int] = []  # cells in each line of the live region, as printed
+        self._printed = 0  # lines printed for good by this answer, above the live region
         self._active = False  # between begin() and finish(): the live region is ours
         self._dirty = False  # received text that the screen does not show yet
         self._last_draw = 0.0
@@ -314,6 +318,7 @@ class MarkdownRenderer:
             parts.append(f"\x1b[{rows}A")
         parts.append("\r\x1b[J")
         parts.append(committed)
+        self._printed += committed.count("\n")
         tail_text = _PADDING.sub("", self._render_tail()) if tail else ""
         parts.append(tail_text)
         parts.append(SYNC_END)
@@ -344,9 +349,13 @@ class MarkdownRenderer:
         elif not rendered and not self._blocks:
             rendered = self._styled("…", "dim")
         lines = rendered.splitlines(keepends=True)
-        # Half the screen: after the terminal narrows to half its width, the re-wrapped live
-        # region still fits on screen, where the cursor can reach it to erase it.
-        room = max(3, (self.console.height - 2) // 2)
+        # The live region must stay where the cursor can reach it to erase it, even after the
+        # terminal narrows to half its width and re-wraps it to twice the rows. tmux (and
+        # xterm.js with scrollback) keep the cursor's screen row on a resize, pushing the rows
+        # above into the scrollback, so the region may take half of the rows above the cursor:
+        # at most half the screen, and no more than the lines this answer printed above it,
+        # plus a question line (at least 3: the REPL's banner and prompt are above the first).
+        room = max(1, min((self.console.height - 2) // 2, max(3, 1 + self._printed)))
         if len(lines) > room:
             lines = lines[-room:]
         return "".join(lines)

@@ -91,11 +91,14 @@ class XtermScreen(pyte.HistoryScreen):
     ran past the last column) and, on resize, joins them again when the terminal grows and
     wraps any row whose written cells no longer fit when it shrinks. Written spaces count as
     content, erased cells do not. The cursor keeps its place in the text; with scrollback the
-    cursor keeps its screen row and the rows above it go to the scrollback.
+    cursor keeps its screen row and the rows above it go to the scrollback. tmux (3.3) keeps
+    the cursor's row even without scrollback (`keep_cursor_row`): rows that the reflow adds
+    above the cursor then push the top of the screen into the scrollback at once.
     """
 
-    def __init__(self, columns: int, lines: int) -> None:
+    def __init__(self, columns: int, lines: int, *, keep_cursor_row: bool = False) -> None:
         super().__init__(columns, lines, history=10_000)
+        self.keep_cursor_row = keep_cursor_row
         self.set_mode(pyte.modes.LNM)  # a PTY turns \n into \r\n
         self._stream = pyte.Stream(self)
 
@@ -161,7 +164,8 @@ class XtermScreen(pyte.HistoryScreen):
                         line[x] = cell
                 new_rows.append(line)
         grow = max(0, lines - self.lines)
-        keep_row = self.cursor.y + grow if self.history.top else new_cursor[0]
+        keeps = self.history.top or self.keep_cursor_row
+        keep_row = self.cursor.y + grow if keeps else new_cursor[0]
         screen_y = min(lines - 1, keep_row, new_cursor[0])
         top = new_cursor[0] - screen_y
         self.buffer.clear()

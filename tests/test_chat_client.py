@@ -19,10 +19,21 @@ PARTIAL = "".join(tokens(DEFAULT_ANSWER)[:3])
 
 
 class Collect:
+    live = False
+
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.reasoning_parts: list[str] = []
         self.note: str | None = "unfinished"
+
+    def waiting(self) -> float | None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def resized(self) -> None:
+        pass
 
     def begin(self) -> None:
         self.note = None

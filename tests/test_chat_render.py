@@ -213,11 +213,11 @@ class Terminal:
     """A console whose output lands on an xterm.js-like screen; both resize together, the way
     a PTY's size follows the browser terminal's."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, *, tmux: bool = False) -> None:
         self.console = Console(
             file=io.StringIO(), width=width, height=height, force_terminal=True, color_system="256"
         )
-        self.screen = XtermScreen(width, height)
+        self.screen = XtermScreen(width, height, keep_cursor_row=tmux)
         self._fed = 0
 
     def pump(self) -> None:
@@ -239,14 +239,15 @@ WORDS = [f"w{i:03}" for i in range(120)]
 PARAGRAPH = " ".join(WORDS[:60]) + "\n\n" + " ".join(WORDS[60:]) + "\n"
 
 
+@pytest.mark.parametrize("tmux", [False, True])
 @pytest.mark.parametrize(
     ("before", "after"),
     [((60, 24), (40, 24)), ((60, 24), (90, 24)), ((80, 30), (50, 20)), ((50, 20), (80, 30))],
 )
 def test_a_resize_mid_answer_neither_duplicates_nor_loses_lines(
-    before: tuple[int, int], after: tuple[int, int]
+    before: tuple[int, int], after: tuple[int, int], tmux: bool
 ) -> None:
-    terminal = Terminal(*before)
+    terminal = Terminal(*before, tmux=tmux)
     renderer = EveryPiece(terminal.console)
     renderer.begin()
     pieces = tokens("# Title\n\nFirst paragraph done.\n\n" + PARAGRAPH + "\n" + DOC)
@@ -264,3 +265,21 @@ def test_a_resize_mid_answer_neither_duplicates_nor_loses_lines(
     for needle in ("Title", "First paragraph done.", "Release notes", "return 42", "tok/s"):
         assert sum(needle in line for line in shown) == 1, needle
     assert not any("…" in line for line in shown)
+
+
+@pytest.mark.parametrize("tmux", [False, True])
+def test_a_resize_near_the_top_of_the_screen_loses_nothing(tmux: bool) -> None:
+    """The answer starts under a short banner; the terminal narrows to half its width while
+    the first paragraph is the live tail. tmux keeps the cursor's screen row, so a live region
+    taller than the rows above the cursor would be pushed where no redraw can erase it."""
+    terminal = Terminal(80, 24, tmux=tmux)
+    terminal.console.file.write("Connected\n/help\n> go\n")  # the REPL's banner and prompt
+    renderer = EveryPiece(terminal.console)
+    renderer.begin()
+    for piece in tokens(" ".join(WORDS) + "\n"):  # one paragraph, 8 lines at 80 columns
+        renderer.content(piece)
+        if "w100" in piece:
+            terminal.resize(40, 24)
+    renderer.finish(finished(), None)
+    assert terminal.words() == WORDS
+    assert terminal.screen.transcript()[:3] == ["Connected", "/help", "> go"]

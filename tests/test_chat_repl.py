@@ -246,3 +246,22 @@ def test_words_show_while_the_stream_pauses(tmp_path: Path, fake: FakeServer) ->
     child.expect(r"\[interrupted\]")
     child.expect(PROMPT_READY)
     assert exit_with_ctrl_d(child) == 0
+
+
+def test_keys_typed_during_an_answer_are_not_echoed_into_it(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    """The terminal's echo of a key (and of Enter, a line feed) would land in the live region
+    and push it down a row under the renderer's feet; the keys wait for the next prompt."""
+    fake.state.answer = "Streaming slowly. " * 60 + "\n"
+    fake.state.token_delay = 0.02
+    child = spawn(tmp_path, fake.url)
+    child.send("go\r")
+    child.expect("Streaming slowly")
+    child.send("typed ahead\r")
+    child.expect("tok/s")
+    assert "typed ahead" not in visible(child.before)
+    child.expect(PROMPT_READY)
+    child.expect("typed ahead")  # kept for the next question
+    child.sendcontrol("c")
+    assert exit_with_ctrl_d(child) == 0
