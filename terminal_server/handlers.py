@@ -114,19 +114,28 @@ def _security_headers(handler: web.RequestHandler) -> None:
     handler.set_header("Cross-Origin-Opener-Policy", "same-origin")
 
 
-class GuardedHandler(web.RequestHandler):
-    def initialize(self, ctx: Context) -> None:
-        self.ctx = ctx
+class _Guarded(web.RequestHandler):
+    """Security headers, the Host/token guard and token-free log lines for every handler."""
+
+    ctx: Context
 
     def set_default_headers(self) -> None:
         _security_headers(self)
-        self.set_header("Cache-Control", "no-store")
 
     def _request_summary(self) -> str:
         return f"{self.request.method} {redacted_path(self.request)}"
 
     def prepare(self) -> None:
         guard(self, self.ctx)
+
+
+class GuardedHandler(_Guarded):
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
 
 
 class PageHandler(GuardedHandler):
@@ -164,7 +173,7 @@ class PageHandler(GuardedHandler):
         self.finish((self.ctx.static_dir / "index.html").read_bytes())
 
 
-class GuardedStaticHandler(web.StaticFileHandler):
+class GuardedStaticHandler(_Guarded, web.StaticFileHandler):
     def initialize(
         self,
         path: str,
@@ -175,15 +184,6 @@ class GuardedStaticHandler(web.StaticFileHandler):
         super().initialize(path, default_filename, allowed_symlink_directory)
         assert ctx is not None
         self.ctx = ctx
-
-    def set_default_headers(self) -> None:
-        _security_headers(self)
-
-    def _request_summary(self) -> str:
-        return f"{self.request.method} {redacted_path(self.request)}"
-
-    def prepare(self) -> None:
-        guard(self, self.ctx)
 
 
 class HealthHandler(GuardedHandler):
