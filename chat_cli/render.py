@@ -32,9 +32,9 @@ DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"
 RESET = "\x1b[0m"
 
-# Rich pads lines to the width with plain spaces: a terminal keeps written spaces as content,
-# so padded lines would take two rows each after the terminal narrows. Styled padding (code
-# block backgrounds) is kept.
+# Rich pads lines to the width with plain spaces, which terminals keep as text: after the
+# terminal narrows, each padded line would re-wrap to two rows, one of them blank. Styled
+# padding (code block backgrounds) is kept.
 _PADDING = re.compile(r" +$", re.MULTILINE)
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -349,12 +349,12 @@ class MarkdownRenderer:
         elif not rendered and not self._blocks:
             rendered = self._styled("…", "dim")
         lines = rendered.splitlines(keepends=True)
-        # The live region must stay where the cursor can reach it to erase it, even after the
+        # The live region must stay where the cursor can reach it to erase it, also after the
         # terminal narrows to half its width and re-wraps it to twice the rows. tmux (and
-        # xterm.js with scrollback) keep the cursor's screen row on a resize, pushing the rows
-        # above into the scrollback, so the region may take half of the rows above the cursor:
-        # at most half the screen, and no more than the lines this answer printed above it,
-        # plus a question line (at least 3: the REPL's banner and prompt are above the first).
+        # xterm.js with scrollback) keep the cursor's screen row on a resize and push the rows
+        # above it into the scrollback, so the region gets no more lines than are known to be
+        # above it: the lines this answer printed plus the question's (3 at least: the REPL's
+        # banner and prompt are above a first answer); and half the screen at most.
         room = max(1, min((self.console.height - 2) // 2, max(3, 1 + self._printed)))
         if len(lines) > room:
             lines = lines[-room:]

@@ -238,10 +238,14 @@ def test_plain_mode_prints_the_raw_markdown(tmp_path: Path, fake: FakeServer) ->
 
 def test_words_show_while_the_stream_pauses(tmp_path: Path, fake: FakeServer) -> None:
     """Three words arrive at once, then nothing: they must show without waiting for a fourth
-    (redraws are throttled to one per 80 ms, so they arrive before the next redraw is due)."""
+    (redraws are throttled to one per 80 ms, so they arrive before the next redraw is due);
+    a resize during the pause redraws them at once."""
     child = spawn(tmp_path, fake.url, "--timeout", "300")
     child.send("question @fault:stall\r")
     child.expect(r"Hello \S*there\S*! This", timeout=10)  # long before the 300 s stall timeout
+    # A resize redraws the live tail for the new width at once, still with no new token.
+    child.setwinsize(40, 60)
+    child.expect(r"\x1b\[\?2026h.*Hello \S*there\S*! This", timeout=10)
     child.sendintr()
     child.expect(r"\[interrupted\]")
     child.expect(PROMPT_READY)
