@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import termios
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -41,6 +40,8 @@ class Shield(Protocol):
 
 @contextmanager
 def echo_off(stream: IO[str]) -> Iterator[None]:
+    import termios  # noqa: PLC0415 (POSIX only, like the redraws)
+
     try:
         fd = stream.fileno()
         saved = termios.tcgetattr(fd)
@@ -73,7 +74,7 @@ class Redraws:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        if not self.renderer.live:
+        if not self.renderer.live or sys.platform == "win32":
             yield
             return
         with ExitStack() as stack:
