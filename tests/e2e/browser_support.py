@@ -86,7 +86,7 @@ def terminal_server(
 
 @contextmanager
 def chromium(p: Playwright) -> Iterator[Browser]:
-    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make browser)")
+    require(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (make system-packages)")
     browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:
         yield browser
