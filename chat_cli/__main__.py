@@ -101,6 +101,25 @@ def run(config: Config) -> int:
     if model not in models:
         raise ModelNotFound(model, models)
     client = ChatClient(base_url, config.api_key, config.timeout)
+    try:
+        return _converse(
+            config, client, base_url, model, question=question, interactive=interactive
+        )
+    finally:
+        client.close()
+
+
+def _converse(
+    config: Config,
+    client: ChatClient,
+    base_url: str,
+    model: str,
+    *,
+    question: str,
+    interactive: bool,
+) -> int:
+    """Ask one question (one-shot, pipe) or run the REPL on a connected client."""
+    out, err = sys.stdout, sys.stderr
 
     conversation = conv_mod.Conversation(system=config.system, model=model)
     resumed_from = None

@@ -155,6 +155,12 @@ class ChatClient:
     def models(self) -> list[str]:
         return fetch_models(self.base_url, self.api_key)
 
+    def close(self) -> None:
+        """Close the SDK's pooled connections (the process exit does it for the CLI)."""
+        if self._sdk is not None:
+            self._sdk.close()
+            self._sdk = None
+
     @property
     def sdk(self) -> OpenAI:
         if self._sdk is None:

@@ -219,7 +219,7 @@ class MetricsHandler(GuardedHandler):
         )
 
 
-class TermSocket(websocket.WebSocketHandler):
+class TermSocket(_Guarded, websocket.WebSocketHandler):
     """One browser tab attached to one session."""
 
     def initialize(self, ctx: Context) -> None:
@@ -228,15 +228,6 @@ class TermSocket(websocket.WebSocketHandler):
         self.peer = "?"
         self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def set_default_headers(self) -> None:
-        _security_headers(self)
-
-    def _request_summary(self) -> str:
-        return f"{self.request.method} {redacted_path(self.request)}"
-
-    def prepare(self) -> None:
-        guard(self, self.ctx)
 
     def check_origin(self, origin: str) -> bool:
         origin = origin.rstrip("/")

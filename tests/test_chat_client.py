@@ -54,8 +54,20 @@ def fake() -> Iterator[FakeServer]:
         yield server
 
 
+OPEN_CLIENTS: list[ChatClient] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    # Pooled sockets left to the garbage collector warn (an error here) in a later test.
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 def make_session(server: FakeServer, timeout: float = 10.0, model: str = MODEL) -> Session:
     client = ChatClient(server.url + "/v1", server.state.api_key, timeout)
+    OPEN_CLIENTS.append(client)
     return Session(client, Conversation(), Sampling(model))
 
 
@@ -183,6 +195,7 @@ def test_unknown_model_lists_served_models(fake: FakeServer) -> None:
 
 def test_unreachable_server() -> None:
     client = ChatClient(closed_port_url() + "/v1", None, 5.0)
+    OPEN_CLIENTS.append(client)
     session = Session(client, Conversation(), Sampling(MODEL))
     with pytest.raises(errors.ServerUnreachable, match="cannot reach"):
         session.ask("hi", Collect())

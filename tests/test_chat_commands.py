@@ -27,11 +27,13 @@ def fake() -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def setup(fake: FakeServer, tmp_path: Path) -> tuple[Session, Commands, io.StringIO]:
+def setup(fake: FakeServer, tmp_path: Path) -> Iterator[tuple[Session, Commands, io.StringIO]]:
     conversation = Conversation(path=conv_mod.new_autosave_path(tmp_path / "conversations"))
-    session = Session(ChatClient(fake.url + "/v1", None, 10.0), conversation, Sampling(MODEL))
+    client = ChatClient(fake.url + "/v1", None, 10.0)
+    session = Session(client, conversation, Sampling(MODEL))
     out = io.StringIO()
-    return session, Commands(session, out, tmp_path / "conversations"), out
+    yield session, Commands(session, out, tmp_path / "conversations"), out
+    client.close()
 
 
 def ask(session: Session, text: str) -> None:
