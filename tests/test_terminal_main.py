@@ -120,6 +120,18 @@ def _start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(1)
 
 
+async def read_until(conn: websocket.WebSocketClientConnection, pattern: str) -> str:
+    """Read stdout frames until `pattern` matches the output; return its first group."""
+    out = ""
+    while (match := re.search(pattern, out)) is None:
+        msg = await asyncio.wait_for(conn.read_message(), 10)
+        assert msg is not None
+        frame = json.loads(msg)
+        if frame[0] == protocol.STDOUT:
+            out += frame[1]
+    return match.group(1)
+
+
 def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
     proc, url = _start_server()
     try:
@@ -132,14 +144,7 @@ def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
             conn.write_message(
                 json.dumps([protocol.STDIN, "trap '' HUP; sleep 300 & echo bg-$!\r"])
             )
-            out = ""
-            while "bg-" not in out or not re.search(r"bg-\d+\r", out):
-                msg = await asyncio.wait_for(conn.read_message(), 10)
-                assert msg is not None
-                frame = json.loads(msg)
-                if frame[0] == protocol.STDOUT:
-                    out += frame[1]
-            bg = int(re.search(r"bg-(\d+)\r", out).group(1))  # type: ignore[union-attr]
+            bg = int(await read_until(conn, r"bg-(\d+)\r"))
             children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
             assert bg in children
             proc.send_signal(signal.SIGTERM)
@@ -238,14 +243,7 @@ def test_server_reaps_orphans_that_left_their_session() -> None:
             conn = await websocket.websocket_connect(req)
             cmd = "(setsid sleep 0.3 & echo orphan-$!)\r"
             conn.write_message(json.dumps([protocol.STDIN, cmd]))
-            out = ""
-            while not re.search(r"orphan-\d+\r", out):
-                msg = await asyncio.wait_for(conn.read_message(), 10)
-                assert msg is not None
-                frame = json.loads(msg)
-                if frame[0] == protocol.STDOUT:
-                    out += frame[1]
-            orphan = int(re.search(r"orphan-(\d+)\r", out).group(1))  # type: ignore[union-attr]
+            orphan = int(await read_until(conn, r"orphan-(\d+)\r"))
             deadline = time.monotonic() + 10
             while psutil.pid_exists(orphan) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
