@@ -30,7 +30,7 @@ from .handlers import (
 )
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
-from .terminals import SessionManager, become_subreaper
+from .terminals import SessionManager
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -124,7 +124,6 @@ async def close_clients(ctx: Context, grace: float = 2.0) -> None:
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; then close clients with 1001, reap every session, return 0."""
     check_static(STATIC_DIR)
-    become_subreaper()
     ssl_ctx = _ssl_context(config)
     try:
         sockets = netutil.bind_sockets(config.port, config.host)
@@ -132,6 +131,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     port = sockets[0].getsockname()[1]
     ctx = make_context(dataclasses.replace(config, port=port))
+    ctx.manager.become_subreaper()
     server = httpserver.HTTPServer(make_app(ctx), ssl_options=ssl_ctx)
     server.add_sockets(sockets)
     ctx.manager.start()

@@ -18,13 +18,8 @@ from . import __version__, protocol
 from .config import Config, is_loopback_host
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
-from .terminals import (
-    InputOverflowError,
-    Session,
-    SessionLimitError,
-    SessionManager,
-    SessionStartError,
-)
+from .processes import SessionStartError
+from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
 
 log = logging.getLogger("mixvllm.terminal")
 

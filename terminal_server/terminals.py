@@ -1,4 +1,4 @@
-"""PTY sessions: spawn, flow-controlled output, bounded scrollback, escalating shutdown.
+"""PTY sessions: flow-controlled output, bounded scrollback, clients; the manager of them all.
 
 Output flow control: each attached client may hold at most `window` bytes of output it
 has not acknowledged yet. When the window is full the session stops reading the PTY, the
@@ -10,45 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import fcntl
 import logging
 import os
 import re
 import secrets
-import shlex
-import signal
-import struct
 import subprocess
-import termios
 import time
 from collections import deque
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .config import ENV_PREFIX, Config
+from . import processes
+from .config import Config
 from .metrics import Metrics
+from .scrollback import Scrollback
 
 log = logging.getLogger("mixvllm.terminal")
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-READ_CHUNK = 65536  # most bytes of typed input handed to one write()
-READ_BUFFER = 256 * 1024  # most PTY output read in one wake-up
+INPUT_WRITE_MAX = 64 * 1024  # most bytes of typed input handed to one write()
+# Most PTY output read in one wake-up: the shared scratch buffer's size.
+OUTPUT_READ_MAX = 256 * 1024
 FRAME_MAX = 64 * 1024  # bytes per stdout frame
 INTERACTIVE_MAX = 1024  # small output goes out at once (echo); bigger reads are batched
 COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
 MAX_PENDING_INPUT = 4 * 1024 * 1024
-# (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
-ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
 
 
 class SessionLimitError(RuntimeError):
     """The server already runs its maximum number of sessions."""
-
-
-class SessionStartError(RuntimeError):
-    """The session's program could not be started."""
 
 
 class InputOverflowError(RuntimeError):
@@ -63,84 +53,6 @@ class Client(Protocol):
     def session_ended(self, exit_code: int | None) -> None: ...
 
 
-_SUBREAPER = {"on": False}
-
-
-def become_subreaper() -> None:
-    """Orphans from our sessions get reparented to this process, so we can reap them.
-
-    Process-wide, so only the server's entry point calls it (not the library code tests use).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        _SUBREAPER["on"] = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-
-
-def reap_orphans(keep: set[int]) -> None:
-    """As a subreaper, reap exited orphans (e.g. daemons started from a session) except `keep`."""
-    if not _SUBREAPER["on"]:
-        return
-    me = str(os.getpid())
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in keep:
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] == "Z" and fields[1] == me:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), os.WNOHANG)
-
-
-def _session_members(sid: int) -> list[tuple[int, int, str]]:
-    """(pid, ppid, state) of every process in kernel session `sid` (our PTY's session)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == sid:
-            members.append((int(entry.name), int(fields[1]), fields[0]))
-    return members
-
-
-def _set_winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _make_controlling_tty() -> None:  # runs in the child, after setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def session_argv(config: Config, chat_args: Sequence[str]) -> list[str]:
-    """The session's command: the shell, or `chat` first and then the shell.
-
-    Chat arguments from the URL travel as positional parameters ("$@"), never inside the
-    shell string.
-    """
-    if not config.autostart_chat:
-        return list(config.shell)
-    script = f'{shlex.join(config.chat_command)} "$@"; exec {shlex.join(config.shell)}'
-    return ["/bin/sh", "-c", script, "mixvllm-session", *chat_args]
-
-
-def session_env(session_id: str, config: Config) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
-    # After chat exits, `chat` must work in the shell too, venv activated or not.
-    chat_dir = os.path.dirname(config.chat_command[0])
-    path = env.get("PATH", os.defpath)
-    if os.path.isabs(chat_dir) and chat_dir not in path.split(os.pathsep):
-        env["PATH"] = chat_dir + os.pathsep + path
-    return env
-
-
 class Session:
     def __init__(
         self,
@@ -151,7 +63,8 @@ class Session:
         scrollback_limit: int,
         window: int,
         metrics: Metrics,
-        manager: SessionManager,
+        read_buffer: memoryview,
+        on_closed: Callable[[Session], None],
     ) -> None:
         self.id = session_id
         self.proc = proc
@@ -160,13 +73,11 @@ class Session:
         self.detached_at: float | None = time.monotonic()
         self.exit_code: int | None = None
         self._loop = asyncio.get_running_loop()
-        self._manager = manager
         self._metrics = metrics
+        self._read_buffer = read_buffer  # shared by every session: all read on this loop
+        self._on_closed = on_closed
         self._window = window
-        self._scrollback: deque[bytes] = deque()
-        self._scrollback_len = 0  # bytes kept, not counting the skipped head
-        self._scrollback_skip = 0  # bytes of the oldest chunk that are already forgotten
-        self._scrollback_limit = scrollback_limit
+        self._scrollback = Scrollback(scrollback_limit)
         self._pending: list[bytes] = []
         self._pending_len = 0
         self._unacked: deque[int] = deque()
@@ -203,7 +114,7 @@ class Session:
         old, self.client = self.client, client
         self._reset_flow()
         self.detached_at = None
-        replay = b"".join(self._scrollback)[self._scrollback_skip :]
+        replay = self._scrollback.replay()
         for start in range(0, len(replay), FRAME_MAX):
             self._send(replay[start : start + FRAME_MAX])
         self._update_reader()
@@ -239,12 +150,12 @@ class Session:
 
     def resize(self, rows: int, cols: int) -> None:
         with contextlib.suppress(OSError):
-            _set_winsize(self.fd, rows, cols)  # the kernel sends SIGWINCH
+            processes.set_winsize(self.fd, rows, cols)  # the kernel sends SIGWINCH
 
     def _flush_input(self) -> None:
         while self._input and not self.closed:
             try:
-                written = os.write(self.fd, self._input[:READ_CHUNK])
+                written = os.write(self.fd, self._input[:INPUT_WRITE_MAX])
             except BlockingIOError:
                 break
             except OSError:
@@ -270,7 +181,7 @@ class Session:
     def _on_readable(self) -> None:
         # The kernel hands out at most ~4 KiB per PTY read: read them all straight into the
         # shared scratch buffer and make one bytes object per wake-up, not one per read.
-        buf = self._manager.read_buffer
+        buf = self._read_buffer
         budget = len(buf)
         if self.client is not None:
             budget = max(1, min(budget, self._window - self.outstanding))
@@ -296,7 +207,7 @@ class Session:
         self._update_reader()
 
     def _output(self, data: bytes) -> None:
-        self._remember(data)
+        self._scrollback.add(data)
         if self.client is None:
             return
         self._pending.append(data)
@@ -325,25 +236,6 @@ class Session:
         self._unacked_len += len(data)
         self.client.send_output(data)
 
-    def _remember(self, data: bytes) -> None:
-        if self._scrollback_limit <= 0:
-            return
-        self._scrollback.append(data)
-        self._scrollback_len += len(data)
-        excess = self._scrollback_len - self._scrollback_limit
-        while excess > 0:
-            # Trim by moving an offset into the oldest chunk: slicing it would copy it all.
-            head_left = len(self._scrollback[0]) - self._scrollback_skip
-            if head_left <= excess:
-                self._scrollback.popleft()
-                self._scrollback_skip = 0
-                self._scrollback_len -= head_left
-                excess -= head_left
-            else:
-                self._scrollback_skip += excess
-                self._scrollback_len -= excess
-                excess = 0
-
     def _reset_flow(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -367,60 +259,15 @@ class Session:
         return self._closing
 
     async def _terminate(self) -> None:
-        sid = self.proc.pid  # start_new_session: the leader's pid is the session id
-        for sig, grace in ESCALATION:
-            if not self._signal_members(sid, sig) or await self._wait_gone(sid, grace):
-                break
-        else:
+        if not await processes.terminate(self.proc):
             log.error("session %s: processes survived SIGKILL", self.id)
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.exit_code = self.proc.returncode
         client, self.client = self.client, None
-        self._manager._forget(self)
+        self._on_closed(self)
         if client is not None:
             client.session_ended(self.exit_code)
-
-    async def _wait_gone(self, sid: int, grace: float) -> bool:
-        deadline = time.monotonic() + grace
-        delay = 0.005
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            if not self._reap(sid):
-                return True
-        return False
-
-    def _signal_members(self, sid: int, sig: int) -> bool:
-        """Signal every live process in the session; return whether any was alive."""
-        alive = False
-        for pid, _ppid, state in _session_members(sid):
-            if state == "Z":
-                continue
-            alive = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                if sig != signal.SIGKILL:
-                    os.kill(pid, signal.SIGCONT)  # stopped processes act on signals only now
-        self._reap(sid)
-        return alive
-
-    def _reap(self, sid: int) -> bool:
-        """Reap the leader and reparented orphans; return whether any process is left."""
-        self.proc.poll()
-        left = False
-        me = os.getpid()
-        for pid, ppid, state in _session_members(sid):
-            if pid == self.proc.pid:
-                left = left or self.proc.returncode is None
-                continue
-            if ppid == me and state == "Z":
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                continue
-            if state != "Z":
-                left = True
-        return left or self.proc.returncode is None
 
 
 class SessionManager:
@@ -431,8 +278,16 @@ class SessionManager:
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         # One scratch buffer for every session's PTY reads: they all run on this event loop.
-        self.read_buffer = memoryview(bytearray(READ_BUFFER))
+        self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
+        self._subreaper = False
         self._cull_task: asyncio.Task[None] | None = None
+
+    def become_subreaper(self) -> None:
+        """Adopt and reap orphans of our sessions (daemons started from a shell, say).
+
+        Process-wide, so only the server's entry point calls it (not the library code tests use).
+        """
+        self._subreaper = processes.become_subreaper()
 
     def start(self) -> None:
         if self._cull_task is None:
@@ -450,25 +305,13 @@ class SessionManager:
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
         session_id = secrets.token_urlsafe(12)
-        master, slave = os.openpty()
-        try:
-            _set_winsize(master, rows, cols)
-            proc = subprocess.Popen(
-                session_argv(self.config, chat_args),
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                cwd=self.config.cwd if os.path.isdir(self.config.cwd) else "/",
-                env=session_env(session_id, self.config),
-                start_new_session=True,
-                preexec_fn=_make_controlling_tty,  # noqa: PLW1509 - only an ioctl
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            os.close(master)
-            raise SessionStartError(f"cannot start the session: {exc}") from exc
-        finally:
-            os.close(slave)
-        os.set_blocking(master, False)
+        proc, master = processes.spawn(
+            processes.session_argv(self.config, chat_args),
+            processes.session_env(session_id, self.config),
+            self.config.cwd,
+            rows,
+            cols,
+        )
         session = Session(
             session_id,
             proc,
@@ -476,7 +319,8 @@ class SessionManager:
             scrollback_limit=self.config.scrollback_bytes,
             window=self.config.flow_window,
             metrics=self.metrics,
-            manager=self,
+            read_buffer=self._read_buffer,
+            on_closed=self._forget,
         )
         self.sessions[session_id] = session
         self.metrics.sessions_started += 1
@@ -506,7 +350,8 @@ class SessionManager:
                 )
             if idle or session.leader_exited():
                 session.close()
-        reap_orphans(keep={s.proc.pid for s in self.sessions.values()})
+        if self._subreaper:
+            processes.reap_orphans(keep={s.proc.pid for s in self.sessions.values()})
 
     async def _cull_loop(self) -> None:
         period = min(max(self.config.idle_timeout / 4, 0.05), 5.0)

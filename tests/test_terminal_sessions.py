@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from terminal_server import protocol
-from terminal_server.terminals import READ_CHUNK, _session_members, session_env
+from terminal_server.processes import session_env, session_members
+from terminal_server.terminals import OUTPUT_READ_MAX
 
 from .terminal_support import make_config, run, running_server, wait_for
 
@@ -47,20 +48,20 @@ def test_close_kills_the_whole_session_including_hup_ignoring_children() -> None
                     {"sleep"}
                     <= {
                         psutil.Process(p).name()
-                        for p, _, s in _session_members(session.proc.pid)
+                        for p, _, s in session_members(session.proc.pid)
                         if s != "Z"
                     }
                 ),
                 5,
                 "children",
             )
-            pids = [p for p, _, _ in _session_members(session.proc.pid)]
+            pids = [p for p, _, _ in session_members(session.proc.pid)]
             assert stubborn in pids
             assert len(pids) >= 3
             await session.close()
             for pid in pids:
                 assert _gone(pid), f"pid {pid} survived"
-            assert all(_gone(pid) for pid, _, _ in _session_members(session.proc.pid))
+            assert all(_gone(pid) for pid, _, _ in session_members(session.proc.pid))
             assert session.proc.returncode is not None
             assert await c.wait_closed() == protocol.CLOSE_SESSION_ENDED
 
@@ -76,7 +77,7 @@ def test_ctrl_c_reaches_the_foreground_program() -> None:
             await wait_for(
                 lambda: any(
                     psutil.Process(p).name() == "sleep"
-                    for p, _, s in _session_members(session.proc.pid)
+                    for p, _, s in session_members(session.proc.pid)
                     if s != "Z"
                 ),
                 5,
@@ -146,7 +147,7 @@ def test_stalled_client_bounds_server_buffering_and_blocks_the_program() -> None
             c.type(FLOOD)
             await wait_for(lambda: session.window_full, 10, "the window to fill")
             assert not session.reading
-            assert session.outstanding <= window + READ_CHUNK
+            assert session.outstanding <= window + OUTPUT_READ_MAX
             produced = srv.ctx.metrics.bytes_out
             # While nothing is acknowledged, nothing more is read and the producer waits:
             # observe for a while (proving an absence needs a time window).
@@ -154,7 +155,7 @@ def test_stalled_client_bounds_server_buffering_and_blocks_the_program() -> None
                 await asyncio.sleep(0.03)
                 assert session.window_full
                 assert not session.reading
-            members = _session_members(session.proc.pid)
+            members = session_members(session.proc.pid)
             names = {psutil.Process(p).name() for p, _, s in members if s != "Z"}
             assert {"head", "tr"} & names, names
             assert srv.ctx.metrics.bytes_out == produced
@@ -258,7 +259,7 @@ def test_binary_output_mode_carries_raw_utf8_with_the_same_flow_control() -> Non
             stalled.type("head -c 3000000 /dev/zero | tr '\\0' z; echo; echo bin'-'done\r")
             await wait_for(lambda: session.window_full, 10, "the window to fill")
             assert not session.reading
-            assert session.outstanding <= 64 * 1024 + READ_CHUNK
+            assert session.outstanding <= 64 * 1024 + OUTPUT_READ_MAX
             stalled.auto_ack = True
             stalled.ack()
             await stalled.expect("bin-done", 60)
