@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import ConfigDict, Field, PlainValidator, ValidationError
@@ -139,7 +139,7 @@ class Profile:
         if self.tool_call_parser and "--enable-auto-tool-choice" in self.extra_args:
             self._fail("extra_args", "--enable-auto-tool-choice is added with tool_call_parser")
 
-    def _fail(self, key: str, message: str) -> None:
+    def _fail(self, key: str, message: str) -> NoReturn:
         # Not a ValueError: pydantic lets it through unwrapped, already naming file and field.
         raise ProfileError(f"{self.path}: field '{key}': {message}")
 
