@@ -7,7 +7,6 @@ the README table and `--help` stay in step with the code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
@@ -178,7 +177,7 @@ def apply_overrides(profile: Profile, args: argparse.Namespace, env: Mapping[str
     if not changes:
         return profile
     try:
-        return profiles.checked(dataclasses.replace(profile, **changes))  # type: ignore[arg-type]
+        return profiles.with_overrides(profile, **changes)
     except ProfileError as exc:
         raise ConfigError(f"overrides do not fit profile {profile.name!r}: {exc}") from exc
 
