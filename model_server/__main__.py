@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from mixvllm_common.urls import server_root
 from model_server import config, health, launch, profiles, up
 
 PROG = "mixvllm-serve"
@@ -35,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exec the profile's engine; flags override env vars, which override the "
         "profile. Arguments after `--` go to the engine unchanged.",
     )
-    config.add_profile_flags(serve)
-    serve.add_argument("--dry-run", action="store_true", help="print the engine command and exit")
-    serve.add_argument("--list", action="store_true", help="list the profiles and exit")
+    config.add_serve_flags(serve)
 
     wait = sub.add_parser(
         "wait",
@@ -131,7 +130,7 @@ def wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         progress=None if args.quiet else progress,
     )
     if not args.quiet:
-        progress(f"{health.root_url(args.url)} is ready after {took:.1f}s")
+        progress(f"{server_root(args.url)} is ready after {took:.1f}s")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Launcher configuration: a profile plus overrides from flags and env, built once.
 
-Flags win over env vars, env vars win over the profile. Every env var is listed in ENV so
-the README table and `--help` stay in step with the code.
+Flags win over env vars, env vars win over the profile. Every flag and env var is an
+`Option` in SERVE_OPTIONS, so `--help` and the README table stay in step with the code.
 """
 
 from __future__ import annotations
@@ -13,24 +13,68 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixvllm_common import defaults
+from mixvllm_common.options import (
+    Option,
+    OptionError,
+    add_to_parser,
+    boolean,
+    integer,
+    number,
+    resolve,
+    value,
+)
 from model_server import profiles
 from model_server.profiles import Profile, ProfileError
 
-# flag dest -> env var
-ENV = {
-    "profile": "MIXVLLM_PROFILE",
-    "model": "MODEL",
-    "served_model_name": "SERVED_MODEL_NAME",
-    "tensor_parallel_size": "TENSOR_PARALLEL_SIZE",
-    "pipeline_parallel_size": "PIPELINE_PARALLEL_SIZE",
-    "max_model_len": "MAX_MODEL_LEN",
-    "gpu_memory_utilization": "GPU_MEMORY_UTILIZATION",
-    "host": "MODEL_SERVER_HOST",
-    "port": "MODEL_SERVER_PORT",
-}
-API_KEY_ENV = "VLLM_API_KEY"
+API_KEY_ENV = defaults.VLLM_API_KEY_ENV
 STATE_DIR_ENV = "MIXVLLM_STATE_DIR"
 VLLM_BIN_ENV = "MIXVLLM_VLLM_BIN"
+
+PROFILE = Option(
+    "profile", ("--profile",), ("MIXVLLM_PROFILE",), str, profiles.DEFAULT_PROFILE,
+    "profile name or path to a `.yaml`", "NAME",
+)  # fmt: skip
+_PROFILES = "profile's"
+PORT = Option(
+    "port", ("--port",), ("MODEL_SERVER_PORT",), integer(1, 65535), None, "port", "PORT",
+    shown_default="profile's (`8000`)",
+)  # fmt: skip
+# Overrides of the profile's fields; None (unset) keeps the profile's value.
+OVERRIDES: tuple[Option, ...] = (
+    Option("model", ("--model",), ("MODEL",), str, None,
+           "model id, directory or `.gguf`", "MODEL", _PROFILES),
+    Option("served_model_name", ("--served-model-name",), ("SERVED_MODEL_NAME",), str, None,
+           "the name clients ask for", "NAME", _PROFILES),
+    Option("tensor_parallel_size", ("--tensor-parallel-size",), ("TENSOR_PARALLEL_SIZE",),
+           integer(1, 1024), None, "GPUs per pipeline stage (vLLM)", "N", _PROFILES),
+    Option("pipeline_parallel_size", ("--pipeline-parallel-size",),
+           ("PIPELINE_PARALLEL_SIZE",), integer(1, 1024), None, "pipeline stages (vLLM)", "N",
+           _PROFILES),
+    Option("max_model_len", ("--max-model-len",), ("MAX_MODEL_LEN",),
+           integer(16, 10_000_000), None, "context length (`--n_ctx` for llama.cpp)", "N",
+           _PROFILES),
+    Option("gpu_memory_utilization", ("--gpu-memory-utilization",),
+           ("GPU_MEMORY_UTILIZATION",), number(0.0, 1.0), None,
+           "share of GPU memory vLLM may use, (0, 1]", "FRACTION", _PROFILES),
+    Option("host", ("--host",), ("MODEL_SERVER_HOST",), str, None, "bind address", "HOST",
+           "profile's (`127.0.0.1`)"),
+    PORT,
+)  # fmt: skip
+SERVE_OPTIONS: tuple[Option, ...] = (
+    PROFILE,
+    *OVERRIDES,
+    Option("dry_run", ("--dry-run",), (), boolean, False,
+           "print the engine command (stdout) and its environment (stderr), then exit"),
+    Option("list", ("--list",), (), boolean, False, "list the profiles and exit"),
+    # Read where they are used; listed here for the README.
+    Option("api_key", (), (API_KEY_ENV,), str, None, "API key required on `/v1`",
+           shown_default="local key file"),
+    Option("state_dir", (), (STATE_DIR_ENV,), str, None, "local key and `up`'s logs",
+           shown_default="`$XDG_STATE_HOME/mixvllm`"),
+    Option("vllm_bin", (), (VLLM_BIN_ENV,), str, None, "which vLLM to run",
+           shown_default="`.venv-vllm/bin/vllm`, then `vllm` on PATH"),
+)  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -96,44 +140,8 @@ def resolve_api_key(env: Mapping[str, str], *, create: bool = True) -> tuple[str
     return key, str(path)
 
 
-def add_profile_flags(parser: argparse.ArgumentParser) -> None:
-    """The override flags shared by `serve` and `up`; each falls back to its env var."""
-    add = parser.add_argument
-    add("--profile", help=f"profile name or path to a .yaml file [${ENV['profile']}]")
-    add("--model", help=f"model id, directory or .gguf file [${ENV['model']}]")
-    add("--served-model-name", help=f"name clients ask for [${ENV['served_model_name']}]")
-    add("--tensor-parallel-size", help=f"GPUs per pipeline stage [${ENV['tensor_parallel_size']}]")
-    add("--pipeline-parallel-size", help=f"pipeline stages [${ENV['pipeline_parallel_size']}]")
-    add("--max-model-len", help=f"context length in tokens [${ENV['max_model_len']}]")
-    add(
-        "--gpu-memory-utilization",
-        help=f"fraction of GPU memory for vLLM [${ENV['gpu_memory_utilization']}]",
-    )
-    add("--host", help=f"address the engine binds [${ENV['host']}]")
-    add("--port", help=f"port the engine listens on [${ENV['port']}]")
-
-
-def _pick(args: argparse.Namespace, env: Mapping[str, str], dest: str) -> str | None:
-    value = getattr(args, dest, None)
-    if value is not None:
-        return str(value)
-    raw = env.get(ENV[dest], "").strip()
-    return raw or None
-
-
-def _source(args: argparse.Namespace, dest: str) -> str:
-    flag = "--" + dest.replace("_", "-")
-    return flag if getattr(args, dest, None) is not None else ENV[dest]
-
-
-def _as_int(args: argparse.Namespace, dest: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ConfigError(f"{_source(args, dest)}: must be an integer {low}..{high}, got {raw!r}")
-    return value
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    add_to_parser(parser, SERVE_OPTIONS)
 
 
 def _served_name_for(model: str) -> str:
@@ -144,36 +152,13 @@ def _served_name_for(model: str) -> str:
 
 
 def apply_overrides(profile: Profile, args: argparse.Namespace, env: Mapping[str, str]) -> Profile:
-    changes: dict[str, object] = {}
-    model = _pick(args, env, "model")
-    if model is not None:
-        changes["model"] = model
-        changes["served_model_name"] = _served_name_for(model)
-    served = _pick(args, env, "served_model_name")
-    if served is not None:
-        changes["served_model_name"] = served
-    for dest, low, high in (
-        ("tensor_parallel_size", 1, 1024),
-        ("pipeline_parallel_size", 1, 1024),
-        ("max_model_len", 16, 10_000_000),
-        ("port", 1, 65535),
-    ):
-        raw = _pick(args, env, dest)
-        if raw is not None:
-            changes[dest] = _as_int(args, dest, raw, low, high)
-    raw = _pick(args, env, "gpu_memory_utilization")
-    if raw is not None:
-        try:
-            fraction = float(raw)
-        except ValueError:
-            fraction = -1.0
-        if not 0.0 < fraction <= 1.0:
-            source = _source(args, "gpu_memory_utilization")
-            raise ConfigError(f"{source}: must be a number in (0, 1], got {raw!r}")
-        changes["gpu_memory_utilization"] = fraction
-    host = _pick(args, env, "host")
-    if host is not None:
-        changes["host"] = host
+    try:
+        values = resolve(OVERRIDES, env, args)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from exc
+    changes = {dest: value for dest, value in values.items() if value is not None}
+    if "model" in changes:
+        changes.setdefault("served_model_name", _served_name_for(changes["model"]))
     if not changes:
         return profile
     try:
@@ -183,7 +168,10 @@ def apply_overrides(profile: Profile, args: argparse.Namespace, env: Mapping[str
 
 
 def load_profile(args: argparse.Namespace, env: Mapping[str, str]) -> Profile:
-    name = _pick(args, env, "profile") or profiles.DEFAULT_PROFILE
+    try:
+        name = value(PROFILE, env, args)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from exc
     return apply_overrides(profiles.load(name), args, env)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from mixvllm_common.urls import server_root
+
 
 class NotReady(Exception):
     """The server did not become ready in time, or refused our key."""
@@ -22,14 +24,6 @@ class Probe:
     ready: bool
     detail: str
     fatal: bool = False
-
-
-def root_url(url: str) -> str:
-    """`http://h:p/v1/` -> `http://h:p` (the chat CLI accepts both forms, so do we)."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    return url.removesuffix("/v1")
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -69,7 +63,7 @@ def wait(
 
     `alive` lets a caller that owns the server process stop waiting when it dies.
     """
-    root = root_url(url)
+    root = server_root(url)
     start = time.monotonic()
     last_report = start
     detail = "not polled yet"
@@ -94,7 +88,7 @@ def wait(
 
 def first_answer(url: str, *, model: str, api_key: str | None, timeout: float = 60.0) -> str:
     """Ask for one token of a chat completion: proves the model really answers."""
-    root = root_url(url)
+    root = server_root(url)
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hi."}],

@@ -17,15 +17,33 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, NoReturn
 
+from mixvllm_common import defaults
+from mixvllm_common.options import Option, OptionError, add_to_parser, integer, number, resolve
 from model_server import config, health
 
-TERMINAL_ENV_PREFIX = "MIXVLLM_TERMINAL_"
 STOP_GRACE_S = 10.0
+_PORT = integer(1, 65535, "a port number")
+_TERMINAL = defaults.TERMINAL_ENV_PREFIX
+# The terminal's options share its env vars, so `up` and `mixvllm-terminal` read the same.
+OPTIONS: tuple[Option, ...] = (
+    config.PROFILE,
+    replace(config.PORT, dest="model_port", flags=("--model-port",), kind=_PORT,
+            help="model server port"),
+    Option("terminal_host", ("--terminal-host",), (_TERMINAL + "HOST",), str,
+           defaults.DEFAULT_TERMINAL_HOST, "terminal bind address", "HOST"),
+    Option("terminal_port", ("--terminal-port",), (_TERMINAL + "PORT",), _PORT,
+           defaults.DEFAULT_TERMINAL_PORT, "terminal port", "PORT"),
+    Option("timeout", ("--timeout",), ("MIXVLLM_MODEL_TIMEOUT",),
+           number(0, what="a positive number"), 600.0,
+           "seconds to wait for the model's first answer", "SECONDS"),
+    Option("token", (), (_TERMINAL + "TOKEN",), str, None,
+           "terminal token (printed in the URL)", shown_default="new each run"),
+)  # fmt: skip
 
 
 class UpError(Exception):
@@ -50,55 +68,26 @@ class UpConfig:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--profile", help=f"model profile [${config.ENV['profile']}] (default: embedded)")
-    add("--model-port", help=f"model server port [${config.ENV['port']}] (default: the profile's)")
-    add(
-        "--terminal-host",
-        help=f"terminal bind address [${TERMINAL_ENV_PREFIX}HOST] (default: 127.0.0.1)",
-    )
-    add("--terminal-port", help=f"terminal port [${TERMINAL_ENV_PREFIX}PORT] (default: 8888)")
-    add(
-        "--timeout",
-        help="seconds to wait for the model's first answer [$MIXVLLM_MODEL_TIMEOUT] (default: 600)",
-    )
-
-
-def _port(raw: str, what: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 0 < value < 65536:
-        raise config.ConfigError(f"{what}: must be a port number 1..65535, got {raw!r}")
-    return value
+    add_to_parser(parser, OPTIONS)
 
 
 def build(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
-    profile_args = argparse.Namespace(profile=args.profile)
-    if args.model_port is not None:
-        profile_args.port = _port(str(args.model_port), "--model-port")
-    profile = config.load_profile(profile_args, env)
-    raw_timeout = args.timeout or env.get("MIXVLLM_MODEL_TIMEOUT") or "600"
     try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        timeout = -1.0
-    if timeout <= 0:
-        raise config.ConfigError(f"--timeout: must be a positive number, got {raw_timeout!r}")
-    terminal_port = args.terminal_port or env.get(TERMINAL_ENV_PREFIX + "PORT") or "8888"
-    terminal_host = args.terminal_host or env.get(TERMINAL_ENV_PREFIX + "HOST") or "127.0.0.1"
-    token = env.get(TERMINAL_ENV_PREFIX + "TOKEN") or secrets.token_urlsafe(24)
+        v = resolve(OPTIONS, env, args)
+    except OptionError as exc:
+        raise config.ConfigError(str(exc)) from exc
+    profile_args = argparse.Namespace(profile=v["profile"], port=v["model_port"])
+    profile = config.load_profile(profile_args, env)
     api_key, _ = config.resolve_api_key(env)
     return UpConfig(
         profile_args=profile_args,
         model_host=profile.host,
         model_port=profile.port,
-        terminal_host=terminal_host,
-        terminal_port=_port(str(terminal_port), "--terminal-port"),
-        token=token,
+        terminal_host=v["terminal_host"],
+        terminal_port=v["terminal_port"],
+        token=v["token"] or secrets.token_urlsafe(24),
         api_key=api_key,
-        timeout=timeout,
+        timeout=v["timeout"],
         log_dir=config.state_dir(env),
     )
 
@@ -180,6 +169,37 @@ def _failed(message: str, log_path: Path) -> UpError:
     return UpError(f"{message}\n--- last lines of {log_path} ---\n{_tail(log_path)}")
 
 
+def _start_terminal(
+    cfg: UpConfig, env: Mapping[str, str], log_path: Path, children: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start the terminal server (added to `children` at once) and wait until it listens."""
+    cmd = [sys.executable, "-m", "terminal_server"]
+    cmd += ["--host", cfg.terminal_host, "--port", str(cfg.terminal_port)]
+    # The token goes through the env, not a flag: flags show in `ps`.
+    terminal = _spawn(cmd, {**env, _TERMINAL + "TOKEN": cfg.token}, log_path)
+    children.append(terminal)
+    try:
+        _wait_tcp(
+            _connect_host(cfg.terminal_host), cfg.terminal_port, 30.0,
+            lambda: terminal.poll() is None,
+        )  # fmt: skip
+    except UpError as exc:
+        raise _failed(str(exc), log_path) from exc
+    return terminal
+
+
+def _watch(
+    children: Mapping[str, tuple[subprocess.Popen[bytes], Path]], stop: threading.Event
+) -> NoReturn:
+    """Raise UpError when a child exits; the signal handler ends the wait with _Stop."""
+    while True:
+        for name, (proc, log_path) in children.items():
+            code = proc.poll()
+            if code is not None:
+                raise _failed(f"the {name} exited unexpectedly (exit code {code})", log_path)
+        stop.wait(0.5)
+
+
 def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int:
     def say(line: str) -> None:
         print(f"mixvllm-serve up: {line}", file=out, flush=True)
@@ -203,8 +223,7 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
         child_env = {**env, config.API_KEY_ENV: cfg.api_key}
 
         model_cmd = [sys.executable, "-m", "model_server", "--port", str(cfg.model_port)]
-        if cfg.profile_args.profile:
-            model_cmd += ["--profile", cfg.profile_args.profile]
+        model_cmd += ["--profile", cfg.profile_args.profile]
         say(f"starting model server {profile.name!r} at {model_url} (log: {model_log})")
         model = _spawn(model_cmd, child_env, model_log)
         children.append(model)
@@ -218,34 +237,13 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
             raise _failed(str(exc), model_log) from exc
         say(f"model {profile.served_model_name!r} answers")
 
-        terminal_env = {
-            **child_env,
-            "MODEL_SERVER_URL": model_url,
-            TERMINAL_ENV_PREFIX + "TOKEN": cfg.token,
-        }
-        terminal_cmd = [sys.executable, "-m", "terminal_server"]
-        terminal_cmd += ["--host", cfg.terminal_host, "--port", str(cfg.terminal_port)]
-        terminal = _spawn(terminal_cmd, terminal_env, terminal_log)
-        children.append(terminal)
-        try:
-            _wait_tcp(
-                _connect_host(cfg.terminal_host), cfg.terminal_port, 30.0,
-                lambda: terminal.poll() is None,
-            )  # fmt: skip
-        except UpError as exc:
-            raise _failed(str(exc), terminal_log) from exc
+        terminal_env = {**child_env, defaults.MODEL_SERVER_URL_ENV: model_url}
+        terminal = _start_terminal(cfg, terminal_env, terminal_log, children)
         host = _http_host(_connect_host(cfg.terminal_host))
         say(f"terminal ready: http://{host}:{cfg.terminal_port}/?token={cfg.token}")
         say(f"terminal log: {terminal_log}; press Ctrl-C to stop both servers")
-        while True:
-            for name, proc, log_path in (
-                ("model server", model, model_log),
-                ("terminal server", terminal, terminal_log),
-            ):
-                code = proc.poll()
-                if code is not None:
-                    raise _failed(f"the {name} exited unexpectedly (exit code {code})", log_path)
-            stop_requested.wait(0.5)
+        _watch({"model server": (model, model_log), "terminal server": (terminal, terminal_log)},
+               stop_requested)  # fmt: skip
     except _Stop:
         say("stopping")
         return 0

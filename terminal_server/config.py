@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "MIXVLLM_TERMINAL_"
-# Variables handed to every session so `chat` finds the model server.
-PASSTHROUGH_ENV = ("MODEL_SERVER_URL", "VLLM_API_KEY", "OPENAI_API_KEY")
-DEFAULT_MODEL_SERVER_URL = "http://localhost:8000"  # chat's default too
+from mixvllm_common import defaults
+from mixvllm_common.options import Kind, Option, OptionError, add_to_parser, boolean, resolve
+
+ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
 
 
 class ConfigError(ValueError):
@@ -25,8 +25,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 8888
+    host: str = defaults.DEFAULT_TERMINAL_HOST
+    port: int = defaults.DEFAULT_TERMINAL_PORT
     autostart_chat: bool = True
     chat_command: tuple[str, ...] = ("chat",)
     shell: tuple[str, ...] = ("/bin/bash",)
@@ -43,7 +43,7 @@ class Config:
     max_message_bytes: int = 1024 * 1024
     cwd: str = str(Path.home())
     # Polled for the page's status bar; the same URL and key reach `chat` through the env.
-    model_server_url: str = DEFAULT_MODEL_SERVER_URL
+    model_server_url: str = defaults.DEFAULT_MODEL_SERVER_URL
     model_api_key: str | None = None
 
     @property
@@ -64,15 +64,6 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _env_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"not a boolean: {value!r}")
-
-
 def _default_chat() -> str:
     # Prefer the `chat` installed next to this interpreter (the venv), so sessions find it
     # even when the venv is not on PATH. A tab opened while the model loads waits for it.
@@ -84,58 +75,58 @@ def _default_shell(env: Mapping[str, str]) -> str:
     return env.get("SHELL") or shutil.which("bash") or "/bin/sh"
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """Flags; each falls back to MIXVLLM_TERMINAL_<NAME> (listed in --help)."""
+def _opt(dest: str, kind: Kind, default: object, help_: str, **more: Any) -> Option:
+    """A flag named after `dest`, falling back to MIXVLLM_TERMINAL_<DEST>."""
+    flag = "--" + dest.replace("_", "-")
+    return Option(dest, (flag,), (ENV_PREFIX + dest.upper(),), kind, default, help_, **more)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("host", str, defaults.DEFAULT_TERMINAL_HOST,
+         "bind address; anything but loopback requires the token", metavar="HOST"),
+    _opt("port", int, defaults.DEFAULT_TERMINAL_PORT, "TCP port; `0` picks a free one",
+         metavar="PORT"),
+    _opt("autostart_chat", boolean, True,
+         "start `chat` in each new session; the shell follows when it exits",
+         off_flag="--no-autostart-chat"),
+    _opt("chat_command", str, None,
+         "the chat command line; `--wait` lets a tab opened while the model loads wait for it",
+         metavar="LINE",
+         shown_default="`chat --wait 120` (the `chat` beside the server's Python)"),
+    _opt("shell", str, None, "shell command line per session", metavar="LINE",
+         shown_default="the `SHELL` variable, else bash"),
+    _opt("token", str, None,
+         "access token (≥ 8 characters) for every request and the WebSocket",
+         metavar="TOKEN", shown_default="generated and printed"),
+    _opt("no_auth", boolean, False, "no token; refused unless bound to loopback"),
+    _opt("max_sessions", int, 32, "sessions at most; the next one is refused with a message",
+         metavar="N"),
+    _opt("base_path", str, "/", "URL prefix behind a reverse proxy", metavar="PATH"),
+    _opt("certfile", str, None, "TLS certificate (PEM); serves https", metavar="FILE"),
+    _opt("keyfile", str, None, "TLS private key (PEM)", metavar="FILE"),
+    _opt("allowed_origins", str, "",
+         "comma-separated extra WebSocket origins (e.g. the proxy's public URL)",
+         metavar="ORIGINS"),
+    _opt("idle_timeout", float, 600.0, "seconds a session lives without a client",
+         metavar="SECONDS"),
+    _opt("scrollback_bytes", int, 256 * 1024,
+         "recent output kept per session, replayed on reattach", metavar="N"),
+    _opt("flow_window", int, 256 * 1024,
+         "unacknowledged output bytes per client before the PTY is paused", metavar="N"),
+    Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
+           defaults.DEFAULT_MODEL_SERVER_URL,
+           "passed through to every session (for `chat`) and polled for the status bar"),
+    Option("model_api_key", (), defaults.CLIENT_API_KEY_ENVS, str, None,
+           "passed through to every session and sent by the status bar's polls"),
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mixvllm-terminal",
         description="Browser terminal: xterm.js over a WebSocket, one PTY per tab.",
     )
-
-    def add(flag: str, help_: str, default: str | None, **kw: Any) -> None:
-        name = flag.lstrip("-").replace("-", "_").upper()
-        value = env.get(ENV_PREFIX + name, default)
-        if value is not None and kw.get("type") in (int, float):
-            value = kw["type"](value)  # a malformed value raises ValueError -> ConfigError
-        shown = f" (default: {default})" if default else ""
-        p.add_argument(flag, default=value, help=f"{help_} [${ENV_PREFIX}{name}]{shown}", **kw)
-
-    add("--host", "bind address", "127.0.0.1")
-    add("--port", "TCP port; 0 picks a free one", "8888", type=int)
-    auto = _env_bool(env.get(ENV_PREFIX + "AUTOSTART_CHAT", "1"))
-    chat = p.add_mutually_exclusive_group()
-    chat.add_argument(
-        "--autostart-chat",
-        dest="autostart_chat",
-        action="store_true",
-        default=auto,
-        help=f"start `chat` in each new session; the shell follows when it exits "
-        f"[${ENV_PREFIX}AUTOSTART_CHAT=1|0] (default: on)",
-    )
-    chat.add_argument(
-        "--no-autostart-chat",
-        dest="autostart_chat",
-        action="store_false",
-        help="sessions start the shell directly",
-    )
-    add("--chat-command", "chat command line", _default_chat())
-    add("--shell", "shell command line per session", _default_shell(env))
-    add("--token", "access token, at least 8 characters (default: generated, printed)", None)
-    p.add_argument(
-        "--no-auth",
-        action="store_true",
-        default=_env_bool(env.get(ENV_PREFIX + "NO_AUTH", "0")),
-        help=f"disable the token; only allowed on a loopback address [${ENV_PREFIX}NO_AUTH=1]",
-    )
-    add("--max-sessions", "sessions at most; the next one is refused", "32", type=int)
-    add("--base-path", "URL prefix when served behind a reverse proxy", "/")
-    add("--certfile", "TLS certificate (PEM); serves https", None)
-    add("--keyfile", "TLS private key (PEM)", None)
-    add("--allowed-origins", "comma-separated extra WebSocket origins", "")
-    add("--idle-timeout", "seconds a session lives without a client", "600", type=float)
-    add("--scrollback-bytes", "recent output kept per session, replayed on reattach",
-        str(256 * 1024), type=int)  # fmt: skip
-    add("--flow-window", "unacknowledged output bytes per client before the PTY pauses",
-        str(256 * 1024), type=int)  # fmt: skip
+    add_to_parser(p, OPTIONS)
     return p
 
 
@@ -144,56 +135,61 @@ def _normalize_base(path: str) -> str:
     return path if path == "/" else path + "/"
 
 
+def _check(v: Mapping[str, Any]) -> None:
+    if not 0 <= v["port"] < 65536:  # 0: any free port (tests, benchmarks)
+        raise ConfigError(f"--port out of range: {v['port']}")
+    if v["max_sessions"] < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+    if v["idle_timeout"] <= 0:
+        raise ConfigError("--idle-timeout must be positive")
+    if v["flow_window"] < 4096:
+        raise ConfigError("--flow-window must be at least 4096")
+    if v["scrollback_bytes"] < 0:
+        raise ConfigError("--scrollback-bytes must not be negative")
+    if v["no_auth"] and not is_loopback_host(v["host"]):
+        raise ConfigError("--no-auth is only allowed on a loopback address (e.g. 127.0.0.1)")
+    if v["no_auth"] and v["token"]:
+        raise ConfigError("--no-auth and --token exclude each other")
+    if bool(v["certfile"]) != bool(v["keyfile"]):
+        raise ConfigError("--certfile and --keyfile go together")
+    if v["token"] is not None and len(v["token"]) < 8:
+        raise ConfigError("--token must be at least 8 characters")
+
+
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Parse flags (falling back to MIXVLLM_TERMINAL_* variables) into a validated Config."""
     env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
     try:
-        args = build_parser(env).parse_args(argv)
-    except ValueError as exc:  # a malformed env value in a default
+        v = resolve(OPTIONS, env, args)
+    except OptionError as exc:
         raise ConfigError(str(exc)) from exc
     try:
-        shell = tuple(shlex.split(args.shell))
-        chat_cmd = tuple(shlex.split(args.chat_command))
+        shell = tuple(shlex.split(v["shell"] or _default_shell(env)))
+        chat_cmd = tuple(shlex.split(v["chat_command"] or _default_chat()))
     except ValueError as exc:
         raise ConfigError(f"cannot parse command line: {exc}") from exc
     if not shell or not chat_cmd:
         raise ConfigError("--shell and --chat-command must not be empty")
-    if not 0 <= args.port < 65536:  # 0: any free port (tests, benchmarks)
-        raise ConfigError(f"--port out of range: {args.port}")
-    if args.max_sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
-    if args.idle_timeout <= 0:
-        raise ConfigError("--idle-timeout must be positive")
-    if args.flow_window < 4096:
-        raise ConfigError("--flow-window must be at least 4096")
-    if args.scrollback_bytes < 0:
-        raise ConfigError("--scrollback-bytes must not be negative")
-    if args.no_auth and not is_loopback_host(args.host):
-        raise ConfigError("--no-auth is only allowed on a loopback address (e.g. 127.0.0.1)")
-    if args.no_auth and args.token:
-        raise ConfigError("--no-auth and --token exclude each other")
-    if bool(args.certfile) != bool(args.keyfile):
-        raise ConfigError("--certfile and --keyfile go together")
-    if args.token is not None and len(args.token) < 8:
-        raise ConfigError("--token must be at least 8 characters")
-    origins = tuple(o.strip().rstrip("/") for o in args.allowed_origins.split(",") if o.strip())
+    _check(v)
+    origins = tuple(o.strip().rstrip("/") for o in v["allowed_origins"].split(",") if o.strip())
     return Config(
-        host=args.host,
-        port=args.port,
-        autostart_chat=args.autostart_chat,
+        host=v["host"],
+        port=v["port"],
+        autostart_chat=v["autostart_chat"],
         chat_command=chat_cmd,
         shell=shell,
-        token=args.token or None,
-        no_auth=args.no_auth,
-        max_sessions=args.max_sessions,
-        base_path=_normalize_base(args.base_path),
-        certfile=args.certfile,
-        keyfile=args.keyfile,
+        token=v["token"] or None,
+        no_auth=v["no_auth"],
+        max_sessions=v["max_sessions"],
+        base_path=_normalize_base(v["base_path"]),
+        certfile=v["certfile"] or None,
+        keyfile=v["keyfile"] or None,
         allowed_origins=origins,
-        idle_timeout=args.idle_timeout,
-        scrollback_bytes=args.scrollback_bytes,
-        flow_window=args.flow_window,
+        idle_timeout=v["idle_timeout"],
+        scrollback_bytes=v["scrollback_bytes"],
+        flow_window=v["flow_window"],
         cwd=env.get("HOME") or str(Path.home()),
-        model_server_url=env.get("MODEL_SERVER_URL") or DEFAULT_MODEL_SERVER_URL,
-        model_api_key=env.get("VLLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
+        model_server_url=v["model_server_url"],
+        model_api_key=v["model_api_key"],
     )

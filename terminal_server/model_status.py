@@ -18,6 +18,8 @@ from typing import Literal
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from mixvllm_common.urls import server_root
+
 log = logging.getLogger(__name__)
 
 # "busy": the server took the connection but did not answer in time; llama.cpp's server,
@@ -66,12 +68,6 @@ def parse_prometheus(text: str, names: tuple[str, ...]) -> dict[str, float]:
     return found
 
 
-def model_api_root(model_server_url: str) -> str:
-    """`http://host:8000` or `http://host:8000/v1` -> `http://host:8000`."""
-    root = model_server_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
 class ModelStatusPoller:
     """Keeps the latest `ModelStatus` of one model server, refreshed every `interval` s."""
 
@@ -82,7 +78,7 @@ class ModelStatusPoller:
         interval: float = 3.0,
         timeout: float = 2.0,
     ) -> None:
-        self._root = model_api_root(model_server_url)
+        self._root = server_root(model_server_url)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._interval = interval
         self._timeout = timeout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chat_cli.__main__ import main
-from chat_cli.config import OPTIONS, build_parser, load_config, normalize_url
+from chat_cli.config import OPTIONS, build_parser, load_config
 from chat_cli.errors import ConfigError
 from tests.chat_support import CHAT, chat_env, closed_port_url, conversations, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, FakeServer, tokens
@@ -47,11 +47,6 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 
 # -- config -------------------------------------------------------------------------------
-def test_url_accepted_with_or_without_v1() -> None:
-    for url in ("http://h:8000", "http://h:8000/", "http://h:8000/v1", "h:8000/v1/"):
-        assert normalize_url(url) == "http://h:8000/v1"
-
-
 def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     config_file = tmp_path / "config" / "mixvllm" / "chat.toml"
     config_file.parent.mkdir(parents=True)

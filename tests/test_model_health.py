@@ -71,12 +71,6 @@ def _until(condition: object, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-def test_root_url_accepts_both_forms() -> None:
-    assert health.root_url("http://h:1/v1/") == "http://h:1"
-    assert health.root_url("h:1") == "http://h:1"
-    assert health.root_url("http://h:1") == "http://h:1"
-
-
 def test_waits_for_a_server_that_comes_up_late() -> None:
     port = free_port()
     polls: list[str] = []

@@ -10,7 +10,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from terminal_server.model_status import ModelStatusPoller, model_api_root, parse_prometheus
+from terminal_server.model_status import ModelStatusPoller, parse_prometheus
 
 from .terminal_support import running_server
 
@@ -70,11 +70,6 @@ def test_parse_prometheus_sums_label_sets_and_ignores_lookalikes() -> None:
         ("vllm:num_requests_running", "vllm:kv_cache_usage_perc"),
     )
     assert found == {"vllm:num_requests_running": 5.0, "vllm:kv_cache_usage_perc": 0.25}
-
-
-def test_model_api_root_accepts_url_with_or_without_v1() -> None:
-    assert model_api_root("http://h:8000/v1/") == "http://h:8000"
-    assert model_api_root("http://h:8000") == "http://h:8000"
 
 
 @pytest.mark.parametrize("scripted_server", [([503, 200], VLLM_METRICS)], indirect=True)
