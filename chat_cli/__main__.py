@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from chat_cli import client as client_mod
 from chat_cli import conversation as conv_mod
-from chat_cli.client import Answer, ChatClient, Sampling
+from chat_cli.answer import Answer
+from chat_cli.client import ChatClient, Sampling
 from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ModelNotFound, NoModels, ServerUnreachable
 from chat_cli.render import PlainRenderer, Renderer, make_renderer

@@ -6,18 +6,22 @@ in the background by the REPL) and never at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-import math
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chat_cli import errors
+from chat_cli import errors, sse
+from chat_cli.answer import Answer, Usage, estimate_tokens
 from chat_cli.errors import ChatError
+from chat_cli.sse import Piece
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -40,57 +44,6 @@ class Sampling:
             if value is not None:
                 params[name] = value
         return params
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool
-
-
-@dataclass
-class Answer:
-    """What came back for one request, filled in as the stream goes."""
-
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
-    ended_at: float | None = None
-    chunks: int = 0
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    done: bool = False  # [DONE] seen
-    events: int = 0  # server-sent events received
-
-    @property
-    def text(self) -> str:
-        return "".join(self.content)
-
-    @property
-    def reasoning_text(self) -> str:
-        return "".join(self.reasoning)
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.started
-
-    @property
-    def elapsed(self) -> float:
-        return (self.ended_at or time.monotonic()) - self.started
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        if self.usage is None or self.first_token_at is None:
-            return None
-        span = (self.ended_at or time.monotonic()) - self.first_token_at
-        return self.usage.completion_tokens / span if span > 0 else None
-
-
-def _estimate_tokens(chars: int) -> int:
-    """About four characters per token: only used when the server reports no usage."""
-    return math.ceil(chars / 4)
 
 
 def fetch_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> list[str]:
@@ -182,117 +135,180 @@ class ChatClient:
         *,
         stream: bool = True,
         completions: bool = False,
-    ) -> Generator[tuple[str, str], None, None]:
+        cancel: Cancel | None = None,
+    ) -> Iterator[Piece]:
         """Yield ("content" | "reasoning", text) pieces, filling `answer` as they come.
 
-        Raises ChatError subclasses only. Closing the generator (Ctrl-C) closes the response.
+        Raises ChatError subclasses only. `cancel` stops the request from another thread.
         """
         import openai  # noqa: PLC0415 (slow import, ~1 s)
 
-        started = False
+        cancel = cancel or Cancel()
+        params = sampling.request_params()
+        if completions:
+            params["prompt"] = "\n".join(m["content"] for m in messages) + "\n"
+        else:
+            params["messages"] = messages
         try:
-            params = sampling.request_params()
-            if completions:
-                params["prompt"] = "\n".join(m["content"] for m in messages) + "\n"
-                api: Any = self.sdk.completions
+            if stream:
+                yield from self._streamed(params, answer, completions, cancel)
             else:
-                params["messages"] = messages
-                api = self.sdk.chat.completions
-            if not stream:
-                response = api.create(**params)
-                started = True
-                yield from self._whole(response, answer, completions)
-                return
-            params["stream"] = True
-            params["stream_options"] = {"include_usage": True}
-            # The raw response: the SDK's per-chunk model building costs ~0.1 ms a token,
-            # more than rendering; parsing the SSE lines here is several times cheaper.
-            with api.with_streaming_response.create(**params) as response:
-                started = True
-                timeout_error, transport_error = _transport_errors(response.http_response)
-                try:
-                    yield from _pieces(_sse_events(response.iter_lines()), answer, completions)
-                except timeout_error as err:
-                    if answer.finish_reason is None:
-                        raise errors.stalled(self.stall_timeout) from err
-                except transport_error as err:
-                    # After finish_reason only [DONE] (and vLLM's usage chunk) can be lost:
-                    # the answer is whole. Before it, it is not, however much text came.
-                    if answer.events and answer.finish_reason is None:
-                        raise errors.connection_cut() from err
-            # finish_reason, not [DONE], says the answer ended: vLLM and llama.cpp always
-            # send it; llama-cpp-python sends [DONE] without it when it drops an answer for
-            # another request.
-            if answer.finish_reason is None:
-                if answer.events == 0:
-                    # llama.cpp ends (or drops) the stream without a word when the request
-                    # cannot run, e.g. a prompt over the context size; asked without
-                    # streaming, it says why.
-                    del params["stream"], params["stream_options"]
-                    # Retries: the pooled connection may be the one the server just dropped.
-                    again = self.sdk.with_options(max_retries=2)
-                    api = again.completions if completions else again.chat.completions
-                    yield from self._whole(api.create(**params), answer, completions)
-                    return
-                raise errors.incomplete_stream(answer.done)
-        except openai.APITimeoutError as err:
-            raise errors.stalled(self.stall_timeout) from err
+                response = _endpoint(self.sdk, completions).create(**params)
+                if not cancel.cancelled:
+                    yield from _whole(response, answer, completions)
+        except openai.APIError as err:
+            raise self._api_error(err, sampling.model) from err
+        finally:
+            answer.end(sum(len(m["content"]) for m in messages))
+
+    def _streamed(
+        self, params: dict[str, Any], answer: Answer, completions: bool, cancel: Cancel
+    ) -> Iterator[Piece]:
+        import openai  # noqa: PLC0415 (imported by stream() already)
+
+        streaming = {**params, "stream": True, "stream_options": {"include_usage": True}}
+        # The raw response: see chat_cli.sse for why the SDK's chunk objects are skipped.
+        endpoint = _endpoint(self.sdk, completions)
+        with endpoint.with_streaming_response.create(**streaming) as response:
+            cancel.attach(response.http_response)
+            try:
+                yield from self._read(response, answer, completions)
+            finally:
+                cancel.detach()
+        # finish_reason, not [DONE], says the answer ended: vLLM and llama.cpp always send it;
+        # llama-cpp-python sends [DONE] without it when it drops an answer for another request.
+        if cancel.cancelled or answer.finish_reason is not None:
+            return
+        if answer.events:
+            raise errors.incomplete_stream(answer.done)
+        # llama.cpp ends (or drops) the stream without a word when the request cannot run,
+        # e.g. a prompt over the context size; asked without streaming, it says why.
+        # Retries: the pooled connection may be the one the server just dropped.
+        retrying = self.sdk.with_options(max_retries=2)
+        try:
+            whole = _endpoint(retrying, completions).create(**params)
+        except openai.APITimeoutError:
+            raise
         except openai.APIConnectionError as err:
-            if started:
+            raise errors.connection_cut() from err
+        yield from _whole(whole, answer, completions)
+
+    def _read(self, response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
+        timeout_error, transport_error = _transport_errors(response.http_response)
+        try:
+            yield from sse.pieces(sse.events(response.iter_lines()), answer, completions)
+        except timeout_error as err:
+            if answer.finish_reason is None:
+                raise errors.stalled(self.stall_timeout) from err
+        except transport_error as err:
+            # After finish_reason only [DONE] (and vLLM's usage chunk) can be lost: the answer
+            # is whole. Before it, it is not, however much text came.
+            if answer.events and answer.finish_reason is None:
                 raise errors.connection_cut() from err
+
+    def _api_error(self, err: Exception, model: str) -> ChatError:
+        import openai  # noqa: PLC0415 (imported by stream() already)
+
+        if isinstance(err, openai.APITimeoutError):
+            return errors.stalled(self.stall_timeout)
+        if isinstance(err, openai.APIConnectionError):
             reason = errors.short(str(err.__cause__ or err))
-            raise errors.ServerUnreachable(self.base_url, reason) from err
-        except openai.AuthenticationError as err:
-            raise errors.AuthFailed(self.base_url) from err
-        except openai.NotFoundError as err:
+            return errors.ServerUnreachable(self.base_url, reason)
+        if isinstance(err, openai.APIStatusError):
+            return self._status_error(err, model)
+        return errors.error_event(_detail(err))
+
+    def _status_error(self, err: Any, model: str) -> ChatError:
+        import openai  # noqa: PLC0415 (imported by stream() already)
+
+        if isinstance(err, openai.AuthenticationError):
+            return errors.AuthFailed(self.base_url)
+        detail = _detail(err)
+        if isinstance(err, openai.NotFoundError):
             try:
                 served = self.models()
             except ChatError:
                 served = []
-            if sampling.model in served:
-                raise errors.BadRequest(404, _detail(err)) from err
-            raise errors.ModelNotFound(sampling.model, served) from err
-        except openai.APIStatusError as err:
-            detail = _detail(err)
-            if err.status_code >= 500:
-                raise errors.ServerFailed(err.status_code, detail) from err
-            if err.status_code in (400, 413) and any(h in detail.lower() for h in CONTEXT_HINTS):
-                raise errors.ContextTooLong(detail) from err
-            raise errors.BadRequest(err.status_code, detail) from err
-        except openai.APIError as err:
-            raise errors.error_event(_detail(err)) from err
-        finally:
-            answer.ended_at = time.monotonic()
-            if answer.usage is None:
-                prompt_chars = sum(len(m["content"]) for m in messages)
-                answer.usage = Usage(_estimate_tokens(prompt_chars), answer.chunks, True)
+            if model in served:
+                return errors.BadRequest(404, detail)
+            return errors.ModelNotFound(model, served)
+        if err.status_code >= 500:
+            return errors.ServerFailed(err.status_code, detail)
+        if err.status_code in (400, 413) and any(h in detail.lower() for h in CONTEXT_HINTS):
+            return errors.ContextTooLong(detail)
+        return errors.BadRequest(err.status_code, detail)
 
-    def _whole(self, response: Any, answer: Answer, completions: bool) -> Iterator[tuple[str, str]]:
-        answer.first_token_at = time.monotonic()
-        if response.usage is not None:
-            answer.usage = Usage(
-                int(response.usage.prompt_tokens or 0),
-                int(response.usage.completion_tokens or 0),
-                False,
-            )
-        if not response.choices:
-            raise errors.malformed_stream("no choices in the response")
-        choice = response.choices[0]
-        answer.finish_reason = str(choice.finish_reason or "stop")
-        if completions:
-            text = choice.text or ""
-        else:
-            message = choice.message
-            reasoning = getattr(message, "reasoning_content", None) or getattr(
-                message, "reasoning", None
-            )
-            if reasoning:
-                answer.reasoning.append(reasoning)
-                yield "reasoning", reasoning
-            text = message.content or ""
-        answer.chunks = _estimate_tokens(len(text))
-        answer.content.append(text)
-        yield "content", text
+
+class Cancel:
+    """Stops a request from another thread: a flag the request checks, and a hang-up of its
+    streaming response's socket, which wakes a read blocked on it (closing it would not)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+
+    def attach(self, http_response: Any) -> None:
+        network = http_response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._socket = sock
+            if self.cancelled:
+                _hang_up(sock)
+
+    def detach(self) -> None:
+        """The response is over: its connection may go back to the pool, not to be hung up."""
+        with self._lock:
+            self._socket = None
+
+    def cancel(self) -> bool:
+        """Stop the request; True if a read under way was woken (the request ends soon)."""
+        with self._lock:
+            self.cancelled = True
+            if self._socket is None:
+                return False
+            _hang_up(self._socket)
+            return True
+
+
+def _hang_up(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also under TLS: the reader thread still holds the TLS state.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _endpoint(sdk: OpenAI, completions: bool) -> Any:
+    return sdk.completions if completions else sdk.chat.completions
+
+
+def _whole(response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
+    answer.first_token_at = time.monotonic()
+    if response.usage is not None:
+        answer.usage = Usage(
+            int(response.usage.prompt_tokens or 0),
+            int(response.usage.completion_tokens or 0),
+            False,
+        )
+    if not response.choices:
+        raise errors.malformed_stream("no choices in the response")
+    choice = response.choices[0]
+    answer.finish_reason = str(choice.finish_reason or "stop")
+    if completions:
+        text = choice.text or ""
+    else:
+        message = choice.message
+        reasoning = getattr(message, "reasoning_content", None) or getattr(
+            message, "reasoning", None
+        )
+        if reasoning:
+            answer.reasoning.append(reasoning)
+            yield "reasoning", reasoning
+        text = message.content or ""
+    answer.chunks = estimate_tokens(len(text))
+    answer.content.append(text)
+    yield "content", text
 
 
 def _detail(err: Exception) -> str:
@@ -311,73 +327,6 @@ def _transport_errors(http_response: Any) -> tuple[type[Exception], type[Excepti
     return library.TimeoutException, library.RequestError
 
 
-def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(event, data) for each server-sent event; multi-line data joined with newlines."""
-    event = ""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-            continue
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-    if data:
-        yield event, "\n".join(data)
-
-
-def _pieces(
-    events: Iterable[tuple[str, str]], answer: Answer, completions: bool
-) -> Iterator[tuple[str, str]]:
-    for event, data in events:
-        answer.events += 1
-        if data == "[DONE]":
-            answer.done = True
-            return
-        try:
-            chunk = json.loads(data)
-        except ValueError as err:
-            raise errors.malformed_stream(f"not JSON: {errors.short(data, 60)}") from err
-        if not isinstance(chunk, dict):
-            raise errors.malformed_stream(f"not an object: {errors.short(data, 60)}")
-        if chunk.get("error") or event == "error":
-            raise errors.error_event(_error_message(chunk))
-        try:
-            usage = chunk.get("usage")
-            if usage and usage.get("completion_tokens") is not None:
-                answer.usage = Usage(
-                    int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]), False
-                )
-            for choice in chunk.get("choices") or ():
-                if choice.get("finish_reason"):
-                    answer.finish_reason = str(choice["finish_reason"])
-                if completions:
-                    content, reasoning = choice.get("text"), None
-                else:
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content")
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                if not (content or reasoning):
-                    continue
-                answer.chunks += 1
-                if answer.first_token_at is None:
-                    answer.first_token_at = time.monotonic()
-                if reasoning:
-                    answer.reasoning.append(str(reasoning))
-                    yield "reasoning", str(reasoning)
-                if content:
-                    answer.content.append(str(content))
-                    yield "content", str(content)
-        except (AttributeError, TypeError, ValueError) as err:
-            raise errors.malformed_stream(f"unexpected chunk: {errors.short(data, 60)}") from err
-
-
 def _body_message(body: bytes, fallback: str) -> str:
     """The message of an error body: OpenAI-style JSON, or its text."""
     text = body.decode("utf-8", "replace").strip()
@@ -385,10 +334,4 @@ def _body_message(body: bytes, fallback: str) -> str:
         data = json.loads(text)
     except ValueError:
         return errors.short(text or fallback)
-    return _error_message(data) if isinstance(data, dict) else errors.short(text)
-
-
-def _error_message(chunk: dict[str, Any]) -> str:
-    inner = chunk.get("error", chunk)
-    message = inner.get("message") if isinstance(inner, dict) else inner
-    return errors.short(str(message or "unknown error"))
+    return sse.error_message(data) if isinstance(data, dict) else errors.short(text)

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from rich.cells import cell_len
 
-from chat_cli.client import Answer
+from chat_cli.answer import Answer
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,7 +75,7 @@ class Renderer(Protocol):
         """Seconds until text received but not shown yet is due on screen; None: none waits."""
 
     def tick(self) -> None:
-        """Show what `waiting` announced (called from a timer, between pieces)."""
+        """Show what `waiting` announced, once it falls due (called between pieces)."""
 
     def resized(self) -> None:
         """The terminal changed size: redraw the live part for the new size."""

@@ -145,30 +145,34 @@ class Repl:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:
                 return 0
-            if not text.strip():
-                continue
-            try:
-                if text.startswith("/"):
-                    outcome = self.commands.run(text)
-                    if isinstance(outcome, Exit):
-                        return 0
-                    if not isinstance(outcome, Send):
-                        continue
-                    text = outcome.text
-                self.ask(text)
-            except ChatError as err:
-                self.error(str(err))
-            except KeyboardInterrupt:
-                self.console.print("[cancelled]", style="yellow", markup=False)
-            except Exception as err:  # a bug must not end the session and lose the chat
-                if self.debug:
-                    traceback.print_exc()
-                self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
-            finally:
-                conversation = self.session.conversation
-                if conversation.autosave_failure:
-                    self.error(conversation.autosave_failure)
-                    conversation.autosave_failure = None
+            if text.strip() and not self.handle(text):
+                return 0
+
+    def handle(self, text: str) -> bool:
+        """Run one line: a slash command or a question. False: the line ends the session."""
+        try:
+            if text.startswith("/"):
+                outcome = self.commands.run(text)
+                if isinstance(outcome, Exit):
+                    return False
+                if not isinstance(outcome, Send):
+                    return True
+                text = outcome.text
+            self.ask(text)
+        except ChatError as err:
+            self.error(str(err))
+        except KeyboardInterrupt:
+            self.console.print("[cancelled]", style="yellow", markup=False)
+        except Exception as err:  # a bug must not end the session and lose the chat
+            if self.debug:
+                traceback.print_exc()
+            self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
+        finally:
+            conversation = self.session.conversation
+            if conversation.autosave_failure:
+                self.error(conversation.autosave_failure)
+                conversation.autosave_failure = None
+        return True
 
     def ask(self, text: str) -> None:
         renderer = make_renderer(

@@ -6,21 +6,17 @@ conversation, marked incomplete, and the conversation is autosaved after every c
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from types import FrameType
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.client import Answer, ChatClient, Sampling
+from chat_cli.answer import Answer
+from chat_cli.client import ChatClient, Sampling
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
-from chat_cli.redraw import Redraws
 from chat_cli.render import Renderer
+from chat_cli.streaming import StreamLoop
 
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
@@ -45,42 +41,6 @@ class Stats:
             self.estimated = self.estimated or answer.usage.estimated
         if answer.first_token_at is not None and answer.ended_at is not None:
             self.generation_s += answer.ended_at - answer.first_token_at
-
-
-class _Interrupts:
-    """SIGINT raises KeyboardInterrupt at once while we wait on the network, but is held back
-    while a piece is being drawn, so the terminal is never left mid escape sequence."""
-
-    def __init__(self) -> None:
-        self.shielded = False
-        self.pending = False
-
-    def handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.shielded:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, self.handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    # `with interrupts:` shields one drawing step; a plain class, as it runs once per token.
-    def __enter__(self) -> None:
-        self.shielded = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.shielded = False
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
 
 
 class Session:
@@ -112,35 +72,30 @@ class Session:
         what arrived; KeyboardInterrupt ends the answer early and is not re-raised."""
         self.conversation.messages.append(Message("user", text))
         self.conversation.autosave()
+        messages = self.conversation.api_messages()
         answer = Answer()
         note: str | None = None
         failure: ChatError | None = None
-        interrupts = _Interrupts()
+        loop = StreamLoop(renderer)
         pieces = self.client.stream(
-            self.conversation.api_messages(),
+            messages,
             self.sampling,
             answer,
             stream=self.stream,
             completions=self.completions,
+            cancel=loop.cancel,
         )
-        redraws = Redraws(renderer, interrupts)
-        with interrupts.installed():
+        saved_at = time.monotonic()
+
+        def autosave() -> None:
+            nonlocal saved_at
+            if time.monotonic() - saved_at >= AUTOSAVE_EVERY_S:
+                self._save_in_progress(answer)
+                saved_at = time.monotonic()
+
+        with loop.installed():
             try:
-                with redraws.installed():
-                    with interrupts:
-                        renderer.begin()
-                        redraws.after_piece()
-                    saved_at = time.monotonic()
-                    for kind, piece in pieces:
-                        with interrupts:
-                            if kind == "content":
-                                renderer.content(piece)
-                            else:
-                                renderer.reasoning(piece)
-                            if time.monotonic() - saved_at >= AUTOSAVE_EVERY_S:
-                                self._save_in_progress(answer)
-                                saved_at = time.monotonic()
-                            redraws.after_piece()
+                loop.run(pieces, autosave)
             except KeyboardInterrupt:
                 note = INTERRUPTED
             except errors.StreamFailed as err:
@@ -148,9 +103,8 @@ class Session:
                 note = INCOMPLETE
             except ChatError as err:
                 failure = err
-            finally:
-                pieces.close()
-            interrupts.shielded = True  # a second Ctrl-C must not cut the bookkeeping short
+            if loop.abandoned:
+                answer = answer.detached(sum(len(m["content"]) for m in messages))
             self._keep(text, answer, note)
             said_something = bool(answer.text or answer.reasoning_text)
             renderer.finish(answer, note if said_something or note == INTERRUPTED else None)

@@ -3,15 +3,20 @@ conversation intact, next question answered."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from chat_cli import errors
-from chat_cli.client import Answer, ChatClient, Sampling, fetch_models, wait_for_models
+from chat_cli.answer import Answer
+from chat_cli.client import ChatClient, Sampling, fetch_models, wait_for_models
 from chat_cli.conversation import Conversation
-from chat_cli.session import INCOMPLETE, Session
+from chat_cli.session import INCOMPLETE, INTERRUPTED, Session
 from tests.chat_support import closed_port_url, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
 
@@ -82,6 +87,27 @@ def test_happy_path_counts_tokens_when_server_sends_no_usage(fake: FakeServer) -
     assert answer.usage.completion_tokens == len(tokens(DEFAULT_ANSWER))
     assert fake.state.requests[-1]["stream_options"] == {"include_usage": True}
     assert [m.role for m in session.conversation.messages] == ["user", "assistant"]
+
+
+def test_ctrl_c_hangs_up_the_stream_keeping_what_was_shown(fake: FakeServer) -> None:
+    class CtrlCAtTheThirdWord(Collect):
+        def content(self, text: str) -> None:
+            super().content(text)
+            if len(self.parts) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    session = make_session(fake)
+    collect = CtrlCAtTheThirdWord()
+    answer = session.ask("tell me @fault:slow", collect)
+    assert collect.note == INTERRUPTED
+    kept = session.conversation.messages[-1]
+    assert (kept.content, kept.incomplete) == ("".join(collect.parts), INTERRUPTED)
+    assert answer.text == kept.content and answer.usage is not None
+    # The reader thread ended and its connection is closed, not left to the pool or the GC.
+    assert not [t for t in threading.enumerate() if t.name == "chat-reader"]
+    port = int(fake.url.rsplit(":", 1)[1])
+    client_side = [c for c in psutil.Process().net_connections() if c.raddr and c.raddr[1] == port]
+    assert client_side == []
 
 
 def test_server_usage_chunk_is_used_when_sent(fake: FakeServer) -> None:

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
-from chat_cli.client import Answer, Usage
+from chat_cli.answer import Answer, Usage
 from chat_cli.render import MarkdownRenderer, PlainRenderer, footer_text
 from tests.chat_support import XtermScreen, visible
 from tests.fake_openai import tokens

@@ -1,0 +1,72 @@
+"""What came back for one request: the values the client fills in and the renderer shows."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+
+
+def estimate_tokens(chars: int) -> int:
+    """About four characters per token: only used when the server reports no usage."""
+    return math.ceil(chars / 4)
+
+
+@dataclass
+class Answer:
+    """What came back for one request, filled in as the stream goes."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    chunks: int = 0
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    done: bool = False  # [DONE] seen
+    events: int = 0  # server-sent events received
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.reasoning)
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended_at or time.monotonic()) - self.started
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.usage is None or self.first_token_at is None:
+            return None
+        span = (self.ended_at or time.monotonic()) - self.first_token_at
+        return self.usage.completion_tokens / span if span > 0 else None
+
+    def end(self, prompt_chars: int) -> None:
+        """Stamp the end; estimate the usage if the server sent none."""
+        self.ended_at = time.monotonic()
+        if self.usage is None:
+            self.usage = Usage(estimate_tokens(prompt_chars), self.chunks, True)
+
+    def detached(self, prompt_chars: int) -> Answer:
+        """An ended copy that a request still running elsewhere can no longer change."""
+        twin = copy.copy(self)
+        twin.content, twin.reasoning = list(self.content), list(self.reasoning)
+        twin.end(prompt_chars)
+        return twin

@@ -1,0 +1,190 @@
+"""One answer's stream loop, with the main thread as the only caller into the renderer.
+
+A reader thread runs the request and puts its pieces on a queue. Signal handlers only set a
+flag and put a marker there to wake the loop (SimpleQueue.put is safe in a signal handler).
+The main thread waits on the queue with the renderer's next redraw as timeout: words that
+arrive just before a pause show when their redraw falls due, a resize redraws the live region
+at once, and Ctrl-C is acted on between two drawing steps, never inside an escape sequence.
+
+Ctrl-C hangs up the response's socket, which wakes the reader's blocked read; a reader with
+no socket yet (waiting for the server's first byte) is left to end by itself, as a daemon.
+
+Keys typed during an answer are not echoed while a live region is drawn: the echo lands in
+the live region, and an echoed Enter moves the cursor a row down under the renderer's feet.
+The keys stay queued (the line discipline keeps them) for the next prompt.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO
+
+from chat_cli.client import Cancel
+from chat_cli.render import Renderer
+from chat_cli.sse import Piece
+
+HANG_UP_GRACE_S = 2.0  # a reader woken by the hang-up only unwinds: it ends well within this
+
+
+class Marker(enum.Enum):
+    RESIZED = "resized"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class End:
+    """The reader's last item: the request ended, with `error` if it failed."""
+
+    error: BaseException | None = None
+
+
+Item = Piece | Marker | End
+
+
+@contextmanager
+def echo_off(stream: IO[str]) -> Iterator[None]:
+    import termios  # noqa: PLC0415 (POSIX only)
+
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):
+        yield  # not a terminal (a pipe, a closed or captured stdin)
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+@contextmanager
+def _handler(signum: int, handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+class StreamLoop:
+    def __init__(self, renderer: Renderer, stdin: IO[str] | None = None) -> None:
+        self.renderer = renderer
+        self.stdin = sys.stdin if stdin is None else stdin
+        self.cancel = Cancel()
+        self.abandoned = False  # the reader was left running after Ctrl-C (see the docstring)
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._interrupted = False
+        self._resized = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Signal handlers (and no echo) for the answer, its bookkeeping included: a second
+        Ctrl-C must not cut that short."""
+        posix = sys.platform != "win32"
+        with ExitStack() as stack:
+            if self.renderer.live and posix:
+                stack.enter_context(echo_off(self.stdin))
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(_handler(signal.SIGINT, self._on_interrupt))
+                if self.renderer.live and posix:
+                    stack.enter_context(_handler(signal.SIGWINCH, self._on_resize))
+            yield
+
+    def run(self, pieces: Iterator[Piece], on_piece: Callable[[], None]) -> None:
+        """Draw `pieces` as a reader thread pulls them. Raises what the reader raised, or
+        KeyboardInterrupt (Ctrl-C) once the reader is stopped and what it read is drawn."""
+        reader = threading.Thread(
+            target=self._read, args=(pieces,), name="chat-reader", daemon=True
+        )
+        reader.start()
+        try:
+            self.renderer.begin()
+            self._drive(on_piece)
+        except BaseException:
+            self._stop(reader)
+            raise
+        reader.join()  # End was its last act
+
+    def _read(self, pieces: Iterator[Piece]) -> None:
+        if sys.platform != "win32":
+            # Signals go to the main thread, whose wait on the queue they wake.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGWINCH})
+        try:
+            for piece in pieces:
+                self._queue.put(piece)
+        except BaseException as err:  # the main thread raises it
+            self._queue.put(End(err))
+        else:
+            self._queue.put(End())
+
+    def _drive(self, on_piece: Callable[[], None]) -> None:
+        renderer = self.renderer
+        while True:
+            item = self._next()
+            if self._interrupted:
+                raise KeyboardInterrupt
+            if self._resized:
+                self._resized = False
+                renderer.resized()
+            if isinstance(item, End):
+                if item.error is not None:
+                    raise item.error
+                return
+            if isinstance(item, tuple):
+                self._draw(item)
+                on_piece()
+            elif item is None:
+                renderer.tick()
+
+    def _next(self) -> Item | None:
+        """The next item, or None when the renderer's redraw falls due first."""
+        delay = self.renderer.waiting()
+        try:
+            return self._queue.get(timeout=None if delay is None else max(0.0, delay))
+        except queue.Empty:
+            return None
+
+    def _draw(self, piece: Piece) -> None:
+        kind, text = piece
+        if kind == "content":
+            self.renderer.content(text)
+        else:
+            self.renderer.reasoning(text)
+
+    def _stop(self, reader: threading.Thread) -> None:
+        """Stop the request; draw what it read before it stopped, so the screen shows what
+        the conversation keeps."""
+        woken = self.cancel.cancel()
+        deadline = time.monotonic() + (HANG_UP_GRACE_S if woken else 0.0)
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.abandoned = True
+                return
+            if isinstance(item, End):
+                reader.join()
+                return
+            if isinstance(item, tuple):
+                self._draw(item)
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        self._interrupted = True
+        self._queue.put(Marker.INTERRUPTED)
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        if not self._resized:
+            self._resized = True
+            self._queue.put(Marker.RESIZED)
