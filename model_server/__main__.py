@@ -2,6 +2,7 @@
 
 mixvllm-serve [serve] [--profile NAME] [overrides] [--dry-run | --list] [-- ENGINE ARGS]
 mixvllm-serve wait URL [--timeout S]
+mixvllm-serve health URL
 mixvllm-serve up [--profile NAME] [--model-port P] [--terminal-port P]
 mixvllm-serve key
 """
@@ -17,7 +18,7 @@ from mixvllm_common.urls import server_root
 from model_server import config, health, launch, profiles, up
 
 PROG = "mixvllm-serve"
-COMMANDS = ("serve", "wait", "up", "key")
+COMMANDS = ("serve", "wait", "health", "up", "key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without a command, `serve` is meant: `mixvllm-serve --profile qwen2-7b-instruct "
         "--dry-run`, `mixvllm-serve --list`. See `mixvllm-serve serve --help` for its flags.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,wait,up,key}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,wait,health,up,key}")
 
     serve = sub.add_parser(
         "serve",
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (default: 600)")
     wait.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     wait.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    health_parser = sub.add_parser(
+        "health",
+        help="a container health check: ready or still loading, versus broken",
+        description="Exit 0 when the server at URL is ready, or does not answer yet because "
+        "it is still downloading or loading its model; exit 1 when it answers with an error, "
+        "or stopped answering after it was ready. Prints one line saying which.",
+    )
+    health_parser.add_argument("url", help="server URL, with or without /v1")
+    health_parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
 
     up_parser = sub.add_parser(
         "up",
@@ -103,6 +114,13 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
     launch.check_engine(cfg, command)
     p = cfg.profile
+    if cfg.headless:
+        print(
+            f"{PROG}: profile {p.name!r}: node {cfg.node_rank} of {p.nnodes} joining "
+            f"{cfg.master_addr} (headless: node 0 serves the API)",
+            file=sys.stderr,
+        )
+        launch.exec_engine(command)
     # One clear line instead of the engine's traceback after a long model load.
     up.check_port_free(p.host, p.port, "model server")
     print(
@@ -134,6 +152,17 @@ def wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def health_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        key: str | None = config.resolve_api_key(env, create=False)[0]
+    except config.ConfigError:
+        key = None
+    marker = config.state_dir(env) / "health-ready"
+    result = health.container_health(args.url, api_key=key, marker=marker, timeout=args.timeout)
+    print(result.detail)
+    return 0 if result.healthy else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, engine_args = _split_engine_args(argv)
@@ -148,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "wait":
             return wait(args, env)
+        if args.command == "health":
+            return health_check(args, env)
         if args.command == "up":
             return up.run(up.build(args, env), env)
         if args.command == "key":

@@ -51,6 +51,8 @@ OVERRIDES: tuple[Option, ...] = (
     Option("pipeline_parallel_size", ("--pipeline-parallel-size",),
            ("PIPELINE_PARALLEL_SIZE",), integer(1, 1024), None, "pipeline stages (vLLM)", "N",
            _PROFILES),
+    Option("nnodes", ("--nnodes",), ("NNODES",), integer(1, 1024), None,
+           "nodes the model spans (vLLM multi-node)", "N", _PROFILES),
     Option("max_model_len", ("--max-model-len",), ("MAX_MODEL_LEN",),
            integer(16, 10_000_000), None, "context length (`--n_ctx` for llama.cpp)", "N",
            _PROFILES),
@@ -61,9 +63,17 @@ OVERRIDES: tuple[Option, ...] = (
            "profile's (`127.0.0.1`)"),
     PORT,
 )  # fmt: skip
+# Where this node sits in a multi-node deployment; the same profile runs on every node.
+NODE_OPTIONS: tuple[Option, ...] = (
+    Option("node_rank", ("--node-rank",), ("NODE_RANK",), integer(0, 1023), 0,
+           "this node's index; node 0 serves the API, the others run headless", "N"),
+    Option("master_addr", ("--master-addr",), ("MASTER_ADDR",), str, None,
+           "node 0's cluster address (multi-node)", "ADDR"),
+)  # fmt: skip
 SERVE_OPTIONS: tuple[Option, ...] = (
     PROFILE,
     *OVERRIDES,
+    *NODE_OPTIONS,
     Option("dry_run", ("--dry-run",), (), boolean, False,
            "print the engine command (stdout) and its environment (stderr), then exit"),
     Option("list", ("--list",), (), boolean, False, "list the profiles and exit"),
@@ -88,6 +98,13 @@ class ServeConfig:
     api_key_source: str
     dry_run: bool = False
     extra_args: tuple[str, ...] = ()
+    node_rank: int = 0
+    master_addr: str | None = None
+
+    @property
+    def headless(self) -> bool:
+        """A worker node: it runs its share of the model and no API server."""
+        return self.node_rank > 0
 
 
 def state_dir(env: Mapping[str, str]) -> Path:
@@ -175,10 +192,33 @@ def load_profile(args: argparse.Namespace, env: Mapping[str, str]) -> Profile:
     return apply_overrides(profiles.load(name), args, env)
 
 
+def node_settings(
+    profile: Profile, args: argparse.Namespace, env: Mapping[str, str], *, dry_run: bool
+) -> tuple[int, str | None]:
+    """This node's rank and node 0's address, checked against the profile's node count."""
+    try:
+        values = resolve(NODE_OPTIONS, env, args)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from exc
+    rank, master = values["node_rank"], values["master_addr"]
+    if rank >= profile.nnodes:
+        raise ConfigError(
+            f"node rank {rank} does not fit profile {profile.name!r}, which spans "
+            f"{profile.nnodes} node(s): use 0..{profile.nnodes - 1}"
+        )
+    if profile.nnodes > 1 and not master and not dry_run:
+        raise ConfigError(
+            f"profile {profile.name!r} spans {profile.nnodes} nodes: set MASTER_ADDR "
+            "(or --master-addr) to node 0's cluster address on every node"
+        )
+    return rank, master
+
+
 def build(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     """Raises ProfileError or ConfigError with one user-facing line."""
     profile = load_profile(args, env)
     dry_run = bool(getattr(args, "dry_run", False))
+    node_rank, master_addr = node_settings(profile, args, env, dry_run=dry_run)
     try:
         # A dry run never writes the key file.
         key, source = resolve_api_key(env, create=not dry_run)
@@ -192,4 +232,6 @@ def build(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         api_key_source=source,
         dry_run=dry_run,
         extra_args=tuple(getattr(args, "engine_args", None) or ()),
+        node_rank=node_rank,
+        master_addr=master_addr,
     )

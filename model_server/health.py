@@ -2,6 +2,10 @@
 
 vLLM answers `GET /health` with 200 once the engine is up; llama.cpp's server has no
 /health, so `/v1/models` (with the key) counts as ready too.
+
+`container_health` is the container's health check: a server that does not answer yet is
+still downloading or loading its model (healthy, however long that takes); one that
+answers with an error, or stops answering after it was ready, is broken.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -24,6 +29,8 @@ class Probe:
     ready: bool
     detail: str
     fatal: bool = False
+    # False while nothing answers HTTP at all: the engine is still starting.
+    answered: bool = True
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -40,7 +47,7 @@ def probe(client: httpx.Client, root: str, api_key: str | None) -> Probe:
         # No /health (llama.cpp): a keyed /v1/models answers instead.
         models = client.get(f"{root}/v1/models", headers=_headers(api_key))
     except httpx.TransportError as exc:
-        return Probe(False, type(exc).__name__)
+        return Probe(False, type(exc).__name__, answered=False)
     if models.status_code == 200:
         return Probe(True, "/v1/models: 200")
     if models.status_code in (401, 403):
@@ -108,3 +115,47 @@ def first_answer(url: str, *, model: str, api_key: str | None, timeout: float = 
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise NotReady(f"{root}: chat completion answer is malformed") from exc
     return str(content or "")
+
+
+def run_id() -> str:
+    """Names this boot of this container: the boot id and PID 1's start time."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    # Field 22 of /proc/1/stat, counted after the command name, which may hold spaces.
+    started = Path("/proc/1/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[19]
+    return f"{boot}/{started}"
+
+
+def _remember(marker: Path, this_run: str) -> None:
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(this_run + "\n", encoding="ascii")
+    except OSError:
+        pass  # a read-only state dir only costs the "stopped answering" diagnosis
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    detail: str
+
+
+def container_health(url: str, *, api_key: str | None, marker: Path, timeout: float) -> Health:
+    """Ready or still starting: healthy. Answering errors, or silent after being ready in
+    this run of the container (`marker` remembers that): broken."""
+    root = server_root(url)
+    this_run = run_id()
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0))) as client:
+        result = probe(client, root, api_key)
+    try:
+        was_ready = marker.read_text(encoding="ascii").strip() == this_run
+    except OSError:
+        was_ready = False
+    if result.ready:
+        if not was_ready:
+            _remember(marker, this_run)
+        return Health(True, f"ready ({result.detail})")
+    if result.answered:
+        return Health(False, f"broken: {result.detail}")
+    if was_ready:
+        return Health(False, f"broken: stopped answering after it was ready ({result.detail})")
+    return Health(True, f"starting: downloading or loading the model ({result.detail})")

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from model_server import netif
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
 from model_server.profiles import PackageFile, Profile, sampling_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # llama_cpp.server reads its settings from env too (pydantic-settings, no prefix).
 LLAMA_CPP_API_KEY_ENV = "API_KEY"
+# The address vLLM (and our NCCL/Gloo interface lookup) uses for this node.
+HOST_IP_ENV = "VLLM_HOST_IP"
+MASTER_ADDR_PLACEHOLDER = "<MASTER_ADDR>"
 
 
 class LaunchError(Exception):
@@ -122,6 +126,34 @@ def _vllm_argv(p: Profile, model: str, binary: str) -> list[str]:
     return argv
 
 
+def _node_argv(config: ServeConfig) -> list[str]:
+    """vLLM's native multi-node flags: every node runs the same command but its rank."""
+    p = config.profile
+    if p.nnodes == 1:
+        return []
+    master = config.master_addr or MASTER_ADDR_PLACEHOLDER
+    argv = ["--nnodes", str(p.nnodes), "--node-rank", str(config.node_rank)]
+    argv += ["--master-addr", master]
+    return [*argv, "--headless"] if config.headless else argv
+
+
+def _node_env(config: ServeConfig, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """VLLM_HOST_IP (node 0 defaults to MASTER_ADDR) and the interface that carries it."""
+    host_ip = env.get(HOST_IP_ENV, "").strip()
+    extra: dict[str, str] = {}
+    if not host_ip and not config.headless and config.master_addr:
+        host_ip = extra[HOST_IP_ENV] = config.master_addr
+    if not host_ip:
+        return extra, [f"{HOST_IP_ENV} is not set: NCCL and Gloo pick an interface themselves"]
+    try:
+        extra.update(netif.socket_ifname_env(host_ip, env))
+    except netif.InterfaceError as exc:
+        if not config.dry_run:
+            raise LaunchError(f"{HOST_IP_ENV}={host_ip}: {exc}") from exc
+        return extra, [str(exc)]
+    return extra, []
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (affinity, e.g. taskset or cpusets), not the host's."""
     try:
@@ -157,17 +189,24 @@ def build_command(
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
     p = config.profile
-    warnings: tuple[str, ...] = ()
+    warnings: list[str] = []
     try:
         model = resolve_model(p, cwd)
     except LaunchError as exc:
         if not config.dry_run:
             raise
-        model, warnings = f"<{p.model}>", (str(exc),)
+        model = f"<{p.model}>"
+        warnings.append(str(exc))
     extra_env = dict(p.env)
     if p.engine == "vllm":
-        argv = _vllm_argv(p, model, vllm_binary(env, cwd))
+        argv = _vllm_argv(p, model, vllm_binary(env, cwd)) + _node_argv(config)
         key_env = API_KEY_ENV
+        if p.nnodes > 1:
+            node_env, node_warnings = _node_env(config, env)
+            extra_env.update(node_env)
+            warnings += node_warnings
+            if not config.master_addr:
+                warnings.append("MASTER_ADDR is not set: every node needs node 0's address")
     else:
         argv = _llama_cpp_argv(p, model, sys.executable)
         key_env = LLAMA_CPP_API_KEY_ENV
@@ -176,7 +215,9 @@ def build_command(
     if config.api_key:
         extra_env[key_env] = config.api_key
         secret = frozenset({key_env})
-    return EngineCommand(argv=tuple(argv), env=extra_env, secret_env=secret, warnings=warnings)
+    return EngineCommand(
+        argv=tuple(argv), env=extra_env, secret_env=secret, warnings=tuple(warnings)
+    )
 
 
 def check_engine(config: ServeConfig, command: EngineCommand) -> None:

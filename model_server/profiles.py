@@ -99,6 +99,8 @@ class Profile:
     max_model_len: int | None = Field(default=None, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
+    # vLLM's native multi-node mode: the TP x PP workers are spread evenly over this many nodes.
+    nnodes: int = Field(default=1, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
     quantization: Text | None = None
@@ -129,6 +131,8 @@ class Profile:
                     self._fail(key, "is a vLLM setting; engine llama.cpp does not take it")
             if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
                 self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
+            if self.nnodes != 1:
+                self._fail("nnodes", "engine llama.cpp serves on one device only")
             if self.enable_prefix_caching:
                 self._fail("enable_prefix_caching", "is a vLLM setting")
         else:
@@ -136,8 +140,17 @@ class Profile:
                 self._fail("threads", "is a llama.cpp setting; engine vllm does not take it")
             if isinstance(self.model, PackageFile):
                 self._fail("model", "engine vllm needs a model id or directory, not a package file")
+            self._check_nodes()
         if self.tool_call_parser and "--enable-auto-tool-choice" in self.extra_args:
             self._fail("extra_args", "--enable-auto-tool-choice is added with tool_call_parser")
+
+    def _check_nodes(self) -> None:
+        workers = self.tensor_parallel_size * self.pipeline_parallel_size
+        if workers % self.nnodes:
+            self._fail("nnodes", f"must divide tensor x pipeline parallel size ({workers})")
+        # vLLM spans nodes natively only with its multiprocessing executor.
+        if self.nnodes > 1 and self.distributed_executor_backend not in (None, "mp"):
+            self._fail("distributed_executor_backend", "must be mp (or unset) when nnodes > 1")
 
     def _fail(self, key: str, message: str) -> NoReturn:
         # Not a ValueError: pydantic lets it through unwrapped, already naming file and field.

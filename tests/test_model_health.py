@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +159,57 @@ def test_cli_wait_ready_exits_0() -> None:
         result = _cli(f"http://127.0.0.1:{port}/v1", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     assert "is ready after" in result.stderr
+
+
+# --- `mixvllm-serve health`: the container's health check ---------------------------------
+
+
+def _health(url: str, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MIXVLLM_STATE_DIR": str(state), "VLLM_API_KEY": "k"}
+    return subprocess.run(
+        [sys.executable, "-m", "model_server", "health", url, "--timeout", "2"],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_health_is_healthy_while_the_model_is_still_loading(tmp_path: Path) -> None:
+    # Nothing listens yet (a download or a load in progress): healthy, however long.
+    result = _health(f"http://127.0.0.1:{free_port()}", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("starting: downloading or loading the model")
+
+
+def test_health_is_unhealthy_when_the_server_answers_errors(tmp_path: Path) -> None:
+    port = free_port()
+    with serve(port, ready=False):  # vLLM's /health is 503 once its engine died
+        result = _health(f"http://127.0.0.1:{port}", tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == "broken: /health: 503\n"
+    with serve(port, has_health=False, key="other"):
+        result = _health(f"http://127.0.0.1:{port}", tmp_path)
+    assert result.returncode == 1
+    assert "API key rejected" in result.stdout
+
+
+def test_health_tells_a_server_that_stopped_answering_from_one_still_loading(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with serve(port):
+        ready = _health(f"http://127.0.0.1:{port}/v1", tmp_path)
+    assert (ready.returncode, ready.stdout) == (0, "ready (/health: 200)\n")
+    # Ready once in this run of the container, silent now: broken, not loading.
+    gone = _health(f"http://127.0.0.1:{port}", tmp_path)
+    assert gone.returncode == 1
+    assert gone.stdout.startswith("broken: stopped answering after it was ready")
+    # A restarted container (another run id) is loading again.
+    (tmp_path / "health-ready").write_text("another-boot/123\n")
+    again = _health(f"http://127.0.0.1:{port}", tmp_path)
+    assert again.returncode == 0
+    assert again.stdout.startswith("starting:")
+
+
+def test_run_id_names_this_boot_and_pid_1() -> None:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert health.run_id().startswith(boot + "/")
+    assert health.run_id() == health.run_id()

@@ -24,7 +24,8 @@ VLLM = "/opt/vllm/bin/vllm"
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MIXVLLM_PROFILE", "MODEL", "SERVED_MODEL_NAME", "TENSOR_PARALLEL_SIZE",
                  "PIPELINE_PARALLEL_SIZE", "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION",
-                 "MODEL_SERVER_HOST", "MODEL_SERVER_PORT"):  # fmt: skip
+                 "MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "NNODES", "NODE_RANK", "MASTER_ADDR",
+                 "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MIXVLLM_VLLM_BIN", VLLM)
     monkeypatch.setenv("MIXVLLM_STATE_DIR", str(tmp_path / "state"))
@@ -73,7 +74,10 @@ def test_dry_run_for_every_profile(capsys: pytest.CaptureFixture[str], name: str
         assert opts[opts.index("--pipeline-parallel-size") + 1] == str(p.pipeline_parallel_size)
         assert "--enable-prefix-caching" in opts
         if p.distributed_executor_backend:
-            assert opts[opts.index("--distributed-executor-backend") + 1] == "ray"
+            assert opts[opts.index("--distributed-executor-backend") + 1] == "mp"
+        if p.nnodes > 1:
+            assert opts[opts.index("--nnodes") + 1] == str(p.nnodes)
+            assert opts[opts.index("--node-rank") + 1] == "0"
     else:
         assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
         assert argv[argv.index("--model_alias") + 1] == p.served_model_name
@@ -91,6 +95,55 @@ def test_env_overrides_reach_the_command(
     for part in ("--tensor-parallel-size 2", "--pipeline-parallel-size 2", "--max-model-len 4096",
                  "--gpu-memory-utilization 0.8", "--host 0.0.0.0"):  # fmt: skip
         assert part in line
+
+
+def test_empty_env_overrides_keep_the_profiles_values(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compose passes `${TENSOR_PARALLEL_SIZE:-}` through as an empty variable.
+    for name in ("TENSOR_PARALLEL_SIZE", "PIPELINE_PARALLEL_SIZE", "NNODES", "MODEL"):
+        monkeypatch.setenv(name, "")
+    argv, _ = dry_run(capsys, "--profile", "llama-3.1-70b-instruct")
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "1"
+    assert argv[2] == "meta-llama/Llama-3.1-70B-Instruct"
+
+
+MULTINODE = "llama-3.1-405b-instruct-fp8-multinode"
+
+
+def test_multinode_head_and_worker_commands(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    head, err = dry_run(capsys, "--profile", MULTINODE)
+    tail = ["--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1"]
+    assert head[-6:] == tail
+    # Node 0's own address defaults to MASTER_ADDR; NCCL/Gloo use the interface carrying it.
+    assert "# env: VLLM_HOST_IP=127.0.0.1" in err.splitlines()
+    assert "# env: NCCL_SOCKET_IFNAME=lo" in err.splitlines()
+    worker, _ = dry_run(capsys, "--profile", MULTINODE, "--node-rank", "1")
+    assert worker == [*head[:-6], "--nnodes", "2", "--node-rank", "1",
+                      "--master-addr", "127.0.0.1", "--headless"]  # fmt: skip
+
+
+def test_multinode_misconfigurations_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["--profile", MULTINODE]) == 2
+    assert "set MASTER_ADDR (or --master-addr) to node 0's cluster address" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert main(["--profile", MULTINODE, "--node-rank", "2", "--dry-run"]) == 2
+    assert "use 0..1" in capsys.readouterr().err
+    assert main(["--profile", "qwen2-7b-instruct", "--node-rank", "1", "--dry-run"]) == 2
+    assert "spans 1 node(s)" in capsys.readouterr().err
+    monkeypatch.setenv("NNODES", "3")  # 8 x 2 workers do not split over 3 nodes
+    assert main(["--profile", MULTINODE, "--dry-run"]) == 2
+    assert "field 'nnodes': must divide tensor x pipeline parallel size (16)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_embedded_command_is_exact(
