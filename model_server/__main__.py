@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from mixvllm_common.urls import server_root
 from model_server import config, health, launch, profiles, up
@@ -163,6 +163,24 @@ def health_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0 if result.healthy else 1
 
 
+def print_key(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    print(config.resolve_api_key(env)[0])
+    return 0
+
+
+def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return up.run(up.build(args, env), env)
+
+
+COMMAND_RUNNERS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
+    "serve": serve,
+    "wait": wait,
+    "health": health_check,
+    "up": run_up,
+    "key": print_key,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, engine_args = _split_engine_args(argv)
@@ -175,16 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("arguments after `--` are only for `serve`")
     env = os.environ
     try:
-        if args.command == "wait":
-            return wait(args, env)
-        if args.command == "health":
-            return health_check(args, env)
-        if args.command == "up":
-            return up.run(up.build(args, env), env)
-        if args.command == "key":
-            print(config.resolve_api_key(env)[0])
-            return 0
-        return serve(args, env)
+        return COMMAND_RUNNERS[args.command or "serve"](args, env)
     except (profiles.ProfileError, config.ConfigError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
