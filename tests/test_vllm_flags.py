@@ -33,7 +33,14 @@ def accepted() -> frozenset[str]:
 def dry_runs() -> dict[str, list[str]]:
     ok, why = vllm_cpu.installed()
     require(ok, why)
-    return {name: vllm_cpu.dry_run_argv(name) for name in VLLM_PROFILES}
+    runs = {name: vllm_cpu.dry_run_argv(name) for name in VLLM_PROFILES}
+    # Multi-node profiles: node 0 and a headless worker, as each node runs them.
+    for name in VLLM_PROFILES:
+        if profiles.load(name).nnodes > 1:
+            node = {"MASTER_ADDR": "10.0.0.1", "VLLM_HOST_IP": "127.0.0.1"}
+            runs[name] = vllm_cpu.dry_run_argv(name, node)
+            runs[f"{name} (node 1)"] = vllm_cpu.dry_run_argv(name, {**node, "NODE_RANK": "1"})
+    return runs
 
 
 def test_help_parser_sees_real_flags_only(accepted: frozenset[str]) -> None:
