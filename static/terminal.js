@@ -310,10 +310,7 @@
     statusBar.textContent = parts.join(" \u00b7 ");
     statusBar.dataset.state = st.state;
     statusBar.title = st.url;
-    if (statusBar.hidden) {
-      statusBar.hidden = false;
-      fit.fit();  // the terminal gives the bar its row
-    }
+    statusBar.hidden = false;  // the bar's row is there from the start: no refit
   }
 
   async function pollStatus() {

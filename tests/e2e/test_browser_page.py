@@ -7,7 +7,7 @@ import base64
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import FloatRect, Page, sync_playwright
 
 from .browser_support import (
     TEST_SHELL,
@@ -99,7 +99,7 @@ def test_an_underscore_is_drawn_at_1x(server_url: str) -> None:
         assert covered > 0.8, f"only {covered:.0%} of the row's width is inked"
 
 
-def boxes_intersect(a: dict[str, float], b: dict[str, float]) -> bool:
+def boxes_intersect(a: FloatRect, b: FloatRect) -> bool:
     return (
         a["x"] < b["x"] + b["width"]
         and b["x"] < a["x"] + a["width"]
@@ -118,8 +118,8 @@ def test_controls_never_cover_a_cell_and_are_accessible(server_url: str) -> None
         type_line(page, f"clear; printf '%.0sx' {{1..{cols}}}; echo")
         wait_for_js(
             page,
-            "(n) => window.mixvllm.term.buffer.active.getLine("
-            "window.mixvllm.term.buffer.active.viewportY).translateToString(true) === 'x'.repeat(n)",
+            "(n) => { const buf = window.mixvllm.term.buffer.active; "
+            "return buf.getLine(buf.viewportY).translateToString(true) === 'x'.repeat(n); }",
             cols,
             15000,
         )
@@ -136,8 +136,9 @@ def test_controls_never_cover_a_cell_and_are_accessible(server_url: str) -> None
             """(box) => {
               const w = box.width / window.mixvllm.term.cols, hits = [];
               for (let c = 0; c < window.mixvllm.term.cols; c++) {
-                const el = document.elementFromPoint(box.x + (c + 0.5) * w, box.y + box.height / 2);
-                if (!el || !el.closest("#terminal")) hits.push([c, el && el.outerHTML.slice(0, 60)]);
+                const x = box.x + (c + 0.5) * w, y = box.y + box.height / 2;
+                const el = document.elementFromPoint(x, y);
+                if (!el || !el.closest("#terminal")) hits.push([c, el && el.id]);
               }
               return hits;
             }""",
@@ -201,7 +202,7 @@ RECORD_CLOSES = """(() => {
 
 
 def wait_for_number(page: Page, at_least: int) -> None:
-    """Wait until the newest numeric line on screen is at least `at_least` (a flood is under way)."""
+    """Wait until the newest numeric line on screen is at least `at_least`: a flood is on."""
     wait_for_js(
         page,
         """(n) => {
