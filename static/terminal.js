@@ -119,7 +119,9 @@
         const info = msg[1] || {};
         const restarted = restartRequested;
         restartRequested = false;
-        term.reset();  // a reattach replays recent output from a clean screen
+        // A reattach replays recent output from a clean screen. Reset (RIS) through the write
+        // queue: an old socket's frames still queued there must land before it, not after.
+        term.write("\x1bc");
         if (sessionId && !info.reattached && !restarted) {
           term.write("\x1b[33m[previous session is gone; this is a new one]\x1b[0m\r\n");
         }

@@ -246,6 +246,8 @@ def test_restart_and_reload_during_a_flood_keep_acks_with_their_socket(server_ur
             type_line(page, f"echo after-$(({attempt}+40))")
             wait_for_text(page, f"after-{attempt + 40}", 30000)
             assert 1007 not in closes(page), closes(page)
+            leftovers = [line for line in buffer_text(page).splitlines() if line.isdigit()]
+            assert leftovers == [], f"{len(leftovers)} lines of the old session's flood"
         cdp.send("Emulation.setCPUThrottlingRate", {"rate": 1})
 
         # Reload in the middle of a flood: the reattached page gets all of it, to the end.
