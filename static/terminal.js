@@ -100,7 +100,9 @@
       scheduled = true;
       queueMicrotask(() => {
         scheduled = false;
-        if (ws === sock && sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify([MSG.ACK, pending]));
+        if (ws === sock && sock.readyState === WebSocket.OPEN) {
+          sock.send(JSON.stringify([MSG.ACK, pending]));
+        }
         pending = 0;
       });
     };
