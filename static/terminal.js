@@ -16,19 +16,25 @@
     light: { background: "#fafafa", foreground: "#1e1e1e", cursor: "#1e1e1e",
              selectionBackground: "#add6ff" },
   };
+  const LINE_HEIGHT = 1.2;
   const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
 
   const params = new URLSearchParams(location.search);
   const settings = {
     fontSize: clampInt(params.get("fontSize"), 6, 48, 14),
     theme: THEMES[params.get("theme")] ? params.get("theme") : "dark",
+    screenReader: params.get("screenReader") === "1",
   };
   let sessionId = params.get("session");
 
   const term = new Terminal({
     fontSize: settings.fontSize,
     fontFamily: "'DejaVu Sans Mono', Menlo, Consolas, monospace",
+    // At lineHeight 1 the DOM renderer's row box clips the underscore (it sits below the
+    // descent Chromium reports for DejaVu Sans Mono at 1x); the extra leading gives it room.
+    lineHeight: LINE_HEIGHT,
     theme: THEMES[settings.theme],
+    screenReaderMode: settings.screenReader,
     cursorBlink: true,
     scrollback: 10000,
   });
@@ -46,8 +52,6 @@
   let ws = null;
   let attempt = 0;
   let reconnectTimer = null;
-  let pendingAcks = 0;
-  let ackScheduled = false;
   let lastError = "";
   let restartRequested = false;
 
@@ -74,8 +78,9 @@
     const sock = new WebSocket(socketUrl());
     sock.binaryType = "arraybuffer";
     ws = sock;
+    const acks = connectionAcks(sock);
     sock.onopen = () => { attempt = 0; };
-    sock.onmessage = (event) => { if (ws === sock) onMessage(event.data); };
+    sock.onmessage = (event) => { if (ws === sock) onMessage(event.data, acks); };
     sock.onclose = (event) => { if (ws === sock) onClose(event); };
   }
 
@@ -83,19 +88,27 @@
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
   }
 
-  function ackLater() {
-    // Acknowledge frames once xterm.js has parsed them; coalesce into one message.
-    pendingAcks += 1;
-    if (ackScheduled) return;
-    ackScheduled = true;
-    queueMicrotask(() => {
-      ackScheduled = false;
-      if (pendingAcks > 0) send([MSG.ACK, pendingAcks]);
-      pendingAcks = 0;
-    });
+  // Acknowledge frames once xterm.js has parsed them, coalesced into one message, to the
+  // socket that sent them: xterm.js may still be parsing an old socket's frames after a
+  // restart or reattach, and counting those against the new one would over-ack it.
+  function connectionAcks(sock) {
+    let pending = 0;
+    let scheduled = false;
+    return function ackLater() {
+      pending += 1;
+      if (scheduled) return;
+      scheduled = true;
+      queueMicrotask(() => {
+        scheduled = false;
+        if (ws === sock && sock.readyState === WebSocket.OPEN) {
+          sock.send(JSON.stringify([MSG.ACK, pending]));
+        }
+        pending = 0;
+      });
+    };
   }
 
-  function onMessage(data) {
+  function onMessage(data, ackLater) {
     if (typeof data !== "string") {  // binary frame: terminal output
       term.write(new Uint8Array(data), ackLater);
       return;
@@ -108,8 +121,9 @@
         const info = msg[1] || {};
         const restarted = restartRequested;
         restartRequested = false;
-        term.reset();  // a reattach replays recent output from a clean screen
-        pendingAcks = 0;
+        // A reattach replays recent output from a clean screen. Reset (RIS) through the write
+        // queue: an old socket's frames still queued there must land before it, not after.
+        term.write("\x1bc");
         if (sessionId && !info.reattached && !restarted) {
           term.write("\x1b[33m[previous session is gone; this is a new one]\x1b[0m\r\n");
         }
@@ -167,6 +181,7 @@
     button.textContent = actionLabel || "";
     button.onclick = action || null;
     document.getElementById("overlay").hidden = false;
+    if (actionLabel) button.focus();  // keyboard users land on the only thing they can do
   }
 
   function hideOverlay() {
@@ -189,8 +204,10 @@
 
   const fontInput = document.getElementById("font-size");
   const themeSelect = document.getElementById("theme");
+  const screenReaderBox = document.getElementById("screen-reader");
   fontInput.value = String(settings.fontSize);
   themeSelect.value = settings.theme;
+  screenReaderBox.checked = settings.screenReader;
   fontInput.addEventListener("change", () => {
     settings.fontSize = clampInt(fontInput.value, 6, 48, settings.fontSize);
     fontInput.value = String(settings.fontSize);
@@ -203,12 +220,26 @@
     setUrlParam("theme", settings.theme);
     applyTheme();
   });
-  document.getElementById("settings").addEventListener("submit", (e) => e.preventDefault());
-  document.getElementById("settings-toggle").addEventListener("click", (e) => {
-    const panel = document.getElementById("settings");
-    panel.hidden = !panel.hidden;
-    e.currentTarget.setAttribute("aria-expanded", String(!panel.hidden));
+  screenReaderBox.addEventListener("change", () => {
+    // xterm.js then mirrors the rows into an accessibility tree and announces new output.
+    settings.screenReader = screenReaderBox.checked;
+    setUrlParam("screenReader", settings.screenReader ? "1" : null);
+    term.options.screenReaderMode = settings.screenReader;
   });
+  const settingsPanel = document.getElementById("settings");
+  const settingsToggle = document.getElementById("settings-toggle");
+  function showSettings(show) {
+    settingsPanel.hidden = !show;
+    settingsToggle.setAttribute("aria-expanded", String(show));
+    if (show) fontInput.focus();
+  }
+  settingsPanel.addEventListener("submit", (e) => e.preventDefault());
+  settingsPanel.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    showSettings(false);
+    settingsToggle.focus();
+  });
+  settingsToggle.addEventListener("click", () => showSettings(settingsPanel.hidden));
   document.getElementById("restart").addEventListener("click", () => {
     if (!window.confirm("End this session (chat, shell and everything running in it) and start a new one?")) return;
     restartRequested = true;
@@ -283,10 +314,7 @@
     statusBar.textContent = parts.join(" \u00b7 ");
     statusBar.dataset.state = st.state;
     statusBar.title = st.url;
-    if (statusBar.hidden) {
-      statusBar.hidden = false;
-      fit.fit();  // the terminal gives the bar its row
-    }
+    statusBar.hidden = false;  // the bar's row is there from the start: no refit
   }
 
   async function pollStatus() {
