@@ -48,11 +48,6 @@ class Context:
         return f"mixvllm_token_{self.config.port}"
 
 
-def redacted_path(request: httputil.HTTPServerRequest) -> str:
-    """The request path without its query string, which may carry the token."""
-    return request.path
-
-
 def log_request(handler: web.RequestHandler) -> None:
     """Access log without query strings (tokens never reach the logs)."""
     status = handler.get_status()
@@ -118,7 +113,8 @@ class _Guarded(web.RequestHandler):
         _security_headers(self)
 
     def _request_summary(self) -> str:
-        return f"{self.request.method} {redacted_path(self.request)}"
+        # Tornado's default summary has the URI, whose query string may carry the token.
+        return f"{self.request.method} {self.request.path}"
 
     def prepare(self) -> None:
         guard(self, self.ctx)

@@ -25,7 +25,6 @@ DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's pro
 ERROR: Final = "error"  # ["error", message]: sent just before a close
 
 # WebSocket close codes (RFC 6455 + the private 4000-4999 range).
-CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down
 CLOSE_UNSUPPORTED: Final = 1003  # binary frames
 CLOSE_INVALID: Final = 1007  # malformed or invalid message

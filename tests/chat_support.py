@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pyte
 from pyte.screens import StaticDefaultDict
 
 from tests.fake_openai import FakeServer, FakeState
+from tests.support import free_port, isolated_home
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = [sys.executable, "-m", "chat_cli"]
@@ -34,10 +33,7 @@ def fake_server(**state: Any) -> Iterator[FakeServer]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def chat_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
@@ -47,11 +43,8 @@ def chat_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("VLLM_API_KEY", "OPENAI_API_KEY") and not k.startswith("CHAT_")
     }
+    env.update(isolated_home(tmp_path))
     env.update(
-        HOME=str(tmp_path),
-        XDG_CONFIG_HOME=str(tmp_path / "config"),
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        XDG_DATA_HOME=str(tmp_path / "data"),
         MODEL_SERVER_URL=url,
         TERM="xterm-256color",
         PYTHONPATH=str(ROOT),
@@ -74,14 +67,6 @@ def exit_status(child: Any) -> int:
     status: int = child.wait()
     child.close()
     return status
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 class XtermScreen(pyte.HistoryScreen):

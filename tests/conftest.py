@@ -7,11 +7,15 @@ by silently skipping the real-engine or browser tests.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
+import pexpect
 import pytest
 
+from tests.chat_support import CHAT
 from tests.embedded_server import EmbeddedServer, run_embedded
 from tests.embedded_server import installed as embedded_installed
 
@@ -25,6 +29,40 @@ def require(available: bool, reason: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(f"required for the full suite but missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def spawn_chat(tmp_path: Path) -> Iterator[Callable[..., pexpect.spawn]]:
+    """Start chat on a real PTY in tmp_path: `spawn_chat(*args, env=...)`.
+
+    Whatever a test leaves running is killed after it.
+    """
+    children: list[pexpect.spawn] = []
+
+    def spawn(
+        *args: str,
+        env: dict[str, str],
+        program: Sequence[str] = CHAT,
+        timeout: float = 30,
+        dimensions: tuple[int, int] = (40, 120),
+    ) -> pexpect.spawn:
+        child = pexpect.spawn(
+            program[0], [*program[1:], *args], env=env, cwd=str(tmp_path), encoding="utf-8",
+            dimensions=dimensions, timeout=timeout,
+        )  # fmt: skip
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        child.close(force=True)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    # An object left to the garbage collector (an unclosed socket) then warns in its own test.
+    yield
+    gc.collect()
 
 
 # --- the real embedded model server (owned by the model-server part) ---------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from model_server import health, profiles
 from model_server.up import stop_process
+from tests.support import free_port
 
 START_TIMEOUT_S = 90.0
 INSTALL_HINT = "run: bash scripts/install-embedded.sh .venv (or: make embedded)"
@@ -34,13 +34,6 @@ def installed() -> tuple[bool, str]:
         if importlib.util.find_spec(module) is None:
             return False, f"llama-cpp-python lacks its [server] extra ({INSTALL_HINT})"
     return True, ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,14 @@ import codecs
 import contextlib
 import dataclasses
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tornado import httpclient, httpserver, netutil, websocket
@@ -18,7 +23,9 @@ from terminal_server import protocol
 from terminal_server.app import STATIC_DIR, close_clients, make_app, make_context
 from terminal_server.config import Config
 from terminal_server.handlers import Context
+from tests.support import wait_for_async
 
+ROOT = Path(__file__).resolve().parent.parent
 TEST_SHELL = ("/bin/bash", "--norc", "--noprofile")
 TOKEN = "test-token-0123456789"
 
@@ -33,16 +40,6 @@ def make_config(**overrides: Any) -> Config:
         cwd="/tmp",
     )
     return dataclasses.replace(base, **overrides)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 @dataclass
@@ -150,10 +147,12 @@ class Client:
         self.send(protocol.STDIN, text)
 
     async def wait_setup(self, timeout: float = 10.0) -> None:
-        await wait_for(lambda: self.setup is not None or self.closed.is_set(), timeout, "setup")
+        await wait_for_async(
+            lambda: self.setup is not None or self.closed.is_set(), timeout, "setup"
+        )
 
     async def expect(self, needle: str, timeout: float = 10.0) -> None:
-        await wait_for(lambda: needle in self.output or self.closed.is_set(), timeout, needle)
+        await wait_for_async(lambda: needle in self.output or self.closed.is_set(), timeout, needle)
         assert needle in self.output, f"{needle!r} not in output (closed): {self.output[-500:]!r}"
 
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
@@ -202,3 +201,39 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 async def _with_timeout(coro_fn: Callable[[], Awaitable[None]]) -> None:
     await asyncio.wait_for(coro_fn(), 100)
+
+
+@contextlib.contextmanager
+def server_process(
+    *args: str, env: Mapping[str, str] | None = None, stderr: int = subprocess.PIPE
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m terminal_server --port 0 ARGS`; yields (the process, the URL its banner prints).
+
+    Afterwards it is stopped with SIGTERM and, if the test passed, must have exited 0.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal_server", "--port", "0", *args],
+        cwd=ROOT, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the banner; blocks until the server listens
+        match = re.search(r"open (https?://\S+)", line)
+        if match is None:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"no banner from the server: {line!r} {err!r}")
+        yield proc, match.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    assert code == 0, f"the terminal server exited with {code}"

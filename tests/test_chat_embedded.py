@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,13 @@ def test_wrong_key_gives_the_key_hint(tmp_path: Path, embedded_model_server: Any
     assert "rejected the API key (401)" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_repl_exchange_with_the_real_model(tmp_path: Path, embedded_model_server: Any) -> None:
+def test_repl_exchange_with_the_real_model(
+    tmp_path: Path, embedded_model_server: Any, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
     env = chat_env(
         tmp_path, embedded_model_server.base_url, VLLM_API_KEY=embedded_model_server.api_key
     )
-    child = pexpect.spawn(
-        CHAT[0], [*CHAT[1:], "--max-tokens", "32"], env=env, encoding="utf-8",
-        dimensions=(40, 120), timeout=60,
-    )  # fmt: skip
+    child = spawn_chat("--max-tokens", "32", env=env, timeout=60)
     child.expect(PROMPT_READY)
     assert f"model {embedded_model_server.model}" in visible(child.before)
     child.send("What is 2 + 2?\r")

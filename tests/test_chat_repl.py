@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
 
 from tests.chat_support import (
-    CHAT,
     PROMPT_READY,
     chat_env,
     conversations,
     exit_status,
     fake_server,
     visible,
-    wait_for,
 )
 from tests.fake_openai import DEFAULT_ANSWER, FakeServer
+from tests.support import wait_for
 
 # Generous deadlines: the machine is shared and noisy; the bench measures speed, not these.
 STEP_S = 30
@@ -32,18 +31,19 @@ def fake() -> Iterator[FakeServer]:
         yield server
 
 
-def spawn(tmp_path: Path, url: str, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn(
-        CHAT[0],
-        [*CHAT[1:], *args],
-        env=chat_env(tmp_path, url),
-        cwd=str(tmp_path),
-        encoding="utf-8",
-        dimensions=(40, 120),
-        timeout=STEP_S,
-    )
-    child.expect(PROMPT_READY)
-    return child
+@pytest.fixture
+def chat(
+    spawn_chat: Callable[..., pexpect.spawn], tmp_path: Path, fake: FakeServer
+) -> Callable[..., pexpect.spawn]:
+    """`chat(*args)`: chat against the fake server, by default once it shows its prompt."""
+
+    def start(*args: str, ready: bool = True) -> pexpect.spawn:
+        child = spawn_chat(*args, env=chat_env(tmp_path, fake.url), timeout=STEP_S)
+        if ready:
+            child.expect(PROMPT_READY)
+        return child
+
+    return start
 
 
 def ask(child: pexpect.spawn, text: str) -> str:
@@ -66,9 +66,9 @@ def last_saved(tmp_path: Path) -> dict[str, object]:
 
 
 def test_type_a_question_see_markdown_and_exit_with_ctrl_d(
-    tmp_path: Path, fake: FakeServer
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = spawn(tmp_path, fake.url)
+    child = chat()
     assert f"Connected to {fake.url}/v1 · model fake-model" in visible(child.before)
     shown = ask(child, "hello there")
     assert "Hello there! This is a test answer." in shown and "**" not in shown
@@ -81,8 +81,10 @@ def test_type_a_question_see_markdown_and_exit_with_ctrl_d(
     assert [m["role"] for m in last_saved(tmp_path)["messages"]] == ["user", "assistant"]  # type: ignore[index, union-attr]
 
 
-def test_paste_keeps_newlines_and_alt_enter_inserts_one(tmp_path: Path, fake: FakeServer) -> None:
-    child = spawn(tmp_path, fake.url)
+def test_paste_keeps_newlines_and_alt_enter_inserts_one(
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
     child.send("\x1b[200~line one\nline two\x1b[201~")
     ask(child, "")
     assert fake.state.requests[-1]["messages"][-1]["content"] == "line one\nline two"
@@ -94,9 +96,9 @@ def test_paste_keeps_newlines_and_alt_enter_inserts_one(tmp_path: Path, fake: Fa
 
 
 def test_ctrl_c_stops_the_answer_keeps_it_and_returns_to_the_prompt(
-    tmp_path: Path, fake: FakeServer
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = spawn(tmp_path, fake.url)
+    child = chat()
     child.send("tell me @fault:slow\r")
     child.expect("word word")
     child.sendintr()
@@ -117,8 +119,10 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_returns_to_the_prompt(
     assert exit_with_ctrl_d(child) == 0
 
 
-def test_errors_are_one_line_and_the_next_prompt_works(tmp_path: Path, fake: FakeServer) -> None:
-    child = spawn(tmp_path, fake.url)
+def test_errors_are_one_line_and_the_next_prompt_works(
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
     child.send("q @fault:http500\r")
     child.expect("try /retry")
     assert "✗ the model server failed (500: engine crashed" in visible(child.before)
@@ -132,8 +136,10 @@ def test_errors_are_one_line_and_the_next_prompt_works(tmp_path: Path, fake: Fak
     assert exit_with_ctrl_d(child) == 0
 
 
-def test_slash_commands_completion_copy_and_set(tmp_path: Path, fake: FakeServer) -> None:
-    child = spawn(tmp_path, fake.url)
+def test_slash_commands_completion_copy_and_set(
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
     ask(child, "hello")
     child.send("/cop")
     child.send("\t")
@@ -152,11 +158,13 @@ def test_slash_commands_completion_copy_and_set(tmp_path: Path, fake: FakeServer
     assert exit_status(child) == 0
 
 
-def test_resume_continues_after_a_restart(tmp_path: Path, fake: FakeServer) -> None:
-    child = spawn(tmp_path, fake.url)
+def test_resume_continues_after_a_restart(
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
     ask(child, "remember me")
     assert exit_with_ctrl_d(child) == 0
-    child = spawn(tmp_path, fake.url, "--resume")
+    child = chat("--resume")
     assert "Resumed" in visible(child.before)
     ask(child, "still there?")
     sent = [m["content"] for m in fake.state.requests[-1]["messages"]]
@@ -165,11 +173,10 @@ def test_resume_continues_after_a_restart(tmp_path: Path, fake: FakeServer) -> N
     wait_for(lambda: len(conversations(tmp_path)) == 1)
 
 
-def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(tmp_path: Path, fake: FakeServer) -> None:
-    child = pexpect.spawn(
-        CHAT[0], [*CHAT[1:], "tell me @fault:slow"], env=chat_env(tmp_path, fake.url),
-        encoding="utf-8", dimensions=(40, 120), timeout=STEP_S,
-    )  # fmt: skip
+def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(
+    tmp_path: Path, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat("tell me @fault:slow", ready=False)
     child.expect("word word")
     child.sendintr()
     child.expect(r"\[interrupted\]", timeout=3)
@@ -180,12 +187,9 @@ def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(tmp_path: Path, fake: 
 
 
 def test_ctrl_c_before_the_first_word_in_one_shot_mode_exits_130(
-    tmp_path: Path, fake: FakeServer
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = pexpect.spawn(
-        CHAT[0], [*CHAT[1:], "@fault:hang"], env=chat_env(tmp_path, fake.url),
-        encoding="utf-8", dimensions=(40, 120), timeout=STEP_S,
-    )  # fmt: skip
+    child = chat("@fault:hang", ready=False)
     wait_for(lambda: len(fake.state.requests) == 1)
     child.sendintr()
     child.expect(pexpect.EOF)
@@ -194,9 +198,9 @@ def test_ctrl_c_before_the_first_word_in_one_shot_mode_exits_130(
 
 
 def test_ctrl_c_before_the_first_word_keeps_the_question_for_retry(
-    tmp_path: Path, fake: FakeServer
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = spawn(tmp_path, fake.url)
+    child = chat()
     child.send("wait @fault:hang\r")
     wait_for(lambda: len(fake.state.requests) == 1)
     child.sendintr()
@@ -209,9 +213,9 @@ def test_ctrl_c_before_the_first_word_keeps_the_question_for_retry(
 
 
 def test_a_killed_chat_leaves_the_answer_so_far_in_the_autosave(
-    tmp_path: Path, fake: FakeServer
+    tmp_path: Path, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = spawn(tmp_path, fake.url)
+    child = chat()
     child.send("tell me @fault:slow\r")
     child.expect("word word")
 
@@ -229,18 +233,18 @@ def test_a_killed_chat_leaves_the_answer_so_far_in_the_autosave(
     assert saved["content"].startswith("word ")
 
 
-def test_plain_mode_prints_the_raw_markdown(tmp_path: Path, fake: FakeServer) -> None:
-    child = spawn(tmp_path, fake.url, "--plain")
+def test_plain_mode_prints_the_raw_markdown(chat: Callable[..., pexpect.spawn]) -> None:
+    child = chat("--plain")
     shown = ask(child, "hello")
     assert "Hello **there**! This is a test answer." in shown and "- one" in shown
     assert exit_with_ctrl_d(child) == 0
 
 
-def test_words_show_while_the_stream_pauses(tmp_path: Path, fake: FakeServer) -> None:
+def test_words_show_while_the_stream_pauses(chat: Callable[..., pexpect.spawn]) -> None:
     """Three words arrive at once, then nothing: they must show without waiting for a fourth
     (redraws are throttled to one per 80 ms, so they arrive before the next redraw is due);
     a resize during the pause redraws them at once."""
-    child = spawn(tmp_path, fake.url, "--timeout", "300")
+    child = chat("--timeout", "300")
     child.send("question @fault:stall\r")
     child.expect(r"Hello \S*there\S*! This", timeout=10)  # long before the 300 s stall timeout
     # A resize redraws the live tail for the new width at once, still with no new token.
@@ -253,13 +257,13 @@ def test_words_show_while_the_stream_pauses(tmp_path: Path, fake: FakeServer) ->
 
 
 def test_keys_typed_during_an_answer_are_not_echoed_into_it(
-    tmp_path: Path, fake: FakeServer
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:
     """The terminal's echo of a key (and of Enter, a line feed) would land in the live region
     and push it down a row under the renderer's feet; the keys wait for the next prompt."""
     fake.state.answer = "Streaming slowly. " * 60 + "\n"
     fake.state.token_delay = 0.02
-    child = spawn(tmp_path, fake.url)
+    child = chat()
     child.send("go\r")
     child.expect("Streaming slowly")
     child.send("typed ahead\r")

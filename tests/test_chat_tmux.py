@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from tests.chat_support import CHAT, chat_env, fake_server
 from tests.conftest import require
 from tests.fake_openai import FakeServer
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 STEP_S = 30
@@ -70,11 +70,10 @@ class Tmux:
         return self("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", "chat")
 
     def wait_for(self, pattern: str) -> None:
-        deadline = time.monotonic() + STEP_S
-        while not re.search(pattern, self.history(), re.MULTILINE):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in tmux within {STEP_S} s:\n{self.screen()}")
-            time.sleep(0.02)
+        try:
+            wait_for(lambda: re.search(pattern, self.history(), re.MULTILINE), STEP_S, pattern)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} in tmux:\n{self.screen()}") from None
 
 
 @pytest.fixture

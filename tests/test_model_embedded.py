@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
@@ -12,9 +14,17 @@ from tests.embedded_server import EmbeddedServer
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 
-def test_streams_a_chat_answer(embedded_model_server: EmbeddedServer) -> None:
+@pytest.fixture
+def client(embedded_model_server: EmbeddedServer) -> Iterator[openai.OpenAI]:
     server = embedded_model_server
-    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    with openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0) as client:
+        yield client
+
+
+def test_streams_a_chat_answer(
+    embedded_model_server: EmbeddedServer, client: openai.OpenAI
+) -> None:
+    server = embedded_model_server
     stream = client.chat.completions.create(
         model=server.model,
         messages=[{"role": "user", "content": "What is the capital of France? One word."}],
@@ -35,10 +45,10 @@ def test_streams_a_chat_answer(embedded_model_server: EmbeddedServer) -> None:
     assert finish in ("stop", "length")
 
 
-def test_serves_the_profile_model_name(embedded_model_server: EmbeddedServer) -> None:
-    server = embedded_model_server
-    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
-    assert [m.id for m in client.models.list()] == [server.model]
+def test_serves_the_profile_model_name(
+    embedded_model_server: EmbeddedServer, client: openai.OpenAI
+) -> None:
+    assert [m.id for m in client.models.list()] == [embedded_model_server.model]
 
 
 def test_uses_the_chat_template_from_the_gguf(embedded_model_server: EmbeddedServer) -> None:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from model_server import health
-from tests.embedded_server import free_port
+from tests.support import free_port, wait_for
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,13 +65,6 @@ def serve(port: int, **attrs: object) -> Iterator[_Server]:
         thread.join(5)
 
 
-def _until(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_waits_for_a_server_that_comes_up_late() -> None:
     port = free_port()
     polls: list[str] = []
@@ -90,7 +82,7 @@ def test_waits_for_a_server_that_comes_up_late() -> None:
     thread = threading.Thread(target=waiter)
     thread.start()
     # Let it see refused connections first, then start the server on that port.
-    _until(lambda: len(polls) >= 3)
+    wait_for(lambda: len(polls) >= 3, 20, "three refused polls")
     assert "ConnectError" in polls[-1]
     with serve(port):
         thread.join(30)
@@ -108,7 +100,7 @@ def test_waits_through_503_until_health_is_200() -> None:
                     "progress_every": 0.0},
         )  # fmt: skip
         thread.start()
-        _until(lambda: len(polls) >= 2)
+        wait_for(lambda: len(polls) >= 2, 20, "two 503 polls")
         assert "/health: 503" in polls[-1]
         srv.ready = True
         thread.join(30)
@@ -130,6 +122,20 @@ def test_gives_up_on_a_server_that_never_comes() -> None:
     assert f"http://127.0.0.1:{port} not ready after 1s (last: ConnectError)" == str(err.value)
 
 
+def test_progress_lines_come_every_progress_every_seconds() -> None:
+    port = free_port()
+    lines: list[str] = []
+    with pytest.raises(health.NotReady):
+        health.wait(
+            f"http://127.0.0.1:{port}", timeout=1.0, interval=0.05,
+            progress=lines.append, progress_every=0.3,
+        )  # fmt: skip
+    # At 0.3, 0.6 and 0.9 s; a machine stalled for a whole interval may drop one.
+    assert 2 <= len(lines) <= 3, lines
+    assert all(line.startswith(f"waiting for http://127.0.0.1:{port}: ") for line in lines)
+    assert "(ConnectError" in lines[-1]
+
+
 def test_stops_waiting_when_the_server_process_dies() -> None:
     port = free_port()
     with pytest.raises(health.NotReady, match="server process exited"):
@@ -147,10 +153,9 @@ def test_cli_wait_never_ready_exits_1_with_one_line() -> None:
     port = free_port()
     result = _cli(f"http://127.0.0.1:{port}/v1", "--timeout", "1.5", "--interval", "0.2")
     assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert lines[-1].startswith(f"mixvllm-serve: error: http://127.0.0.1:{port} not ready after")
-    # Progress lines before the error show the wait is alive.
-    assert any("waiting for" in line for line in lines[:-1]) or len(lines) == 1
+    # Shorter than the 5 s progress interval: the error is the only line.
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"mixvllm-serve: error: http://127.0.0.1:{port} not ready after 1.5s")
 
 
 def test_cli_wait_ready_exits_0() -> None:

@@ -23,8 +23,8 @@ from model_server import config, health
 from model_server import up as up_module
 from model_server.__main__ import build_parser
 from tests.conftest import require
-from tests.embedded_server import free_port
 from tests.embedded_server import installed as embedded_installed
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 XTERM = ROOT / "static" / "node_modules" / "@xterm" / "xterm" / "lib" / "xterm.js"

@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psutil
@@ -20,8 +20,9 @@ from tornado import httpclient, websocket
 from terminal_server import protocol
 from terminal_server.__main__ import main
 from terminal_server.config import Config, ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import require
+from tests.support import wait_for, wait_for_async
+from tests.terminal_support import ROOT, server_process
 
 
 def test_defaults() -> None:
@@ -92,32 +93,8 @@ def test_frozen() -> None:
         Config().port = 1  # type: ignore[misc]
 
 
-def _start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "terminal_server",
-            "--port",
-            "0",
-            "--no-autostart-chat",
-            "--shell",
-            "/bin/bash --norc --noprofile",
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the banner; blocks until the server listens
-    match = re.search(r"open (https?://\S+)", line)
-    if match is None:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"no banner: {line!r} {err!r}")
-    return proc, match.group(1)
+def _server(*extra: str) -> AbstractContextManager[tuple[subprocess.Popen[str], str]]:
+    return server_process("--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile", *extra)
 
 
 async def read_until(conn: websocket.WebSocketClientConnection, pattern: str) -> str:
@@ -133,8 +110,7 @@ async def read_until(conn: websocket.WebSocketClientConnection, pattern: str) ->
 
 
 def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
-    proc, url = _start_server()
-    try:
+    with _server() as (proc, url):
         port_base, token = url.split("?token=")
         ws_url = port_base.replace("http://", "ws://") + "ws"
 
@@ -156,26 +132,15 @@ def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
         code, children = asyncio.run(client())
         assert code == protocol.CLOSE_GOING_AWAY
         assert proc.wait(timeout=15) == 0
-        deadline = time.monotonic() + 5
-        while any(psutil.pid_exists(p) for p in children) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not [p for p in children if psutil.pid_exists(p)]
+        wait_for(lambda: not any(psutil.pid_exists(p) for p in children), 5, "children gone")
         assert proc.stderr is not None
         err = proc.stderr.read()
         assert "Traceback" not in err
         assert token not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
 
 
 def test_port_in_use_is_one_clear_error() -> None:
-    proc, url = _start_server()
-    try:
+    with _server() as (_, url):
         port = url.split(":")[2].split("/")[0]
         busy = subprocess.run(
             [sys.executable, "-m", "terminal_server", "--port", port],
@@ -189,25 +154,17 @@ def test_port_in_use_is_one_clear_error() -> None:
         assert busy.returncode == 1
         assert busy.stderr.startswith(f"mixvllm-terminal: error: cannot listen on 127.0.0.1:{port}")
         assert "Traceback" not in busy.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
 
 
 def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed: cannot make a test certificate")
+    require(shutil.which("openssl") is not None, "openssl CLI missing: no test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    proc, url = _start_server("--certfile", str(cert), "--keyfile", str(key))
-    try:
+    with _server("--certfile", str(cert), "--keyfile", str(key)) as (_, url):
         assert url.startswith("https://")
 
         async def fetch() -> httpclient.HTTPResponse:
@@ -220,19 +177,12 @@ def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
         r = asyncio.run(fetch())
         assert r.code == 302
         assert "Secure" in r.headers["Set-Cookie"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
 
 
 def test_server_reaps_orphans_that_left_their_session() -> None:
     # A daemon-like orphan (own kernel session, parent gone) is reparented to the server,
     # which is a subreaper, and must not stay a zombie once it exits.
-    proc, url = _start_server("--idle-timeout", "1")
-    try:
+    with _server("--idle-timeout", "1") as (_, url):
         base, token = url.split("?token=")
 
         async def client() -> int:
@@ -244,17 +194,9 @@ def test_server_reaps_orphans_that_left_their_session() -> None:
             cmd = "(setsid sleep 0.3 & echo orphan-$!)\r"
             conn.write_message(json.dumps([protocol.STDIN, cmd]))
             orphan = int(await read_until(conn, r"orphan-(\d+)\r"))
-            deadline = time.monotonic() + 10
-            while psutil.pid_exists(orphan) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            # A zombie still exists: gone means reaped.
+            await wait_for_async(lambda: not psutil.pid_exists(orphan), 10, "the orphan reaped")
             conn.close()
             return orphan
 
-        orphan = asyncio.run(client())
-        assert not psutil.pid_exists(orphan)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        asyncio.run(client())

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 
-import pytest
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from terminal_server.model_status import ModelStatusPoller, parse_prometheus
 
-from .terminal_support import running_server
+from .support import free_port
+from .terminal_support import run, running_server
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -52,16 +54,20 @@ class ScriptedModelServer:
         return tornado.web.Application([(r"/v1/models", Models), (r"/metrics", Metrics)])
 
 
-@pytest.fixture
-def scripted_server(request: pytest.FixtureRequest, io_loop: object) -> ScriptedModelServer:
-    codes, metrics = request.param
+@contextlib.asynccontextmanager
+async def scripted_server(
+    codes: list[int], metrics: str | None
+) -> AsyncIterator[tuple[ScriptedModelServer, str]]:
+    """The script and its /v1 URL, served on a free loopback port for the test's duration."""
     script = ScriptedModelServer(codes, metrics)
     sock, port = bind_unused_port()
     server = HTTPServer(script.app())
     server.add_sockets([sock])
-    script.url = f"http://127.0.0.1:{port}/v1"  # type: ignore[attr-defined]
-    request.addfinalizer(server.stop)
-    return script
+    try:
+        yield script, f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 def test_parse_prometheus_sums_label_sets_and_ignores_lookalikes() -> None:
@@ -72,82 +78,85 @@ def test_parse_prometheus_sums_label_sets_and_ignores_lookalikes() -> None:
     assert found == {"vllm:num_requests_running": 5.0, "vllm:kv_cache_usage_perc": 0.25}
 
 
-@pytest.mark.parametrize("scripted_server", [([503, 200], VLLM_METRICS)], indirect=True)
-@pytest.mark.gen_test
-async def test_loading_then_ready_with_vllm_load_figures(
-    scripted_server: ScriptedModelServer,
-) -> None:
-    poller = ModelStatusPoller(scripted_server.url, api_key="k3y")  # type: ignore[attr-defined]
-    loading = await poller.poll_once()
-    assert loading.state == "loading"
-    assert loading.detail == "HTTP 503"
-    ready = await poller.poll_once()
-    assert ready.state == "ready"
-    assert ready.model == "tiny-model"
-    assert (ready.running, ready.waiting, ready.kv_cache_usage) == (2.0, 1.0, 0.25)
-    assert ready.since >= loading.since
-    assert scripted_server.auth_headers == ["Bearer k3y", "Bearer k3y"]
+def test_loading_then_ready_with_vllm_load_figures() -> None:
+    async def body() -> None:
+        async with scripted_server([503, 200], VLLM_METRICS) as (script, url):
+            poller = ModelStatusPoller(url, api_key="k3y")
+            loading = await poller.poll_once()
+            assert loading.state == "loading"
+            assert loading.detail == "HTTP 503"
+            ready = await poller.poll_once()
+        assert ready.state == "ready"
+        assert ready.model == "tiny-model"
+        assert (ready.running, ready.waiting, ready.kv_cache_usage) == (2.0, 1.0, 0.25)
+        assert ready.since >= loading.since
+        assert script.auth_headers == ["Bearer k3y", "Bearer k3y"]
+
+    run(body)
 
 
-@pytest.mark.parametrize("scripted_server", [([200], None)], indirect=True)
-@pytest.mark.gen_test
-async def test_server_without_metrics_degrades_quietly(
-    scripted_server: ScriptedModelServer,
-) -> None:
-    poller = ModelStatusPoller(scripted_server.url)  # type: ignore[attr-defined]
-    status = await poller.poll_once()
-    assert status.state == "ready"
-    assert status.model == "tiny-model"
-    assert (status.running, status.waiting, status.kv_cache_usage) == (None, None, None)
+def test_server_without_metrics_degrades_quietly() -> None:
+    async def body() -> None:
+        async with scripted_server([200], None) as (_, url):
+            status = await ModelStatusPoller(url).poll_once()
+        assert status.state == "ready"
+        assert status.model == "tiny-model"
+        assert (status.running, status.waiting, status.kv_cache_usage) == (None, None, None)
+
+    run(body)
 
 
-@pytest.mark.parametrize("scripted_server", [([401], None)], indirect=True)
-@pytest.mark.gen_test
-async def test_rejected_key_is_reported(scripted_server: ScriptedModelServer) -> None:
-    status = await ModelStatusPoller(scripted_server.url).poll_once()  # type: ignore[attr-defined]
-    assert status.state == "unauthorized"
+def test_rejected_key_is_reported() -> None:
+    async def body() -> None:
+        async with scripted_server([401], None) as (_, url):
+            status = await ModelStatusPoller(url).poll_once()
+        assert status.state == "unauthorized"
+
+    run(body)
 
 
-@pytest.mark.gen_test
-async def test_closed_port_is_unreachable_and_keeps_its_since() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    poller = ModelStatusPoller(f"http://127.0.0.1:{port}", timeout=1.0)
-    first = await poller.poll_once()
-    second = await poller.poll_once()
-    assert first.state == second.state == "unreachable"
-    assert second.since == first.since
-    assert second.as_json(second.since + 5)["for_seconds"] == 5.0
+def test_closed_port_is_unreachable_and_keeps_its_since() -> None:
+    async def body() -> None:
+        poller = ModelStatusPoller(f"http://127.0.0.1:{free_port()}", timeout=1.0)
+        first = await poller.poll_once()
+        second = await poller.poll_once()
+        assert first.state == second.state == "unreachable"
+        assert second.since == first.since
+        assert second.as_json(second.since + 5)["for_seconds"] == 5.0
+
+    run(body)
 
 
-@pytest.mark.parametrize("scripted_server", [([200], VLLM_METRICS)], indirect=True)
-@pytest.mark.gen_test
-async def test_status_endpoint_serves_the_snapshot_behind_the_token(
-    scripted_server: ScriptedModelServer,
-) -> None:
-    url = scripted_server.url  # type: ignore[attr-defined]
-    async with running_server(model_server_url=url, model_api_key="k3y") as srv:
-        refused = await srv.fetch("api/status")
-        assert refused.code == 403
-        await srv.ctx.model_status.poll_once()
-        response = await srv.fetch("api/status", headers=srv.auth_headers())
+def test_status_endpoint_serves_the_snapshot_behind_the_token() -> None:
+    async def body() -> None:
+        async with (
+            scripted_server([200], VLLM_METRICS) as (_, url),
+            running_server(model_server_url=url, model_api_key="k3y") as srv,
+        ):
+            refused = await srv.fetch("api/status")
+            assert refused.code == 403
+            await srv.ctx.model_status.poll_once()
+            response = await srv.fetch("api/status", headers=srv.auth_headers())
         assert response.code == 200
-        body = json.loads(response.body)
-        assert body["state"] == "ready"
-        assert body["model"] == "tiny-model"
-        assert body["kv_cache_usage"] == 0.25
+        snapshot = json.loads(response.body)
+        assert snapshot["state"] == "ready"
+        assert snapshot["model"] == "tiny-model"
+        assert snapshot["kv_cache_usage"] == 0.25
         assert "k3y" not in response.body.decode()
 
+    run(body)
 
-@pytest.mark.gen_test
-async def test_a_server_too_busy_to_answer_is_busy_not_unreachable() -> None:
+
+def test_a_server_too_busy_to_answer_is_busy_not_unreachable() -> None:
     # llama.cpp's server accepts connections but answers nothing else while it generates.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        poller = ModelStatusPoller(f"http://127.0.0.1:{port}", timeout=0.3)
-        status = await poller.poll_once()
-    assert status.state == "busy"
-    assert status.detail == "no answer within 0.3 s"
+    async def body() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            poller = ModelStatusPoller(f"http://127.0.0.1:{port}", timeout=0.3)
+            status = await poller.poll_once()
+        assert status.state == "busy"
+        assert status.detail == "no answer within 0.3 s"
+
+    run(body)

@@ -10,7 +10,8 @@ from tornado import httpclient, websocket
 
 from terminal_server import protocol
 
-from .terminal_support import TOKEN, run, running_server, wait_for
+from .support import wait_for_async
+from .terminal_support import TOKEN, run, running_server
 
 
 def test_round_trip_echo() -> None:
@@ -52,7 +53,7 @@ def test_reattach_replays_scrollback_and_keeps_the_shell() -> None:
             await a.expect("before-reload")
             sid = a.session_id
             await a.close()
-            await wait_for(lambda: srv.ctx.manager.sessions[sid].client is None)
+            await wait_for_async(lambda: srv.ctx.manager.sessions[sid].client is None)
             b = await srv.connect(f"session={sid}")
             assert b.setup == {"session": sid, "reattached": True}
             await b.expect("before-reload")  # replayed
@@ -108,7 +109,7 @@ def test_scrollback_replay_is_exactly_the_latest_output() -> None:
             await a.expect("seq-done")
             sid = a.session_id
             await a.close()
-            await wait_for(lambda: srv.ctx.manager.sessions[sid].client is None)
+            await wait_for_async(lambda: srv.ctx.manager.sessions[sid].client is None)
             b = await srv.connect(f"session={sid}")
             await b.expect("seq-done")
             assert len(b.output.encode()) == 3000
@@ -129,7 +130,7 @@ def test_idle_session_is_culled() -> None:
             a.type("echo x\r")
             await a.expect("x")
             await a.close()
-            await wait_for(lambda: sid not in srv.ctx.manager.sessions, 10, "cull")
+            await wait_for_async(lambda: sid not in srv.ctx.manager.sessions, 10, "cull")
             b = await srv.connect(f"session={sid}")
             assert b.setup is not None
             assert b.setup["reattached"] is False
@@ -141,13 +142,24 @@ def test_idle_session_is_culled() -> None:
 
 def test_attached_session_is_not_culled() -> None:
     async def body() -> None:
-        async with running_server(idle_timeout=0.2) as srv:
+        async with running_server(idle_timeout=60) as srv:
+            manager = srv.ctx.manager
             a = await srv.connect()
-            session = srv.ctx.manager.sessions[a.session_id]
-            # several cull periods pass while the client stays attached
-            a.type("sleep 0.8; echo survived'-'idle\r")
-            await a.expect("survived-idle")
-            assert not session.closed
+            gone = await srv.connect()
+            attached = manager.sessions[a.session_id]
+            detached = manager.sessions[gone.session_id]
+            await gone.close()
+            await wait_for_async(lambda: detached.client is None, 10, "the detach")
+            manager.cull()
+            assert not detached.closed  # detached for less than the idle timeout
+            # Backdate the detach instead of sleeping through the timeout.
+            assert detached.detached_at is not None
+            detached.detached_at -= 61
+            manager.cull()
+            assert detached.closed
+            assert not attached.closed
+            a.type("echo still'-'here\r")
+            await a.expect("still-here")
 
     run(body)
 

@@ -13,7 +13,8 @@ from terminal_server import protocol
 from terminal_server.processes import session_env, session_members
 from terminal_server.terminals import OUTPUT_READ_MAX
 
-from .terminal_support import make_config, run, running_server, wait_for
+from .support import wait_for_async
+from .terminal_support import make_config, run, running_server
 
 
 def _gone(pid: int) -> bool:
@@ -43,7 +44,7 @@ def test_close_kills_the_whole_session_including_hup_ignoring_children() -> None
             await c.expect("started")
             await c.expect("stubborn-")
             stubborn = int(re.search(r"stubborn-(\d+)", c.output).group(1))  # type: ignore[union-attr]
-            await wait_for(
+            await wait_for_async(
                 lambda: (
                     {"sleep"}
                     <= {
@@ -74,7 +75,7 @@ def test_ctrl_c_reaches_the_foreground_program() -> None:
             c = await srv.connect()
             c.type("sleep 300; echo after'-'sleep\r")
             session = srv.ctx.manager.sessions[c.session_id]
-            await wait_for(
+            await wait_for_async(
                 lambda: any(
                     psutil.Process(p).name() == "sleep"
                     for p, _, s in session_members(session.proc.pid)
@@ -145,7 +146,7 @@ def test_stalled_client_bounds_server_buffering_and_blocks_the_program() -> None
             c = await srv.connect(auto_ack=False)
             session = srv.ctx.manager.sessions[c.session_id]
             c.type(FLOOD)
-            await wait_for(lambda: session.window_full, 10, "the window to fill")
+            await wait_for_async(lambda: session.window_full, 10, "the window to fill")
             assert not session.reading
             assert session.outstanding <= window + OUTPUT_READ_MAX
             produced = srv.ctx.metrics.bytes_out
@@ -176,7 +177,7 @@ def test_stalled_client_can_still_interrupt_the_flood() -> None:
             c = await srv.connect(auto_ack=False)
             session = srv.ctx.manager.sessions[c.session_id]
             c.type("cat /dev/zero | tr '\\0' b\r")
-            await wait_for(lambda: session.window_full, 10, "the window to fill")
+            await wait_for_async(lambda: session.window_full, 10, "the window to fill")
             c.type("\x03")
             c.auto_ack = True
             c.ack()
@@ -257,7 +258,7 @@ def test_binary_output_mode_carries_raw_utf8_with_the_same_flow_control() -> Non
             stalled = await srv.connect("binary=1", auto_ack=False)
             session = srv.ctx.manager.sessions[stalled.session_id]
             stalled.type("head -c 3000000 /dev/zero | tr '\\0' z; echo; echo bin'-'done\r")
-            await wait_for(lambda: session.window_full, 10, "the window to fill")
+            await wait_for_async(lambda: session.window_full, 10, "the window to fill")
             assert not session.reading
             assert session.outstanding <= 64 * 1024 + OUTPUT_READ_MAX
             stalled.auto_ack = True

@@ -11,11 +11,9 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from model_server.up import stop_process
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = ROOT / ".venv-vllm"
@@ -119,12 +118,6 @@ def dry_run_argv(profile: str, env: Mapping[str, str] | None = None) -> list[str
     raise AssertionError(f"no `vllm serve` line in the dry run of {profile}:\n{result.stdout}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Server:
     root: str  # http://127.0.0.1:PORT
@@ -176,17 +169,16 @@ def serve(
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"vLLM exited with {proc.returncode} before it was ready")
+        try:
+            return client.get(f"{server.root}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
     with httpx.Client(timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"vLLM exited with {proc.returncode} before it was ready:\n{server.log_tail()}"
-                )
-            try:
-                if client.get(f"{server.root}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)  # poll interval while waiting on a condition, not a fixed wait
-    raise AssertionError(f"vLLM not healthy after {timeout:.0f}s:\n{server.log_tail()}")
+        try:
+            wait_for(healthy, timeout, "GET /health to answer 200")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{server.log_tail()}") from None

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +12,7 @@ from playwright.sync_api import Browser, Page, Playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import require
+from tests.terminal_support import server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -64,24 +62,9 @@ def terminal_server(
     args: Sequence[str], env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Run `python -m terminal_server ARGS --port 0`; yield (the URL it prints, the process)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal_server", "--port", "0", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"open (http://\S+)", line)
-    try:
-        assert match, f"no banner from the server: {line!r}"
-        yield match.group(1), proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        proc.stdout.close()
+    # The access log is not read here: a full stderr pipe would stall the server.
+    with server_process(*args, env=env, stderr=subprocess.DEVNULL) as (proc, url):
+        yield url, proc
 
 
 @contextmanager

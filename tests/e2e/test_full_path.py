@@ -21,8 +21,9 @@ from playwright.sync_api import Page, sync_playwright
 from model_server import health
 from model_server.up import stop_process
 from tests.conftest import require
-from tests.embedded_server import EmbeddedServer, free_port
+from tests.embedded_server import EmbeddedServer
 from tests.embedded_server import installed as embedded_installed
+from tests.support import free_port, isolated_home
 
 from .browser_support import (
     BUFFER_TEXT,
@@ -57,10 +58,7 @@ def session_env(tmp: Path, url: str, key: str) -> dict[str, str]:
     return {
         "MODEL_SERVER_URL": url,
         "VLLM_API_KEY": key,
-        "HOME": str(tmp),
-        "XDG_CONFIG_HOME": str(tmp / "config"),
-        "XDG_DATA_HOME": str(tmp / "data"),
-        "XDG_STATE_HOME": str(tmp / "state"),
+        **isolated_home(tmp),
     }
 
 

@@ -12,8 +12,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import pytest
 from model_server import profiles
 from tests import vllm_cpu
 from tests.conftest import require
+from tests.support import isolated_home, wait_for
 
 # Server start-up counts against the first test's timeout; on 2 busy cores it can take minutes.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -61,13 +61,9 @@ def metric(server: vllm_cpu.Server, name: str) -> float:
 
 
 def wait_metric(server: vllm_cpu.Server, name: str, want: float, timeout: float = 10.0) -> float:
-    """vLLM updates its counters right after a request; poll briefly instead of sleeping."""
-    deadline = time.monotonic() + timeout
-    value = metric(server, name)
-    while value < want and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = metric(server, name)
-    return value
+    """vLLM updates its counters right after a request: wait until `name` reaches `want`."""
+    wait_for(lambda: metric(server, name) >= want, timeout, f"{name} >= {want}")
+    return metric(server, name)
 
 
 def chat_env(server: vllm_cpu.Server, tmp: Path, key: str | None = None) -> dict[str, str]:
@@ -75,14 +71,9 @@ def chat_env(server: vllm_cpu.Server, tmp: Path, key: str | None = None) -> dict
     env.update(
         MODEL_SERVER_URL=server.root,
         VLLM_API_KEY=server.api_key if key is None else key,
-        # Keep the user's config, history and autosaves out of the test.
-        HOME=str(tmp),
-        XDG_CONFIG_HOME=str(tmp / "config"),
-        XDG_DATA_HOME=str(tmp / "data"),
-        XDG_STATE_HOME=str(tmp / "state"),
-        XDG_CACHE_HOME=str(tmp / "cache"),
         TERM="xterm-256color",
     )
+    env.update(isolated_home(tmp))  # keep the user's config, history and autosaves out
     return env
 
 
@@ -270,18 +261,14 @@ def test_chat_cli_one_shot_streams_a_real_answer(server: vllm_cpu.Server, tmp_pa
 
 
 def test_chat_cli_in_a_terminal_streams_a_real_answer(
-    server: vllm_cpu.Server, tmp_path: Path
+    server: vllm_cpu.Server, tmp_path: Path, spawn_chat: Callable[..., pexpect.spawn]
 ) -> None:
     # The same one-shot on a real PTY: the live markdown renderer, not the plain pipe path.
     before = metric(server, "vllm:generation_tokens_total")
-    child = pexpect.spawn(
-        str(CHAT),
-        ["--max-tokens", "24", "Say hello in one short sentence."],
-        env=chat_env(server, tmp_path),
-        encoding="utf-8",
-        timeout=120,
-        dimensions=(24, 80),
-    )
+    child = spawn_chat(
+        "--max-tokens", "24", "Say hello in one short sentence.",
+        env=chat_env(server, tmp_path), program=[str(CHAT)], timeout=120, dimensions=(24, 80),
+    )  # fmt: skip
     child.expect(pexpect.EOF)
     child.close()
     output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before or "")
