@@ -112,12 +112,17 @@ def stack() -> Iterator[Stack]:
 def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) -> None:
     ps = stack.compose("ps", "--format", "{{.Service}} {{.Health}}")
     assert "model-server healthy" in ps.stdout, ps.stdout
+    # Its HEALTHCHECK works on the hardened container (read-only root, no capabilities).
+    assert "terminal-server healthy" in ps.stdout, ps.stdout
     started = time.monotonic()
     with sync_playwright() as p, chromium(p) as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         problems = collect_problems(page)
         page.goto(f"{stack.url}?token={stack.token}")
         wait_connected(page)
+        # Named after the published port, not the container's 8888.
+        port = stack.url.rstrip("/").rsplit(":", 1)[1]
+        assert f"mixvllm_token_{port}" in {c["name"] for c in page.context.cookies()}
         # The session's auto-started chat found the model-server container by its name.
         wait_for_text(page, "Connected to", timeout_ms=60_000)
         wait_for_text(page, f"model {MODEL}")
