@@ -132,7 +132,7 @@ def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) ->
         )
         assert MODEL in page.locator("#statusbar").inner_text()
 
-        question = "Write a story about a lighthouse keeper and a storm."
+        question = "Describe a lighthouse in a few sentences."
         type_line(page, question)
         wait_for_js(
             page,
@@ -148,7 +148,7 @@ def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) ->
         streaming = FOOTER not in buffer_text(page).split(question, 1)[1]
         wait_for_text(page, FOOTER, timeout_ms=ANSWER_TIMEOUT_MS)
         answer = buffer_text(page).split(question, 1)[1]
-        assert len("".join(answer.split())) > 100, answer
+        assert len("".join(answer.split())) > 40, answer
         assert streaming, "the answer arrived whole: nothing streamed"
         assert problems == []
     _timed("browser: page, chat, streamed answer", started)
