@@ -106,7 +106,7 @@ def public_url(ctx: Context) -> str:
     host = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    url = f"{cfg.scheme}://{host}:{cfg.port}{cfg.base_path}"
+    url = cfg.public_url or f"{cfg.scheme}://{host}:{cfg.port}{cfg.base_path}"
     # Print the token only when we generated it; a configured one is the operator's secret.
     if ctx.token is not None and cfg.token is None:
         url += f"?token={ctx.token}"

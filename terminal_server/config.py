@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mixvllm_common import defaults
 from mixvllm_common.options import Kind, Option, OptionError, add_to_parser, boolean, resolve
@@ -34,6 +35,7 @@ class Config:
     no_auth: bool = False
     max_sessions: int = 32
     base_path: str = "/"
+    public_url: str | None = None  # what users open, when a proxy or published port differs
     certfile: str | None = None
     keyfile: str | None = None
     allowed_origins: tuple[str, ...] = ()
@@ -53,6 +55,14 @@ class Config:
     @property
     def scheme(self) -> str:
         return "https" if self.certfile else "http"
+
+    @property
+    def public_port(self) -> int:
+        """The port users reach the server on: the public URL's, else the one it listens on."""
+        if not self.public_url:
+            return self.port
+        url = urlsplit(self.public_url)
+        return url.port or (443 if url.scheme == "https" else 80)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -102,6 +112,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("max_sessions", int, 32, "sessions at most; the next one is refused with a message",
          metavar="N"),
     _opt("base_path", str, "/", "URL prefix behind a reverse proxy", metavar="PATH"),
+    _opt("public_url", str, None,
+         "the URL users open (a published port, a proxy): the banner prints it and the "
+         "cookie is named after its port", metavar="URL", shown_default="the bound address"),
     _opt("certfile", str, None, "TLS certificate (PEM); serves https", metavar="FILE"),
     _opt("keyfile", str, None, "TLS private key (PEM)", metavar="FILE"),
     _opt("allowed_origins", str, "",
@@ -152,6 +165,8 @@ def _check(v: Mapping[str, Any]) -> None:
         raise ConfigError("--no-auth and --token exclude each other")
     if bool(v["certfile"]) != bool(v["keyfile"]):
         raise ConfigError("--certfile and --keyfile go together")
+    if v["public_url"] and urlsplit(v["public_url"]).scheme not in ("http", "https"):
+        raise ConfigError("--public-url must start with http:// or https://")
     if v["token"] is not None and len(v["token"]) < 8:
         raise ConfigError("--token must be at least 8 characters")
 
@@ -183,6 +198,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         no_auth=v["no_auth"],
         max_sessions=v["max_sessions"],
         base_path=_normalize_base(v["base_path"]),
+        public_url=v["public_url"].rstrip("/") + "/" if v["public_url"] else None,
         certfile=v["certfile"] or None,
         keyfile=v["keyfile"] or None,
         allowed_origins=origins,

@@ -45,7 +45,8 @@ class Context:
 
     @property
     def cookie_name(self) -> str:
-        return f"mixvllm_token_{self.config.port}"
+        # Two servers on one host (say two compose stacks) must not overwrite each other's.
+        return f"mixvllm_token_{self.config.public_port}"
 
 
 def log_request(handler: web.RequestHandler) -> None:

@@ -42,7 +42,7 @@ def test_compose_file_matches_the_compose_spec() -> None:
 
 
 def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
-    broken = COMPOSE.read_text().replace("condition: service_healthy", "condition: when_ready")
+    broken = COMPOSE.read_text().replace("condition: service_started", "condition: when_ready")
     assert broken != COMPOSE.read_text()
     path = tmp_path / "docker-compose.yml"
     path.write_text(broken)
@@ -65,7 +65,8 @@ def test_model_server_service(compose: dict[str, Any]) -> None:
     assert device["driver"] == "nvidia"
     assert device["capabilities"] == ["gpu"]
     assert device["count"].startswith("${GPU_COUNT")
-    assert any(v.endswith(":/root/.cache/huggingface") for v in svc["volumes"])
+    # The image runs as uid 10001 (not root), whose home holds the cache.
+    assert any(v.endswith(":/home/mixvllm/.cache/huggingface") for v in svc["volumes"])
     health = svc["healthcheck"]
     assert health["test"] == ["CMD", "mixvllm-serve", "health", "http://127.0.0.1:8000"]
     assert health["start_interval"] == "5s"
@@ -80,8 +81,45 @@ def test_terminal_server_service(compose: dict[str, Any]) -> None:
     assert env["MODEL_SERVER_URL"] == "http://model-server:8000/v1"
     assert env["MIXVLLM_TERMINAL_TOKEN"].startswith("${MIXVLLM_TERMINAL_TOKEN:?")
     assert env["VLLM_API_KEY"] == compose["services"]["model-server"]["environment"]["VLLM_API_KEY"]
-    assert svc["depends_on"] == {"model-server": {"condition": "service_healthy"}}
+    # Started at once: the status bar and `chat --wait` show the model while it loads.
+    assert svc["depends_on"] == {"model-server": {"condition": "service_started"}}
     assert any(str(p).endswith(":8888") for p in svc["ports"])
+    public = env["MIXVLLM_TERMINAL_PUBLIC_URL"]
+    assert public.startswith(
+        "${MIXVLLM_TERMINAL_PUBLIC_URL:-http://localhost:${TERMINAL_PUBLISH_PORT"
+    )
+
+
+def test_terminal_server_is_hardened_and_keeps_its_home(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["terminal-server"]
+    assert svc["init"] is True  # a signal-aware PID 1: `docker stop` does not wait 10 s
+    assert svc["read_only"] is True
+    assert svc["tmpfs"] == ["/tmp"]
+    assert svc["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in svc["security_opt"]
+    assert "terminal-home:/home/mixvllm" in svc["volumes"]  # saved conversations survive
+    assert "terminal-home" in compose["volumes"]
+    assert compose["services"]["model-server"]["init"] is True
+
+
+class _ResetLoader(yaml.SafeLoader):
+    """Compose's `!reset` tag, kept as a marker."""
+
+
+_ResetLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def test_cpu_override_swaps_in_the_embedded_engine() -> None:
+    cpu = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=_ResetLoader)
+    svc = cpu["services"]["model-server"]
+    assert svc["build"]["dockerfile"] == "Dockerfile.model-cpu"
+    assert (ROOT / "Dockerfile.model-cpu").exists()
+    assert svc["image"].startswith("mixvllm-model-server-cpu:")
+    assert svc["environment"]["MIXVLLM_PROFILE"] == "embedded"
+    assert profiles.load("embedded").engine == "llama.cpp"
+    assert svc["deploy"] == "!reset"  # no GPU reservation
+    # Engines before 25 (Debian's docker.io, which CI runs) refuse start_interval.
+    assert svc["healthcheck"]["start_interval"] == "!reset"
 
 
 COMPOSE_FILES = [COMPOSE, *sorted((ROOT / "deploy").glob("*.yml"))]

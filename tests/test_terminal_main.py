@@ -19,6 +19,7 @@ from tornado import httpclient, websocket
 
 from terminal_server import protocol
 from terminal_server.__main__ import main
+from terminal_server.app import make_context, public_url
 from terminal_server.config import Config, ConfigError, load_config
 from tests.conftest import require
 from tests.support import wait_for, wait_for_async
@@ -200,3 +201,17 @@ def test_server_reaps_orphans_that_left_their_session() -> None:
             return orphan
 
         asyncio.run(client())
+
+
+def test_public_url_names_the_banner_and_the_cookie() -> None:
+    """Published elsewhere (compose maps 9000 -> 8888), the user's URL counts, not the bind."""
+    cfg = load_config(["--port", "8888", "--public-url", "http://localhost:9000"], env={})
+    assert cfg.public_url == "http://localhost:9000/"
+    ctx = make_context(cfg)
+    assert ctx.cookie_name == "mixvllm_token_9000"
+    assert public_url(ctx) == f"http://localhost:9000/?token={ctx.token}"
+    https = load_config([], env={"MIXVLLM_TERMINAL_PUBLIC_URL": "https://term.example/x/"})
+    assert make_context(https).cookie_name == "mixvllm_token_443"
+    assert make_context(load_config(["--port", "8890"], env={})).cookie_name.endswith("_8890")
+    with pytest.raises(ConfigError, match="public-url"):
+        load_config(["--public-url", "localhost:9000"], env={})

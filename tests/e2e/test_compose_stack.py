@@ -1,0 +1,154 @@
+"""The compose stack for real: `docker compose -f docker-compose.yml -f docker-compose.cpu.yml
+up --wait` on the images `make compose-test` built, then Chromium on the terminal container's
+published page, a streamed answer from the model-server container, and `down -v` leaving
+nothing behind. Needs a Docker engine (DOCKER_HOST); `make compose-test` starts one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.conftest import require
+from tests.embedded_server import free_port
+
+from .browser_support import (
+    BUFFER_TEXT,
+    ROOT,
+    buffer_text,
+    chromium,
+    collect_problems,
+    type_line,
+    wait_connected,
+    wait_for_js,
+    wait_for_text,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
+
+DOCKER = os.environ.get("MIXVLLM_DOCKER") or shutil.which("docker") or "docker"
+FILES = ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
+MODEL = "smollm2-135m-instruct"
+ANSWER_TIMEOUT_MS = 180_000
+FOOTER = "tok/s"  # chat's footer after every finished answer
+
+
+def docker_available() -> bool:
+    try:
+        info = subprocess.run([DOCKER, "info"], capture_output=True, timeout=30, check=False)
+        compose = subprocess.run(
+            [DOCKER, "compose", "version"], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return info.returncode == 0 and compose.returncode == 0
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    url: str
+    token: str
+    env: dict[str, str]
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        cmd = [DOCKER, "compose", "-p", self.project, *FILES, *args]
+        return subprocess.run(
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+
+    def leftovers(self) -> list[str]:
+        label = f"label=com.docker.compose.project={self.project}"
+        found = []
+        for kind in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
+            out = subprocess.run(
+                [DOCKER, *kind, "-q", "--filter", label],
+                capture_output=True, text=True, timeout=60, check=True,
+            ).stdout.split()  # fmt: skip
+            found += [f"{kind[0]} {x}" for x in out]
+        return found
+
+
+def _timed(what: str, started: float) -> None:
+    print(f"compose-test: {what}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    require(docker_available(), f"no Docker engine with Compose v2 ({DOCKER}; make compose-test)")
+    port = free_port()
+    token = "ci-" + secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "VLLM_API_KEY": secrets.token_urlsafe(24),
+        "MIXVLLM_TERMINAL_TOKEN": token,
+        "TERMINAL_PUBLISH_PORT": str(port),
+        "MODEL_SERVER_PUBLISH_PORT": str(free_port()),
+    }
+    s = Stack(f"mixvllm-ci-{secrets.token_hex(3)}", f"http://127.0.0.1:{port}/", token, env)
+    started = time.monotonic()
+    up = s.compose("up", "--wait", "--no-build", timeout=400)
+    _timed("compose up --wait", started)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr + s.compose("logs").stdout
+        yield s
+    finally:
+        started = time.monotonic()
+        down = s.compose("down", "-v", "--remove-orphans", "--timeout", "20")
+        _timed("compose down -v", started)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert s.leftovers() == []
+
+
+def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) -> None:
+    ps = stack.compose("ps", "--format", "{{.Service}} {{.Health}}")
+    assert "model-server healthy" in ps.stdout, ps.stdout
+    # Its HEALTHCHECK works on the hardened container (read-only root, no capabilities).
+    assert "terminal-server healthy" in ps.stdout, ps.stdout
+    started = time.monotonic()
+    with sync_playwright() as p, chromium(p) as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
+        problems = collect_problems(page)
+        page.goto(f"{stack.url}?token={stack.token}")
+        wait_connected(page)
+        # Named after the published port, not the container's 8888.
+        port = stack.url.rstrip("/").rsplit(":", 1)[1]
+        assert f"mixvllm_token_{port}" in {c["name"] for c in page.context.cookies()}
+        # The session's auto-started chat found the model-server container by its name.
+        wait_for_text(page, "Connected to", timeout_ms=60_000)
+        wait_for_text(page, f"model {MODEL}")
+        page.wait_for_function(
+            "() => document.getElementById('statusbar').dataset.state === 'ready'",
+            timeout=60_000,
+        )
+        assert MODEL in page.locator("#statusbar").inner_text()
+
+        question = "Describe a lighthouse in a few sentences."
+        type_line(page, question)
+        wait_for_js(
+            page,
+            f"""(q) => {{
+                const text = ({BUFFER_TEXT})();
+                const at = text.lastIndexOf(q);
+                return at >= 0 && text.slice(at + q.length).replace(/\\s/g, "").length >= 20;
+            }}""",
+            question,
+            ANSWER_TIMEOUT_MS,
+        )
+        # Streamed: words are on screen before the footer that ends every answer.
+        streaming = FOOTER not in buffer_text(page).split(question, 1)[1]
+        wait_for_text(page, FOOTER, timeout_ms=ANSWER_TIMEOUT_MS)
+        answer = buffer_text(page).split(question, 1)[1]
+        assert len("".join(answer.split())) > 40, answer
+        assert streaming, "the answer arrived whole: nothing streamed"
+        assert problems == []
+    _timed("browser: page, chat, streamed answer", started)
