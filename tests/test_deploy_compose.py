@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from model_server import profiles
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
