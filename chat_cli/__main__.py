@@ -9,6 +9,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, TextIO
 
 from chat_cli import client as client_mod
@@ -19,6 +20,7 @@ from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ModelNotFound, NoModels, ServerUnreachable
 from chat_cli.render import PlainRenderer, Renderer, make_renderer
 from chat_cli.session import INTERRUPTED, Session
+from chat_cli.tty import typeahead_quiet
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,17 +99,19 @@ def run(config: Config) -> int:
         if not question.strip():
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
 
-    base_url, models = connect(config, err)
-    model = config.model or models[0]
-    if model not in models:
-        raise ModelNotFound(model, models)
-    client = ChatClient(base_url, config.api_key, config.timeout)
-    try:
-        return _converse(
-            config, client, base_url, model, question=question, interactive=interactive
-        )
-    finally:
-        client.close()
+    # Keys typed while chat connects (or waits for a loading model) wait for the prompt.
+    with typeahead_quiet(sys.stdin) if interactive else nullcontext():
+        base_url, models = connect(config, err)
+        model = config.model or models[0]
+        if model not in models:
+            raise ModelNotFound(model, models)
+        client = ChatClient(base_url, config.api_key, config.timeout)
+        try:
+            return _converse(
+                config, client, base_url, model, question=question, interactive=interactive
+            )
+        finally:
+            client.close()
 
 
 def _converse(

@@ -31,6 +31,7 @@ from typing import IO
 from chat_cli.client import Cancel
 from chat_cli.render import Renderer
 from chat_cli.sse import Piece
+from chat_cli.tty import typeahead_quiet
 
 HANG_UP_GRACE_S = 2.0  # a reader woken by the hang-up only unwinds: it ends well within this
 
@@ -48,25 +49,6 @@ class End:
 
 
 Item = Piece | Marker | End
-
-
-@contextmanager
-def echo_off(stream: IO[str]) -> Iterator[None]:
-    import termios  # noqa: PLC0415 (POSIX only)
-
-    try:
-        fd = stream.fileno()
-        saved = termios.tcgetattr(fd)
-    except (OSError, ValueError, termios.error):
-        yield  # not a terminal (a pipe, a closed or captured stdin)
-        return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 @contextmanager
@@ -95,7 +77,7 @@ class StreamLoop:
         posix = sys.platform != "win32"
         with ExitStack() as stack:
             if self.renderer.live and posix:
-                stack.enter_context(echo_off(self.stdin))
+                stack.enter_context(typeahead_quiet(self.stdin))
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(_handler(signal.SIGINT, self._on_interrupt))
                 if self.renderer.live and posix:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -272,4 +273,19 @@ def test_keys_typed_during_an_answer_are_not_echoed_into_it(
     child.expect(PROMPT_READY)
     child.expect("typed ahead")  # kept for the next question
     child.sendcontrol("c")
+    assert exit_with_ctrl_d(child) == 0
+
+
+def test_a_line_typed_while_chat_waits_for_the_model_is_sent_at_the_prompt(
+    fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    """The browser terminal starts `chat --wait`: a user who types a line and Enter before the
+    prompt is up must get it sent, not a newline in the input (the tty maps CR to LF)."""
+    fake.state.loading_until = time.monotonic() + 3.0
+    child = chat("--wait", "30", ready=False)
+    child.expect("waiting")  # /v1/models answers 503: chat waits for the loading model
+    child.send("/system\r")
+    child.expect(PROMPT_READY)
+    assert "/system" not in visible(child.before)  # not echoed over the progress line
+    child.expect("System prompt:")
     assert exit_with_ctrl_d(child) == 0
