@@ -8,9 +8,11 @@ import hmac
 import json
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlparse
+from types import TracebackType
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 from tornado import httputil, web, websocket
 
@@ -20,6 +22,7 @@ from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .processes import SessionStartError
 from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
+from .wsclose import DrainingProtocol
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -46,6 +49,12 @@ class Context:
     @property
     def cookie_name(self) -> str:
         return f"mixvllm_token_{self.config.port}"
+
+    @property
+    def cookie_value(self) -> str:
+        # Percent-encoded: a cookie holds only ASCII, and a token may not be.
+        assert self.token is not None
+        return quote(self.token, safe="")
 
 
 def log_request(handler: web.RequestHandler) -> None:
@@ -75,8 +84,14 @@ def _token_ok(ctx: Context, candidate: str | None) -> bool:
 def _presented_token(handler: web.RequestHandler, ctx: Context) -> str | None:
     auth = handler.request.headers.get("Authorization", "")
     if auth.startswith(("Bearer ", "token ")):
-        return auth.split(" ", 1)[1].strip()
-    return handler.get_cookie(ctx.cookie_name)
+        # Tornado decodes header bytes as Latin-1; clients such as curl send UTF-8.
+        raw = auth.split(" ", 1)[1].strip().encode("latin-1", "replace")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+    cookie = handler.get_cookie(ctx.cookie_name)
+    return None if cookie is None else unquote(cookie)
 
 
 def guard(handler: web.RequestHandler, ctx: Context) -> bool:
@@ -116,6 +131,19 @@ class _Guarded(web.RequestHandler):
         # Tornado's default summary has the URI, whose query string may carry the token.
         return f"{self.request.method} {self.request.path}"
 
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Tornado's version logs the whole request and messages that quote the input (a token
+        # with a bad byte, say). The access log has the status; a bug keeps its type and stack.
+        if isinstance(value, web.HTTPError) or typ is None:
+            return
+        stack = "".join(traceback.format_tb(tb)).rstrip()
+        log.error("%s in %s (message withheld)\n%s", typ.__name__, self._request_summary(), stack)
+
     def prepare(self) -> None:
         guard(self, self.ctx)
 
@@ -145,7 +173,7 @@ class PageHandler(GuardedHandler):
         if self.ctx.token is not None:
             self.set_cookie(
                 self.ctx.cookie_name,
-                self.ctx.token,
+                self.ctx.cookie_value,
                 httponly=True,
                 samesite="Strict",
                 secure=self.ctx.config.certfile is not None,
@@ -175,6 +203,11 @@ class GuardedStaticHandler(_Guarded, web.StaticFileHandler):
         super().initialize(path, default_filename, allowed_symlink_directory)
         assert ctx is not None
         self.ctx = ctx
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if "\x00" in absolute_path:  # os.path would raise ValueError: a 500
+            raise web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
 
 
 class HealthHandler(GuardedHandler):
@@ -219,6 +252,14 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         self.peer = "?"
         self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._ponged = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def get_websocket_protocol(self) -> websocket.WebSocketProtocol | None:
+        proto = super().get_websocket_protocol()
+        if isinstance(proto, websocket.WebSocketProtocol13):
+            return DrainingProtocol(self, False, proto.params)
+        return proto
 
     def check_origin(self, origin: str) -> bool:
         origin = origin.rstrip("/")
@@ -286,6 +327,28 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         if isinstance(old, TermSocket):
             old.session = None
             old._fail(protocol.CLOSE_TAKEN_OVER, "this session was opened in another tab")
+        if self.ctx.config.ping_interval > 0:
+            self._watchdog = asyncio.ensure_future(self._watch(self.ctx.config.ping_interval))
+
+    async def _watch(self, interval: float) -> None:
+        """Drop a tab that answers no ping (asleep, frozen, offline); its session stays."""
+        while True:
+            self._ponged = False
+            try:
+                self.ping()
+            except websocket.WebSocketClosedError:
+                return
+            await asyncio.sleep(interval)
+            if not self._ponged:
+                break
+        log.info("client %s answered no ping within %g s: detached", self.peer, interval)
+        if self.session is not None:
+            self.session.detach(self)
+            self.session = None
+        self.close(protocol.CLOSE_NO_PONG, "no answer to ping")
+
+    def on_pong(self, data: bytes) -> None:
+        self._ponged = True
 
     def _fail(self, code: int, message: str) -> None:
         self._send(protocol.encode(protocol.ERROR, message))
@@ -332,6 +395,9 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.ctx.sockets.discard(self)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.session is not None:
             self.session.detach(self)
             self.session = None
