@@ -1,10 +1,9 @@
-"""HTTP and WebSocket handlers. Every request passes `guard()`: Host check, then the token."""
+"""HTTP and WebSocket handlers. Every request passes `auth.guard()`: Host, then the token."""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import hmac
 import json
 import logging
 import time
@@ -12,12 +11,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote, unquote, urlencode, urlparse
+from urllib.parse import quote, urlencode, urlparse
 
-from tornado import httputil, web, websocket
+from tornado import web, websocket
 
 from . import __version__, protocol
-from .config import Config, is_loopback_host
+from .auth import guard, host_allowed, token_ok
+from .config import Config
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .processes import SessionStartError
@@ -63,52 +63,6 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING
     ms = 1000.0 * handler.request.request_time()
     log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path, ms)
-
-
-def _host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
-    if not ctx.config.is_loopback:
-        return True
-    host = request.host or ""
-    hostname = urlparse(f"//{host}").hostname or ""
-    return is_loopback_host(hostname)
-
-
-def _token_ok(ctx: Context, candidate: str | None) -> bool:
-    if ctx.token is None:
-        return True
-    if not candidate:
-        return False
-    return hmac.compare_digest(candidate.encode(), ctx.token.encode())
-
-
-def _presented_token(handler: web.RequestHandler, ctx: Context) -> str | None:
-    auth = handler.request.headers.get("Authorization", "")
-    if auth.startswith(("Bearer ", "token ")):
-        # Tornado decodes header bytes as Latin-1; clients such as curl send UTF-8.
-        raw = auth.split(" ", 1)[1].strip().encode("latin-1", "replace")
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("latin-1")
-    cookie = handler.get_cookie(ctx.cookie_name)
-    return None if cookie is None else unquote(cookie)
-
-
-def guard(handler: web.RequestHandler, ctx: Context) -> bool:
-    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
-    reason = None
-    if not _host_allowed(ctx, handler.request):
-        reason, text = "host", "Host not allowed: this server only answers to localhost names."
-    elif not _token_ok(ctx, _presented_token(handler, ctx)):
-        reason, text = "token", "Token required: open the URL printed when the server started."
-    if reason is None:
-        return True
-    ctx.metrics.rejected[reason] += 1
-    log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
-    handler.set_status(403)
-    handler.set_header("Content-Type", "text/plain; charset=utf-8")
-    handler.finish(text + "\n")
-    return False
 
 
 def _security_headers(handler: web.RequestHandler) -> None:
@@ -161,10 +115,10 @@ class PageHandler(GuardedHandler):
     def prepare(self) -> None:
         # A ?token= is swapped for a cookie and dropped from the address bar.
         token = self.get_query_argument("token", None)
-        if token is None or not _host_allowed(self.ctx, self.request):
+        if token is None or not host_allowed(self.ctx, self.request):
             guard(self, self.ctx)
             return
-        if not _token_ok(self.ctx, token):
+        if not token_ok(self.ctx, token):
             self.ctx.metrics.rejected["token"] += 1
             log.warning("refused %s %s: bad token", self.request.method, self.request.path)
             self.set_status(403)
