@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import secrets
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -30,6 +31,7 @@ from .handlers import (
 )
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
+from .redact import token_kept_out_of_logs
 from .terminals import SessionManager
 
 log = logging.getLogger("mixvllm.terminal")
@@ -131,6 +133,16 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     port = sockets[0].getsockname()[1]
     ctx = make_context(dataclasses.replace(config, port=port))
+    with token_kept_out_of_logs(ctx.token):
+        return await _run(ctx, sockets, ssl_ctx, announce or _print)
+
+
+async def _run(
+    ctx: Context,
+    sockets: list[socket.socket],
+    ssl_ctx: ssl.SSLContext | None,
+    announce: Callable[[str], None],
+) -> int:
     ctx.manager.become_subreaper()
     server = httpserver.HTTPServer(make_app(ctx), ssl_options=ssl_ctx)
     server.add_sockets(sockets)
@@ -141,7 +153,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    (announce or _print)(public_url(ctx))
+    announce(public_url(ctx))
     await stop.wait()
 
     log.info("shutting down")

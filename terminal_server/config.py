@@ -40,6 +40,7 @@ class Config:
     keyfile: str | None = None
     allowed_origins: tuple[str, ...] = ()
     idle_timeout: float = 600.0  # seconds a session lives without a client
+    ping_interval: float = 30.0  # 0: no pings; a tab silent for one interval is dropped
     scrollback_bytes: int = 256 * 1024  # replayed on reattach
     flow_window: int = 256 * 1024  # unacknowledged output per client
     max_message_bytes: int = 1024 * 1024
@@ -106,7 +107,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("shell", str, None, "shell command line per session", metavar="LINE",
          shown_default="the `SHELL` variable, else bash"),
     _opt("token", str, None,
-         "access token (≥ 8 characters) for every request and the WebSocket",
+         "access token (≥ 8 characters, no spaces) for every request and the WebSocket; "
+         "set it with `MIXVLLM_TERMINAL_TOKEN` instead: a flag shows in `ps`",
          metavar="TOKEN", shown_default="generated and printed"),
     _opt("no_auth", boolean, False, "no token; refused unless bound to loopback"),
     _opt("max_sessions", int, 32, "sessions at most; the next one is refused with a message",
@@ -122,6 +124,9 @@ OPTIONS: tuple[Option, ...] = (
          metavar="ORIGINS"),
     _opt("idle_timeout", float, 600.0, "seconds a session lives without a client",
          metavar="SECONDS"),
+    _opt("ping_interval", float, 30.0,
+         "seconds between WebSocket pings; a tab that answers none within that time is "
+         "dropped and its session kept for reattach; `0`: no pings", metavar="SECONDS"),
     _opt("scrollback_bytes", int, 256 * 1024,
          "recent output kept per session, replayed on reattach", metavar="N"),
     _opt("flow_window", int, 256 * 1024,
@@ -155,6 +160,8 @@ def _check(v: Mapping[str, Any]) -> None:
         raise ConfigError("--max-sessions must be at least 1")
     if v["idle_timeout"] <= 0:
         raise ConfigError("--idle-timeout must be positive")
+    if v["ping_interval"] < 0:
+        raise ConfigError("--ping-interval must not be negative")
     if v["flow_window"] < 4096:
         raise ConfigError("--flow-window must be at least 4096")
     if v["scrollback_bytes"] < 0:
@@ -167,8 +174,16 @@ def _check(v: Mapping[str, Any]) -> None:
         raise ConfigError("--certfile and --keyfile go together")
     if v["public_url"] and urlsplit(v["public_url"]).scheme not in ("http", "https"):
         raise ConfigError("--public-url must start with http:// or https://")
-    if v["token"] is not None and len(v["token"]) < 8:
+    if v["token"] is not None:
+        check_token(v["token"])
+
+
+def check_token(token: str) -> None:
+    """A token must survive a cookie, a header and a URL (the message never quotes it)."""
+    if len(token) < 8:
         raise ConfigError("--token must be at least 8 characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ConfigError("--token must not contain spaces or control characters")
 
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -203,6 +218,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         keyfile=v["keyfile"] or None,
         allowed_origins=origins,
         idle_timeout=v["idle_timeout"],
+        ping_interval=v["ping_interval"],
         scrollback_bytes=v["scrollback_bytes"],
         flow_window=v["flow_window"],
         cwd=env.get("HOME") or str(Path.home()),

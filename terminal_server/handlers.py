@@ -1,25 +1,28 @@
-"""HTTP and WebSocket handlers. Every request passes `guard()`: Host check, then the token."""
+"""HTTP and WebSocket handlers. Every request passes `auth.guard()`: Host, then the token."""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import hmac
 import json
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlparse
+from types import TracebackType
+from urllib.parse import quote, urlencode, urlparse
 
-from tornado import httputil, web, websocket
+from tornado import web, websocket
 
 from . import __version__, protocol
-from .config import Config, is_loopback_host
+from .auth import guard, host_allowed, token_ok
+from .config import Config
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .processes import SessionStartError
 from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
+from .wsclose import DrainingProtocol
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -48,6 +51,12 @@ class Context:
         # Two servers on one host (say two compose stacks) must not overwrite each other's.
         return f"mixvllm_token_{self.config.public_port}"
 
+    @property
+    def cookie_value(self) -> str:
+        # Percent-encoded: a cookie holds only ASCII, and a token may not be.
+        assert self.token is not None
+        return quote(self.token, safe="")
+
 
 def log_request(handler: web.RequestHandler) -> None:
     """Access log without query strings (tokens never reach the logs)."""
@@ -55,46 +64,6 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING
     ms = 1000.0 * handler.request.request_time()
     log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path, ms)
-
-
-def _host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
-    if not ctx.config.is_loopback:
-        return True
-    host = request.host or ""
-    hostname = urlparse(f"//{host}").hostname or ""
-    return is_loopback_host(hostname)
-
-
-def _token_ok(ctx: Context, candidate: str | None) -> bool:
-    if ctx.token is None:
-        return True
-    if not candidate:
-        return False
-    return hmac.compare_digest(candidate.encode(), ctx.token.encode())
-
-
-def _presented_token(handler: web.RequestHandler, ctx: Context) -> str | None:
-    auth = handler.request.headers.get("Authorization", "")
-    if auth.startswith(("Bearer ", "token ")):
-        return auth.split(" ", 1)[1].strip()
-    return handler.get_cookie(ctx.cookie_name)
-
-
-def guard(handler: web.RequestHandler, ctx: Context) -> bool:
-    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
-    reason = None
-    if not _host_allowed(ctx, handler.request):
-        reason, text = "host", "Host not allowed: this server only answers to localhost names."
-    elif not _token_ok(ctx, _presented_token(handler, ctx)):
-        reason, text = "token", "Token required: open the URL printed when the server started."
-    if reason is None:
-        return True
-    ctx.metrics.rejected[reason] += 1
-    log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
-    handler.set_status(403)
-    handler.set_header("Content-Type", "text/plain; charset=utf-8")
-    handler.finish(text + "\n")
-    return False
 
 
 def _security_headers(handler: web.RequestHandler) -> None:
@@ -117,6 +86,19 @@ class _Guarded(web.RequestHandler):
         # Tornado's default summary has the URI, whose query string may carry the token.
         return f"{self.request.method} {self.request.path}"
 
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Tornado's version logs the whole request and messages that quote the input (a token
+        # with a bad byte, say). The access log has the status; a bug keeps its type and stack.
+        if isinstance(value, web.HTTPError) or typ is None:
+            return
+        stack = "".join(traceback.format_tb(tb)).rstrip()
+        log.error("%s in %s (message withheld)\n%s", typ.__name__, self._request_summary(), stack)
+
     def prepare(self) -> None:
         guard(self, self.ctx)
 
@@ -134,10 +116,10 @@ class PageHandler(GuardedHandler):
     def prepare(self) -> None:
         # A ?token= is swapped for a cookie and dropped from the address bar.
         token = self.get_query_argument("token", None)
-        if token is None or not _host_allowed(self.ctx, self.request):
+        if token is None or not host_allowed(self.ctx, self.request):
             guard(self, self.ctx)
             return
-        if not _token_ok(self.ctx, token):
+        if not token_ok(self.ctx, token):
             self.ctx.metrics.rejected["token"] += 1
             log.warning("refused %s %s: bad token", self.request.method, self.request.path)
             self.set_status(403)
@@ -146,7 +128,7 @@ class PageHandler(GuardedHandler):
         if self.ctx.token is not None:
             self.set_cookie(
                 self.ctx.cookie_name,
-                self.ctx.token,
+                self.ctx.cookie_value,
                 httponly=True,
                 samesite="Strict",
                 secure=self.ctx.config.certfile is not None,
@@ -176,6 +158,11 @@ class GuardedStaticHandler(_Guarded, web.StaticFileHandler):
         super().initialize(path, default_filename, allowed_symlink_directory)
         assert ctx is not None
         self.ctx = ctx
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if "\x00" in absolute_path:  # os.path would raise ValueError: a 500
+            raise web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
 
 
 class HealthHandler(GuardedHandler):
@@ -220,6 +207,14 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         self.peer = "?"
         self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._ponged = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def get_websocket_protocol(self) -> websocket.WebSocketProtocol | None:
+        proto = super().get_websocket_protocol()
+        if isinstance(proto, websocket.WebSocketProtocol13):
+            return DrainingProtocol(self, False, proto.params)
+        return proto
 
     def check_origin(self, origin: str) -> bool:
         origin = origin.rstrip("/")
@@ -287,6 +282,28 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         if isinstance(old, TermSocket):
             old.session = None
             old._fail(protocol.CLOSE_TAKEN_OVER, "this session was opened in another tab")
+        if self.ctx.config.ping_interval > 0:
+            self._watchdog = asyncio.ensure_future(self._watch(self.ctx.config.ping_interval))
+
+    async def _watch(self, interval: float) -> None:
+        """Drop a tab that answers no ping (asleep, frozen, offline); its session stays."""
+        while True:
+            self._ponged = False
+            try:
+                self.ping()
+            except websocket.WebSocketClosedError:
+                return
+            await asyncio.sleep(interval)
+            if not self._ponged:
+                break
+        log.info("client %s answered no ping within %g s: detached", self.peer, interval)
+        if self.session is not None:
+            self.session.detach(self)
+            self.session = None
+        self.close(protocol.CLOSE_NO_PONG, "no answer to ping")
+
+    def on_pong(self, data: bytes) -> None:
+        self._ponged = True
 
     def _fail(self, code: int, message: str) -> None:
         self._send(protocol.encode(protocol.ERROR, message))
@@ -333,6 +350,9 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.ctx.sockets.discard(self)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.session is not None:
             self.session.detach(self)
             self.session = None

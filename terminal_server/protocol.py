@@ -33,6 +33,7 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_TRY_LATER: Final = 1013  # session cap reached
 CLOSE_TAKEN_OVER: Final = 4001  # the session was attached from another tab
 CLOSE_SESSION_ENDED: Final = 4002  # the program in the session exited
+CLOSE_NO_PONG: Final = 4003  # no answer to a ping in time; the session stays for reattach
 
 MAX_DIMENSION: Final = 1000  # rows or columns; anything larger is junk
 

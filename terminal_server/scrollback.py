@@ -34,4 +34,10 @@ class Scrollback:
                 excess = 0
 
     def replay(self) -> bytes:
-        return b"".join(self._chunks)[self._skip :]
+        data = b"".join(self._chunks)[self._skip :]
+        # Trims and read boundaries cut anywhere: skip a partial UTF-8 character at the head
+        # here, on the rare replay, instead of on every add.
+        start = 0
+        while start < min(len(data), 3) and data[start] & 0xC0 == 0x80:
+            start += 1
+        return data[start:] if start else data

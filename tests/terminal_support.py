@@ -169,11 +169,11 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[Server]:
+async def running_server(static_dir: Path = STATIC_DIR, **overrides: Any) -> AsyncIterator[Server]:
     sockets = netutil.bind_sockets(0, "127.0.0.1")
     port = sockets[0].getsockname()[1]
     config = make_config(**overrides)
-    ctx = make_context(dataclasses.replace(config, port=port), STATIC_DIR)
+    ctx = make_context(dataclasses.replace(config, port=port), static_dir)
     http = httpserver.HTTPServer(make_app(ctx))
     http.add_sockets(sockets)
     ctx.manager.start()
@@ -237,3 +237,24 @@ def server_process(
             if stream:
                 stream.close()
     assert code == 0, f"the terminal server exited with {code}"
+
+
+async def open_raw(port: int, request: bytes) -> tuple[bytes, asyncio.StreamWriter]:
+    """Send raw bytes on a new connection; return the answer's head and the open connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    except asyncio.IncompleteReadError as exc:
+        head = exc.partial  # the server hung up without an answer
+    return head, writer
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes (any bytes) on a new connection; return the answer's head."""
+    head, writer = await open_raw(port, request)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return head
