@@ -42,7 +42,8 @@ def test_close_kills_the_whole_session_including_hup_ignoring_children() -> None
                 "nohup sleep 301 >/dev/null 2>&1 & echo start'ed'\r"
             )
             await c.expect("started")
-            await c.expect("stubborn-")
+            # The echoed command line says "stubborn-$$": wait for the job's own line.
+            await wait_for_async(lambda: re.search(r"stubborn-\d+\r?\n", c.output), 10, "stubborn-PID")
             stubborn = int(re.search(r"stubborn-(\d+)", c.output).group(1))  # type: ignore[union-attr]
             await wait_for_async(
                 lambda: (
