@@ -80,7 +80,7 @@ def latest(
         try:
             return path, conv_mod.load(path)
         except ChatError as err:
-            warn(f"skipped {err}")
+            warn(f"{err}; skipped it")
     return None
 
 

@@ -126,8 +126,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "resume", ("--resume",), ("CHAT_RESUME",), _resume, False,
-        "continue the last saved conversation, or the one named NAME; a one-shot question "
-        "is saved only with it", "NAME", shown_default="off", const=True,
+        "continue the last saved chat, or the one named NAME; one-shots are saved only with it",
+        "NAME", shown_default="off", const=True,
     ),
     _flag("debug", "--debug", "show tracebacks on errors"),
 )  # fmt: skip
