@@ -99,6 +99,8 @@ def run(config: Config) -> int:
         if not question.strip():
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
 
+    if isinstance(config.resume, str):
+        _named(config, config.resume)  # a wrong name fails before the server is asked
     base_url, models = connect(config, err)
     model = config.model or models[0]
     if model not in models:
@@ -164,15 +166,21 @@ def _converse(
     return repl.run()
 
 
+def _named(config: Config, name: str) -> Path:
+    directory = config.paths.conversations_dir
+    path = chats.find(directory, name)
+    if path is None:
+        raise ConfigError(
+            f"no saved conversation named {name!r} in {directory} (/chats lists "
+            "them); to continue the last one with a question, write: chat QUESTION --resume"
+        )
+    return path
+
+
 def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] | None:
     directory = config.paths.conversations_dir
     if isinstance(config.resume, str):
-        path = chats.find(directory, config.resume)
-        if path is None:
-            raise ConfigError(
-                f"no saved conversation named {config.resume!r} in {directory} (/chats lists "
-                "them); to continue the last one with a question, write: chat QUESTION --resume"
-            )
+        path = _named(config, config.resume)
         return path, conv_mod.load(path)
 
     def warn(line: str) -> None:
