@@ -10,14 +10,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from chat_cli import chats
 from chat_cli import client as client_mod
 from chat_cli import conversation as conv_mod
 from chat_cli.answer import Answer
 from chat_cli.client import ChatClient, Sampling
 from chat_cli.config import Config, load_config
-from chat_cli.errors import ChatError, ModelNotFound, NoModels, ServerUnreachable
+from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, ServerUnreachable
 from chat_cli.render import PlainRenderer, Renderer, make_renderer
 from chat_cli.session import INTERRUPTED, Session
 from chat_cli.tty import typeahead_quiet
@@ -99,6 +101,8 @@ def run(config: Config) -> int:
         if not question.strip():
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
 
+    if isinstance(config.resume, str):
+        _named(config, config.resume)  # a wrong name fails before the server is asked
     # Keys typed while chat connects (or waits for a loading model) wait for the prompt.
     with typeahead_quiet(sys.stdin) if interactive else nullcontext():
         base_url, models = connect(config, err)
@@ -126,17 +130,7 @@ def _converse(
     """Ask one question (one-shot, pipe) or run the REPL on a connected client."""
     out, err = sys.stdout, sys.stderr
 
-    conversation = conv_mod.Conversation(system=config.system, model=model)
-    resumed_from = None
-    if config.resume:
-        resumed_from = conv_mod.latest(config.paths.conversations_dir)
-        if resumed_from is None:
-            err.write("chat: no saved conversation to resume; starting a new one\n")
-        else:
-            conversation = conv_mod.load(resumed_from)
-            conversation.system = config.system or conversation.system
-            conversation.model = model
-    conversation.path = resumed_from or conv_mod.new_autosave_path(config.paths.conversations_dir)
+    conversation, resumed_from = open_conversation(config, model, err, interactive=interactive)
     sampling = Sampling(model, config.temperature, config.top_p, config.max_tokens, config.seed)
     session = Session(
         client, conversation, sampling, stream=config.stream, completions=config.completions
@@ -155,7 +149,7 @@ def _converse(
     console.print(f"Connected to {base_url} · model {model}", style="bold", markup=False)
     if resumed_from is not None:
         console.print(
-            f"Resumed {resumed_from.name} ({len(conversation.messages)} messages)",
+            f"Resumed {resumed_from.stem} ({len(conversation.messages)} messages)",
             style="dim",
             markup=False,
         )
@@ -174,6 +168,55 @@ def _converse(
         debug=config.debug,
     )
     return repl.run()
+
+
+def _named(config: Config, name: str) -> Path:
+    directory = config.paths.conversations_dir
+    path = chats.find(directory, name)
+    if path is None:
+        raise ConfigError(
+            f"no saved conversation named {name!r} in {directory} (/chats lists "
+            "them); to continue the last one with a question, write: chat QUESTION --resume"
+        )
+    return path
+
+
+def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] | None:
+    directory = config.paths.conversations_dir
+    if isinstance(config.resume, str):
+        path = _named(config, config.resume)
+        return path, conv_mod.load(path)
+
+    def warn(line: str) -> None:
+        err.write(f"chat: {line}\n")
+
+    found = chats.latest(directory, warn)
+    if found is None:
+        err.write("chat: no saved conversation to resume; starting a new one\n")
+    return found
+
+
+def open_conversation(
+    config: Config, model: str, err: TextIO, *, interactive: bool
+) -> tuple[conv_mod.Conversation, Path | None]:
+    """The conversation to continue (--resume) or a new one, and the file it came from.
+
+    REPL chats are autosaved; a one-shot question only with --resume, so scripts and pipes
+    do not fill the folder. Starting a REPL prunes old unnamed chats."""
+    directory = config.paths.conversations_dir
+    found = _resumed(config, err) if config.resume else None
+    if found is None:
+        conversation = conv_mod.Conversation(system=config.system, model=model)
+        if interactive or config.resume:
+            conversation.path = chats.new_autosave_path(directory)
+    else:
+        conversation = found[1]
+        conversation.path = found[0]
+        conversation.system = config.system or conversation.system
+        conversation.model = model
+    if interactive:
+        chats.prune(directory, current=conversation.path)
+    return conversation, found[0] if found else None
 
 
 def one_shot(session: Session, config: Config, question: str, out: TextIO) -> int:
@@ -224,7 +267,7 @@ def _answer_json(session: Session, answer: Answer, failure: ChatError | None) ->
             "total_s": answer.elapsed,
             "tokens_per_s": answer.tokens_per_s,
         },
-        "error": None if failure is None else str(failure),
+        "error": None if failure is None else failure.one_shot(),
     }
 
 
@@ -240,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.debug:
             traceback.print_exc()
         sys.stdout.flush()
-        print(f"chat: {err}", file=sys.stderr)
+        print(f"chat: {err.one_shot()}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("chat: interrupted", file=sys.stderr)

@@ -57,7 +57,7 @@ def fetch_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> l
     except urllib.error.HTTPError as err:
         if err.code == 401:
             raise errors.AuthFailed(base_url) from err
-        raise errors.ServerFailed(err.code, _body_message(err.read(), str(err.reason))) from err
+        raise errors.ServerFailed(err.code, _body_message(err.read())) from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise errors.ServerUnreachable(base_url, errors.short(str(reason))) from err
@@ -318,6 +318,8 @@ def _detail(err: Exception) -> str:
         inner = body.get("error", body)
         message = inner.get("message") if isinstance(inner, dict) else inner
         message = message or body.get("message") or body.get("detail")
+    elif isinstance(body, str):  # not JSON: the SDK's own message would be "Error code: 502"
+        return errors.body_line(body)
     return errors.short(str(message or getattr(err, "message", None) or err))
 
 
@@ -327,11 +329,11 @@ def _transport_errors(http_response: Any) -> tuple[type[Exception], type[Excepti
     return library.TimeoutException, library.RequestError
 
 
-def _body_message(body: bytes, fallback: str) -> str:
-    """The message of an error body: OpenAI-style JSON, or its text."""
+def _body_message(body: bytes) -> str:
+    """The message of an error body: OpenAI-style JSON, or its first line of text."""
     text = body.decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)
     except ValueError:
-        return errors.short(text or fallback)
+        return errors.body_line(text)
     return sse.error_message(data) if isinstance(data, dict) else errors.short(text)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import base64
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from chat_cli import chats, clipboard
 from chat_cli import conversation as conv_mod
+from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
 from chat_cli.render import footer_text
 from chat_cli.session import Session
+from mixvllm_common.options import Kind
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,11 @@ class Command:
     handler: Handler
 
 
-SETTABLE = {"temperature": float, "top_p": float, "max_tokens": int, "seed": int}
+SETTABLE: dict[str, Kind] = {
+    o.dest: o.kind for o in OPTIONS if o.dest in ("temperature", "top_p", "max_tokens", "seed")
+}
+ALIASES = {"/quit": "/exit", "/bye": "/exit"}
+CHATS_SHOWN = 20
 
 
 class Commands:
@@ -53,14 +60,7 @@ class Commands:
 
     def run(self, line: str) -> Outcome:
         name, _, arg = line.strip().partition(" ")
-        command = COMMANDS.get(name.lower())
-        if command is None:
-            matches = [c for c in COMMANDS if c.startswith(name.lower())]
-            if len(matches) == 1:
-                command = COMMANDS[matches[0]]
-            else:
-                raise ChatError(f"unknown command {name}; /help lists them")
-        return command.handler(self, arg.strip())
+        return find_command(name).handler(self, arg.strip())
 
     # -- handlers ------------------------------------------------------------------------
     def help(self, arg: str) -> Outcome:
@@ -78,9 +78,9 @@ class Commands:
         self.session.conversation = conv_mod.Conversation(
             system=old.system,
             model=self.session.sampling.model,
-            path=conv_mod.new_autosave_path(self.conversations_dir) if old.path else None,
+            path=chats.new_autosave_path(self.conversations_dir) if old.path else None,
         )
-        self.say("Conversation cleared (the old one stays autosaved; /load brings it back).")
+        self.say("Conversation cleared (the old one stays saved; /chats lists it).")
         return None
 
     def system(self, arg: str) -> Outcome:
@@ -125,9 +125,8 @@ class Commands:
             return None
         try:
             parsed = kind(value)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise ChatError(f"{key} needs {what}, got {value!r}") from None
+        except ValueError as err:
+            raise ChatError(f"{key} {err}, got {value!r}") from None
         self.session.set_sampling(**{key: parsed})
         self.say(f"{key} = {parsed}")
         return None
@@ -159,25 +158,53 @@ class Commands:
 
     def save(self, arg: str) -> Outcome:
         conversation = self.session.conversation
+        if arg and chats.is_name(arg):
+            return self._name(arg)
         default = Path(f"chat-{time.strftime('%Y%m%d-%H%M%S')}.md")
         path = Path(arg).expanduser() if arg else default
         conversation.save(path)
         self.say(f"Saved to {path}")
         return None
 
+    def _name(self, name: str) -> Outcome:
+        """Save under a name in the conversation folder and keep autosaving there."""
+        conversation = self.session.conversation
+        path = chats.named_path(self.conversations_dir, name)
+        if path.exists() and path != conversation.path:
+            raise ChatError(f"a conversation named {name!r} exists; /load {name} opens it")
+        conversation.save(path, make_dirs=True)
+        old, conversation.path = conversation.path, path
+        if old is not None and old != path and not chats.is_named(old):
+            old.unlink(missing_ok=True)  # the same chat, now under its name
+        self.say(f"Saved as {name} ({path}); autosave continues there. chat --resume {name}")
+        return None
+
     def load(self, arg: str) -> Outcome:
         if not arg:
-            raise ChatError("usage: /load FILE (a .json from /save or the autosave dir)")
-        path = Path(arg).expanduser()
-        if not path.exists() and (self.conversations_dir / arg).exists():
-            path = self.conversations_dir / arg
+            raise ChatError("usage: /load NAME (/chats lists them) or /load FILE.json")
+        named = chats.find(self.conversations_dir, arg) if "/" not in arg else None
+        path = named or Path(arg).expanduser()
+        if named is None and chats.is_name(arg) and not path.exists():
+            raise ChatError(f"no saved conversation named {arg!r}; /chats lists them")
         loaded = conv_mod.load(path)
-        loaded.path = self.session.conversation.path and conv_mod.new_autosave_path(
-            self.conversations_dir
-        )
+        if self.session.conversation.path is not None:
+            # A chat from the folder goes on in its file; one from elsewhere is copied in.
+            loaded.path = named or chats.new_autosave_path(self.conversations_dir)
         self.session.conversation = loaded
         loaded.autosave()
-        self.say(f"Loaded {path} ({len(loaded.messages)} messages).")
+        self.say(f"Loaded {named.stem if named else path} ({len(loaded.messages)} messages).")
+        return None
+
+    def list_chats(self, arg: str) -> Outcome:
+        saved = chats.newest_first(self.conversations_dir)
+        if not saved:
+            self.say(f"(no saved conversations in {self.conversations_dir})")
+            return None
+        current = self.session.conversation.path
+        for path in saved[:CHATS_SHOWN]:
+            self.say(f" {'*' if path == current else ' '} {chats.summary(path)}")
+        more = f"{len(saved) - CHATS_SHOWN} older not shown · " if len(saved) > CHATS_SHOWN else ""
+        self.say(f"  {more}/load NAME opens one · folder: {self.conversations_dir}")
         return None
 
     def stats(self, arg: str) -> Outcome:
@@ -198,11 +225,8 @@ class Commands:
         last = self.session.conversation.last("assistant")
         if last is None or not last.content:
             raise ChatError("no answer to copy yet")
-        payload = base64.b64encode(last.content.encode("utf-8")).decode("ascii")
-        # OSC 52: the terminal (xterm.js with the clipboard addon, tmux, iTerm2...) sets the
-        # clipboard; works over SSH and through the browser terminal.
-        self.out.write(f"\x1b]52;c;{payload}\x07")
-        self.say(f"Copied the last answer ({len(last.content)} characters) via OSC 52.")
+        text, what = clipboard.pick(last.content, arg.lower())
+        self.say(clipboard.copy(text, what, self.out, os.environ))
         return None
 
     def reasoning(self, arg: str) -> Outcome:
@@ -228,11 +252,27 @@ COMMANDS: dict[str, Command] = {
         Command("/retry", "", "ask the last question again", Commands.retry),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
         Command("/history", "", "show the conversation", Commands.history),
-        Command("/save", "[FILE]", "save as markdown (.md) or JSON", Commands.save),
-        Command("/load", "FILE", "load a saved conversation", Commands.load),
+        Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),
+        Command("/load", "NAME|FILE", "open a saved conversation", Commands.load),
+        Command("/chats", "", "list saved conversations, newest first", Commands.list_chats),
         Command("/stats", "", "token counts and speed", Commands.stats),
-        Command("/copy", "", "copy the last answer to the clipboard (OSC 52)", Commands.copy),
+        Command(
+            "/copy", "[code|N]", "copy the last answer, or its last / Nth code block", Commands.copy
+        ),
         Command("/reasoning", "", "show the last answer's reasoning", Commands.reasoning),
-        Command("/exit", "", "leave (Ctrl-D works too)", Commands.exit),
+        Command("/exit", "", "leave (also /quit, /bye, Ctrl-D)", Commands.exit),
     )
 }
+
+
+def find_command(name: str) -> Command:
+    """The command `name` names: exactly, as an alias, or as the prefix of only one."""
+    name = ALIASES.get(name.lower(), name.lower())
+    if name in COMMANDS:
+        return COMMANDS[name]
+    matches = sorted({ALIASES.get(c, c) for c in [*COMMANDS, *ALIASES] if c.startswith(name)})
+    if len(matches) == 1:
+        return COMMANDS[matches[0]]
+    if matches:
+        raise ChatError(f"{name} could be {', '.join(matches)}")
+    raise ChatError(f"unknown command {name}; /help lists them")

@@ -7,18 +7,68 @@ the resolution order and the README's table are all built from it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chat_cli import chats
 from chat_cli.errors import ConfigError
 from mixvllm_common import defaults
-from mixvllm_common.options import Option, OptionError, add_to_parser, boolean, resolve, value
+from mixvllm_common.options import (
+    Kind,
+    Option,
+    OptionError,
+    add_to_parser,
+    boolean,
+    resolve,
+    value,
+)
 from mixvllm_common.urls import api_base
 
 APP = "mixvllm"
+
+
+def _whole(low: int | None = None) -> Kind:
+    what = "a whole number" + (f" >= {low}" if low is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"needs {what}") from None
+        if low is not None and number < low:
+            raise ValueError(f"needs {what}")
+        return number
+
+    return parse
+
+
+def _real(low: float, high: float = math.inf) -> Kind:
+    what = f"a number from {low:g}" + (f" to {high:g}" if high < math.inf else " up")
+
+    def parse(text: str) -> float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan  # fails the range check below
+        if not low <= number <= high:
+            raise ValueError(f"needs {what}")
+        return number
+
+    return parse
+
+
+def _resume(text: str) -> bool | str:
+    """--resume alone (or a boolean in the env or file): the last chat; a word: that chat."""
+    try:
+        return boolean(text)
+    except ValueError:
+        if not chats.is_name(text.removesuffix(".json")):
+            raise ValueError("needs a conversation name (/chats lists them)") from None
+        return text
 
 
 def _flag(dest: str, flag: str, help_: str) -> Option:
@@ -45,18 +95,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("system", ("--system", "-s"), ("CHAT_SYSTEM",), str, None, "system prompt", "TEXT"),
     Option(
-        "temperature", ("--temperature", "-t"), ("CHAT_TEMPERATURE",), float, None,
+        "temperature", ("--temperature", "-t"), ("CHAT_TEMPERATURE",), _real(0.0), None,
         "sampling temperature", "T", shown_default="server's",
     ),
     Option(
-        "top_p", ("--top-p",), ("CHAT_TOP_P",), float, None, "nucleus sampling top_p", "P",
+        "top_p", ("--top-p",), ("CHAT_TOP_P",), _real(0.0, 1.0), None,
+        "nucleus sampling top_p", "P",
         shown_default="server's",
     ),
     Option(
-        "max_tokens", ("--max-tokens",), ("CHAT_MAX_TOKENS",), int, None,
+        "max_tokens", ("--max-tokens",), ("CHAT_MAX_TOKENS",), _whole(1), None,
         "answer length limit in tokens", "N", shown_default="server's",
     ),
-    Option("seed", ("--seed",), ("CHAT_SEED",), int, None, "sampling seed", "N"),
+    Option("seed", ("--seed",), ("CHAT_SEED",), _whole(), None, "sampling seed", "N"),
     _flag("completions", "--completions", "raw `/v1/completions` (no chat template)"),
     _flag("no_stream", "--no-stream", "wait for the whole answer instead of streaming it"),
     _flag("plain", "--plain", "plain text, no markdown rendering"),
@@ -73,7 +124,11 @@ OPTIONS: tuple[Option, ...] = (
         "timeout", ("--timeout",), ("CHAT_TIMEOUT",), float, 120.0,
         "stall timeout: give up when the server sends nothing for SECONDS", "SECONDS",
     ),
-    _flag("resume", "--resume", "continue the last autosaved conversation"),
+    Option(
+        "resume", ("--resume",), ("CHAT_RESUME",), _resume, False,
+        "continue the last saved chat, or the one named NAME; one-shots are saved only with it",
+        "NAME", shown_default="off", const=True,
+    ),
     _flag("debug", "--debug", "show tracebacks on errors"),
 )  # fmt: skip
 # Not a key of the file it names.
@@ -109,7 +164,7 @@ class Config:
     hide_reasoning: bool
     wait: float
     timeout: float
-    resume: bool
+    resume: bool | str  # True: the last conversation; a string: the one of that name
     debug: bool
     prompt: str | None
     paths: Paths
@@ -146,13 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path, *, named: bool) -> dict[str, Any]:
+    """The config file's keys; a file named by --config or $CHAT_CONFIG must exist."""
     if not path.is_file():
+        if named:
+            raise ConfigError(
+                f"config file {path} does not exist (named by --config or CHAT_CONFIG)"
+            )
         return {}
     import tomllib  # noqa: PLC0415 (only when a config file exists)
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"cannot read config file {path}: not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from err
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
     known = {o.dest for o in OPTIONS}
@@ -166,8 +230,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     env = os.environ if env is None else env
     args = build_parser().parse_args(list(argv))
     try:
-        paths = default_paths(env, value(CONFIG_FILE, env, args))
-        file_values = _read_config_file(paths.config_file)
+        named = value(CONFIG_FILE, env, args)
+        paths = default_paths(env, named)
+        file_values = _read_config_file(paths.config_file, named=named is not None)
         values = resolve(OPTIONS, env, args, file_values, str(paths.config_file))
     except OptionError as err:
         raise ConfigError(str(err)) from err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,7 +85,7 @@ class Conversation:
     def autosave(self) -> None:
         if self.path is not None and (self.messages or self.system):
             try:
-                _write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1))
+                _write_atomic(self.path, self.json_text(), make_dirs=True)
             except OSError as err:
                 # Losing autosave must not stop the chat: stop saving, say so once.
                 self.autosave_failure = (
@@ -95,31 +94,32 @@ class Conversation:
                 )
                 self.path = None
 
-    def save(self, path: Path) -> None:
-        text = (
-            self.to_markdown()
-            if path.suffix.lower() in {".md", ".markdown"}
-            else json.dumps(self.to_json(), ensure_ascii=False, indent=1)
-        )
+    def json_text(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+
+    def save(self, path: Path, *, make_dirs: bool = False) -> None:
+        """Write to `path` (markdown for .md); only the conversation folder is created."""
+        markdown = path.suffix.lower() in {".md", ".markdown"}
+        if not make_dirs and not path.parent.is_dir():
+            raise ChatError(f"cannot save to {path}: no directory {path.parent}")
         try:
-            _write_atomic(path, text)
+            _write_atomic(path, self.to_markdown() if markdown else self.json_text(), make_dirs)
         except OSError as err:
             raise ChatError(f"cannot save to {path}: {err.strerror or err}") from err
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Chats can hold private text: owner-only directory and files.
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _write_atomic(path: Path, text: str, make_dirs: bool) -> None:
+    if make_dirs:  # chats can hold private text: an owner-only folder
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    tmp.replace(path)
-
-
-def new_autosave_path(directory: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return directory / f"{stamp}-{secrets.token_hex(3)}.json"
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> Conversation:
@@ -145,10 +145,3 @@ def load(path: Path) -> Conversation:
         raise ChatError(f"cannot read {path}: {err.strerror or err}") from err
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ChatError(f"{path} is not a saved chat (JSON from /save or autosave)") from err
-
-
-def latest(directory: Path) -> Path | None:
-    if not directory.is_dir():
-        return None
-    files = sorted(directory.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    return files[-1] if files else None

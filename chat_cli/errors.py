@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from http import HTTPStatus
+
 
 class ChatError(Exception):
-    """Base class: `str(err)` is the one-line message shown to the user."""
+    """Base class: `str(err)` is the line the REPL shows, `err.one_shot()` the line a one-shot
+    `chat QUESTION` shows: REPL commands (/retry, /clear) mean nothing there."""
 
     exit_code = 1
+
+    def __init__(self, message: str, repl_hint: str = "", one_shot_hint: str = "") -> None:
+        super().__init__(f"{message}; {repl_hint}" if repl_hint else message)
+        self.message = message
+        self.one_shot_hint = one_shot_hint
+
+    def one_shot(self) -> str:
+        return f"{self.message}; {self.one_shot_hint}" if self.one_shot_hint else self.message
 
 
 class ConfigError(ChatError):
@@ -53,29 +66,35 @@ class NoModels(ChatError):
 class ContextTooLong(ChatError):
     def __init__(self, detail: str) -> None:
         super().__init__(
-            f"the conversation no longer fits the model's context (400: {detail}); "
-            "use /clear or /undo, or lower max_tokens"
+            f"the conversation no longer fits the model's context (400: {detail})",
+            "use /clear or /undo, or lower max_tokens",
+            "shorten the input or lower --max-tokens",
         )
 
 
 class BadRequest(ChatError):
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"the model server refused the request ({status}: {detail})")
+        super().__init__(f"the model server refused the request ({_status(status, detail)})")
 
 
 class ServerFailed(ChatError):
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"the model server failed ({status}: {detail}); try /retry")
+        super().__init__(f"the model server failed ({_status(status, detail)})", "try /retry")
         self.status = status
         self.detail = detail
 
 
 class StreamFailed(ChatError):
-    """The answer stream broke after it started; the partial answer is kept."""
+    """The answer stream broke after it started; what arrived (`partial`) is kept."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"{reason}; the partial answer was kept (try /retry)")
+    def __init__(self, reason: str, *, partial: bool = True) -> None:
+        if partial:
+            hints = ("the partial answer was kept (try /retry)", "the answer is incomplete")
+        else:
+            hints = ("no answer text arrived (try /retry)", "no answer text arrived")
+        super().__init__(reason, *hints)
         self.reason = reason
+        self.partial = partial
 
 
 def error_event(detail: str) -> StreamFailed:
@@ -98,6 +117,26 @@ def connection_cut() -> StreamFailed:
 
 def stalled(seconds: float) -> StreamFailed:
     return StreamFailed(f"the model server sent nothing for {seconds:g} s (stall timeout)")
+
+
+def _status(status: int, detail: str) -> str:
+    """`502 Bad Gateway: detail`: a bare number says little when a proxy answers."""
+    text = str(status)
+    if status >= 400:
+        with contextlib.suppress(ValueError):  # a status Python has no name for
+            text += f" {HTTPStatus(status).phrase}"
+    if detail.lower() == text.lower():  # an HTML error page's title
+        return text
+    return f"{text}: {detail}" if detail else f"{text}, empty body"
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def body_line(body: str) -> str:
+    """The first line of an error body that is not JSON, tags dropped (proxies answer in HTML)."""
+    text = _TAG.sub("\n", body) if body.lstrip().startswith("<") else body
+    return short(next((line for line in text.splitlines() if line.strip()), ""))
 
 
 def short(text: str, limit: int = 200) -> str:

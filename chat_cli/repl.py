@@ -15,6 +15,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
+from chat_cli import chats
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
 from chat_cli.render import make_renderer
@@ -60,8 +61,10 @@ class SlashCompleter(Completer):
                 except ChatError:
                     return []
             return self._models
-        if name == "/load" and self.conversations_dir.is_dir():
-            return sorted((p.name for p in self.conversations_dir.glob("*.json")), reverse=True)
+        if name == "/load":
+            return [p.stem for p in chats.newest_first(self.conversations_dir)]
+        if name == "/copy":
+            return ["code"]
         return []
 
 

@@ -110,6 +110,8 @@ class Session:
             renderer.finish(answer, note if said_something or note == INTERRUPTED else None)
         if failure is not None:
             self.stats.errors += 1
+            if isinstance(failure, errors.StreamFailed) and not answer.text:
+                raise errors.StreamFailed(failure.reason, partial=False) from failure
             raise failure
         return answer
 

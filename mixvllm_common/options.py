@@ -78,6 +78,7 @@ class Option:
     metavar: str | None = None
     shown_default: str | None = None  # markdown, for a default the program computes itself
     off_flag: str | None = None  # a boolean's `--no-...` twin
+    const: Any = None  # the value of the flag given without one (`--resume` vs `--resume NAME`)
 
 
 def default_text(opt: Option) -> str:
@@ -111,9 +112,11 @@ def add_to_parser(parser: argparse.ArgumentParser, options: Iterable[Option]) ->
         if not opt.flags:
             continue
         if opt.kind is not boolean:
+            optional = {"nargs": "?", "const": opt.const} if opt.const is not None else {}
             parser.add_argument(
-                *opt.flags, dest=opt.dest, default=None, metavar=opt.metavar, help=help_text(opt)
-            )
+                *opt.flags, dest=opt.dest, default=None, metavar=opt.metavar, help=help_text(opt),
+                **optional,
+            )  # fmt: skip
             continue
         group = parser.add_mutually_exclusive_group() if opt.off_flag else parser
         group.add_argument(

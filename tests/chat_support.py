@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAT = [sys.executable, "-m", "chat_cli"]
 # prompt-toolkit turns bracketed paste on each time it shows the prompt: "ready for input".
 PROMPT_READY = re.escape("\x1b[?2004h")
+# /copy would reach the desktop's clipboard, or act as in the browser terminal.
+CLIPBOARD_ENV = ("DISPLAY", "WAYLAND_DISPLAY", "MIXVLLM_SESSION")
 ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-B]|[=>])")
 
 
@@ -41,7 +43,7 @@ def chat_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("VLLM_API_KEY", "OPENAI_API_KEY") and not k.startswith("CHAT_")
+        if k not in ("VLLM_API_KEY", "OPENAI_API_KEY", *CLIPBOARD_ENV) and not k.startswith("CHAT_")
     }
     env.update(isolated_home(tmp_path))
     env.update(

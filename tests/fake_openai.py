@@ -28,6 +28,11 @@ from typing import Any
 
 MODEL = "fake-model"
 DEFAULT_ANSWER = "Hello **there**! This is a test answer.\n\n- one\n- two\n"
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 
 
 @dataclass
@@ -179,6 +184,13 @@ class Handler(BaseHTTPRequestHandler):
                 "4100 tokens. Please reduce the length of the messages."
             )
             self._json(400, {"error": {"message": message, "type": "BadRequestError"}})
+        elif scenario in ("http502", "http502empty"):  # a proxy in front of a server that is down
+            page = NGINX_502.encode() if scenario == "http502" else b""
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
         else:
             self._json(500, {"error": {"message": "engine crashed: CUDA out of memory"}})
 

@@ -16,6 +16,7 @@ import pytest
 
 from chat_cli.__main__ import main
 from chat_cli.config import OPTIONS, build_parser, load_config
+from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ConfigError
 from tests.chat_support import CHAT, chat_env, closed_port_url, conversations, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, FakeServer, tokens
@@ -72,6 +73,24 @@ def test_bad_values_are_config_errors(tmp_path: Path) -> None:
         load_config(["--config", str(bad)], {})
 
 
+def test_config_file_mistakes_are_config_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match=f"config file {missing} does not exist"):
+        load_config(["--config", str(missing)], {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([], {"CHAT_CONFIG": str(missing)})
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('system = "réponds en français"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"cannot read config file {latin1}: not UTF-8 text"):
+        load_config(["--config", str(latin1)], {})
+    fractional = tmp_path / "fractional.toml"
+    fractional.write_text("max_tokens = 1.7\n")
+    with pytest.raises(ConfigError, match=r"max_tokens in .*: needs a whole number >= 1"):
+        load_config(["--config", str(fractional)], {})
+    with pytest.raises(ConfigError, match=r"--top-p.*needs a number from 0 to 1"):
+        load_config(["--top-p", "1.5"], {})
+
+
 def test_help_lists_every_flag_and_env_var() -> None:
     text = build_parser().format_help()
     for option in OPTIONS:
@@ -88,6 +107,8 @@ def test_one_shot_prints_plain_text_when_not_a_terminal(
     code, out, err = run_main(["what", "is", "up?"], capsys)
     assert (code, out, err) == (0, DEFAULT_ANSWER, "")
     assert fake.state.requests[-1]["messages"] == [{"role": "user", "content": "what is up?"}]
+    assert conversations(tmp_path) == []  # one-shots are saved only with --resume
+    assert run_main(["and then?", "--resume"], capsys)[:2] == (0, DEFAULT_ANSWER)
     saved = json.loads(conversations(tmp_path)[0].read_text())
     assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
 
@@ -120,10 +141,12 @@ def test_json_output(env: dict[str, str], capsys: pytest.CaptureFixture[str]) ->
 def test_mid_stream_fault_keeps_partial_and_exits_non_zero(
     env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out, err = run_main(["q @fault:cut"], capsys)
+    code, out, err = run_main(["q @fault:cut", "--resume"], capsys)
     assert code == 1
     assert out == PARTIAL + "\n[incomplete]\n"
-    assert err.count("\n") == 1 and err.startswith("chat: the connection to the model server")
+    assert err.splitlines()[-1] == (
+        "chat: the connection to the model server was cut mid-answer; the answer is incomplete"
+    )
     saved = json.loads(conversations(tmp_path)[0].read_text())
     assert saved["messages"][-1] == {
         "role": "assistant",
@@ -179,11 +202,70 @@ def test_wait_for_a_loading_server(
 def test_resume_continues_the_last_conversation(
     env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert run_main(["first"], capsys)[0] == 0
-    assert run_main(["--resume", "second"], capsys)[0] == 0
+    assert run_main(["first", "--resume"], capsys)[0] == 0
+    assert run_main(["second", "--resume"], capsys)[0] == 0
     sent = fake.state.requests[-1]["messages"]
     assert [m["content"] for m in sent] == ["first", DEFAULT_ANSWER, "second"]
     assert len(conversations(tmp_path)) == 1
+
+
+def test_resume_picks_the_last_chat_not_a_one_shot(
+    env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "data" / "mixvllm" / "conversations"
+    older = Conversation(path=folder / "20240101-000000-aaaaaa.json")
+    older.messages += [Message("user", "repl question"), Message("assistant", "repl answer")]
+    older.autosave()
+    assert run_main(["a one-shot question"], capsys)[0] == 0
+    broken = folder / "20240102-000000-bbbbbb.json"
+    broken.write_text("{not json")  # newest, unreadable: skipped with a warning
+    code, _, err = run_main(["follow-up", "--resume"], capsys)
+    assert code == 0
+    assert err == f"chat: {broken} is not a saved chat (JSON from /save or autosave); skipped it\n"
+    sent = [m["content"] for m in fake.state.requests[-1]["messages"]]
+    assert sent == ["repl question", "repl answer", "follow-up"]
+
+
+def test_resume_by_name(
+    env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "data" / "mixvllm" / "conversations"
+    named = Conversation(path=folder / "trip.json", messages=[Message("user", "plan it")])
+    named.autosave()
+    Conversation(
+        path=folder / "20990101-000000-cccccc.json", messages=[Message("user", "x")]
+    ).autosave()
+    assert run_main(["--resume", "trip", "next?"], capsys)[0] == 0
+    assert [m["content"] for m in fake.state.requests[-1]["messages"]] == ["plan it", "next?"]
+    assert len(json.loads((folder / "trip.json").read_text())["messages"]) == 3
+    code, out, err = run_main(["--resume", "what", "is", "up"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("chat: no saved conversation named 'what' in ")
+    assert err.endswith("write: chat QUESTION --resume\n")
+
+
+@pytest.mark.parametrize(
+    ("question", "line"),
+    [
+        ("q @fault:http500", "the model server failed (500 Internal Server Error: engine crashed"),
+        ("q @fault:http400ctx", "shorten the input or lower --max-tokens"),
+        ("q @fault:hang", "(stall timeout); no answer text arrived"),
+    ],
+)
+def test_one_shot_errors_name_no_repl_commands(
+    env: dict[str, str],
+    fake: FakeServer,
+    capsys: pytest.CaptureFixture[str],
+    question: str,
+    line: str,
+) -> None:
+    code, out, err = run_main(["--timeout", "0.5", question], capsys)
+    assert (code, out) == (1, "")
+    assert line in err and err.count("\n") == 1
+    assert "/retry" not in err and "/clear" not in err
+    code, out, _ = run_main(["--json", "--timeout", "0.5", question], capsys)
+    fake.state.release.set()  # the hung answers can end
+    assert code == 1 and line in json.loads(out)["error"] and "try /" not in out
 
 
 # -- the real entry point: exit codes and one line, no traceback --------------------------
@@ -193,6 +275,7 @@ def test_resume_continues_the_last_conversation(
         (["hi"], 1, "chat: cannot reach the model server at http://127.0.0.1:"),
         (["--wait", "1", "hi"], 1, "chat: model server at http://127.0.0.1:"),
         (["--temperature", "hot", "hi"], 2, "chat: invalid value 'hot' for --temperature"),
+        (["--config", "/nonexistent/chat.toml", "hi"], 2, "chat: config file /nonexistent/"),
     ],
 )
 def test_errors_are_one_line_with_exit_code(

@@ -158,6 +158,18 @@ def test_stream_faults_keep_the_partial_answer(fake: FakeServer, fault: str, exp
     assert sent[1]["content"] == PARTIAL
 
 
+def test_a_stall_before_any_text_claims_no_partial_answer(fake: FakeServer) -> None:
+    session = make_session(fake, timeout=0.5)
+    with pytest.raises(errors.StreamFailed) as info:
+        session.ask("question @fault:hang", Collect())
+    fake.state.release.set()
+    assert "partial" not in str(info.value)
+    assert str(info.value).endswith("(stall timeout); no answer text arrived (try /retry)")
+    assert info.value.one_shot().endswith("(stall timeout); no answer text arrived")
+    assert session.conversation.messages == []
+    assert session.retry_text() == "question @fault:hang"
+
+
 @pytest.mark.parametrize("fault", ["finish_cut", "finish_no_done"])
 def test_an_answer_whose_stream_ends_after_its_finish_reason_is_complete(
     fake: FakeServer, fault: str
@@ -198,7 +210,9 @@ def test_an_answer_without_finish_reason_is_incomplete(
         ("http401", errors.AuthFailed, "VLLM_API_KEY"),
         ("http400ctx", errors.ContextTooLong, "/clear"),
         ("empty_ctx", errors.ContextTooLong, "maximum context length is 2048"),
-        ("http500", errors.ServerFailed, "500: engine crashed"),
+        ("http500", errors.ServerFailed, "500 Internal Server Error: engine crashed"),
+        ("http502", errors.ServerFailed, "failed (502 Bad Gateway); try /retry"),
+        ("http502empty", errors.ServerFailed, "failed (502 Bad Gateway, empty body)"),
     ],
 )
 def test_http_errors_keep_the_question_for_retry(

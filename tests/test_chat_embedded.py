@@ -93,11 +93,12 @@ def test_repl_exchange_with_the_real_model(
     assert exit_status(child) == 0
 
 
-def test_context_overflow_suggests_clear(tmp_path: Path, embedded_model_server: Any) -> None:
+def test_context_overflow_says_how_to_shorten(tmp_path: Path, embedded_model_server: Any) -> None:
     # llama.cpp answers an over-long streamed request with an empty 200 stream; chat asks
     # again without streaming to get the real 400 and says what to do.
     result = run_chat(tmp_path, embedded_model_server, "--max-tokens", "4", "Summarize:",
                       stdin="word " * 9000)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith("chat: the conversation no longer fits the model's context")
-    assert "/clear" in result.stderr and result.stderr.count("\n") == 1
+    assert "shorten the input or lower --max-tokens" in result.stderr
+    assert "/clear" not in result.stderr and result.stderr.count("\n") == 1

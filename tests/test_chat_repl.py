@@ -126,7 +126,9 @@ def test_errors_are_one_line_and_the_next_prompt_works(
     child = chat()
     child.send("q @fault:http500\r")
     child.expect("try /retry")
-    assert "✗ the model server failed (500: engine crashed" in visible(child.before)
+    assert "✗ the model server failed (500 Internal Server Error: engine crashed" in visible(
+        child.before
+    )
     child.expect(PROMPT_READY)
     child.send("/retry\r")  # the same question again: it fails again, the same way
     child.expect("try /retry")
@@ -147,7 +149,7 @@ def test_slash_commands_completion_copy_and_set(
     child.send("\r")
     payload = base64.b64encode(DEFAULT_ANSWER.encode()).decode()
     child.expect_exact(f"\x1b]52;c;{payload}\x07")
-    child.expect("Copied the last answer")
+    child.expect("Sent the last answer .* as an OSC 52 clipboard request")
     child.expect(PROMPT_READY)
     child.send("/set temperature 0.25\r")
     child.expect("temperature = 0.25")
@@ -177,7 +179,7 @@ def test_resume_continues_after_a_restart(
 def test_ctrl_c_in_one_shot_mode_keeps_the_partial_answer(
     tmp_path: Path, chat: Callable[..., pexpect.spawn]
 ) -> None:
-    child = chat("tell me @fault:slow", ready=False)
+    child = chat("tell me @fault:slow", "--resume", ready=False)  # --resume: saved
     child.expect("word word")
     child.sendintr()
     child.expect(r"\[interrupted\]", timeout=3)
@@ -289,3 +291,28 @@ def test_a_line_typed_while_chat_waits_for_the_model_is_sent_at_the_prompt(
     assert "/system" not in visible(child.before)  # not echoed over the progress line
     child.expect("System prompt:")
     assert exit_with_ctrl_d(child) == 0
+
+
+def test_named_conversation_survives_a_restart_and_quit_works(
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
+    ask(child, "remember the trip")
+    child.send("/s trip\r")
+    child.expect("/s could be /save, /set, /stats, /system")
+    child.expect(PROMPT_READY)
+    child.send("/save trip\r")
+    child.expect("Saved as trip")
+    child.expect(PROMPT_READY)
+    child.send("/quit\r")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+    assert [p.name for p in conversations(tmp_path)] == ["trip.json"]
+    child = chat("--resume", "trip")
+    assert "Resumed trip (2 messages)" in visible(child.before)
+    child.send("/chats\r")
+    child.expect(r"\* trip  .*  2 messages  remember the trip")
+    child.expect(PROMPT_READY)
+    child.send("/bye\r")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0

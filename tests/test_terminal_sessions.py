@@ -43,7 +43,9 @@ def test_close_kills_the_whole_session_including_hup_ignoring_children() -> None
             )
             await c.expect("started")
             # The echoed command line says "stubborn-$$": wait for the job's own line.
-            await wait_for_async(lambda: re.search(r"stubborn-\d+\r?\n", c.output), 10, "stubborn-PID")
+            await wait_for_async(
+                lambda: re.search(r"stubborn-\d+\r?\n", c.output), 10, "stubborn-PID"
+            )
             stubborn = int(re.search(r"stubborn-(\d+)", c.output).group(1))  # type: ignore[union-attr]
             await wait_for_async(
                 lambda: (
