@@ -15,8 +15,17 @@ from typing import Any
 
 from chat_cli.errors import ConfigError
 from mixvllm_common import defaults
-from mixvllm_common.options import Option, OptionError, add_to_parser, boolean, resolve, value
-from mixvllm_common.urls import api_base
+from mixvllm_common.options import (
+    Option,
+    OptionError,
+    add_to_parser,
+    boolean,
+    number,
+    resolve,
+    value,
+)
+from mixvllm_common.state import read_api_key
+from mixvllm_common.urls import api_base, is_loopback
 
 APP = "mixvllm"
 
@@ -38,6 +47,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "api_key", ("--api-key",), defaults.CLIENT_API_KEY_ENVS, str, None,
         "API key sent as a bearer token", "KEY",
+        shown_default="the local key of `mixvllm-serve` for a server on this machine",
     ),
     Option(
         "model", ("--model", "-m"), ("CHAT_MODEL",), str, None, "model name", "NAME",
@@ -71,7 +81,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "timeout", ("--timeout",), ("CHAT_TIMEOUT",), float, 120.0,
-        "stall timeout: give up when the server sends nothing for SECONDS", "SECONDS",
+        "stall timeout: give up when a streamed answer sends nothing for SECONDS", "SECONDS",
+    ),
+    Option(
+        "deadline", ("--deadline",), ("CHAT_DEADLINE",), number(0.0), 600.0,
+        "give up on an answer not started after SECONDS (queue and prompt); with "
+        "`--no-stream`, on one not finished", "SECONDS",
     ),
     _flag("resume", "--resume", "continue the last autosaved conversation"),
     _flag("debug", "--debug", "show tracebacks on errors"),
@@ -109,6 +124,7 @@ class Config:
     hide_reasoning: bool
     wait: float
     timeout: float
+    deadline: float
     resume: bool
     debug: bool
     prompt: str | None
@@ -176,6 +192,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     if values["wait"] < 0 or values["timeout"] <= 0:
         raise ConfigError("--wait must be >= 0 and --timeout > 0")
     values["url"] = api_base(values["url"])
+    if values["api_key"] is None and is_loopback(values["url"]):
+        # `mixvllm-serve up` keeps a generated key here: a new shell finds it without export.
+        values["api_key"] = read_api_key(env)
     if values["fallback_url"]:
         values["fallback_url"] = api_base(values["fallback_url"])
     prompt = " ".join(args.prompt).strip() or None
