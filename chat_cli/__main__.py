@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -245,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config)
     except ChatError as err:
         if config.debug:
+            import traceback  # noqa: PLC0415 (only with --debug: 20 ms of imports)
+
             traceback.print_exc()
         sys.stdout.flush()
         print(f"chat: {err}", file=sys.stderr)
