@@ -21,4 +21,4 @@ def is_loopback(url: str) -> bool:
     rest = server_root(url).split("://", 1)[1].split("/", 1)[0]
     host = rest.rsplit("@", 1)[-1]
     host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return host.lower() in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")  # noqa: S104
+    return host.lower() in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
