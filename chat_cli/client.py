@@ -46,7 +46,7 @@ def fetch_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> l
     except OSError as err:
         raise errors.ServerUnreachable(base_url, errors.short(str(err))) from err
     try:
-        conn.request("GET", target.prefix + "/models", headers=transport.headers(api_key, False))
+        conn.request("GET", target.path("/models"), headers=transport.headers(api_key, False))
         response = conn.getresponse()
         body = transport.read_body(response, conn.sock, time.monotonic() + timeout)
     except (*transport.TransportError, Timeout) as err:
@@ -151,7 +151,7 @@ class ChatClient:
         self, completions: bool, params: dict[str, Any], answer: Answer, cancel: Cancel
     ) -> tuple[Any, Any] | None:
         """Send the request; (connection, response) for a 2xx answer, None if cancelled."""
-        path = self.target.prefix + ("/completions" if completions else "/chat/completions")
+        endpoint = "/completions" if completions else "/chat/completions"
         body = json.dumps(params, ensure_ascii=False).encode("utf-8")
         answer.started = time.monotonic()  # TTFT counts from the request leaving
         try:
@@ -161,6 +161,7 @@ class ChatClient:
         try:
             cancel.attach(conn.sock)
             conn.sock.settimeout(self.deadline)  # the queue and the prompt come before byte 1
+            path = self.target.path(endpoint)
             conn.request("POST", path, body, transport.headers(self.api_key, True))
             response = conn.getresponse()
             if response.status >= 300:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import socket
 import threading
 import time
@@ -50,13 +51,38 @@ class Target:
             port = int(digits)
         return cls(scheme.lower() == "https", host, port, "/" + path.strip("/"))
 
+    def path(self, endpoint: str) -> str:
+        """The request target: a plain-HTTP proxy takes the absolute URL."""
+        path = self.prefix.rstrip("/") + endpoint
+        if self.https or self.proxy() is None:
+            return path
+        port = f":{self.port}" if self.port else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}{port}{path}"
+
+    def proxy(self) -> tuple[str, int | None] | None:
+        """The $http_proxy / $https_proxy that applies (urllib's rules, $no_proxy included)."""
+        if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
+            return None
+        import urllib.request  # noqa: PLC0415 (only with a proxy set: 20 ms of imports)
+
+        url = urllib.request.getproxies().get("https" if self.https else "http")
+        if not url or urllib.request.proxy_bypass(self.host):
+            return None
+        proxy = Target.parse(url if "://" in url else "http://" + url)
+        return proxy.host, proxy.port
+
     def connect(self, timeout: float) -> http.client.HTTPConnection:
         """A connected HTTP(S) connection; raises OSError when the server cannot be reached."""
         conn: http.client.HTTPConnection
+        proxy = self.proxy()
+        host, port = proxy or (self.host, self.port)
         if self.https:
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+            if proxy:
+                conn.set_tunnel(self.host, self.port)
         else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.connect()
         except BaseException:

@@ -3,9 +3,11 @@ conversation intact, next question answered."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -448,3 +450,59 @@ def test_ttft_counts_from_the_request_leaving(fake: FakeServer) -> None:
     time.sleep(0.3)  # work done before the request (imports, setup) is not the server's
     pieces = list(client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL), answer))
     assert pieces and answer.ttft is not None and answer.ttft < 0.25
+
+
+# -- an HTTP proxy from the environment is still used (the SDK and urllib honoured it) ------
+@pytest.fixture
+def proxy(fake: FakeServer) -> Iterator[tuple[str, list[bytes]]]:
+    """A forwarding HTTP proxy: records each request line, then pipes both ways."""
+    seen: list[bytes] = []
+    opened: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    upstream = ("127.0.0.1", int(fake.url.rsplit(":", 1)[1]))
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                opened.append(client)
+                head = client.recv(65536)
+                line, _, rest = head.partition(b"\r\n")
+                seen.append(line)
+                method, target, version = line.split(b" ")
+                path = b"/" + target.split(b"/", 3)[3]
+                server = socket.create_connection(upstream)
+                opened.append(server)
+                server.sendall(b" ".join((method, path, version)) + b"\r\n" + rest)
+                threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+                threading.Thread(target=pipe, args=(client, server), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    listener.close()
+    for sock in opened:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def test_the_environments_http_proxy_is_used(
+    fake: FakeServer, proxy: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = proxy
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", url)
+    assert fetch_models(fake.url + "/v1", None) == [MODEL, "other-model"]
+    assert make_session(fake).ask("hi", Collect()).text == DEFAULT_ANSWER
+    assert seen == [
+        f"GET {fake.url}/v1/models HTTP/1.1".encode(),
+        f"POST {fake.url}/v1/chat/completions HTTP/1.1".encode(),
+    ]
