@@ -212,8 +212,9 @@ class ChatClient:
             raise errors.connection_cut() from err
 
     def _read(self, conn: Any, response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
+        first_wait = max(0.001, answer.started + self.deadline - time.monotonic())
         lines = transport.Lines(
-            response, conn.sock, first_wait=self.deadline, stall=self.stall_timeout
+            response, conn.sock, first_wait=first_wait, stall=self.stall_timeout
         )
         try:
             yield from sse.pieces(sse.events(lines), answer, completions)
