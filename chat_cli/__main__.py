@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 from chat_cli import chats
 from chat_cli import client as client_mod
 from chat_cli import conversation as conv_mod
-from chat_cli.answer import Answer
+from chat_cli.answer import Answer, has_surrogates
 from chat_cli.client import ChatClient, Sampling
 from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, ServerUnreachable
@@ -76,10 +75,16 @@ def connect(config: Config, err: TextIO) -> tuple[str, list[str]]:
 
 
 def _read_stdin() -> str:
+    # The bytes, decoded strictly: the text layer may smuggle bad bytes in as surrogates.
+    stdin = sys.stdin
     try:
-        return sys.stdin.read()
+        buffer = getattr(stdin, "buffer", None)
+        text = buffer.read().decode("utf-8") if buffer is not None else stdin.read()
     except UnicodeDecodeError as err:
         raise ChatError("stdin is not UTF-8 text") from err
+    if has_surrogates(text):
+        raise ChatError("stdin is not UTF-8 text")
+    return text
 
 
 def _make_console(out: TextIO) -> Console:
@@ -94,6 +99,8 @@ def run(config: Config) -> int:
     if interactive and not out.isatty():
         raise ChatError("nothing to ask: give a question (the interactive mode needs a terminal)")
     question = config.prompt or ""
+    if has_surrogates(question):
+        raise ChatError("the question on the command line is not UTF-8 text")
     if not sys.stdin.isatty():
         piped = _read_stdin()
         if piped.strip():
@@ -109,7 +116,7 @@ def run(config: Config) -> int:
         model = config.model or models[0]
         if model not in models:
             raise ModelNotFound(model, models)
-        client = ChatClient(base_url, config.api_key, config.timeout)
+        client = ChatClient(base_url, config.api_key, config.timeout, config.deadline)
         try:
             return _converse(
                 config, client, base_url, model, question=question, interactive=interactive
@@ -233,13 +240,16 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
             raise failure
         return 0 if not _interrupted(session) else EXIT_INTERRUPTED
     tty = out.isatty()
-    renderer = make_renderer(
-        _make_console(out),
-        out,
-        markdown=tty and not config.plain,
-        show_reasoning=not config.hide_reasoning,
-        footer=tty,
-    )
+    if tty and not config.plain:
+        renderer = make_renderer(
+            _make_console(out),
+            out,
+            markdown=True,
+            show_reasoning=not config.hide_reasoning,
+            footer=True,
+        )
+    else:  # plain text needs no rich console (and not its import time)
+        renderer = PlainRenderer(out, footer=tty, styled=tty)
     session.ask(question, renderer)
     return 0 if not _interrupted(session) else EXIT_INTERRUPTED
 
@@ -281,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config)
     except ChatError as err:
         if config.debug:
+            import traceback  # noqa: PLC0415 (only with --debug: 20 ms of imports)
+
             traceback.print_exc()
         sys.stdout.flush()
         print(f"chat: {err.one_shot()}", file=sys.stderr)

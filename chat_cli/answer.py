@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from dataclasses import dataclass, field
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    """Surrogates cannot be written as UTF-8: the trace of undecodable input."""
+    return _SURROGATE.search(text) is not None
+
+
+def repair(text: str) -> str:
+    """Surrogate pairs joined into their character, lone surrogates replaced with U+FFFD."""
+    if not has_surrogates(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 @dataclass
@@ -34,6 +49,7 @@ class Answer:
     usage: Usage | None = None
     done: bool = False  # [DONE] seen
     events: int = 0  # server-sent events received
+    tool_calls: list[str] = field(default_factory=list)  # names of tools the model asked for
 
     @property
     def text(self) -> str:
@@ -68,5 +84,6 @@ class Answer:
         """An ended copy that a request still running elsewhere can no longer change."""
         twin = copy.copy(self)
         twin.content, twin.reasoning = list(self.content), list(self.reasoning)
+        twin.tool_calls = list(self.tool_calls)
         twin.end(prompt_chars)
         return twin

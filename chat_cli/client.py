@@ -1,32 +1,24 @@
-"""Talking to the model server: discovery (stdlib, for a fast start) and streaming (openai SDK).
-
-The openai SDK takes about a second to import, so it is imported on first use (or warmed up
-in the background by the REPL) and never at start-up.
-"""
+"""Talking to the model server: discovery, and one request per answer (stdlib HTTP, see
+chat_cli.transport; the SSE stream is parsed in chat_cli.sse)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from chat_cli import errors, sse
-from chat_cli.answer import Answer, Usage, estimate_tokens
+from chat_cli import errors, sse, transport
+from chat_cli.answer import Answer, Usage, estimate_tokens, repair
 from chat_cli.errors import ChatError
 from chat_cli.sse import Piece
+from chat_cli.transport import Cancel, Target, Timeout
 
-if TYPE_CHECKING:
-    from openai import OpenAI
+__all__ = ["Cancel", "ChatClient", "Sampling", "fetch_models", "wait_for_models"]
 
 CONTEXT_HINTS = ("context length", "context window", "maximum context", "too long", "exceed")
+DEFAULT_DEADLINE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,24 +39,28 @@ class Sampling:
 
 
 def fetch_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> list[str]:
-    """GET /v1/models with the stdlib (no SDK import needed at start-up)."""
-    request = urllib.request.Request(base_url + "/models")  # noqa: S310 (http(s) only, see config)
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    """GET /v1/models."""
+    target = Target.parse(base_url)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            body = json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as err:
-        if err.code == 401:
-            raise errors.AuthFailed(base_url) from err
-        raise errors.ServerFailed(err.code, _body_message(err.read())) from err
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise errors.ServerUnreachable(base_url, errors.short(str(reason))) from err
+        conn = target.connect(timeout)
+    except OSError as err:
+        raise errors.ServerUnreachable(base_url, errors.short(str(err))) from err
+    try:
+        conn.request("GET", target.path("/models"), headers=transport.headers(api_key, False))
+        response = conn.getresponse()
+        body = transport.read_body(response, conn.sock, time.monotonic() + timeout)
+    except (*transport.TransportError, Timeout) as err:
+        raise errors.ServerUnreachable(base_url, errors.short(str(err) or "timed out")) from err
+    finally:
+        conn.close()
+    if response.status == 401:
+        raise errors.AuthFailed(base_url)
+    if response.status >= 400:
+        raise errors.ServerFailed(response.status, _body_message(body))
+    try:
+        return [str(item["id"]) for item in json.loads(body)["data"]]
     except ValueError as err:
         raise errors.ServerFailed(200, "/v1/models did not return JSON") from err
-    try:
-        return [str(item["id"]) for item in body["data"]]
     except (KeyError, TypeError) as err:
         raise errors.ServerFailed(200, "/v1/models returned an unexpected shape") from err
 
@@ -99,33 +95,24 @@ def wait_for_models(
 
 
 class ChatClient:
-    def __init__(self, base_url: str, api_key: str | None, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        stall_timeout: float,
+        deadline: float = DEFAULT_DEADLINE_S,
+    ) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.stall_timeout = stall_timeout
-        self._sdk: OpenAI | None = None
+        self.deadline = deadline
+        self.target = Target.parse(base_url)
 
     def models(self) -> list[str]:
         return fetch_models(self.base_url, self.api_key)
 
     def close(self) -> None:
-        """Close the SDK's pooled connections (the process exit does it for the CLI)."""
-        if self._sdk is not None:
-            self._sdk.close()
-            self._sdk = None
-
-    @property
-    def sdk(self) -> OpenAI:
-        if self._sdk is None:
-            from openai import OpenAI, Timeout  # noqa: PLC0415 (slow import, ~1 s)
-
-            self._sdk = OpenAI(
-                base_url=self.base_url,
-                api_key=self.api_key or "no-key",
-                max_retries=0,
-                timeout=Timeout(self.stall_timeout, connect=10.0),
-            )
-        return self._sdk
+        """Nothing is pooled: each request closes its own connection."""
 
     def stream(
         self,
@@ -139,10 +126,9 @@ class ChatClient:
     ) -> Iterator[Piece]:
         """Yield ("content" | "reasoning", text) pieces, filling `answer` as they come.
 
-        Raises ChatError subclasses only. `cancel` stops the request from another thread.
+        Raises ChatError subclasses only; NothingAnswered when the request brought no text.
+        `cancel` stops the request from another thread.
         """
-        import openai  # noqa: PLC0415 (slow import, ~1 s)
-
         cancel = cancel or Cancel()
         params = sampling.request_params()
         if completions:
@@ -153,28 +139,65 @@ class ChatClient:
             if stream:
                 yield from self._streamed(params, answer, completions, cancel)
             else:
-                response = _endpoint(self.sdk, completions).create(**params)
-                if not cancel.cancelled:
-                    yield from _whole(response, answer, completions)
-        except openai.APIError as err:
-            raise self._api_error(err, sampling.model) from err
+                yield from self._whole(params, answer, completions, cancel)
         finally:
             answer.end(sum(len(m["content"]) for m in messages))
+        if not (cancel.cancelled or answer.text):
+            raise errors.nothing_answered(
+                answer.finish_reason, answer.tool_calls, bool(answer.reasoning_text)
+            )
+
+    def _post(
+        self, completions: bool, params: dict[str, Any], answer: Answer, cancel: Cancel
+    ) -> tuple[Any, Any] | None:
+        """Send the request; (connection, response) for a 2xx answer, None if cancelled."""
+        endpoint = "/completions" if completions else "/chat/completions"
+        body = json.dumps(params, ensure_ascii=False).encode("utf-8")
+        answer.started = time.monotonic()  # TTFT counts from the request leaving
+        try:
+            conn = self.target.connect(transport.CONNECT_TIMEOUT_S)
+        except OSError as err:
+            raise errors.ServerUnreachable(self.base_url, errors.short(str(err))) from err
+        try:
+            cancel.attach(conn.sock)
+            conn.sock.settimeout(self.deadline)  # the queue and the prompt come before byte 1
+            path = self.target.path(endpoint)
+            conn.request("POST", path, body, transport.headers(self.api_key, True))
+            response = conn.getresponse()
+            if response.status >= 300:
+                error_body = transport.read_body(response, conn.sock, time.monotonic() + 10.0)
+        except TimeoutError as err:
+            conn.close()
+            raise errors.TimedOut(self.deadline, not params.get("stream")) from err
+        except (*transport.TransportError, Timeout) as err:
+            conn.close()
+            if cancel.cancelled:
+                return None
+            reason = errors.short(str(err) or type(err).__name__)
+            raise errors.ServerUnreachable(self.base_url, reason) from err
+        if response.status >= 300:
+            conn.close()
+            raise self._status_error(response.status, error_body, response.reason, params)
+        return conn, response
 
     def _streamed(
         self, params: dict[str, Any], answer: Answer, completions: bool, cancel: Cancel
     ) -> Iterator[Piece]:
-        import openai  # noqa: PLC0415 (imported by stream() already)
-
         streaming = {**params, "stream": True, "stream_options": {"include_usage": True}}
-        # The raw response: see chat_cli.sse for why the SDK's chunk objects are skipped.
-        endpoint = _endpoint(self.sdk, completions)
-        with endpoint.with_streaming_response.create(**streaming) as response:
-            cancel.attach(response.http_response)
-            try:
-                yield from self._read(response, answer, completions)
-            finally:
-                cancel.detach()
+        sent = self._post(completions, streaming, answer, cancel)
+        if sent is None:
+            return
+        conn, response = sent
+        try:
+            content_type = (response.getheader("Content-Type") or "").lower()
+            if content_type and "event-stream" not in content_type:
+                body = transport.read_body(response, conn.sock, time.monotonic() + self.deadline)
+                yield from _parsed_whole(body, content_type, answer, completions)
+                return
+            yield from self._read(conn, response, answer, completions)
+        finally:
+            cancel.detach()
+            conn.close()
         # finish_reason, not [DONE], says the answer ended: vLLM and llama.cpp always send it;
         # llama-cpp-python sends [DONE] without it when it drops an answer for another request.
         if cancel.cancelled or answer.finish_reason is not None:
@@ -183,150 +206,117 @@ class ChatClient:
             raise errors.incomplete_stream(answer.done)
         # llama.cpp ends (or drops) the stream without a word when the request cannot run,
         # e.g. a prompt over the context size; asked without streaming, it says why.
-        # Retries: the pooled connection may be the one the server just dropped.
-        retrying = self.sdk.with_options(max_retries=2)
         try:
-            whole = _endpoint(retrying, completions).create(**params)
-        except openai.APITimeoutError:
-            raise
-        except openai.APIConnectionError as err:
+            yield from self._whole(params, answer, completions, cancel)
+        except errors.ServerUnreachable as err:
             raise errors.connection_cut() from err
-        yield from _whole(whole, answer, completions)
 
-    def _read(self, response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
-        timeout_error, transport_error = _transport_errors(response.http_response)
+    def _read(self, conn: Any, response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
+        first_wait = max(0.001, answer.started + self.deadline - time.monotonic())
+        lines = transport.Lines(
+            response, conn.sock, first_wait=first_wait, stall=self.stall_timeout
+        )
         try:
-            yield from sse.pieces(sse.events(response.iter_lines()), answer, completions)
-        except timeout_error as err:
+            yield from sse.pieces(sse.events(lines), answer, completions)
+        except Timeout as err:
             if answer.finish_reason is None:
+                if not err.started:
+                    raise errors.TimedOut(self.deadline, whole=False) from err
                 raise errors.stalled(self.stall_timeout) from err
-        except transport_error as err:
+        except transport.TransportError as err:
             # After finish_reason only [DONE] (and vLLM's usage chunk) can be lost: the answer
             # is whole. Before it, it is not, however much text came.
             if answer.events and answer.finish_reason is None:
                 raise errors.connection_cut() from err
 
-    def _api_error(self, err: Exception, model: str) -> ChatError:
-        import openai  # noqa: PLC0415 (imported by stream() already)
+    def _whole(
+        self, params: dict[str, Any], answer: Answer, completions: bool, cancel: Cancel
+    ) -> Iterator[Piece]:
+        sent = self._post(completions, params, answer, cancel)
+        if sent is None:
+            return
+        conn, response = sent
+        try:
+            body = transport.read_body(response, conn.sock, answer.started + self.deadline)
+        except Timeout as err:
+            if cancel.cancelled:
+                return
+            raise errors.TimedOut(self.deadline, whole=True) from err
+        except transport.TransportError as err:
+            if cancel.cancelled:
+                return
+            raise errors.ServerUnreachable(self.base_url, errors.short(str(err))) from err
+        finally:
+            cancel.detach()
+            conn.close()
+        content_type = (response.getheader("Content-Type") or "").lower()
+        yield from _parsed_whole(body, content_type, answer, completions)
 
-        if isinstance(err, openai.APITimeoutError):
-            return errors.stalled(self.stall_timeout)
-        if isinstance(err, openai.APIConnectionError):
-            reason = errors.short(str(err.__cause__ or err))
-            return errors.ServerUnreachable(self.base_url, reason)
-        if isinstance(err, openai.APIStatusError):
-            return self._status_error(err, model)
-        return errors.error_event(_detail(err))
-
-    def _status_error(self, err: Any, model: str) -> ChatError:
-        import openai  # noqa: PLC0415 (imported by stream() already)
-
-        if isinstance(err, openai.AuthenticationError):
+    def _status_error(
+        self, status: int, body: bytes, reason: str, params: dict[str, Any]
+    ) -> ChatError:
+        detail = _body_message(body)
+        if status == 401:
             return errors.AuthFailed(self.base_url)
-        detail = _detail(err)
-        if isinstance(err, openai.NotFoundError):
+        if status == 404:
+            model = params.get("model")
             try:
                 served = self.models()
             except ChatError:
                 served = []
             if model in served:
                 return errors.BadRequest(404, detail)
-            return errors.ModelNotFound(model, served)
-        if err.status_code >= 500:
-            return errors.ServerFailed(err.status_code, detail)
-        if err.status_code in (400, 413) and any(h in detail.lower() for h in CONTEXT_HINTS):
+            return errors.ModelNotFound(str(model), served)
+        if status >= 500:
+            return errors.ServerFailed(status, detail)
+        if status in (400, 413) and any(h in detail.lower() for h in CONTEXT_HINTS):
             return errors.ContextTooLong(detail)
-        return errors.BadRequest(err.status_code, detail)
+        return errors.BadRequest(status, detail)
 
 
-class Cancel:
-    """Stops a request from another thread: a flag the request checks, and a hang-up of its
-    streaming response's socket, which wakes a read blocked on it (closing it would not)."""
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-
-    def attach(self, http_response: Any) -> None:
-        network = http_response.extensions.get("network_stream")
-        sock = network.get_extra_info("socket") if network is not None else None
-        if not isinstance(sock, socket.socket):
-            return
-        with self._lock:
-            self._socket = sock
-            if self.cancelled:
-                _hang_up(sock)
-
-    def detach(self) -> None:
-        """The response is over: its connection may go back to the pool, not to be hung up."""
-        with self._lock:
-            self._socket = None
-
-    def cancel(self) -> bool:
-        """Stop the request; True if a read under way was woken (the request ends soon)."""
-        with self._lock:
-            self.cancelled = True
-            if self._socket is None:
-                return False
-            _hang_up(self._socket)
-            return True
+def _parsed_whole(
+    body: bytes, content_type: str, answer: Answer, completions: bool
+) -> Iterator[Piece]:
+    """A whole (non-streamed) completion; also what a server that ignores `stream` sends."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "choices" not in data:
+        raise errors.not_an_event_stream(content_type, body)
+    try:
+        yield from _whole_pieces(data, answer, completions)
+    except (AttributeError, TypeError, ValueError, IndexError) as err:
+        raise errors.malformed_stream("unexpected response shape") from err
 
 
-def _hang_up(sock: socket.socket) -> None:
-    # The plain socket's shutdown, also under TLS: the reader thread still holds the TLS state.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _endpoint(sdk: OpenAI, completions: bool) -> Any:
-    return sdk.completions if completions else sdk.chat.completions
-
-
-def _whole(response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
+def _whole_pieces(data: dict[str, Any], answer: Answer, completions: bool) -> Iterator[Piece]:
     answer.first_token_at = time.monotonic()
-    if response.usage is not None:
+    usage = data.get("usage")
+    if usage:
         answer.usage = Usage(
-            int(response.usage.prompt_tokens or 0),
-            int(response.usage.completion_tokens or 0),
-            False,
+            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
         )
-    if not response.choices:
+    if not data["choices"]:
         raise errors.malformed_stream("no choices in the response")
-    choice = response.choices[0]
-    answer.finish_reason = str(choice.finish_reason or "stop")
+    choice = data["choices"][0]
+    answer.finish_reason = str(choice.get("finish_reason") or "stop")
     if completions:
-        text = choice.text or ""
+        text = choice.get("text") or ""
     else:
-        message = choice.message
-        reasoning = getattr(message, "reasoning_content", None) or getattr(
-            message, "reasoning", None
-        )
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        answer.tool_calls.extend(sse.tool_names(message.get("tool_calls") or []))
         if reasoning:
+            reasoning = repair(str(reasoning))
             answer.reasoning.append(reasoning)
             yield "reasoning", reasoning
-        text = message.content or ""
+        text = message.get("content") or ""
+    text = repair(str(text))
     answer.chunks = estimate_tokens(len(text))
-    answer.content.append(text)
-    yield "content", text
-
-
-def _detail(err: Exception) -> str:
-    body = getattr(err, "body", None)
-    message = None
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else inner
-        message = message or body.get("message") or body.get("detail")
-    elif isinstance(body, str):  # not JSON: the SDK's own message would be "Error code: 502"
-        return errors.body_line(body)
-    return errors.short(str(message or getattr(err, "message", None) or err))
-
-
-def _transport_errors(http_response: Any) -> tuple[type[Exception], type[Exception]]:
-    """The HTTP library's timeout and transport errors (httpx, or httpx2 in openai 3)."""
-    library = importlib.import_module(type(http_response).__module__.split(".")[0])
-    return library.TimeoutException, library.RequestError
+    if text:
+        answer.content.append(text)
+        yield "content", text
 
 
 def _body_message(body: bytes) -> str:

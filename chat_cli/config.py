@@ -23,10 +23,12 @@ from mixvllm_common.options import (
     OptionError,
     add_to_parser,
     boolean,
+    number,
     resolve,
     value,
 )
-from mixvllm_common.urls import api_base
+from mixvllm_common.state import read_api_key
+from mixvllm_common.urls import api_base, is_loopback
 
 APP = "mixvllm"
 
@@ -88,6 +90,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "api_key", ("--api-key",), defaults.CLIENT_API_KEY_ENVS, str, None,
         "API key sent as a bearer token", "KEY",
+        shown_default="the local key of `mixvllm-serve` for a server on this machine",
     ),
     Option(
         "model", ("--model", "-m"), ("CHAT_MODEL",), str, None, "model name", "NAME",
@@ -122,7 +125,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "timeout", ("--timeout",), ("CHAT_TIMEOUT",), float, 120.0,
-        "stall timeout: give up when the server sends nothing for SECONDS", "SECONDS",
+        "stall timeout: give up when a streamed answer sends nothing for SECONDS", "SECONDS",
+    ),
+    Option(
+        "deadline", ("--deadline",), ("CHAT_DEADLINE",), number(0.0), 600.0,
+        "give up on an answer not started after SECONDS (queue and prompt); with "
+        "`--no-stream`, on one not finished", "SECONDS",
     ),
     Option(
         "resume", ("--resume",), ("CHAT_RESUME",), _resume, False,
@@ -164,6 +172,7 @@ class Config:
     hide_reasoning: bool
     wait: float
     timeout: float
+    deadline: float
     resume: bool | str  # True: the last conversation; a string: the one of that name
     debug: bool
     prompt: str | None
@@ -241,6 +250,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     if values["wait"] < 0 or values["timeout"] <= 0:
         raise ConfigError("--wait must be >= 0 and --timeout > 0")
     values["url"] = api_base(values["url"])
+    if values["api_key"] is None and is_loopback(values["url"]):
+        # `mixvllm-serve up` keeps a generated key here: a new shell finds it without export.
+        values["api_key"] = read_api_key(env)
     if values["fallback_url"]:
         values["fallback_url"] = api_base(values["fallback_url"])
     prompt = " ".join(args.prompt).strip() or None

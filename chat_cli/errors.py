@@ -46,8 +46,8 @@ class WaitTimeout(ChatError):
 class AuthFailed(ChatError):
     def __init__(self, url: str) -> None:
         super().__init__(
-            f"the model server at {url} rejected the API key (401); "
-            "set VLLM_API_KEY (or OPENAI_API_KEY) or pass --api-key"
+            f"the model server at {url} rejected the API key (401); set the server's key: "
+            "`export VLLM_API_KEY=$(mixvllm-serve key)` (or OPENAI_API_KEY, or --api-key)"
         )
 
 
@@ -82,6 +82,23 @@ class ServerFailed(ChatError):
         super().__init__(f"the model server failed ({_status(status, detail)})", "try /retry")
         self.status = status
         self.detail = detail
+
+
+class TimedOut(ChatError):
+    """No answer by the deadline: nothing arrived, so nothing was kept."""
+
+    def __init__(self, seconds: float, whole: bool) -> None:
+        what = "finished the answer" if whole else "started to answer"
+        super().__init__(f"the model server has not {what} after {seconds:g} s (--deadline)")
+
+
+class BadResponse(ChatError):
+    """A 200 answer that is not an answer: a proxy's page, a body of an unknown shape."""
+
+
+class NothingAnswered(ChatError):
+    """The request worked but brought no text: an empty answer, tool calls only, or a length
+    limit reached before any text."""
 
 
 class StreamFailed(ChatError):
@@ -137,6 +154,31 @@ def body_line(body: str) -> str:
     """The first line of an error body that is not JSON, tags dropped (proxies answer in HTML)."""
     text = _TAG.sub("\n", body) if body.lstrip().startswith("<") else body
     return short(next((line for line in text.splitlines() if line.strip()), ""))
+
+
+def not_an_event_stream(content_type: str, body: bytes) -> BadResponse:
+    first = body.decode("utf-8", "replace").strip().split("\n", 1)[0]
+    return BadResponse(
+        f"the model server answered with {content_type or 'no content type'}, not an event "
+        f"stream (first line: {short(first, 80) or 'empty'})"
+    )
+
+
+def nothing_answered(finish_reason: str | None, tools: list[str], reasoned: bool) -> ChatError:
+    if tools:
+        return NothingAnswered(
+            f"the model asked to call a tool ({', '.join(tools)}); chat has no tools enabled, "
+            "so there is no answer"
+        )
+    if finish_reason == "length":
+        spent = "on reasoning " if reasoned else ""
+        return NothingAnswered(
+            f"the answer reached max_tokens {spent}before any text (finish_reason: length); "
+            "raise --max-tokens"
+        )
+    if reasoned:
+        return NothingAnswered("the model only reasoned and gave no answer text")
+    return NothingAnswered(f"the model gave an empty answer (finish_reason: {finish_reason})")
 
 
 def short(text: str, limit: int = 200) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import traceback
@@ -84,15 +85,12 @@ def _key_bindings() -> KeyBindings:
 
 
 def _warm_up(session: Session) -> None:
-    """Import the heavy parts (openai SDK, markdown renderer) while the user types."""
+    """Import the markdown renderer while the user types."""
 
     def work() -> None:
-        try:
+        # A failure shows up again, clearly, on first use.
+        with contextlib.suppress(Exception):
             import rich.markdown  # noqa: F401, PLC0415
-
-            _ = session.client.sdk
-        except Exception:  # noqa: S110 (a failure shows up again, clearly, on first use)
-            pass
 
     threading.Thread(target=work, name="chat-warm-up", daemon=True).start()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer
+from chat_cli.answer import Answer, has_surrogates
 from chat_cli.client import ChatClient, Sampling
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
@@ -20,6 +20,7 @@ from chat_cli.streaming import StreamLoop
 
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
+TRUNCATED = "cut short: the answer reached max_tokens"
 IN_PROGRESS = "in progress"  # only ever seen in an autosave of a process that was killed
 AUTOSAVE_EVERY_S = 1.0
 
@@ -70,6 +71,9 @@ class Session:
     def ask(self, text: str, renderer: Renderer) -> Answer:
         """Send `text`, stream the answer into `renderer`. Raises ChatError after keeping
         what arrived; KeyboardInterrupt ends the answer early and is not re-raised."""
+        if has_surrogates(text):
+            # It could not be saved or sent: refuse it before it enters the history.
+            raise ChatError("the message is not valid UTF-8 text; nothing was sent")
         self.conversation.messages.append(Message("user", text))
         self.conversation.autosave()
         messages = self.conversation.api_messages()
@@ -105,6 +109,8 @@ class Session:
                 failure = err
             if loop.abandoned:
                 answer = answer.detached(sum(len(m["content"]) for m in messages))
+            if note is None and failure is None and answer.finish_reason == "length":
+                note = TRUNCATED
             self._keep(text, answer, note)
             said_something = bool(answer.text or answer.reasoning_text)
             renderer.finish(answer, note if said_something or note == INTERRUPTED else None)

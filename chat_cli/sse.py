@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer, Usage
+from chat_cli.answer import Answer, Usage, has_surrogates, repair
 
 Piece = tuple[str, str]  # ("content" | "reasoning", text)
 
@@ -38,18 +38,54 @@ def events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
         yield event, "\n".join(data)
 
 
+class Surrogates:
+    """Joins an emoji a server split into two chunks as JSON escapes (\\ud83d, then
+    \\ude00): a high surrogate at the end of a piece waits for the next piece of its kind."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+
+    def fix(self, kind: str, text: str) -> str:
+        held = self.held.pop(kind, "")
+        if not (held or has_surrogates(text)):
+            return text
+        text = held + text
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self.held[kind], text = text[-1], text[:-1]
+        return repair(text)
+
+    def flush(self) -> list[Piece]:
+        """What is still held can no longer be paired: the replacement character."""
+        out = [(kind, "\ufffd") for kind in self.held]
+        self.held.clear()
+        return out
+
+
 def pieces(stream: Iterable[tuple[str, str]], answer: Answer, completions: bool) -> Iterator[Piece]:
     """The pieces of each chunk until [DONE], filling `answer` as they come."""
+    surrogates = Surrogates()
     for event, data in stream:
         answer.events += 1
         if data == "[DONE]":
             answer.done = True
-            return
+            break
         chunk = _chunk(event, data)
         try:
-            yield from _chunk_pieces(chunk, answer, completions)
+            for kind, raw in _chunk_pieces(chunk, answer, completions):
+                text = surrogates.fix(kind, raw)
+                if text:
+                    yield _add(answer, kind, text)
         except (AttributeError, TypeError, ValueError) as err:
             raise errors.malformed_stream(f"unexpected chunk: {errors.short(data, 60)}") from err
+    for kind, text in surrogates.flush():
+        yield _add(answer, kind, text)
+
+
+def _add(answer: Answer, kind: str, text: str) -> Piece:
+    if answer.first_token_at is None:
+        answer.first_token_at = time.monotonic()
+    (answer.content if kind == "content" else answer.reasoning).append(text)
+    return kind, text
 
 
 def _chunk(event: str, data: str) -> dict[str, Any]:
@@ -79,17 +115,20 @@ def _chunk_pieces(chunk: dict[str, Any], answer: Answer, completions: bool) -> I
             delta = choice.get("delta") or {}
             content = delta.get("content")
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if delta.get("tool_calls"):
+                answer.tool_calls.extend(tool_names(delta["tool_calls"]))
         if not (content or reasoning):
             continue
         answer.chunks += 1
-        if answer.first_token_at is None:
-            answer.first_token_at = time.monotonic()
         if reasoning:
-            answer.reasoning.append(str(reasoning))
             yield "reasoning", str(reasoning)
         if content:
-            answer.content.append(str(content))
             yield "content", str(content)
+
+
+def tool_names(calls: list[dict[str, Any]]) -> list[str]:
+    """The named calls among `tool_calls` (a stream names each call once, in its first delta)."""
+    return [str(c["function"]["name"]) for c in calls if (c.get("function") or {}).get("name")]
 
 
 def error_message(chunk: dict[str, Any]) -> str:

@@ -14,3 +14,11 @@ def server_root(url: str) -> str:
 def api_base(url: str) -> str:
     """The OpenAI API base of any form `server_root` accepts: `http://h:8000/v1`."""
     return server_root(url) + "/v1"
+
+
+def is_loopback(url: str) -> bool:
+    """True for a server on this machine (localhost, 127.x, ::1): the one the launcher runs."""
+    rest = server_root(url).split("://", 1)[1].split("/", 1)[0]
+    host = rest.rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return host.lower() in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")

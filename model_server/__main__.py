@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+from mixvllm_common.state import state_dir
 from mixvllm_common.urls import server_root
 from model_server import config, health, launch, profiles, up
 
@@ -157,7 +158,7 @@ def health_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         key: str | None = config.resolve_api_key(env, create=False)[0]
     except config.ConfigError:
         key = None
-    marker = config.state_dir(env) / "health-ready"
+    marker = state_dir(env) / "health-ready"
     result = health.container_health(args.url, api_key=key, marker=marker, timeout=args.timeout)
     print(result.detail)
     return 0 if result.healthy else 1

@@ -24,11 +24,11 @@ from mixvllm_common.options import (
     resolve,
     value,
 )
+from mixvllm_common.state import STATE_DIR_ENV, api_key_file
 from model_server import profiles
 from model_server.profiles import Profile, ProfileError
 
 API_KEY_ENV = defaults.VLLM_API_KEY_ENV
-STATE_DIR_ENV = "MIXVLLM_STATE_DIR"
 VLLM_BIN_ENV = "MIXVLLM_VLLM_BIN"
 
 PROFILE = Option(
@@ -105,23 +105,6 @@ class ServeConfig:
     def headless(self) -> bool:
         """A worker node: it runs its share of the model and no API server."""
         return self.node_rank > 0
-
-
-def state_dir(env: Mapping[str, str]) -> Path:
-    """$MIXVLLM_STATE_DIR, else $XDG_STATE_HOME/mixvllm, else ~/.local/state/mixvllm.
-
-    Plain XDG rules rather than platformdirs: the model image installs the launcher
-    without dependencies on top of vLLM's.
-    """
-    if env.get(STATE_DIR_ENV):
-        return Path(env[STATE_DIR_ENV])
-    xdg = env.get("XDG_STATE_HOME", "").strip()
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "mixvllm"
-
-
-def api_key_file(env: Mapping[str, str]) -> Path:
-    return state_dir(env) / "api-key"
 
 
 def resolve_api_key(env: Mapping[str, str], *, create: bool = True) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from typing import IO, NoReturn
 
 from mixvllm_common import defaults
 from mixvllm_common.options import Option, OptionError, add_to_parser, integer, number, resolve
+from mixvllm_common.state import state_dir
 from model_server import config, health
 
 STOP_GRACE_S = 10.0
@@ -88,7 +89,7 @@ def build(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
         token=v["token"] or secrets.token_urlsafe(24),
         api_key=api_key,
         timeout=v["timeout"],
-        log_dir=config.state_dir(env),
+        log_dir=state_dir(env),
     )
 
 

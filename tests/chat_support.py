@@ -39,11 +39,12 @@ def closed_port_url() -> str:
 
 
 def chat_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
-    """A clean environment: XDG dirs under tmp_path, no API keys from the outside."""
+    """A clean environment: XDG dirs under tmp_path, no API keys (or key file) from outside."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("VLLM_API_KEY", "OPENAI_API_KEY", *CLIPBOARD_ENV) and not k.startswith("CHAT_")
+        if k not in ("VLLM_API_KEY", "OPENAI_API_KEY", "MIXVLLM_STATE_DIR", *CLIPBOARD_ENV)
+        and not k.startswith("CHAT_")
     }
     env.update(isolated_home(tmp_path))
     env.update(

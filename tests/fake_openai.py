@@ -5,12 +5,15 @@ chosen by `server.scenario`, or per request by a last user message starting with
 `@fault:NAME` (handy when driving the REPL through a PTY).
 
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
-http400ctx, http500, error_event, malformed, no_done, cut, stall, hang, empty_ctx (an empty
-200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
+http400ctx, http500, error_event, malformed, no_done, cut, stall, stall_empty, hang,
+empty_ctx (an empty 200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
 Around the end of a whole answer: finish_cut (finish_reason, then the socket dies),
 finish_no_done (finish_reason, then a clean end without [DONE]), cut_before_finish (all the
 text, then the socket dies before finish_reason), done_no_finish ([DONE] after a few words
 without finish_reason: llama-cpp-python's server does this when another request interrupts).
+Bodies that are not a stream: html (a proxy's 200 page), whole_json (a whole completion
+although a stream was asked for). `token_delay` also delays a non-streamed answer, by as much
+as its tokens would take to stream.
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.state
 
     def _json(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
+        self._raw(status, "application/json", json.dumps(body).encode())
+
+    def _raw(self, status: int, content_type: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -163,7 +168,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if not request.get("stream"):
+        if scenario == "html":
+            self._raw(200, "text/html", b"<html><body>Welcome to the proxy</body></html>\n")
+            return
+        if not request.get("stream") or scenario == "whole_json":
+            if scenario == "hang":
+                self.state.release.wait(60)
+            time.sleep(self.state.token_delay * len(tokens(self.state.answer)))
             self._whole(request, completions)
             return
         self.send_response(200)
@@ -239,6 +250,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(b"")
             return
         self._send(chunk({"role": "assistant", "content": ""}, completions=completions))
+        if scenario == "stall_empty":  # the stream has started, but no text ever comes
+            self.state.release.wait(60)
+            return
         if scenario == "reasoning":
             for piece in tokens("Let me think about this carefully."):
                 self._send(chunk({"reasoning_content": piece}))

@@ -249,7 +249,7 @@ def test_resume_by_name(
     [
         ("q @fault:http500", "the model server failed (500 Internal Server Error: engine crashed"),
         ("q @fault:http400ctx", "shorten the input or lower --max-tokens"),
-        ("q @fault:hang", "(stall timeout); no answer text arrived"),
+        ("q @fault:stall_empty", "(stall timeout); no answer text arrived"),
     ],
 )
 def test_one_shot_errors_name_no_repl_commands(
@@ -338,3 +338,103 @@ def test_interactive_mode_needs_a_terminal_for_its_output(tmp_path: Path, fake: 
         os.close(master)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("chat: nothing to ask: give a question (the interactive")
+
+
+# -- what a one-shot says when nothing was answered (issue 10, items 2 and 3) -------------
+def test_one_shot_empty_answer_is_one_line_and_exit_1(
+    env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.state.raw_sse = (
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    code, out, err = run_main(["hi"], capsys)
+    assert (code, out) == (1, "")
+    assert err == "chat: the model gave an empty answer (finish_reason: stop)\n"
+    code, out, _ = run_main(["--json", "hi"], capsys)
+    assert code == 1 and json.loads(out)["error"].startswith("the model gave an empty answer")
+
+
+def test_one_shot_answer_cut_by_max_tokens_says_so(
+    env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.state.raw_sse = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"Once"}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+    )
+    code, out, err = run_main(["a story"], capsys)
+    assert (code, out, err) == (0, "Once\n[cut short: the answer reached max_tokens]\n", "")
+
+
+def run_bytes(tmp_path: Path, url: str, args: list[bytes], stdin: bytes) -> tuple[int, str]:
+    result = subprocess.run(
+        [*(a.encode() for a in CHAT), *args], env=chat_env(tmp_path, url), input=stdin,
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "expected"),
+    [
+        ([b"summarize"], b"caf\xe9 latin-1\n", "chat: stdin is not UTF-8 text\n"),
+        ([b"caf\xe9"], b"", "chat: the question on the command line is not UTF-8 text\n"),
+    ],
+)
+def test_input_that_is_not_utf8_is_named_and_nothing_is_saved(
+    tmp_path: Path, fake: FakeServer, args: list[bytes], stdin: bytes, expected: str
+) -> None:
+    code, err = run_bytes(tmp_path, fake.url, args, stdin)
+    assert (code, err) == (1, expected)
+    assert fake.state.requests == []
+    data = tmp_path / "data"
+    assert not data.exists() or [p for p in data.rglob("*") if p.is_file()] == []
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    conversation = Conversation(messages=[Message("user", "bad \udcff")])
+    with pytest.raises(UnicodeEncodeError):
+        conversation.save(tmp_path / "chat.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the launcher's local key (item 5) and the deadline option (item 4) -------------------
+def test_the_launchers_local_key_is_used_for_a_local_server(tmp_path: Path) -> None:
+    with fake_server(api_key="local-sekrit") as server:
+        env = chat_env(tmp_path, server.url)
+        key_file = tmp_path / "state" / "mixvllm" / "api-key"
+        key_file.parent.mkdir(parents=True)
+        key_file.write_text("local-sekrit\n")
+        result = subprocess.run(
+            [*CHAT, "hi"], env=env, capture_output=True, text=True, timeout=60, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert (result.returncode, result.stdout, result.stderr) == (0, DEFAULT_ANSWER, "")
+        key_file.write_text("stale\n")
+        result = subprocess.run(
+            [*CHAT, "hi"], env=env, capture_output=True, text=True, timeout=60, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "rejected the API key (401)" in result.stderr
+    assert "`export VLLM_API_KEY=$(mixvllm-serve key)`" in result.stderr
+
+
+def test_the_local_key_goes_only_to_a_local_server(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "mixvllm").mkdir(parents=True)
+    (state / "mixvllm" / "api-key").write_text("local\n")
+    env = {"XDG_STATE_HOME": str(state), "HOME": str(tmp_path)}
+    assert load_config([], {**env, "MODEL_SERVER_URL": "localhost:8000"}).api_key == "local"
+    remote = {**env, "MODEL_SERVER_URL": "http://gpu-box:8000"}
+    assert load_config([], remote).api_key is None
+    assert load_config([], {**env, "VLLM_API_KEY": "mine"}).api_key == "mine"
+    custom = {"MIXVLLM_STATE_DIR": str(state / "mixvllm"), "HOME": str(tmp_path)}
+    assert load_config([], custom).api_key == "local"
+
+
+def test_deadline_option(tmp_path: Path) -> None:
+    assert load_config([], {}).deadline == 600.0
+    assert load_config(["--deadline", "30"], {}).deadline == 30.0
+    assert load_config([], {"CHAT_DEADLINE": "45"}).deadline == 45.0
+    with pytest.raises(ConfigError, match="--deadline"):
+        load_config(["--deadline", "0"], {})

@@ -3,11 +3,15 @@ conversation intact, next question answered."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,7 +20,7 @@ from chat_cli import errors
 from chat_cli.answer import Answer
 from chat_cli.client import ChatClient, Sampling, fetch_models, wait_for_models
 from chat_cli.conversation import Conversation
-from chat_cli.session import INCOMPLETE, INTERRUPTED, Session
+from chat_cli.session import INCOMPLETE, INTERRUPTED, TRUNCATED, Session
 from tests.chat_support import closed_port_url, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
 
@@ -161,13 +165,13 @@ def test_stream_faults_keep_the_partial_answer(fake: FakeServer, fault: str, exp
 def test_a_stall_before_any_text_claims_no_partial_answer(fake: FakeServer) -> None:
     session = make_session(fake, timeout=0.5)
     with pytest.raises(errors.StreamFailed) as info:
-        session.ask("question @fault:hang", Collect())
+        session.ask("question @fault:stall_empty", Collect())
     fake.state.release.set()
     assert "partial" not in str(info.value)
     assert str(info.value).endswith("(stall timeout); no answer text arrived (try /retry)")
     assert info.value.one_shot().endswith("(stall timeout); no answer text arrived")
     assert session.conversation.messages == []
-    assert session.retry_text() == "question @fault:hang"
+    assert session.retry_text() == "question @fault:stall_empty"
 
 
 @pytest.mark.parametrize("fault", ["finish_cut", "finish_no_done"])
@@ -322,3 +326,197 @@ def test_unexpected_chunk_shape_is_malformed(fake: FakeServer) -> None:
     fake.state.raw_sse = b'data: {"choices":[{"index":0,"delta":"oops"}]}\n\ndata: [DONE]\n\n'
     with pytest.raises(errors.StreamFailed, match="unexpected chunk"):
         make_session(fake).ask("hi", Collect())
+
+
+# -- answers that bring no text (issue 10, item 2) ---------------------------------------
+def sse(*chunks: str) -> bytes:
+    return b"".join(b"data: " + c.encode() + b"\n\n" for c in (*chunks, "[DONE]"))
+
+
+FINISH_STOP = '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (sse('{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}', FINISH_STOP),
+         "the model gave an empty answer (finish_reason: stop)"),
+        (sse('{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1",'
+             '"type":"function","function":{"name":"get_weather","arguments":""}}]}}]}',
+             '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,'
+             '"function":{"arguments":"{}"}}]}}]}',
+             '{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}'),
+         "the model asked to call a tool (get_weather); chat has no tools enabled"),
+        (sse('{"choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}',
+             '{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}'),
+         "reached max_tokens on reasoning before any text"),
+    ],
+)  # fmt: skip
+def test_an_answer_without_text_says_what_happened(
+    fake: FakeServer, body: bytes, expected: str
+) -> None:
+    fake.state.raw_sse = body
+    session = make_session(fake)
+    with pytest.raises(errors.NothingAnswered) as info:
+        session.ask("question", Collect())
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert session.conversation.messages == []
+    assert session.retry_text() == "question"
+
+
+def test_an_answer_cut_by_max_tokens_is_kept_with_a_note(fake: FakeServer) -> None:
+    fake.state.raw_sse = sse(
+        '{"choices":[{"index":0,"delta":{"content":"Once upon"}}]}',
+        '{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}',
+    )
+    session = make_session(fake)
+    collect = Collect()
+    answer = session.ask("a story", collect)
+    assert answer.text == "Once upon" and collect.note == TRUNCATED
+    assert session.conversation.messages[-1].incomplete == TRUNCATED
+
+
+def test_a_body_that_is_not_an_event_stream_is_named(fake: FakeServer) -> None:
+    session = make_session(fake)
+    with pytest.raises(errors.BadResponse) as info:
+        session.ask("hi @fault:html", Collect())
+    assert str(info.value) == (
+        "the model server answered with text/html, not an event stream "
+        "(first line: <html><body>Welcome to the proxy</body></html>)"
+    )
+    assert session.conversation.messages == []
+
+
+def test_a_whole_answer_to_a_streamed_request_is_used(fake: FakeServer) -> None:
+    answer = make_session(fake).ask("hi @fault:whole_json", Collect())
+    assert (answer.text, answer.finish_reason) == (DEFAULT_ANSWER, "stop")
+
+
+# -- text a server splits badly (item 3) -------------------------------------------------
+def test_an_emoji_split_across_chunks_is_joined_and_a_lone_half_replaced(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.state.raw_sse = sse(
+        '{"choices":[{"index":0,"delta":{"content":"smile \\ud83d"}}]}',
+        '{"choices":[{"index":0,"delta":{"content":"\\ude00 and \\udc00 end \\ud83d"}}]}',
+        FINISH_STOP,
+    )
+    session = make_session(fake)
+    session.conversation.path = tmp_path / "chat.json"
+    collect = Collect()
+    answer = session.ask("hi", collect)
+    expected = "smile \U0001f600 and \ufffd end \ufffd"
+    assert answer.text == expected == "".join(collect.parts)
+    saved = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    assert saved["messages"][-1]["content"] == expected
+    fake.state.raw_sse = None
+    assert session.ask("next", Collect()).text == DEFAULT_ANSWER  # the history still sends
+
+
+def test_a_message_that_is_not_utf8_never_enters_the_history(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    session = make_session(fake)
+    session.conversation.path = tmp_path / "chat.json"
+    with pytest.raises(errors.ChatError, match="not valid UTF-8 text"):
+        session.ask("bad \udcff bytes", Collect())
+    assert session.conversation.messages == [] and fake.state.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- timeouts: a stall is silence mid-stream, not a long answer (item 4) -----------------
+def test_no_stream_waits_for_an_answer_longer_than_the_stall_timeout(fake: FakeServer) -> None:
+    fake.state.token_delay = 0.1  # about 1.2 s for the whole answer
+    session = make_session(fake, timeout=0.3)
+    session.stream = False
+    assert session.ask("hello", Collect()).text == DEFAULT_ANSWER
+
+
+def test_no_stream_gives_up_at_the_deadline(fake: FakeServer) -> None:
+    fake.state.token_delay = 0.5
+    client = ChatClient(fake.url + "/v1", None, 0.3, deadline=0.5)
+    session = Session(client, Conversation(), Sampling(MODEL), stream=False)
+    started = time.monotonic()
+    with pytest.raises(errors.TimedOut, match=r"has not finished the answer after 0.5 s"):
+        session.ask("hello", Collect())
+    assert time.monotonic() - started < 3.0
+    assert session.retry_text() == "hello"
+
+
+def test_a_long_wait_for_the_first_token_is_not_a_stall(fake: FakeServer) -> None:
+    """The queue and a long prompt come before the first byte: the deadline covers them."""
+    session = make_session(fake, timeout=0.3)
+    threading.Timer(1.0, fake.state.release.set).start()
+    assert session.ask("long prompt @fault:hang", Collect()).text == DEFAULT_ANSWER
+
+
+def test_no_first_token_by_the_deadline(fake: FakeServer) -> None:
+    client = ChatClient(fake.url + "/v1", None, 0.3, deadline=0.6)
+    session = Session(client, Conversation(), Sampling(MODEL))
+    with pytest.raises(errors.TimedOut, match=r"has not started to answer after 0.6 s"):
+        session.ask("long prompt @fault:hang", Collect())
+
+
+# -- timings (item 6) --------------------------------------------------------------------
+def test_ttft_counts_from_the_request_leaving(fake: FakeServer) -> None:
+    client = make_session(fake).client
+    answer = Answer()
+    time.sleep(0.3)  # work done before the request (imports, setup) is not the server's
+    pieces = list(client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL), answer))
+    assert pieces and answer.ttft is not None and answer.ttft < 0.25
+
+
+# -- an HTTP proxy from the environment is still used (the SDK and urllib honoured it) ------
+@pytest.fixture
+def proxy(fake: FakeServer) -> Iterator[tuple[str, list[bytes]]]:
+    """A forwarding HTTP proxy: records each request line, then pipes both ways."""
+    seen: list[bytes] = []
+    opened: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    upstream = ("127.0.0.1", int(fake.url.rsplit(":", 1)[1]))
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                opened.append(client)
+                head = client.recv(65536)
+                line, _, rest = head.partition(b"\r\n")
+                seen.append(line)
+                method, target, version = line.split(b" ")
+                path = b"/" + target.split(b"/", 3)[3]
+                server = socket.create_connection(upstream)
+                opened.append(server)
+                server.sendall(b" ".join((method, path, version)) + b"\r\n" + rest)
+                threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+                threading.Thread(target=pipe, args=(client, server), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    listener.close()
+    for sock in opened:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def test_the_environments_http_proxy_is_used(
+    fake: FakeServer, proxy: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = proxy
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", url)
+    assert fetch_models(fake.url + "/v1", None) == [MODEL, "other-model"]
+    assert make_session(fake).ask("hi", Collect()).text == DEFAULT_ANSWER
+    assert seen == [
+        f"GET {fake.url}/v1/models HTTP/1.1".encode(),
+        f"POST {fake.url}/v1/chat/completions HTTP/1.1".encode(),
+    ]

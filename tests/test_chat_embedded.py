@@ -102,3 +102,40 @@ def test_context_overflow_says_how_to_shorten(tmp_path: Path, embedded_model_ser
     assert result.stderr.startswith("chat: the conversation no longer fits the model's context")
     assert "shorten the input or lower --max-tokens" in result.stderr
     assert "/clear" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_answer_cut_by_max_tokens_says_so(tmp_path: Path, embedded_model_server: Any) -> None:
+    result = run_chat(
+        tmp_path, embedded_model_server, "--max-tokens", "3", "--seed", "1",
+        "Tell me a long story about a lighthouse.",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n[cut short: the answer reached max_tokens]\n")
+
+
+def test_no_stream_answer_longer_than_the_stall_timeout(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    # The whole answer takes far longer than --timeout: that is no stall.
+    result = run_chat(
+        tmp_path, embedded_model_server, "--no-stream", "--timeout", "0.05", "--max-tokens",
+        "48", "--json", "Count from one to twenty in words.",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["content"] and data["timings"]["total_s"] > 0.05
+
+
+def test_a_new_shell_finds_the_launchers_local_key(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    state = tmp_path / "launcher-state"
+    state.mkdir()
+    (state / "api-key").write_text(embedded_model_server.api_key + "\n")
+    env = chat_env(tmp_path, embedded_model_server.base_url, MIXVLLM_STATE_DIR=str(state))
+    result = subprocess.run(
+        [*CHAT, "--max-tokens", "8", "hi"], env=env, capture_output=True, text=True,
+        timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
