@@ -6,7 +6,8 @@ chosen by `server.scenario`, or per request by a last user message starting with
 
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
 http400ctx, http500, error_event, malformed, no_done, cut, stall, stall_empty, hang,
-empty_ctx (an empty 200 stream, then 400 when asked without streaming: what llama.cpp does on context overflow).
+empty_ctx (an empty 200 stream, then 400 when asked without streaming: what llama.cpp does
+on context overflow).
 Around the end of a whole answer: finish_cut (finish_reason, then the socket dies),
 finish_no_done (finish_reason, then a clean end without [DONE]), cut_before_finish (all the
 text, then the socket dies before finish_reason), done_no_finish ([DONE] after a few words
