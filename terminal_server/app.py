@@ -136,7 +136,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     port = sockets[0].getsockname()[1]
     ctx = make_context(dataclasses.replace(config, port=port))
-    with token_kept_out_of_logs(ctx.token):
+    with token_kept_out_of_logs(ctx.token), ctx.shares.kept_out_of_logs():
         return await _run(ctx, sockets, ssl_ctx, announce or _print)
 
 

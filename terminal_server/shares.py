@@ -9,12 +9,15 @@ reset, then the replay), as a reattaching owner is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from .redact import LOGGERS, MASK
 from .terminals import FRAME_MAX, Session
 
 RESET = b"\x1bc"  # RIS: the viewer's terminal starts over before a resync's replay
@@ -210,3 +213,37 @@ class ShareRegistry:
 
     def _drop(self, share: Share) -> None:
         self._shares.pop(_digest(share.token), None)
+
+    @contextlib.contextmanager
+    def kept_out_of_logs(self) -> Iterator[None]:
+        """Blank live share tokens out of every log record, as redact.py does the server's."""
+        token_filter = _ShareTokenFilter(self)
+        loggers = [logging.getLogger(name) for name in LOGGERS]
+        for logger in loggers:
+            logger.addFilter(token_filter)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(token_filter)
+
+    def tokens(self) -> list[str]:
+        return [share.token for share in self._shares.values()]
+
+
+class _ShareTokenFilter(logging.Filter):
+    # Share tokens are URL-safe base64: the raw form is every form a log line can show.
+    def __init__(self, registry: ShareRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tokens = self._registry.tokens()
+        if tokens:
+            message = record.getMessage()
+            redacted = message
+            for token in tokens:
+                redacted = redacted.replace(token, MASK)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True

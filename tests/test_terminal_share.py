@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from tornado import httpclient, websocket
@@ -14,7 +16,15 @@ from terminal_server.share_handlers import cookie_name
 from terminal_server.shares import MAX_VIEWERS, RESET
 
 from .support import wait_for_async
-from .terminal_support import TOKEN, Client, Server, run, running_server
+from .terminal_support import (
+    TOKEN,
+    Client,
+    Server,
+    raw_exchange,
+    run,
+    running_server,
+    server_process,
+)
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -305,3 +315,40 @@ def test_viewers_per_share_are_capped() -> None:
             assert await extra.wait_closed() == protocol.CLOSE_TRY_LATER
 
     run(body)
+
+
+def test_no_log_line_contains_a_share_token(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    with (
+        log_path.open("w") as log_file,
+        server_process(
+            "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
+            env={"MIXVLLM_TERMINAL_TOKEN": TOKEN}, stderr=log_file.fileno(),
+        ) as (_, url),
+    ):  # fmt: skip
+        port = urlparse(url).port
+        assert port is not None
+
+        async def body() -> str:
+            conn = await websocket.websocket_connect(
+                httpclient.HTTPRequest(f"ws://127.0.0.1:{port}/ws", headers=BEARER)
+            )
+            setup = json.loads(await conn.read_message() or "[]")
+            client = httpclient.AsyncHTTPClient()
+            r = await client.fetch(
+                f"http://127.0.0.1:{port}/api/share?session={setup[1]['session']}",
+                method="POST", body=b"", headers=BEARER,
+            )  # fmt: skip
+            token = str(json.loads(r.body)["url"].split("=", 1)[1])
+            host = f"127.0.0.1:{port}".encode()
+            for target in (b"/view/" + token.encode(), b"/" + token.encode() + b"%ff"):
+                await raw_exchange(
+                    port, b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+                )
+            conn.close()
+            return token
+
+        token = asyncio.run(body())
+    log = log_path.read_text(errors="replace")
+    assert "GET /view/[token]" in log, log  # the request was logged, without the token
+    assert token not in log
