@@ -8,7 +8,6 @@ stdin and set_size from it close it with CLOSE_VIEW_ONLY, and it never takes the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -173,9 +172,11 @@ class ViewSocket(TermSocket):
         if share.viewers >= MAX_VIEWERS:
             self._fail(protocol.CLOSE_TRY_LATER, f"this share has {MAX_VIEWERS} viewers already")
             return
-        with contextlib.suppress(OSError):
+        try:
             rows, cols = processes.get_winsize(share.session.fd)
-            self._send(protocol.encode(protocol.SETUP, {"view": True, "rows": rows, "cols": cols}))
+        except OSError:  # the session is closing: its end reaches the viewer right after
+            rows, cols = 24, 80
+        self._send(protocol.encode(protocol.SETUP, {"view": True, "rows": rows, "cols": cols}))
         share.add(self)
         if self.ctx.config.ping_interval > 0:
             self._watchdog = asyncio.ensure_future(self._watch(self.ctx.config.ping_interval))
@@ -224,7 +225,7 @@ def share_routes(ctx: Context) -> list[Any]:
     base = ctx.config.base_path
     view = base + VIEW_PATH
     kw: dict[str, Any] = {"ctx": ctx}
-    vendor = str(ctx.static_dir / "node_modules" / "@xterm")
+    vendor = str(ctx.static_dir / "node_modules" / "@xterm")  # as app.VENDOR_SUBDIR
     return [
         (base + "api/share", ShareApiHandler, kw),
         (view, ViewPageHandler, kw),
