@@ -8,8 +8,13 @@
   const MSG = Object.freeze({
     STDIN: "stdin", SET_SIZE: "set_size", ACK: "ack",
     SETUP: "setup", STDOUT: "stdout", DISCONNECT: "disconnect", ERROR: "error",
+    SHARE: "share", SIZE: "size",
   });
-  const CLOSE = Object.freeze({ TAKEN_OVER: 4001, SESSION_ENDED: 4002, TRY_LATER: 1013 });
+  const CLOSE = Object.freeze({
+    TAKEN_OVER: 4001, SESSION_ENDED: 4002, VIEW_ONLY: 4004, SHARE_ENDED: 4005, TRY_LATER: 1013,
+  });
+  // The server serves this page under view/ for a share link: watch only, never type or resize.
+  const VIEWER = document.body.dataset.role === "viewer";
   const THEMES = {
     dark: { background: "#1e1e1e", foreground: "#d4d4d4", cursor: "#d4d4d4",
             selectionBackground: "#264f78" },
@@ -35,7 +40,8 @@
     lineHeight: LINE_HEIGHT,
     theme: THEMES[settings.theme],
     screenReaderMode: settings.screenReader,
-    cursorBlink: true,
+    cursorBlink: !VIEWER,
+    disableStdin: VIEWER,
     scrollback: 10000,
   });
   const fit = new FitAddon.FitAddon();
@@ -60,6 +66,11 @@
     const url = new URL("ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams();
+    if (VIEWER) {  // the share cookie names the session; nothing else is the viewer's to choose
+      q.set("binary", "1");
+      url.search = q.toString();
+      return url.toString();
+    }
     if (sessionId) q.set("session", sessionId);
     if (restartRequested) q.set("restart", "1");
     q.set("binary", "1");  // stdout as raw UTF-8 frames; xterm.js decodes them
@@ -85,6 +96,7 @@
   }
 
   function send(msg) {
+    if (VIEWER) return;  // the server closes a viewer that sends stdin or set_size
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
   }
 
@@ -119,6 +131,7 @@
     switch (msg[0]) {
       case MSG.SETUP: {
         const info = msg[1] || {};
+        if (VIEWER) { viewerSetup(info); break; }
         const restarted = restartRequested;
         restartRequested = false;
         // A reattach replays recent output from a clean screen. Reset (RIS) through the write
@@ -132,8 +145,15 @@
         document.title = `mixvllm · ${sessionId}`;
         hideOverlay();
         send([MSG.SET_SIZE, term.rows, term.cols]);
+        refreshShare();
         break;
       }
+      case MSG.SIZE:
+        if (VIEWER) term.resize(msg[2], msg[1]);
+        break;
+      case MSG.SHARE:
+        renderShare(msg[1]);
+        break;
       case MSG.STDOUT:
         term.write(msg[1], ackLater);
         break;
@@ -148,6 +168,7 @@
 
   function onClose(event) {
     ws = null;
+    if (VIEWER && viewerClosed(event)) return;
     if (event.code === CLOSE.SESSION_ENDED) { ended("Session ended."); return; }
     if (event.code === CLOSE.TAKEN_OVER) {
       showOverlay("This session was opened in another tab.", "Use it here", connect);
@@ -166,12 +187,106 @@
 
   function ended(text) {
     ws = null;
+    if (VIEWER) { showOverlay(text); return; }
     showOverlay(text, "Start a new session", () => {
       sessionId = null;
       setUrlParam("session", null);
       connect();
     });
   }
+
+  // -- view-only page (a share link) ----------------------------------------------------
+  function viewerSetup(info) {
+    term.write("\x1bc");
+    // The PTY has the owner's size; fitting it to this window would garble every line.
+    if (info.rows && info.cols) term.resize(info.cols, info.rows);
+    document.title = "mixvllm · view-only";
+    hideOverlay();
+  }
+
+  let viewerGone = false;  // the share ended: no more reconnecting
+
+  function viewerClosed(event) {
+    if (viewerGone) return true;
+    if (event.code === CLOSE.SHARE_ENDED) {
+      showOverlay("This share has ended: the owner stopped sharing.");
+    } else if (event.code === CLOSE.SESSION_ENDED) {
+      showOverlay("This share has ended: the session is over.");
+    } else if (event.code === CLOSE.VIEW_ONLY) {
+      showOverlay("This share is view-only.");
+    } else {
+      // A revoked or expired share refuses the socket (403, seen here as 1006): ask the page.
+      fetch(location.pathname, { cache: "no-store", credentials: "same-origin" })
+        .then((r) => {
+          if (r.status !== 403) return;
+          viewerGone = true;
+          clearTimeout(reconnectTimer);
+          showOverlay("This share has ended.");
+        })
+        .catch(() => {});
+      return false;
+    }
+    viewerGone = true;
+    return true;
+  }
+
+  // -- sharing (the owner's side) -------------------------------------------------------
+  const sharePanel = document.getElementById("share-panel");
+  const shareToggle = document.getElementById("share");
+  const shareUrl = document.getElementById("share-url");
+  const shareStatus = document.getElementById("share-status");
+  let shareState = { url: null, viewers: 0 };
+
+  function renderShare(state) {
+    shareState = state || { url: null, viewers: 0 };
+    const shared = Boolean(shareState.url);
+    shareUrl.value = shared ? new URL(shareState.url, location.href).toString() : "";
+    const n = shareState.viewers;
+    shareStatus.textContent = `shared \u00b7 ${n} viewer${n === 1 ? "" : "s"}`;
+    shareStatus.hidden = !shared;
+    if (!shared) showSharePanel(false);
+  }
+
+  async function shareRequest(method) {
+    if (!sessionId) return;
+    try {
+      const response = await fetch(`api/share?session=${encodeURIComponent(sessionId)}`, {
+        method, cache: "no-store", credentials: "same-origin",
+      });
+      if (response.status === 204) renderShare(null);
+      else if (response.ok) renderShare(await response.json());
+    } catch (_) {
+      // The server is away: the connection overlay says so.
+    }
+  }
+
+  function refreshShare() { shareRequest("GET"); }
+
+  function showSharePanel(show) {
+    sharePanel.hidden = !show;
+    shareToggle.setAttribute("aria-expanded", String(show));
+    if (show) { shareUrl.focus(); shareUrl.select(); }
+  }
+
+  shareToggle.addEventListener("click", async () => {
+    if (!sharePanel.hidden) { showSharePanel(false); return; }
+    if (!shareState.url) await shareRequest("POST");
+    if (shareState.url) showSharePanel(true);
+  });
+  document.getElementById("share-copy").addEventListener("click", () => {
+    shareUrl.select();
+    if (navigator.clipboard) navigator.clipboard.writeText(shareUrl.value).catch(() => {});
+  });
+  document.getElementById("share-stop").addEventListener("click", () => {
+    shareRequest("DELETE");
+    shareToggle.focus();
+  });
+  sharePanel.addEventListener("submit", (e) => e.preventDefault());
+  sharePanel.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    showSharePanel(false);
+    shareToggle.focus();
+  });
 
   // -- overlay, settings, controls ------------------------------------------------------
   function showOverlay(text, actionLabel, action) {
@@ -259,7 +374,8 @@
   term.onData((data) => send([MSG.STDIN, data]));
   term.onResize(({ rows, cols }) => send([MSG.SET_SIZE, rows, cols]));
   term.onTitleChange((title) => {
-    document.title = title ? `${title} · ${sessionId}` : `mixvllm · ${sessionId}`;
+    const where = VIEWER ? "view-only" : sessionId;
+    document.title = title ? `${title} · ${where}` : `mixvllm · ${where}`;
   });
   term.onSelectionChange(() => {
     const text = term.getSelection();
@@ -282,6 +398,7 @@
   });
   let resizeFrame = 0;
   window.addEventListener("resize", () => {
+    if (VIEWER) return;  // the owner's size rules
     cancelAnimationFrame(resizeFrame);
     resizeFrame = requestAnimationFrame(() => fit.fit());
   });
@@ -328,13 +445,19 @@
     }
     setTimeout(pollStatus, STATUS_POLL_MS);
   }
-  pollStatus();
+  if (VIEWER) {
+    statusBar.textContent = "view-only: watching a shared session";
+    statusBar.hidden = false;
+  } else {
+    pollStatus();
+  }
 
   // A small handle for debugging from the console (and for the browser test).
   window.mixvllm = {
     term,
     get sessionId() { return sessionId; },
     get connected() { return ws !== null && ws.readyState === WebSocket.OPEN; },
+    get viewer() { return VIEWER; },
   };
   connect();
 })();

@@ -32,6 +32,7 @@ from .handlers import (
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
+from .share_handlers import make_registry, share_routes
 from .terminals import SessionManager
 
 log = logging.getLogger("mixvllm.terminal")
@@ -61,6 +62,7 @@ def make_app(ctx: Context) -> web.Application:
         ),
         (base + r"vendor/(.*)", GuardedStaticHandler, {"path": str(vendor), **kw}),
     ]
+    routes += share_routes(ctx)
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
     return web.Application(
@@ -81,6 +83,7 @@ def make_context(config: Config, static_dir: Path = STATIC_DIR) -> Context:
         token=token,
         static_dir=static_dir,
         model_status=ModelStatusPoller(config.model_server_url, config.model_api_key),
+        shares=make_registry(config.flow_window),
     )
 
 
@@ -133,7 +136,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     port = sockets[0].getsockname()[1]
     ctx = make_context(dataclasses.replace(config, port=port))
-    with token_kept_out_of_logs(ctx.token):
+    with token_kept_out_of_logs(ctx.token), ctx.shares.kept_out_of_logs():
         return await _run(ctx, sockets, ssl_ctx, announce or _print)
 
 

@@ -21,6 +21,7 @@ from .config import Config
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .processes import SessionStartError
+from .shares import ShareRegistry
 from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
 from .wsclose import DrainingProtocol
 
@@ -44,6 +45,7 @@ class Context:
     token: str | None  # None only with --no-auth
     static_dir: Path
     model_status: ModelStatusPoller
+    shares: ShareRegistry  # read-only share links (share_handlers.py)
     sockets: set[TermSocket] = field(default_factory=set)
 
     @property

@@ -23,6 +23,8 @@ SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, ...}]
 STDOUT: Final = "stdout"  # ["stdout", text]; with ?binary=1 a binary frame of raw UTF-8 instead
 DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
 ERROR: Final = "error"  # ["error", message]: sent just before a close
+SHARE: Final = "share"  # to the owner: ["share", {"url": str | None, "viewers": n}]
+SIZE: Final = "size"  # to a viewer: ["size", rows, cols], the PTY's size (the owner's)
 
 # WebSocket close codes (RFC 6455 + the private 4000-4999 range).
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down
@@ -34,6 +36,8 @@ CLOSE_TRY_LATER: Final = 1013  # session cap reached
 CLOSE_TAKEN_OVER: Final = 4001  # the session was attached from another tab
 CLOSE_SESSION_ENDED: Final = 4002  # the program in the session exited
 CLOSE_NO_PONG: Final = 4003  # no answer to a ping in time; the session stays for reattach
+CLOSE_VIEW_ONLY: Final = 4004  # a viewer of a share sent stdin or set_size
+CLOSE_SHARE_ENDED: Final = 4005  # the owner revoked the share
 
 MAX_DIMENSION: Final = 1000  # rows or columns; anything larger is junk
 

@@ -53,6 +53,16 @@ class Client(Protocol):
     def session_ended(self, exit_code: int | None) -> None: ...
 
 
+class Audience(Protocol):
+    """Read-only watchers of a session (a share's viewers): fed its output, never throttle it."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def resized(self, rows: int, cols: int) -> None: ...
+
+    def session_ended(self, exit_code: int | None) -> None: ...
+
+
 class Session:
     def __init__(
         self,
@@ -70,6 +80,7 @@ class Session:
         self.proc = proc
         self.fd = fd
         self.client: Client | None = None
+        self.audience: Audience | None = None
         self.detached_at: float | None = time.monotonic()
         self.exit_code: int | None = None
         self._loop = asyncio.get_running_loop()
@@ -139,6 +150,9 @@ class Session:
         self._update_reader()
         return True
 
+    def replay(self) -> bytes:
+        return self._scrollback.replay()
+
     # -- input ----------------------------------------------------------------------------
     def write(self, text: str) -> None:
         data = text.encode("utf-8", "replace")
@@ -151,6 +165,8 @@ class Session:
     def resize(self, rows: int, cols: int) -> None:
         with contextlib.suppress(OSError):
             processes.set_winsize(self.fd, rows, cols)  # the kernel sends SIGWINCH
+        if self.audience is not None:
+            self.audience.resized(rows, cols)
 
     def _flush_input(self) -> None:
         while self._input and not self.closed:
@@ -208,6 +224,8 @@ class Session:
 
     def _output(self, data: bytes) -> None:
         self._scrollback.add(data)
+        if self.audience is not None:
+            self.audience.feed(data)
         if self.client is None:
             return
         self._pending.append(data)
@@ -265,9 +283,12 @@ class Session:
             os.close(self.fd)
         self.exit_code = self.proc.returncode
         client, self.client = self.client, None
+        audience, self.audience = self.audience, None
         self._on_closed(self)
         if client is not None:
             client.session_ended(self.exit_code)
+        if audience is not None:
+            audience.session_ended(self.exit_code)
 
 
 class SessionManager:

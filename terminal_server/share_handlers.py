@@ -1,0 +1,240 @@
+"""Share links over HTTP: the owner's share API, and the view-only page, assets and socket.
+
+Everything under `view/` answers only to a live share token (never the server's token), and
+the server's routes never accept a share token. A viewer's socket reads one session's output;
+stdin and set_size from it close it with CLOSE_VIEW_ONLY, and it never takes the session over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado import web, websocket
+
+from . import processes, protocol
+from .auth import guard, host_allowed
+from .handlers import Context, GuardedHandler, GuardedStaticHandler, TermSocket
+from .shares import MAX_VIEWERS, Share, ShareRegistry
+from .terminals import Session
+
+log = logging.getLogger("mixvllm.terminal")
+
+VIEW_PATH = "view/"
+ENDED_TEXT = "This share link has ended or is not valid.\n"
+
+
+def make_registry(window: int) -> ShareRegistry:
+    return ShareRegistry(window, tell_owner)
+
+
+def share_state(share: Share | None) -> dict[str, Any]:
+    if share is None or share.ended:
+        return {"url": None, "viewers": 0}
+    # Relative to the base path, as the page is; the token is what the owner hands out.
+    return {"url": f"{VIEW_PATH}?share={share.token}", "viewers": share.viewers}
+
+
+def tell_owner(share: Share) -> None:
+    """Push the share's state (link, viewer count) to the session's owner, if attached."""
+    owner = share.session.client
+    if isinstance(owner, TermSocket) and not isinstance(owner, ViewSocket):
+        _push(owner, protocol.encode(protocol.SHARE, share_state(share)))
+
+
+def _push(sock: websocket.WebSocketHandler, text: str) -> None:
+    try:
+        fut = sock.write_message(text)
+    except websocket.WebSocketClosedError:
+        return
+    fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+
+def cookie_name(ctx: Context) -> str:
+    return f"mixvllm_share_{ctx.config.public_port}"
+
+
+def _refuse(handler: web.RequestHandler, ctx: Context, reason: str, text: str) -> None:
+    ctx.metrics.rejected[reason] += 1
+    log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
+    handler.set_status(403)
+    handler.set_header("Content-Type", "text/plain; charset=utf-8")
+    handler.finish(text)
+
+
+def share_guard(handler: web.RequestHandler, ctx: Context) -> Share | None:
+    """The guard for `view/`: Host, then a live share token in the share cookie."""
+    if not host_allowed(ctx, handler.request):
+        _refuse(handler, ctx, "host", "Host not allowed: this server only answers to localhost.\n")
+        return None
+    share = ctx.shares.find(handler.get_cookie(cookie_name(ctx)))
+    if share is None:
+        _refuse(handler, ctx, "share", ENDED_TEXT)
+    return share
+
+
+class ShareApiHandler(GuardedHandler):
+    """`api/share?session=ID`: GET the state, POST to share (idempotent), DELETE to revoke."""
+
+    def prepare(self) -> None:
+        if not guard(self, self.ctx) or self.request.method == "GET":
+            return
+        # The owner cookie is SameSite=Strict already; a foreign Origin is refused as well.
+        origin = self.request.headers.get("Origin")
+        if origin is None or origin.rstrip("/") in self.ctx.config.allowed_origins:
+            return
+        if urlparse(origin).netloc.lower() != (self.request.host or "").lower():
+            _refuse(self, self.ctx, "origin", "Cross-origin request refused.\n")
+
+    def _session(self) -> Session:
+        session = self.ctx.manager.get(self.get_query_argument("session", None))
+        if session is None:
+            raise web.HTTPError(404)
+        return session
+
+    def _answer(self, share: Share | None) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(share_state(share)))
+
+    def get(self) -> None:
+        self._answer(self.ctx.shares.of(self._session()))
+
+    def post(self) -> None:
+        session = self._session()
+        share = self.ctx.shares.create(session)
+        log.info("session %s shared read-only", session.id)
+        self._answer(share)
+
+    def delete(self) -> None:
+        session = self._session()
+        share = self.ctx.shares.of(session)
+        if share is not None:
+            share.revoke()
+            log.info("session %s: share revoked", session.id)
+        self.set_status(204)
+        self.finish()
+
+
+class ViewPageHandler(GuardedHandler):
+    """The page, view-only: `view/?share=TOKEN` swaps the token for a cookie, like the owner's."""
+
+    def prepare(self) -> None:
+        token = self.get_query_argument("share", None)
+        if token is None or not host_allowed(self.ctx, self.request):
+            share_guard(self, self.ctx)
+            return
+        if self.ctx.shares.find(token) is None:
+            _refuse(self, self.ctx, "share", ENDED_TEXT)
+            return
+        self.set_cookie(
+            cookie_name(self.ctx),
+            token,
+            httponly=True,
+            # Lax: a share link is clicked in a chat or a mail (a cross-site navigation), and
+            # the view has nothing a forged request could change.
+            samesite="Lax",
+            secure=self.ctx.config.certfile is not None,
+            path=self.ctx.config.base_path + VIEW_PATH,
+        )
+        self.redirect(self.request.path)
+
+    def get(self) -> None:
+        page = (self.ctx.static_dir / "index.html").read_bytes()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(page.replace(b"<body>", b'<body data-role="viewer">', 1))
+
+
+class ViewStaticHandler(GuardedStaticHandler):
+    def prepare(self) -> None:
+        share_guard(self, self.ctx)
+
+
+class ViewSocket(TermSocket):
+    """A viewer's socket: output of one session, with its own flow control; no input."""
+
+    share: Share | None = None
+
+    def prepare(self) -> None:
+        self.share = share_guard(self, self.ctx)
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        self.peer = self.request.remote_ip or "?"
+        self.binary = self.get_query_argument("binary", "0") == "1"
+        self.set_nodelay(True)
+        self.ctx.sockets.add(self)
+        share = self.share
+        if share is None or share.ended:
+            self._fail(protocol.CLOSE_SHARE_ENDED, "this share has ended")
+            return
+        if share.viewers >= MAX_VIEWERS:
+            self._fail(protocol.CLOSE_TRY_LATER, f"this share has {MAX_VIEWERS} viewers already")
+            return
+        try:
+            rows, cols = processes.get_winsize(share.session.fd)
+        except OSError:  # the session is closing: its end reaches the viewer right after
+            rows, cols = 24, 80
+        self._send(protocol.encode(protocol.SETUP, {"view": True, "rows": rows, "cols": cols}))
+        share.add(self)
+        if self.ctx.config.ping_interval > 0:
+            self._watchdog = asyncio.ensure_future(self._watch(self.ctx.config.ping_interval))
+
+    def on_message(self, message: str | bytes) -> None:
+        share = self.share
+        if share is None:
+            return
+        try:
+            msg = protocol.parse_client_message(message)
+        except protocol.ProtocolError as exc:
+            binary = isinstance(message, bytes)
+            self._protocol_error(
+                protocol.CLOSE_UNSUPPORTED if binary else protocol.CLOSE_INVALID, str(exc)
+            )
+            return
+        if isinstance(msg, protocol.Ack):
+            if not share.ack(self, msg.frames):
+                self._protocol_error(protocol.CLOSE_INVALID, "ack for more frames than were sent")
+            return
+        self.ctx.metrics.protocol_errors += 1
+        name = type(msg).__name__
+        log.warning("closing viewer %s: it sent %s to a view-only share", self.peer, name)
+        self._leave()
+        self._fail(protocol.CLOSE_VIEW_ONLY, "view-only: this share takes no input or resize")
+
+    def on_close(self) -> None:
+        super().on_close()
+        self._leave()
+
+    def _leave(self) -> None:
+        share, self.share = self.share, None
+        if share is not None:
+            share.remove(self)
+
+    # -- shares.ViewerSink (send_output and session_ended come from TermSocket) ---------
+    def resized(self, rows: int, cols: int) -> None:
+        self._send(protocol.encode(protocol.SIZE, rows, cols))
+
+    def share_ended(self) -> None:
+        self.share = None
+        self._fail(protocol.CLOSE_SHARE_ENDED, "the owner ended this share")
+
+
+def share_routes(ctx: Context) -> list[Any]:
+    base = ctx.config.base_path
+    view = base + VIEW_PATH
+    kw: dict[str, Any] = {"ctx": ctx}
+    vendor = str(ctx.static_dir / "node_modules" / "@xterm")  # as app.VENDOR_SUBDIR
+    return [
+        (base + "api/share", ShareApiHandler, kw),
+        (view, ViewPageHandler, kw),
+        (base + "view", web.RedirectHandler, {"url": view}),
+        (view + "ws", ViewSocket, kw),
+        (
+            view + r"static/(terminal\.js|terminal\.css)",
+            ViewStaticHandler,
+            {"path": str(ctx.static_dir), **kw},
+        ),
+        (view + r"vendor/(.*)", ViewStaticHandler, {"path": vendor, **kw}),
+    ]
