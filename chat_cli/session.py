@@ -105,6 +105,9 @@ class Session:
                 failure = err
             if loop.abandoned:
                 answer = answer.detached(sum(len(m["content"]) for m in messages))
+            if loop.undrawn:
+                # Keep what the screen shows: the end of the answer was left undrawn.
+                answer.content = [answer.text[: len(answer.text) - loop.undrawn]]
             self._keep(text, answer, note)
             said_something = bool(answer.text or answer.reasoning_text)
             renderer.finish(answer, note if said_something or note == INTERRUPTED else None)
