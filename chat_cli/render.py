@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 from rich.cells import cell_len
 
 from chat_cli.answer import Answer
-from chat_cli.blocks import MAX_BLOCK, Blocks
+from chat_cli.blocks import Blocks
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -42,6 +42,9 @@ _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\))
 # it (`**bold` becomes bold), so those lines stay live a little longer.
 _MARKUP = re.compile(r"[*_`~\[]")
 KEEP = 2  # the newest wrapped lines of a block stay live: its last word may still grow
+# Finished markdown waiting for a redraw is drawn at once past this size: one markdown render
+# of it stays short enough not to hold a Ctrl-C up.
+BATCH = 8192
 CODE_THEME = "monokai"
 
 
@@ -192,9 +195,8 @@ class MarkdownRenderer:
             self._ready_chars += len(done)
         if self.live:
             # Finished blocks wait for the next redraw, so a fast stream renders them in
-            # batches: fewer, larger markdown renders, same output. A batch stays small
-            # enough that one render never holds up a Ctrl-C for long.
-            if self._due() or self._ready_chars > MAX_BLOCK:
+            # batches: fewer, larger markdown renders, same output.
+            if self._due() or self._ready_chars > BATCH:
                 self._emit()
             else:
                 self._dirty = True

@@ -35,7 +35,7 @@ from chat_cli.sse import Piece
 HANG_UP_GRACE_S = 2.0  # a reader woken by the hang-up only unwinds: it ends well within this
 # Text is drawn in slices of this many characters, with a look for Ctrl-C between two: one
 # piece can be a megabyte, and drawing it whole would hold the Ctrl-C up for seconds.
-SLICE = 8192
+SLICE = 4096
 
 
 class Marker(enum.Enum):
