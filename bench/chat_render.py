@@ -14,9 +14,10 @@ from Enter to the next prompt, with the client's CPU seconds. Prints tokens/s, C
 Also, on a terminal screen (pyte) fed by the PTY:
   first line   a 400-word paragraph streamed at 200 words/s: seconds from Enter until its
                first line is on screen for good (shown, and never gone again), both clients
-  paste        40 KB, 100 KB and 1 MB bracketed pastes into chat's prompt: seconds until the
-               prompt shows the paste, and until its answer is drawn
-  ctrl-c       Ctrl-C while chat draws one 1 MB chunk: seconds until the next prompt
+  paste        bracketed pastes into chat's prompt (40 KB, 100 KB and 1 MB of lines, 1 MB in
+               one line): seconds until the prompt shows the paste, and until its answer is drawn
+  ctrl-c       Ctrl-C 0.5 to 3 s into an answer that is one 1 MB chunk: the longest wait for
+               the next prompt
 
 Targets (issue 3): >= 20,000 tokens/s, 8k/4k ratio <= 2.2, start-up <= 400 ms; (issue 10):
 paste shown and Ctrl-C answered within 1 s, first line on screen within ~0.1 s of its words.
@@ -127,10 +128,9 @@ class PtyClient:
         os.close(slave)
         self.bytes_read = 0
 
-    def read_until(
-        self, marker: str, timeout: float = 120.0, screen: XtermScreen | None = None
-    ) -> None:
-        needle = marker.encode()
+    def read_until(self, marker: str, timeout: float = 120.0, *, also: str | None = None) -> None:
+        """Read until `marker` (or `also`) has come."""
+        needles = [m.encode() for m in (marker, also) if m is not None]
         tail = b""
         deadline = time.monotonic() + timeout
         while True:
@@ -141,16 +141,14 @@ class PtyClient:
             if not data:
                 raise EOFError("client exited")
             self.bytes_read += len(data)
-            if screen is not None:
-                screen.feed(data.decode(errors="replace"))
             window = tail + data
             if CPR_REQUEST in window:
                 # Answer cursor-position requests as a terminal would; prompt-toolkit
                 # otherwise waits for a reply before it draws the prompt.
                 os.write(self.fd, b"\x1b[1;1R")
-            if needle in window:
+            if any(needle in window for needle in needles):
                 return
-            tail = window[-len(needle) :]
+            tail = window[-max(map(len, needles)) :]
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -216,6 +214,7 @@ def startup_ms(server: FakeServer, env: dict[str, str], repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
+LOG_ROW = "a pasted log line with a few words in it, like a real log\n"
 FIRST_WORDS = [f"p{i:03}" for i in range(400)]
 
 
@@ -242,7 +241,7 @@ def first_line_s(client: str, server: FakeServer, env: dict[str, str]) -> float:
         if CPR_REQUEST in window:
             os.write(child.fd, b"\x1b[1;1R")  # as read_until does
         tail = window[-64:].replace(CPR_REQUEST, b"")
-        if client == "chat" and not data.endswith(SYNC_END):
+        if client == "chat" and not done and not data.endswith(SYNC_END):
             continue  # a frame drawn part-way: not what the user sees
         shown = any("p000" in row for row in screen.transcript())
         if shown and since is None:
@@ -264,16 +263,15 @@ def _start(client: str, server: FakeServer, env: dict[str, str]) -> tuple[PtyCli
     return child, BASELINE_END
 
 
-def paste_s(server: FakeServer, env: dict[str, str], size: int) -> tuple[float, float]:
-    """Seconds until chat's prompt shows a bracketed paste of `size` bytes, and until the
-    answer to it is drawn."""
+def paste_s(server: FakeServer, env: dict[str, str], size: int, row: str) -> tuple[float, float]:
+    """Seconds until chat's prompt shows a bracketed paste of `size` bytes made of `row`s,
+    and until the answer to it is drawn."""
     server.state.answer = "Got it."
     child, ready = _start("chat", server, env)
-    row = "a pasted log line with a few words in it, like a real log\n"
     text = (row * (size // len(row) + 1))[: size - 3] + "END"
     started = time.perf_counter()
     child.send("\x1b[200~" + text + "\x1b[201~")
-    child.read_until("pasted text" if size > 50_000 else "END")
+    child.read_until("END", also="[pasted text")  # a long paste shows as a placeholder
     shown = time.perf_counter() - started
     child.send("\r")
     child.read_until(ready)
@@ -285,7 +283,8 @@ def paste_s(server: FakeServer, env: dict[str, str], size: int) -> tuple[float, 
 
 
 def ctrl_c_s(server: FakeServer, env: dict[str, str]) -> float:
-    """Seconds from Ctrl-C, while chat draws one 1 MB chunk, until the next prompt."""
+    """The longest wait from Ctrl-C to the next prompt, with Ctrl-C at several moments of an
+    answer that is one 1 MB chunk (its reading, then its drawing)."""
     big = "".join(
         f"Paragraph {i:05} of a huge answer, with **bold** words.\n\n" for i in range(18_000)
     )
@@ -295,17 +294,20 @@ def ctrl_c_s(server: FakeServer, env: dict[str, str]) -> float:
         + chunk({}, "stop")
         + b"data: [DONE]\n\n"
     )
-    child, ready = _start("chat", server, env)
-    child.send("go\r")
-    child.read_until("Paragraph 00001")
-    started = time.perf_counter()
-    # What the terminal does on Ctrl-C (this PTY is not the client's controlling terminal).
-    os.kill(child.proc.pid, signal.SIGINT)
-    child.read_until(ready)  # had the Ctrl-C been missed, drawing it all takes seconds
-    took = time.perf_counter() - started
+    waits = []
+    for delay in (0.5, 1.0, 1.5, 2.0, 3.0):
+        child, ready = _start("chat", server, env)
+        child.send("go\r")
+        child.read_until("\x1b[?2026h")  # the answer's first frame: the request is out
+        time.sleep(delay)
+        started = time.perf_counter()
+        # What the terminal does on Ctrl-C (this PTY is not the client's controlling terminal).
+        os.kill(child.proc.pid, signal.SIGINT)
+        child.read_until(ready)
+        waits.append(time.perf_counter() - started)
+        child.close()
     server.state.raw_sse = None
-    child.close()
-    return took
+    return max(waits)
 
 
 def main() -> int:
@@ -329,7 +331,15 @@ def main() -> int:
             results = {c: measure(c, server, env, sizes, args.repeat) for c in ("baseline", "chat")}
             start = startup_ms(server, env, max(3, args.repeat))
             first = {c: first_line_s(c, server, env) for c in ("baseline", "chat")}
-            pastes = {size: paste_s(server, env, size) for size in (40_000, 100_000, 1_000_000)}
+            pastes = {
+                (size, kind): paste_s(server, env, size, row)
+                for size, kind, row in (
+                    (40_000, "lines", LOG_ROW),
+                    (100_000, "lines", LOG_ROW),
+                    (1_000_000, "lines", LOG_ROW),
+                    (1_000_000, "one line", '{"key": "value", "n": 12345}, '),
+                )
+            }
             interrupt = ctrl_c_s(server, env)
         finally:
             server.stop()
@@ -366,12 +376,14 @@ def main() -> int:
         f"first line of a {len(FIRST_WORDS)}-word paragraph ({stream_s:.1f} s of streaming) on "
         f"screen for good after: baseline {first['baseline']:.2f} s, chat {first['chat']:.2f} s"
     )
-    for size, (shown, answered) in pastes.items():
+    for (size, kind), (shown, answered) in pastes.items():
         print(
-            f"paste {size / 1000:,.0f} KB: shown after {shown:.2f} s, answered after "
+            f"paste {size / 1000:,.0f} KB ({kind}): shown after {shown:.2f} s, answered after "
             f"{answered:.2f} s (target: shown <= 1 s)"
         )
-    print(f"Ctrl-C while drawing a 1 MB chunk: prompt back after {interrupt:.2f} s (target <= 1 s)")
+    print(
+        f"Ctrl-C during a 1 MB chunk: prompt back after {interrupt:.2f} s at most (target <= 1 s)"
+    )
     return 0
 
 
