@@ -369,3 +369,24 @@ def min_seen(output: str, words: list[str]) -> int:
     """How many words the frames so far have drawn: the screen must still show them all."""
     drawn = re.findall(r"w\d{3}", visible(output))
     return words.index(max(drawn)) + 1 if drawn else 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\n" + "".join(f"print('c{i:05}')\n" for i in range(2000)) + "```\n",
+        " ".join(f"c{i:05}" for i in range(5000)) + "\n",
+    ],
+    ids=["code block", "paragraph in one line"],
+)
+def test_a_block_too_big_to_redraw_is_cut_and_loses_nothing(text: str) -> None:
+    """A huge block (a pasted log, a megabyte in one chunk) is cut at a line end (a code
+    block is closed and opened again there), or at a space, so no redraw renders all of it."""
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False, footer=False)
+    renderer.content(text)
+    assert len(renderer.pending) <= 16_384
+    renderer.finish(finished(), None)
+    out = visible(console.file.getvalue())  # type: ignore[attr-defined]
+    assert re.findall(r"c\d{5}", out) == re.findall(r"c\d{5}", text)
+    assert "```" not in out
