@@ -11,7 +11,16 @@ Each answer is asked for in an already running client (start-up is measured sepa
 from Enter to the next prompt, with the client's CPU seconds. Prints tokens/s, CPU s, the
 8k/4k time ratio (linear is 2.0) and chat's start-up time to the first prompt.
 
-Targets (issue 3): >= 20,000 tokens/s, 8k/4k ratio <= 2.2, start-up <= 400 ms.
+Also, on a terminal screen (pyte) fed by the PTY:
+  first line   a 400-word paragraph streamed at 200 words/s: seconds from Enter until its
+               first line is on screen for good (shown, and never gone again), both clients
+  paste        bracketed pastes into chat's prompt (40 KB, 100 KB and 1 MB of lines, 1 MB in
+               one line): seconds until the prompt shows the paste, and until its answer is drawn
+  ctrl-c       Ctrl-C 0.5 to 3 s into an answer that is one 1 MB chunk: the longest wait for
+               the next prompt
+
+Targets (issue 3): >= 20,000 tokens/s, 8k/4k ratio <= 2.2, start-up <= 400 ms; (issue 10):
+paste shown and Ctrl-C answered within 1 s, first line on screen within ~0.1 s of its words.
 Run: .venv/bin/python bench/chat_render.py [--repeat 3]
 """
 
@@ -22,6 +31,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import statistics
 import struct
 import subprocess
@@ -36,10 +46,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_openai import FakeServer, FakeState, tokens  # noqa: E402
+from tests.chat_support import XtermScreen  # noqa: E402
+from tests.fake_openai import FakeServer, FakeState, chunk, tokens  # noqa: E402
 
 PROMPT_READY = "\x1b[?2004h"
 CPR_REQUEST = b"\x1b[6n"
+SYNC_END = b"\x1b[?2026l"  # the end of one of chat's frames
 XDG_VARS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
 BASELINE_END = "<<answer-end>>"
 BASELINE = f"""
@@ -116,8 +128,9 @@ class PtyClient:
         os.close(slave)
         self.bytes_read = 0
 
-    def read_until(self, marker: str, timeout: float = 120.0) -> None:
-        needle = marker.encode()
+    def read_until(self, marker: str, timeout: float = 120.0, *, also: str | None = None) -> None:
+        """Read until `marker` (or `also`) has come."""
+        needles = [m.encode() for m in (marker, also) if m is not None]
         tail = b""
         deadline = time.monotonic() + timeout
         while True:
@@ -133,9 +146,9 @@ class PtyClient:
                 # Answer cursor-position requests as a terminal would; prompt-toolkit
                 # otherwise waits for a reply before it draws the prompt.
                 os.write(self.fd, b"\x1b[1;1R")
-            if needle in window:
+            if any(needle in window for needle in needles):
                 return
-            tail = window[-len(needle) :]
+            tail = window[-max(map(len, needles)) :]
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -201,6 +214,102 @@ def startup_ms(server: FakeServer, env: dict[str, str], repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
+LOG_ROW = "a pasted log line with a few words in it, like a real log\n"
+FIRST_WORDS = [f"p{i:03}" for i in range(400)]
+
+
+def first_line_s(client: str, server: FakeServer, env: dict[str, str]) -> float:
+    """Seconds from Enter until the paragraph's first word is on screen for good."""
+    server.state.answer = "Warm up."
+    child, ready = _start(client, server, env)
+    timed_answer(child, ready)  # imports and connections are warm from here on
+    server.state.answer = " ".join(FIRST_WORDS) + "\n"
+    server.state.token_delay = 0.005
+    screen = XtermScreen(120, 50)
+    started = time.perf_counter()
+    child.send("go\r")
+    since: float | None = None
+    tail, done = b"", False
+    while not done:
+        readable, _, _ = select.select([child.fd], [], [], 60)
+        if not readable:
+            raise TimeoutError("no end of the answer")
+        data = os.read(child.fd, 1 << 16)
+        screen.feed(data.decode(errors="replace"))
+        window = tail + data
+        done = ready.encode() in window
+        if CPR_REQUEST in window:
+            os.write(child.fd, b"\x1b[1;1R")  # as read_until does
+        tail = window[-64:].replace(CPR_REQUEST, b"")
+        if client == "chat" and not done and not data.endswith(SYNC_END):
+            continue  # a frame drawn part-way: not what the user sees
+        shown = any("p000" in row for row in screen.transcript())
+        if shown and since is None:
+            since = time.perf_counter() - started
+        elif not shown:
+            since = None  # not there yet, or there and gone again
+    server.state.token_delay = 0.0
+    child.close()
+    return float("nan") if since is None else since
+
+
+def _start(client: str, server: FakeServer, env: dict[str, str]) -> tuple[PtyClient, str]:
+    if client == "chat":
+        child = PtyClient([sys.executable, "-m", "chat_cli"], env)
+        child.read_until(PROMPT_READY)
+        return child, PROMPT_READY
+    child = PtyClient([sys.executable, "-c", BASELINE, server.url + "/v1"], env)
+    child.read_until("> ")
+    return child, BASELINE_END
+
+
+def paste_s(server: FakeServer, env: dict[str, str], size: int, row: str) -> tuple[float, float]:
+    """Seconds until chat's prompt shows a bracketed paste of `size` bytes made of `row`s,
+    and until the answer to it is drawn."""
+    server.state.answer = "Got it."
+    child, ready = _start("chat", server, env)
+    text = (row * (size // len(row) + 1))[: size - 3] + "END"
+    started = time.perf_counter()
+    child.send("\x1b[200~" + text + "\x1b[201~")
+    child.read_until("END", also="[pasted text")  # a long paste shows as a placeholder
+    shown = time.perf_counter() - started
+    child.send("\r")
+    child.read_until(ready)
+    answered = time.perf_counter() - started
+    sent = server.state.requests[-1]["messages"][-1]["content"]
+    assert sent == text, "the paste arrived whole"
+    child.close()
+    return shown, answered
+
+
+def ctrl_c_s(server: FakeServer, env: dict[str, str]) -> float:
+    """The longest wait from Ctrl-C to the next prompt, with Ctrl-C at several moments of an
+    answer that is one 1 MB chunk (its reading, then its drawing)."""
+    big = "".join(
+        f"Paragraph {i:05} of a huge answer, with **bold** words.\n\n" for i in range(18_000)
+    )
+    server.state.raw_sse = (
+        chunk({"role": "assistant", "content": ""})
+        + chunk({"content": big})
+        + chunk({}, "stop")
+        + b"data: [DONE]\n\n"
+    )
+    waits = []
+    for delay in (0.5, 1.0, 1.5, 2.0, 3.0):
+        child, ready = _start("chat", server, env)
+        child.send("go\r")
+        child.read_until("\x1b[?2026h")  # the answer's first frame: the request is out
+        time.sleep(delay)
+        started = time.perf_counter()
+        # What the terminal does on Ctrl-C (this PTY is not the client's controlling terminal).
+        os.kill(child.proc.pid, signal.SIGINT)
+        child.read_until(ready)
+        waits.append(time.perf_counter() - started)
+        child.close()
+    server.state.raw_sse = None
+    return max(waits)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -221,6 +330,17 @@ def main() -> int:
         try:
             results = {c: measure(c, server, env, sizes, args.repeat) for c in ("baseline", "chat")}
             start = startup_ms(server, env, max(3, args.repeat))
+            first = {c: first_line_s(c, server, env) for c in ("baseline", "chat")}
+            pastes = {
+                (size, kind): paste_s(server, env, size, row)
+                for size, kind, row in (
+                    (40_000, "lines", LOG_ROW),
+                    (100_000, "lines", LOG_ROW),
+                    (1_000_000, "lines", LOG_ROW),
+                    (1_000_000, "one line", '{"key": "value", "n": 12345}, '),
+                )
+            }
+            interrupt = ctrl_c_s(server, env)
         finally:
             server.stop()
 
@@ -251,6 +371,19 @@ def main() -> int:
         "wall figures need an idle machine, CPU figures hold under load)"
     )
     print(f"chat start-up to first prompt: {start:.0f} ms (median, target <= 400 ms)")
+    stream_s = len(FIRST_WORDS) * 0.005
+    print(
+        f"first line of a {len(FIRST_WORDS)}-word paragraph ({stream_s:.1f} s of streaming) on "
+        f"screen for good after: baseline {first['baseline']:.2f} s, chat {first['chat']:.2f} s"
+    )
+    for (size, kind), (shown, answered) in pastes.items():
+        print(
+            f"paste {size / 1000:,.0f} KB ({kind}): shown after {shown:.2f} s, answered after "
+            f"{answered:.2f} s (target: shown <= 1 s)"
+        )
+    print(
+        f"Ctrl-C during a 1 MB chunk: prompt back after {interrupt:.2f} s at most (target <= 1 s)"
+    )
     return 0
 
 

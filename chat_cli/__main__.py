@@ -29,12 +29,26 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 
 
+def _fit(line: str, stream: TextIO) -> str:
+    """`line` cut to one row of the terminal: a line that wraps would leave its first row
+    behind at each rewrite, as \r only returns to the start of the last row."""
+    from rich.cells import cell_len, set_cell_size  # noqa: PLC0415 (slow import)
+
+    try:
+        width = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        width = 80
+    # One column spare: some terminals wrap as soon as the last column is written.
+    room = max(1, width - 1)
+    return line if cell_len(line) <= room else set_cell_size(line, room - 1) + "…"
+
+
 def _progress(stream: TextIO) -> Callable[[str], None]:
     last = [0.0]
 
     def show(line: str) -> None:
         if stream.isatty():
-            stream.write("\r\x1b[K" + line)
+            stream.write("\r\x1b[K" + _fit(line, stream))
             stream.flush()
             return
         # Not a terminal: one line every 5 s, not a flood.

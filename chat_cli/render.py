@@ -19,9 +19,10 @@ from typing import IO, TYPE_CHECKING, Protocol
 from rich.cells import cell_len
 
 from chat_cli.answer import Answer
+from chat_cli.blocks import Blocks
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 
 # Synchronized output (DEC 2026): terminals that lack it (and tmux < 3.4) ignore it.
 SYNC_START = "\x1b[?2026h"
@@ -37,8 +38,13 @@ RESET = "\x1b[0m"
 # padding (code block backgrounds) is kept.
 _PADDING = re.compile(r" +$", re.MULTILINE)
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_HEADING = re.compile(r"^#{1,6}(\s|$)")
+# A literal markup character may open a span that closes later and re-wraps the lines after
+# it (`**bold` becomes bold), so those lines stay live a little longer.
+_MARKUP = re.compile(r"[*_`~\[]")
+KEEP = 2  # the newest wrapped lines of a block stay live: its last word may still grow
+# Finished markdown waiting for a redraw is drawn at once past this size: one markdown render
+# of it stays short enough not to hold a Ctrl-C up.
+BATCH = 8192
 CODE_THEME = "monokai"
 
 
@@ -142,12 +148,14 @@ class MarkdownRenderer:
         self.show_reasoning = show_reasoning
         self.footer = footer
         self.refresh_s = refresh_s
-        self.pending = ""  # markdown not yet printed to the scrollback
-        self._scan = 0  # start of the first line of `pending` not scanned yet
-        self._fence: tuple[str, int] | None = None  # open code fence: (char, length)
-        self._candidate: int | None = None  # a blank-line boundary awaiting the next line
+        self._splitter = Blocks()
+        self._shown: list[str] = []  # the unfinished block's lines printed for good (plain)
+        # The width those lines were laid out for: the block keeps it to its end, so a resize
+        # re-wraps its lines in the terminal, like any printed line, instead of re-laying them.
+        self._pinned: int | None = None
         self._blocks = 0
         self._ready: list[str] = []  # finished markdown not printed yet
+        self._ready_chars = 0
         self._prefix = ""  # rendered text to print before the ready blocks
         self._reasoning: list[str] = []
         self._reasoning_done = False
@@ -174,19 +182,21 @@ class MarkdownRenderer:
             else:
                 self._dirty = True
 
+    @property
+    def pending(self) -> str:
+        """Markdown of the unfinished block."""
+        return self._splitter.pending
+
     def content(self, text: str) -> None:
         self._prefix += self._close_reasoning()
-        self.pending += text
-        cut = self._find_cut()
-        if cut:
-            self._ready.append(self.pending[:cut])
-            self.pending = self.pending[cut:]
-            self._scan -= cut
-            self._candidate = None
+        done = self._splitter.feed(text)
+        if done:
+            self._ready.append(done)
+            self._ready_chars += len(done)
         if self.live:
             # Finished blocks wait for the next redraw, so a fast stream renders them in
             # batches: fewer, larger markdown renders, same output.
-            if self._due():
+            if self._due() or self._ready_chars > BATCH:
                 self._emit()
             else:
                 self._dirty = True
@@ -208,8 +218,7 @@ class MarkdownRenderer:
 
     def finish(self, answer: Answer, note: str | None) -> None:
         self._prefix += self._close_reasoning()
-        self._ready.append(self.pending)
-        self.pending = ""
+        self._ready.append(self._splitter.rest())
         suffix = ""
         if note:
             suffix += self._styled(f"[{note}]", "yellow")
@@ -221,50 +230,6 @@ class MarkdownRenderer:
             self.console.file.write(SHOW_CURSOR)
             self.console.file.flush()
             self._cursor_hidden = False
-
-    # -- block boundaries ------------------------------------------------------------
-    def _find_cut(self) -> int:
-        """Scan complete new lines; return the end of the text that is finished (0: none)."""
-        cut = 0
-        pending = self.pending
-        while True:
-            newline = pending.find("\n", self._scan)
-            if newline < 0:
-                # The next line has begun without indentation: the block before is done.
-                partial = pending[self._scan : self._scan + 1]
-                if self._candidate is not None and partial and not partial.isspace():
-                    cut = self._candidate
-                    self._candidate = None
-                return cut
-            start, line = self._scan, pending[self._scan : newline]
-            self._scan = newline + 1
-            if self._fence is not None:
-                char, length = self._fence
-                stripped = line.strip()
-                if stripped.startswith(char * length) and not stripped.strip(char):
-                    self._fence = None
-                    cut = self._scan  # a closed code block is finished
-                continue
-            fence = _FENCE.match(line)
-            if fence:
-                marker = fence.group(1)
-                self._fence = (marker[0], len(marker))
-                if not line.startswith((" ", "\t")):
-                    cut = start  # a fence ends the paragraph before it
-                self._candidate = None
-                continue
-            if not line.strip():
-                if start > cut and self._candidate is None:
-                    self._candidate = self._scan
-                continue
-            if not line.startswith((" ", "\t")):
-                # Text after a blank line that is not indented: the block before it is done
-                # (indented text could still belong to a list item above).
-                if self._candidate is not None:
-                    cut = self._candidate
-                if _HEADING.match(line):
-                    cut = self._scan
-            self._candidate = None
 
     # -- output ------------------------------------------------------------------------
     def _block(self, markdown: str) -> str:
@@ -278,8 +243,11 @@ class MarkdownRenderer:
     def _render_markdown(self, markdown: str) -> str:
         from rich.markdown import Markdown  # noqa: PLC0415 (slow import, warmed up in the REPL)
 
+        rendered: RenderableType = Markdown(markdown, code_theme=CODE_THEME)
+        if self._pinned is not None:
+            rendered = _Pinned(rendered, self._pinned)
         with self.console.capture() as capture:
-            self.console.print(Markdown(markdown, code_theme=CODE_THEME))
+            self.console.print(rendered, crop=self._pinned is None)
         return capture.get()
 
     def _styled(self, text: str, style: str) -> str:
@@ -299,10 +267,9 @@ class MarkdownRenderer:
         return time.monotonic() - self._last_draw >= self._interval
 
     def _emit(self, suffix: str = "", *, tail: bool = True) -> None:
-        """Print the finished blocks once above the live region, then redraw the tail."""
-        committed = self._prefix + self._block("".join(self._ready)) + suffix
+        """Print what is final once above the live region, then redraw the live region."""
+        committed = self._prefix + self._finished() + suffix
         self._prefix = ""
-        self._ready = []
         if not self.live:
             if committed:
                 self.console.file.write(committed)
@@ -317,12 +284,13 @@ class MarkdownRenderer:
         if rows:
             parts.append(f"\x1b[{rows}A")
         parts.append("\r\x1b[J")
+        final, live = self._tail() if tail else ("", [])
+        committed += final
         parts.append(committed)
         self._printed += committed.count("\n")
-        tail_text = _PADDING.sub("", self._render_tail()) if tail else ""
-        parts.append(tail_text)
+        parts.extend(live)
         parts.append(SYNC_END)
-        self._live = [cell_len(_ESCAPE.sub("", line)) for line in tail_text.splitlines()]
+        self._live = [cell_len(_ESCAPE.sub("", line).rstrip("\n")) for line in live]
         self.console.file.write("".join(parts))
         self.console.file.flush()
         self._dirty = False
@@ -330,35 +298,115 @@ class MarkdownRenderer:
         # Back off when redraws get expensive, so a huge tail cannot eat the stream.
         self._interval = min(1.0, max(self.refresh_s, 4 * (self._last_draw - started)))
 
+    def _finished(self) -> str:
+        """The blocks finished since the last draw, less the lines of the first one that
+        were printed for good while it streamed."""
+        if not self._ready:
+            return ""
+        ready, self._ready, self._ready_chars = self._ready, [], 0
+        body = ""
+        if self._shown:
+            lines = _lines(self._block(ready.pop(0)))
+            body = "".join(lines[self._agreed(lines) :])
+            self._shown, self._pinned = [], None
+        return body + self._block("".join(ready))
+
     def _live_rows(self) -> int:
         """Rows the live region takes now: its lines re-wrapped to the terminal's width."""
         width = max(1, self.console.width)
         return sum((cells - 1) // width + 1 if cells else 1 for cells in self._live)
 
-    def _render_tail(self) -> str:
-        rendered = ""
+    def _room(self) -> int:
+        """The most lines the live region may have.
+
+        It must stay where the cursor can reach it to erase it, also after the terminal
+        narrows to half its width and re-wraps it to twice the rows. tmux (and xterm.js with
+        scrollback) keep the cursor's screen row on a resize and push the rows above it into
+        the scrollback, so the region gets no more lines than are known to be above it: the
+        lines this answer printed plus the question's (3 at least: the REPL's banner and
+        prompt are above a first answer); and half the screen at most.
+        """
+        return max(1, min((self.console.height - 2) // 2, max(3, 1 + self._printed)))
+
+    def _tail(self) -> tuple[str, list[str]]:
+        """The unfinished block's lines that became final (printed for good from now on, so
+        the live region stays a few rows high and nothing is cropped away), and the live
+        lines after them."""
+        room = self._room()
         if self._reasoning and not self._reasoning_done:
-            if self.show_reasoning:
-                thought = " ".join("".join(self._reasoning)[-600:].split()[-60:])
-                rendered += self._styled("thinking… " + thought, "dim italic")
+            return "", _lines(self._thinking())[-room:]
+        if not self.pending.strip():
+            return "", [] if self._blocks else _lines(self._styled("…", "dim"))
+        separator = "\n" if self._blocks else ""
+        lines = _lines(separator + self._render_markdown(self.pending))
+        lines = lines[self._agreed(lines) :]
+        final = self._final(lines, room)
+        self._shown += [_plain(line) for line in lines[:final]]
+        if not self._shown:
+            self._pinned = None
+        elif self._pinned is None:
+            self._pinned = self.console.width
+        return "".join(lines[:final]), lines[final:][-room:]
+
+    def _final(self, lines: list[str], room: int) -> int:
+        """How many of the unfinished block's new lines are final: all but the newest KEEP,
+        and none from a literal markup character on, unless the live region would outgrow
+        `room`. None of a table's (its columns widen with any row): it is cropped instead."""
+        if self._splitter.table:
+            return 0
+        final = max(0, len(lines) - KEEP)
+        if not self._splitter.code:
+            final = next((i for i in range(final) if _MARKUP.search(_plain(lines[i]))), final)
+        return max(final, len(lines) - room)
+
+    def _agreed(self, lines: list[str]) -> int:
+        """How many of `lines` (the unfinished block rendered again) are printed already.
+
+        The same words in another layout (a numbered list's numbers grew a digit) count as
+        printed. Changed words (a markup span closed and re-wrapped the lines) are printed
+        again from the first changed line: seen twice rather than lost.
+        """
+        shown = self._shown
+        now = [_plain(line) for line in lines[: len(shown)]]
+        if now != shown:
+            if len(now) == len(shown) and "".join(now).split() == "".join(shown).split():
+                self._shown = now
             else:
-                words = len("".join(self._reasoning).split())
-                rendered += self._styled(f"thinking… ({words} words)", "dim italic")
-        if self.pending.strip():
-            rendered += ("\n" if self._blocks else "") + self._render_markdown(self.pending)
-        elif not rendered and not self._blocks:
-            rendered = self._styled("…", "dim")
-        lines = rendered.splitlines(keepends=True)
-        # The live region must stay where the cursor can reach it to erase it, also after the
-        # terminal narrows to half its width and re-wraps it to twice the rows. tmux (and
-        # xterm.js with scrollback) keep the cursor's screen row on a resize and push the rows
-        # above it into the scrollback, so the region gets no more lines than are known to be
-        # above it: the lines this answer printed plus the question's (3 at least: the REPL's
-        # banner and prompt are above a first answer); and half the screen at most.
-        room = max(1, min((self.console.height - 2) // 2, max(3, 1 + self._printed)))
-        if len(lines) > room:
-            lines = lines[-room:]
-        return "".join(lines)
+                changed = next(
+                    i for i, (a, b) in enumerate(zip([*now, None], shown, strict=False)) if a != b
+                )
+                self._shown = shown[:changed]
+        return len(self._shown)
+
+    def _thinking(self) -> str:
+        if self.show_reasoning:
+            thought = " ".join("".join(self._reasoning)[-600:].split()[-60:])
+            return self._styled("thinking… " + thought, "dim italic")
+        words = len("".join(self._reasoning).split())
+        return self._styled(f"thinking… ({words} words)", "dim italic")
+
+
+class _Pinned:
+    """A renderable laid out at a given width, whatever the console's width is now."""
+
+    def __init__(self, renderable: RenderableType, width: int) -> None:
+        self.renderable = renderable
+        self.width = width
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from console.render(self.renderable, options.update_width(self.width))
+
+
+def _lines(rendered: str) -> list[str]:
+    lines = _PADDING.sub("", rendered).splitlines(keepends=True)
+    if len(lines) > 1 and not _ESCAPE.sub("", lines[-1]):
+        reset = lines.pop()  # a style's reset after the last newline is not a row
+        lines[-1] += reset
+    return lines
+
+
+def _plain(line: str) -> str:
+    return _ESCAPE.sub("", line).rstrip()
 
 
 def make_renderer(

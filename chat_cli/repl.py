@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Iterable
@@ -14,7 +15,9 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 
 from chat_cli import chats
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
@@ -26,6 +29,37 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 PROMPT = "> "
+# A longer paste shows as a one-line placeholder: prompt-toolkit lays out every wrapped row
+# of its input on each keystroke, seconds for a pasted megabyte.
+PASTE_SHOWN_MAX = 50_000
+
+
+class Pastes:
+    """Pastes too long to show: a placeholder in the input, and the text it stands for."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
+
+    def hold(self, text: str) -> str:
+        lines = len(text.splitlines())
+        key = f"[pasted text #{len(self._texts) + 1}: {len(text):,} characters, {lines:,} lines]"
+        self._texts[key] = text
+        return key
+
+    def expand(self, line: str) -> str:
+        """`line` as typed, with each placeholder in it replaced by its paste."""
+        for key, text in self._texts.items():
+            line = line.replace(key, text)
+        return line
+
+
+class _FileHistoryWithoutPastes(FileHistory):
+    """A placeholder means nothing in a later session, and its paste is too big to keep: a line
+    holding one is recalled in this session only."""
+
+    def store_string(self, string: str) -> None:
+        if "[pasted text #" not in string:
+            super().store_string(string)
 
 
 class SlashCompleter(Completer):
@@ -69,8 +103,34 @@ class SlashCompleter(Completer):
         return []
 
 
-def _key_bindings() -> KeyBindings:
+def _input() -> Input | None:
+    """The terminal's input, read 64 KiB at a time (None: prompt-toolkit's default).
+
+    prompt-toolkit reads 1 KiB at a time: a pasted megabyte is a thousand trips through its
+    event loop, each appending to the paste so far and searching all of it for its end.
+    """
+    if sys.platform == "win32" or not sys.stdin.isatty():
+        return None
+    from prompt_toolkit.input.posix_utils import PosixStdinReader  # noqa: PLC0415
+    from prompt_toolkit.input.vt100 import Vt100Input  # noqa: PLC0415
+
+    class Reader(PosixStdinReader):
+        def read(self, count: int = 1 << 16) -> str:
+            return super().read(max(count, 1 << 16))
+
+    terminal = Vt100Input(sys.stdin)
+    terminal.stdin_reader = Reader(sys.stdin.fileno(), encoding=sys.stdin.encoding)
+    return terminal
+
+
+def _key_bindings(pastes: Pastes) -> KeyBindings:
     bindings = KeyBindings()
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        # As prompt-toolkit's own: some terminals paste \r\n or \r line ends.
+        data = event.data.replace("\r\n", "\n").replace("\r", "\n")
+        event.current_buffer.insert_text(pastes.hold(data) if len(data) > PASTE_SHOWN_MAX else data)
 
     @bindings.add("enter")
     def _accept(event: KeyPressEvent) -> None:
@@ -113,12 +173,13 @@ class Repl:
         self.show_reasoning = show_reasoning
         self.debug = debug
         self.commands = Commands(session, console.file, conversations_dir)
+        self.pastes = Pastes()
         history: History = InMemoryHistory()
         if history_file is not None:
             try:
                 history_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.close(os.open(history_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-                history = FileHistory(str(history_file))
+                history = _FileHistoryWithoutPastes(str(history_file))
             except OSError as err:
                 self.error(f"input history disabled: cannot create {history_file} ({err})")
         # Cursor-position requests answered late (a browser terminal over a slow link) make
@@ -127,11 +188,12 @@ class Repl:
         self.prompt: PromptSession[str] = PromptSession(
             history=history,
             multiline=True,
-            key_bindings=_key_bindings(),
+            key_bindings=_key_bindings(self.pastes),
             completer=SlashCompleter(session, conversations_dir),
             complete_while_typing=True,
             prompt_continuation="· ",
             enable_open_in_editor=True,
+            input=_input(),
         )
 
     def error(self, text: str) -> None:
@@ -141,7 +203,7 @@ class Repl:
         _warm_up(self.session)
         while True:
             try:
-                text = self.prompt.prompt(PROMPT)
+                text = self.pastes.expand(self.prompt.prompt(PROMPT))
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:

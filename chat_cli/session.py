@@ -109,6 +109,9 @@ class Session:
                 failure = err
             if loop.abandoned:
                 answer = answer.detached(sum(len(m["content"]) for m in messages))
+            if loop.undrawn:
+                # Keep what the screen shows: the end of the answer was left undrawn.
+                answer.content = [answer.text[: len(answer.text) - loop.undrawn]]
             if note is None and failure is None and answer.finish_reason == "length":
                 note = TRUNCATED
             self._keep(text, answer, note)

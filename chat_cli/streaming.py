@@ -34,6 +34,9 @@ from chat_cli.sse import Piece
 from chat_cli.tty import typeahead_quiet
 
 HANG_UP_GRACE_S = 2.0  # a reader woken by the hang-up only unwinds: it ends well within this
+# Text is drawn in slices of this many characters, with a look for Ctrl-C between two: one
+# piece can be a megabyte, and drawing it whole would hold the Ctrl-C up for seconds.
+SLICE = 4096
 
 
 class Marker(enum.Enum):
@@ -66,6 +69,8 @@ class StreamLoop:
         self.stdin = sys.stdin if stdin is None else stdin
         self.cancel = Cancel()
         self.abandoned = False  # the reader was left running after Ctrl-C (see the docstring)
+        self.undrawn = 0  # characters at the end of the answer left undrawn after a Ctrl-C
+        self._drawn_late = 0  # characters drawn after the Ctrl-C
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._interrupted = False
         self._resized = False
@@ -140,10 +145,19 @@ class StreamLoop:
 
     def _draw(self, piece: Piece) -> None:
         kind, text = piece
-        if kind == "content":
-            self.renderer.content(text)
-        else:
+        if kind != "content":
             self.renderer.reasoning(text)
+            return
+        while text:
+            # After a Ctrl-C, what was read is drawn up to one slice more, and the rest is
+            # left out (of the screen and the conversation alike).
+            if self.undrawn or (self._interrupted and self._drawn_late >= SLICE):
+                self.undrawn += len(text)
+                return
+            part, text = text[:SLICE], text[SLICE:]
+            if self._interrupted:
+                self._drawn_late += len(part)
+            self.renderer.content(part)
 
     def _stop(self, reader: threading.Thread) -> None:
         """Stop the request; draw what it read before it stopped, so the screen shows what

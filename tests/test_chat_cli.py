@@ -9,16 +9,26 @@ import pty
 import shlex
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from chat_cli.__main__ import main
 from chat_cli.config import OPTIONS, build_parser, load_config
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ConfigError
-from tests.chat_support import CHAT, chat_env, closed_port_url, conversations, fake_server
+from tests.chat_support import (
+    CHAT,
+    XtermScreen,
+    chat_env,
+    closed_port_url,
+    conversations,
+    exit_status,
+    fake_server,
+    visible,
+)
 from tests.fake_openai import DEFAULT_ANSWER, FakeServer, tokens
 
 PARTIAL = "".join(tokens(DEFAULT_ANSWER)[:3])
@@ -197,6 +207,28 @@ def test_wait_for_a_loading_server(
     code, out, err = run_main(["--wait", "30", "hi"], capsys)
     assert (code, out) == (0, DEFAULT_ANSWER)
     assert "waiting for" in err and "503" in err
+
+
+def test_wait_progress_rewrites_one_row_of_a_narrow_terminal(
+    spawn_chat: Callable[..., pexpect.spawn], tmp_path: Path, fake: FakeServer
+) -> None:
+    fake.state.loading_until = time.monotonic() + 2.5
+    child = spawn_chat("--wait", "30", "hi", env=chat_env(tmp_path, fake.url), dimensions=(24, 50))
+    screen = XtermScreen(50, 24)
+    output = ""
+    while True:
+        try:
+            data = child.read_nonblocking(65536, timeout=30)
+        except pexpect.EOF:
+            break
+        output += data
+        screen.feed(data)
+        rows = [line for line in screen.transcript() if "waiting for" in line]
+        assert len(rows) <= 1, rows
+        assert all(len(row) < 50 for row in rows), rows
+    assert visible(output).count("waiting for") >= 3, "the progress was shown, and updated"
+    assert exit_status(child) == 0
+    assert "Hello there!" in "\n".join(screen.transcript())
 
 
 def test_resume_continues_the_last_conversation(

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import re
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import pexpect
 import pyte
 import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
 from chat_cli.answer import Answer, Usage
-from chat_cli.render import MarkdownRenderer, PlainRenderer, footer_text
-from tests.chat_support import XtermScreen, visible
+from chat_cli.render import SYNC_END, MarkdownRenderer, PlainRenderer, footer_text
+from tests.chat_support import PROMPT_READY, XtermScreen, chat_env, fake_server, visible
 from tests.fake_openai import tokens
 
 DOC = """# Release notes
@@ -283,3 +287,106 @@ def test_a_resize_near_the_top_of_the_screen_loses_nothing(tmux: bool) -> None:
     renderer.finish(finished(), None)
     assert terminal.words() == WORDS
     assert terminal.screen.transcript()[:3] == ["Connected", "/help", "> go"]
+
+
+@pytest.mark.parametrize("tmux", [False, True])
+def test_every_word_of_a_long_paragraph_stays_on_screen_while_it_streams(tmux: bool) -> None:
+    """The live region is a few rows: finished wrapped lines go to the scrollback as they
+    complete, so nothing streamed so far is ever missing from the screen, across a resize."""
+    terminal = Terminal(60, 24, tmux=tmux)
+    terminal.console.file.write("Connected\n> go\n")
+    renderer = EveryPiece(terminal.console)
+    renderer.begin()
+    text = "Some **bold** words, `code` and *more* to start.\n\n" + " ".join(WORDS) + "\n"
+    streamed: list[str] = []
+    for piece in tokens(text):
+        renderer.content(piece)
+        streamed += re.findall(r"w\d{3}", piece)
+        if "w070" in piece:
+            terminal.resize(40, 24)
+        assert terminal.words() == streamed, f"after {piece!r}"
+    renderer.finish(finished(), None)
+    assert terminal.words() == WORDS
+    shown = terminal.screen.transcript()
+    assert sum("Some bold words, code and more to start." in line for line in shown) == 1
+
+
+@pytest.mark.parametrize("span", [8, 40])
+def test_a_markup_span_that_closes_lines_later_loses_nothing(span: int) -> None:
+    """A short span is held live until it closes: shown once. One longer than the live region
+    is printed before it closes; when it closes, its lines are printed again (seen twice),
+    never lost."""
+    terminal = Terminal(30, 24)
+    renderer = EveryPiece(terminal.console)
+    renderer.begin()
+    bold = " ".join(WORDS[10 : 10 + span])
+    rest = " ".join(WORDS[10 + span : 60])
+    for piece in tokens(" ".join(WORDS[:10]) + f" **{bold}** {rest}\n"):
+        renderer.content(piece)
+    renderer.finish(finished(), None)
+    words = terminal.words()
+    if span < 10:
+        assert words == WORDS[:60]
+    else:
+        assert sorted(set(words)) == WORDS[:60]
+        assert words[-(60 - 10 - span) :] == WORDS[10 + span : 60]
+    assert not any("**" in line for line in terminal.screen.transcript()[-3:])
+
+
+def test_in_a_pty_every_streamed_word_is_on_screen_while_it_streams(
+    spawn_chat: Callable[..., pexpect.spawn], tmp_path: Path
+) -> None:
+    """The real chat on a PTY, its output on a terminal screen: after each complete frame,
+    the words on screen are exactly those streamed so far, in order; at the end, each once."""
+    words = [f"w{i:03}" for i in range(150)]  # one paragraph of 15 lines at 60 columns
+    with fake_server(answer=" ".join(words) + "\n", token_delay=0.01) as server:
+        child = spawn_chat(env=chat_env(tmp_path, server.url), dimensions=(24, 60))
+        child.expect(PROMPT_READY)
+        screen = XtermScreen(60, 24)
+        screen.feed(child.before + child.after)
+        child.send("go\r")
+        output, frames, deadline = "", 0, time.monotonic() + 60
+        while "tok/s" not in visible(output):
+            assert time.monotonic() < deadline, "no end of the answer"
+            try:
+                data = child.read_nonblocking(65536, timeout=1)
+            except pexpect.TIMEOUT:
+                continue
+            output += data
+            screen.feed(data)
+            if output.endswith(SYNC_END):  # a whole frame: the screen is as the user sees it
+                frames += 1
+                seen = re.findall(r"w\d{3}", " ".join(screen.transcript()))
+                assert seen == words[: len(seen)], f"frame {frames}: {seen}"
+                assert len(seen) >= min_seen(output, words), f"frame {frames}"
+        child.expect(PROMPT_READY)
+        screen.feed(child.before)
+    assert frames > 10, "the answer was drawn while it streamed"
+    assert re.findall(r"w\d{3}", " ".join(screen.transcript())) == words
+
+
+def min_seen(output: str, words: list[str]) -> int:
+    """How many words the frames so far have drawn: the screen must still show them all."""
+    drawn = re.findall(r"w\d{3}", visible(output))
+    return words.index(max(drawn)) + 1 if drawn else 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\n" + "".join(f"print('c{i:05}')\n" for i in range(2000)) + "```\n",
+        " ".join(f"c{i:05}" for i in range(5000)) + "\n",
+    ],
+    ids=["code block", "paragraph in one line"],
+)
+def test_a_block_too_big_to_redraw_is_cut_and_loses_nothing(text: str) -> None:
+    """A huge block (a pasted log, a megabyte in one chunk) is cut at a line end (a code
+    block is closed and opened again there), or at a space, so no redraw renders all of it."""
+    console = plain_console()
+    renderer = MarkdownRenderer(console, live=False, footer=False)
+    renderer.content(text)
+    assert len(renderer.pending) <= 16_384
+    renderer.finish(finished(), None)
+    out = visible(console.file.getvalue())  # type: ignore[attr-defined]
+    assert re.findall(r"c\d{5}", out) == re.findall(r"c\d{5}", text)
+    assert "```" not in out

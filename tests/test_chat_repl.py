@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.chat_support import (
     fake_server,
     visible,
 )
-from tests.fake_openai import DEFAULT_ANSWER, FakeServer
+from tests.fake_openai import DEFAULT_ANSWER, FakeServer, chunk
 from tests.support import wait_for
 
 # Generous deadlines: the machine is shared and noisy; the bench measures speed, not these.
@@ -316,3 +317,55 @@ def test_named_conversation_survives_a_restart_and_quit_works(
     child.send("/bye\r")
     child.expect(pexpect.EOF)
     assert exit_status(child) == 0
+
+
+def test_a_huge_paste_shows_as_one_line_and_is_sent_whole(
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
+    pasted = "".join(f"log line {i:06} with a few words in it\n" for i in range(30_000))
+    child.send("summarise ")
+    child.send("\x1b[200~" + pasted + "\x1b[201~")
+    child.expect(r"\[pasted text #1: 1,170,000 characters, 30,000 lines\]")
+    ask(child, " please")
+    assert fake.state.requests[-1]["messages"][-1]["content"] == f"summarise {pasted} please"
+    # A short paste stays as it is, to read and edit.
+    child.send("\x1b[200~short paste\x1b[201~")
+    child.expect("short paste")
+    ask(child, "")
+    assert fake.state.requests[-1]["messages"][-1]["content"] == "short paste"
+    assert exit_with_ctrl_d(child) == 0
+    # The placeholder would mean nothing in a later session: only the short line is kept.
+    (history,) = tmp_path.rglob("chat_history")
+    kept = history.read_text()
+    assert "short paste" in kept and "pasted text #" not in kept
+
+
+def test_ctrl_c_while_a_huge_chunk_is_drawn_keeps_what_the_screen_shows(
+    tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    """One server chunk of a megabyte: Ctrl-C stops the drawing part-way (the rest would
+    take many seconds to format), and the conversation keeps the part that was drawn."""
+    big = "".join(
+        f"Paragraph {i:05} of a huge answer, with **bold** words.\n\n" for i in range(20_000)
+    )
+    fake.state.raw_sse = (
+        chunk({"role": "assistant", "content": ""})
+        + chunk({"content": big})
+        + chunk({}, "stop")
+        + b"data: [DONE]\n\n"
+    )
+    child = chat()
+    child.send("go\r")
+    child.expect("Paragraph 00001")
+    child.sendintr()
+    child.expect(r"\[interrupted\]")
+    shown = visible(child.before)
+    child.expect(PROMPT_READY)
+    kept = last_saved(tmp_path)["messages"][-1]  # type: ignore[index]
+    assert kept["incomplete"] == "interrupted"
+    assert 0 < len(kept["content"]) < len(big) and big.startswith(kept["content"])
+    last = re.findall(r"Paragraph \d{5}", kept["content"])[-1]
+    assert last in shown, "the answer kept ends where the screen does"
+    ask(child, "next")  # the conversation goes on
+    assert exit_with_ctrl_d(child) == 0
