@@ -22,7 +22,7 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,fast]'
 	touch $@
 
 static: $(STAMPS)/static
@@ -87,10 +87,15 @@ pytest: install docker-tools
 compose-test: install embedded system-packages
 	bash docker/ci/compose-test.sh
 
-bench: install static embedded
+bench: install static embedded $(STAMPS)/bench-wetty
 	$(BIN)/python bench/terminal.py
 	$(BIN)/python bench/chat_render.py
 	$(BIN)/python bench/model_server.py
 
+# wetty, the Node baseline of bench/terminal.py: pinned, for the bench only (not `make test`).
+$(STAMPS)/bench-wetty: bench/wetty/package.json bench/wetty/package-lock.json
+	cd bench/wetty && npm ci --no-audit --no-fund
+	mkdir -p $(STAMPS) && touch $@
+
 clean:
-	rm -rf $(VENV) .venv-vllm $(STAMPS) static/node_modules .models
+	rm -rf $(VENV) .venv-vllm $(STAMPS) static/node_modules bench/wetty/node_modules .models

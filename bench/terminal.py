@@ -1,11 +1,17 @@
-"""Benchmark: mixvllm-terminal against a minimal plain-terminado app, in the same run.
+"""Benchmark: mixvllm-terminal against plain terminado and wetty, in the same run.
 
-Both servers run as subprocesses on free ports with the same shell (bash --norc); the
-baseline is terminado's TermSocket + UniqueTermManager, nothing else. A Python WebSocket
-client drives both; for mixvllm it acknowledges stdout frames as it consumes them, as the
-page does after xterm.js has parsed them.
+Every server runs as a subprocess on a free port with the same shell (bash --norc):
+  terminado  terminado's TermSocket + UniqueTermManager, nothing else (Python, Tornado)
+  wetty      wetty 3.2 (Node, node-pty, socket.io), installed into bench/wetty by `make bench`;
+             skipped when bench/wetty/node_modules is missing. It buffers output for 2 ms
+             before sending and has byte-counted flow control (a commit every 256 Ki chars).
+  before     with --before DIR: the mixvllm server from another checkout (say `git archive`
+             of main), so a change is measured against the old code in the same run.
+A Python client drives each over its own protocol: for mixvllm it acknowledges output the
+way the page does (bytes, once a threshold is consumed; per frame for an old server), for
+wetty it speaks socket.io (Engine.IO 4 over a WebSocket) and commits as wetty's page does.
 
-Measured, with ratios mixvllm / terminado:
+Measured, with ratios mixvllm / each peer:
   throughput       MB/s of `yes` output through the PTY and socket; server CPU s per MB
   PTY floor        the same output read from a PTY by a bare loop (non-blocking reads until
                    EAGAIN, as the server does) that throws it away: no socket, no client. No
@@ -19,8 +25,10 @@ Measured, with ratios mixvllm / terminado:
 
 Targets (issue 2, 2 cores): throughput >= 3x terminado at <= 1/4 of its CPU per MB; echo p50
 no worse; ctrl-c with the 1 MB/s client <= 0.5 s; stall growth <= 8 MB; 200 sessions with
-echo p99 <= 25 ms.
-Run: .venv/bin/python bench/terminal.py [--quick]
+echo p99 <= 25 ms. Issue 13 (against ttyd's 0.27 / 0.46 ms, 0.08 cores, 14 KB measured
+elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % of a core;
+<= 20 KB RSS per session; throughput and CPU per MB no worse than before.
+Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--only echo ...]
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ import re
 import resource
 import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +124,18 @@ async def pty_floor(megabytes: int) -> tuple[float, float]:
 
 
 # -- servers and clients ------------------------------------------------------------------------
+WETTY_DIR = ROOT / "bench" / "wetty"
+WETTY_MAIN = WETTY_DIR / "node_modules" / "wetty" / "build" / "main.js"
+WETTY_COMMIT = 262144  # wetty's page commits every 256 Ki characters it has written
+
+
 @dataclass
 class Target:
     name: str
     proc: subprocess.Popen[str]
     ws_url: str
-    flow: bool  # speaks the ack protocol
+    kind: str  # "mixvllm", "terminado" or "wetty": which protocol its client speaks
+    root: Path = ROOT
 
     @property
     def ps(self) -> psutil.Process:
@@ -134,17 +149,20 @@ class Target:
         return self.ps.memory_info().rss
 
 
-def start_mixvllm() -> Target:
+def start_mixvllm(root: Path = ROOT, name: str = "mixvllm") -> Target:
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
     proc = subprocess.Popen(
         [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
          "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": path},
     )  # fmt: skip
     assert proc.stdout is not None
     m = re.search(r"open (http://\S+)", proc.stdout.readline())
-    assert m, "mixvllm-terminal did not start"
-    # ?binary=1: stdout as raw UTF-8 frames, as the page asks for it
-    return Target("mixvllm", proc, m.group(1).replace("http://", "ws://") + "ws?binary=1", True)
+    assert m, f"{name} did not start"
+    # As the page asks: stdout as raw binary frames, acks by bytes where the server offers them
+    url = m.group(1).replace("http://", "ws://") + "ws?binary=1&ack=bytes"
+    return Target(name, proc, url, "mixvllm", root)
 
 
 def start_terminado() -> Target:
@@ -154,7 +172,29 @@ def start_terminado() -> Target:
     )  # fmt: skip
     assert proc.stdout is not None
     port = int(proc.stdout.readline().split()[1])
-    return Target("terminado", proc, f"ws://127.0.0.1:{port}/websocket", False)
+    return Target("terminado", proc, f"ws://127.0.0.1:{port}/websocket", "terminado")
+
+
+def start_wetty() -> Target:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # wetty runs the command itself only for root on localhost (otherwise it ssh-es there):
+    # the preload makes it believe it is root; the shell still runs as this user.
+    proc = subprocess.Popen(
+        ["node", "--require", str(WETTY_DIR / "as_root.cjs"), str(WETTY_MAIN),
+         "--host", "127.0.0.1", "--port", str(port), "--base", "/wetty",
+         "--command", SHELL, "--log-level", "error"],
+        cwd=WETTY_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            break
+        assert time.monotonic() < deadline and proc.poll() is None, "wetty did not start"
+        time.sleep(0.1)
+    url = f"ws://127.0.0.1:{port}/wetty/socket.io/?EIO=4&transport=websocket"
+    return Target("wetty", proc, url, "wetty")
 
 
 def stop(target: Target) -> None:
@@ -171,38 +211,61 @@ def stop(target: Target) -> None:
 @dataclass
 class Conn:
     ws: websocket.WebSocketClientConnection
-    flow: bool
+    kind: str
     tail: str = ""
     received: int = 0
-    unacked: int = 0
-    times: list[float] = field(default_factory=list)
+    unacked: int = 0  # frames (mixvllm per-frame acks) or bytes (mixvllm byte acks, wetty)
+    ack_every: int = 0  # > 0: acknowledge by bytes once this many are consumed
+    queue: asyncio.Queue[str | None] | None = None  # wetty: events from the pump task
+    pump: asyncio.Task[None] | None = None
+
+    async def _next(self, timeout: float) -> str | bytes | None:
+        if self.queue is not None:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        return await asyncio.wait_for(self.ws.read_message(), timeout)
 
     async def frame(self, timeout: float = CAP_S) -> str | None:
         """Next stdout text (acknowledged by the caller via ack())."""
         while True:
-            raw = await asyncio.wait_for(self.ws.read_message(), timeout)
+            raw = await self._next(timeout)
             if raw is None:
                 return None
             if isinstance(raw, bytes):  # binary stdout frame
                 text = raw.decode("utf-8", "replace")
-                self.unacked += 1
+                self.unacked += len(raw) if self.ack_every else 1
                 self.received += len(raw)
                 self.tail = (self.tail + text)[-4096:]
                 return text
             msg = json.loads(raw)
-            if msg[0] == "stdout":
-                self.unacked += 1
+            if msg[0] == "setup":
+                self.ack_every = int(msg[1].get("ack_bytes", 0))
+            elif msg[0] in ("stdout", "data"):
+                self.unacked += len(msg[1]) if self.kind == "wetty" else 1
                 self.received += len(msg[1])
                 self.tail = (self.tail + msg[1])[-4096:]
                 return str(msg[1])
 
     def ack(self) -> None:
-        if self.flow and self.unacked:
+        if self.kind == "wetty":
+            while self.unacked >= WETTY_COMMIT:
+                self.unacked -= WETTY_COMMIT
+                self.ws.write_message(f'42["commit",{WETTY_COMMIT}]')
+            return
+        if self.kind != "mixvllm" or not self.unacked:
+            return
+        if not self.ack_every:
             self.ws.write_message(json.dumps(["ack", self.unacked]))
+        elif self.unacked >= self.ack_every:
+            self.ws.write_message(json.dumps(["ack_bytes", self.unacked]))
+        else:
+            return
         self.unacked = 0
 
     def send(self, text: str) -> None:
-        self.ws.write_message(json.dumps(["stdin", text]))
+        if self.kind == "wetty":
+            self.ws.write_message("42" + json.dumps(["input", text]))
+        else:
+            self.ws.write_message(json.dumps(["stdin", text]))
 
     async def until(self, marker: str, rate: float | None = None, timeout: float = CAP_S) -> bool:
         """Consume (at `rate` bytes/s if given) until `marker` shows up; False on timeout."""
@@ -223,6 +286,20 @@ class Conn:
         return True
 
 
+async def socketio_pump(ws: websocket.WebSocketClientConnection, queue: asyncio.Queue[Any]) -> None:
+    """Engine.IO 4 for wetty: answer pings at once (an idle session would be dropped after
+    7 s) and queue the events; "42[...]" is a socket.io event on the default namespace."""
+    while True:
+        raw = await ws.read_message()
+        if raw is None:
+            await queue.put(None)
+            return
+        if raw == "2":
+            ws.write_message("3")
+        elif isinstance(raw, str) and raw.startswith("42"):
+            await queue.put(raw[2:])
+
+
 @contextlib.asynccontextmanager
 async def connect(target: Target) -> AsyncIterator[Conn]:
     req = httpclient.HTTPRequest(
@@ -230,13 +307,26 @@ async def connect(target: Target) -> AsyncIterator[Conn]:
     )
     ws = await websocket.websocket_connect(req)
     ws.protocol.set_nodelay(True)  # as browsers do
-    conn = Conn(ws, target.flow)
+    conn = Conn(ws, target.kind)
+    if target.kind == "wetty":
+        opened = await ws.read_message()
+        assert isinstance(opened, str) and opened.startswith("0"), opened
+        ws.write_message("40")  # join the default namespace: wetty spawns the shell
+        conn.queue = asyncio.Queue()
+        conn.pump = asyncio.ensure_future(socketio_pump(ws, conn.queue))
+        # Input sent before "login" is dropped: wetty listens for it once the shell runs.
+        while await asyncio.wait_for(conn.queue.get(), CAP_S) != '["login"]':
+            pass
     try:
         conn.send("PS1='$ '; stty -echoctl; echo READY-$((40+2))\r")
         assert await conn.until("READY-42"), "shell did not start"
         yield conn
     finally:
         ws.close()
+        if conn.pump is not None:
+            conn.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.pump
 
 
 def median_of(values: list[Any]) -> Any:
@@ -347,9 +437,46 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def start_targets(args: argparse.Namespace) -> list[Target]:
+    targets = [start_mixvllm()]
+    if args.before:
+        targets.append(start_mixvllm(Path(args.before).resolve(), "before"))
+    targets.append(start_terminado())
+    if WETTY_MAIN.exists():
+        targets.append(start_wetty())
+    return targets
+
+
+def cells(label: str, unit: str, value: Any) -> list[tuple[str, str, float]]:
+    """One report row per figure of a measure: (row label, formatted value, raw value)."""
+    if label.startswith("throughput"):
+        return [
+            ("throughput (MB/s)", f"{value[0]:.1f}", value[0]),
+            ("server CPU s per MB", f"{value[1]:.4f}", value[1]),
+        ]
+    if label.startswith("echo"):
+        return [
+            (f"echo {q} (ms)", f"{v * 1e3:.2f}", v)
+            for q, v in zip(("p50", "p99"), value, strict=True)
+        ]
+    if label.endswith("sessions"):
+        return [
+            (f"{label}: RSS/session KB", f"{value[0] * 1e3:.1f}", value[0]),
+            (f"{label}: echo p99 ms", f"{value[1] * 1e3:.2f}", value[1]),
+            (f"{label}: server CPU", f"{value[2]:.0%}", value[2]),
+        ]
+    return [(label, fmt(value, unit), value)]
+
+
 async def run_all(args: argparse.Namespace) -> int:
-    targets = [start_mixvllm(), start_terminado()]
-    rows: list[tuple[str, str, Any, Any]] = []
+    load0 = os.getloadavg()
+    targets = start_targets(args)
+    names = [t.name for t in targets]
+    if "wetty" not in names:
+        print(
+            f"(wetty skipped: {WETTY_MAIN} is missing; `make bench` installs it)", file=sys.stderr
+        )
+    rows: list[tuple[str, str, dict[str, Any]]] = []
     floor: list[tuple[float, float]] = []
     try:
         for label, unit, fn in [
@@ -367,8 +494,8 @@ async def run_all(args: argparse.Namespace) -> int:
                 # marks behind that would hide growth.
                 for t in targets:
                     stop(t)
-                targets = [start_mixvllm(), start_terminado()]
-            # The machine is shared and noisy: the cheap measures alternate the two servers
+                targets = start_targets(args)
+            # The machine is shared and noisy: the cheap measures alternate the servers
             # `repeat` times and keep the median of each figure.
             runs = args.repeat if label.startswith(("throughput", "echo")) else 1
             samples: dict[str, list[Any]] = {t.name: [] for t in targets}
@@ -379,44 +506,29 @@ async def run_all(args: argparse.Namespace) -> int:
                 if label.startswith("throughput"):
                     print("... throughput: PTY floor", file=sys.stderr, flush=True)
                     floor.append(await pty_floor(args.megabytes))
-            results = {name: median_of(values) for name, values in samples.items()}
-            rows.append((label, unit, results["mixvllm"], results["terminado"]))
+            rows.append((label, unit, {n: median_of(v) for n, v in samples.items()}))
     finally:
         for t in targets:
             stop(t)
 
-    def line(label: str, ours: str, base: str, r: str) -> None:
-        print(f"{label:<30} {ours:>16} {base:>16} {r:>12}")
-
-    line("measure", "mixvllm", "terminado", "ratio")
-    for label, unit, ours, base in rows:
+    peers = names[1:]
+    header = ["measure", *names, *(f"mixvllm/{p}" for p in peers)]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, unit, results in rows:
+        per_target = {n: cells(label, unit, results[n]) for n in names}
+        for i, (row_label, _, _) in enumerate(per_target["mixvllm"]):
+            ours = per_target["mixvllm"][i][2]
+            values = [per_target[n][i][1] for n in names]
+            ratios = [ratio(ours, per_target[p][i][2]) for p in peers]
+            print("| " + " | ".join([row_label, *values, *ratios]) + " |")
         if label.startswith("throughput"):
-            line("throughput (MB/s)", f"{ours[0]:.1f}", f"{base[0]:.1f}", ratio(ours[0], base[0]))
-            line("server CPU s per MB", f"{ours[1]:.4f}", f"{base[1]:.4f}", ratio(ours[1], base[1]))
             rate, cpu = median_of(floor)
-            line("PTY floor (MB/s)", f"{rate:.1f}", f"{base[0]:.1f}", ratio(rate, base[0]))
-            line("PTY floor CPU s per MB", f"{cpu:.4f}", f"{base[1]:.4f}", ratio(cpu, base[1]))
-        elif label.startswith("echo"):
-            for i, q in enumerate(("p50", "p99")):
-                line(
-                    f"echo {q} (ms)",
-                    f"{ours[i] * 1e3:.2f}",
-                    f"{base[i] * 1e3:.2f}",
-                    ratio(ours[i], base[i]),
-                )
-        elif label.endswith("sessions"):
-            line(f"{label}: RSS/session MB", f"{ours[0]:.3f}", f"{base[0]:.3f}", "")
-            line(
-                f"{label}: echo p99 ms",
-                f"{ours[1] * 1e3:.2f}",
-                f"{base[1] * 1e3:.2f}",
-                ratio(ours[1], base[1]),
-            )
-            line(
-                f"{label}: server CPU", f"{ours[2]:.0%}", f"{base[2]:.0%}", ratio(ours[2], base[2])
-            )
-        else:
-            line(label, fmt(ours, unit), fmt(base, unit), ratio(ours, base))
+            print(f"| PTY floor (MB/s) | {rate:.1f} | (no server: the limit) |")
+            print(f"| PTY floor CPU s per MB | {cpu:.4f} | |")
+    load1 = os.getloadavg()
+    cpus = os.cpu_count()
+    print(f"load average (1 min): {load0[0]:.1f} at start, {load1[0]:.1f} at end; {cpus} CPUs")
     return 0
 
 
@@ -431,6 +543,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
+    parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
     args = parser.parse_args()
     if args.baseline_server:
         run_baseline()

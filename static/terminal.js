@@ -1,12 +1,13 @@
 // mixvllm browser terminal: owns the socket, resize, reconnect and flow control.
 // Wire protocol (see terminal_server/protocol.py): ["stdin", s], ["set_size", rows, cols],
-// ["ack", frames] up; ["setup", {...}], stdout (binary frames, as we ask with ?binary=1),
+// ["ack_bytes", n] (or ["ack", frames] from a server that offers no ack_bytes in setup) up;
+// ["setup", {...}], stdout (binary frames, as we ask with ?binary=1),
 // ["disconnect", code], ["error", msg] down.
 "use strict";
 
 (function () {
   const MSG = Object.freeze({
-    STDIN: "stdin", SET_SIZE: "set_size", ACK: "ack",
+    STDIN: "stdin", SET_SIZE: "set_size", ACK: "ack", ACK_BYTES: "ack_bytes",
     SETUP: "setup", STDOUT: "stdout", DISCONNECT: "disconnect", ERROR: "error",
     SHARE: "share", SIZE: "size",
   });
@@ -74,6 +75,7 @@
     if (sessionId) q.set("session", sessionId);
     if (restartRequested) q.set("restart", "1");
     q.set("binary", "1");  // stdout as raw UTF-8 frames; xterm.js decodes them
+    q.set("ack", "bytes");  // acks by byte count: typing and its echo need no ack message
     q.set("rows", String(term.rows));
     q.set("cols", String(term.cols));
     for (const name of ["model", "system"]) {
@@ -100,29 +102,42 @@
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
   }
 
-  // Acknowledge frames once xterm.js has parsed them, coalesced into one message, to the
-  // socket that sent them: xterm.js may still be parsing an old socket's frames after a
-  // restart or reattach, and counting those against the new one would over-ack it.
+  // Acknowledge output once xterm.js has parsed it, to the socket that sent it: xterm.js may
+  // still be parsing an old socket's frames after a restart or reattach, and counting those
+  // against the new one would over-ack it. By bytes once the server's threshold is reached,
+  // where setup offers it; else every frame, coalesced into one message per task.
   function connectionAcks(sock) {
-    let pending = 0;
+    let every = 0;  // > 0: ack by bytes, at least this many at a time
+    let pending = 0;  // bytes or frames consumed and not acknowledged yet
     let scheduled = false;
-    return function ackLater() {
-      pending += 1;
-      if (scheduled) return;
-      scheduled = true;
-      queueMicrotask(() => {
-        scheduled = false;
-        if (ws === sock && sock.readyState === WebSocket.OPEN) {
-          sock.send(JSON.stringify([MSG.ACK, pending]));
+    function flush() {
+      scheduled = false;
+      if (ws === sock && sock.readyState === WebSocket.OPEN) {
+        sock.send(JSON.stringify([every ? MSG.ACK_BYTES : MSG.ACK, pending]));
+      }
+      pending = 0;
+    }
+    return {
+      byBytes(n) { every = n; },
+      consumed(size) {
+        if (every) {
+          pending += size;
+          if (pending >= every) flush();
+          return;
         }
-        pending = 0;
-      });
+        pending += 1;
+        if (!scheduled) {
+          scheduled = true;
+          queueMicrotask(flush);
+        }
+      },
     };
   }
 
-  function onMessage(data, ackLater) {
+  function onMessage(data, acks) {
     if (typeof data !== "string") {  // binary frame: terminal output
-      term.write(new Uint8Array(data), ackLater);
+      const bytes = new Uint8Array(data);
+      term.write(bytes, () => acks.consumed(bytes.length));
       return;
     }
     let msg;
@@ -132,6 +147,7 @@
       case MSG.SETUP: {
         const info = msg[1] || {};
         if (VIEWER) { viewerSetup(info); break; }
+        if (Number.isInteger(info.ack_bytes) && info.ack_bytes > 0) acks.byBytes(info.ack_bytes);
         const restarted = restartRequested;
         restartRequested = false;
         // A reattach replays recent output from a clean screen. Reset (RIS) through the write
@@ -155,7 +171,7 @@
         renderShare(msg[1]);
         break;
       case MSG.STDOUT:
-        term.write(msg[1], ackLater);
+        term.write(msg[1], () => acks.consumed(0));
         break;
       case MSG.DISCONNECT:
         ended(`Session ended (exit ${msg[1]}).`);

@@ -157,6 +157,7 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     announce(public_url(ctx))
+    log.info("event loop: %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     await stop.wait()
 
     log.info("shutting down")

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -208,7 +209,9 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         self.session: Session | None = None
         self.peer = "?"
         self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.ack_every = 0  # > 0: the client acks by bytes, at least this many at a time
+        self._frame_sizes: deque[int] | None = deque()  # per-frame acks: sizes of unacked frames
+        self._decoder: codecs.IncrementalDecoder | None = None  # text mode only
         self._ponged = False
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -254,7 +257,13 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         self.peer = self.request.remote_ip or "?"
-        self.binary = self.get_query_argument("binary", "0") == "1"
+        self.binary = self.get_query_argument(protocol.BINARY_PARAM, "0") == "1"
+        if not self.binary:
+            self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        elif self.get_query_argument(protocol.ACK_PARAM, "") == protocol.ACK_MODE_BYTES:
+            # Well below the window: what a client holds back never stalls the session.
+            self.ack_every = max(1, self.ctx.config.flow_window // 4)
+            self._frame_sizes = None
         self.set_nodelay(True)  # keystroke echo must not wait for Nagle
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
@@ -277,9 +286,10 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
                 self._fail(1011, str(exc))
                 return
         self.session = session
-        self._send(
-            protocol.encode(protocol.SETUP, {"session": session.id, "reattached": reattached})
-        )
+        setup: dict[str, object] = {"session": session.id, "reattached": reattached}
+        if self.ack_every:
+            setup["ack_bytes"] = self.ack_every
+        self._send(protocol.encode(protocol.SETUP, setup))
         old = session.attach(self)
         if isinstance(old, TermSocket):
             old.session = None
@@ -339,8 +349,17 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
                 self._protocol_error(protocol.CLOSE_POLICY, str(exc))
         elif isinstance(msg, protocol.SetSize):
             session.resize(msg.rows, msg.cols)
-        elif not session.ack(msg.frames):
-            self._protocol_error(protocol.CLOSE_INVALID, "ack for more frames than were sent")
+        elif not self._ack(session, msg):
+            self._protocol_error(protocol.CLOSE_INVALID, "ack for more than was sent")
+
+    def _ack(self, session: Session, msg: protocol.Ack | protocol.AckBytes) -> bool:
+        """Pass an ack to the session in bytes; False if it over-acks or is of the other mode."""
+        sizes = self._frame_sizes
+        if isinstance(msg, protocol.AckBytes):
+            return sizes is None and session.ack(msg.count)
+        if sizes is None or msg.frames > len(sizes):
+            return False
+        return session.ack(sum(sizes.popleft() for _ in range(msg.frames)))
 
     def _protocol_error(self, code: int, reason: str) -> None:
         self.ctx.metrics.protocol_errors += 1
@@ -361,7 +380,9 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
 
     # -- terminals.Client ---------------------------------------------------------------
     def send_output(self, data: bytes) -> None:
-        if self.binary:
+        if self._frame_sizes is not None:
+            self._frame_sizes.append(len(data))
+        if self._decoder is None:
             self._send(data, binary=True)
         else:
             self._send(protocol.encode(protocol.STDOUT, self._decoder.decode(data)))

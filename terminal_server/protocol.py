@@ -5,6 +5,11 @@ Close to terminado's (`["stdin", s]`, `["stdout", s]`, `["set_size", rows, cols]
 is what lets the server stop reading the PTY instead of buffering for a slow client.
 A client that connects with `?binary=1` (the page does) gets stdout as binary frames holding
 the PTY's bytes: no UTF-8 decode and JSON escaping on the server, no JSON.parse in the page.
+A binary client that also asks for `?ack=bytes` acknowledges by byte count instead: the setup
+message then carries `"ack_bytes": n`, and the client sends `["ack_bytes", consumed]` only once
+it has consumed at least n bytes since its last ack, so typing and its echo cost no ack
+message at all. n is below the flow window, so a client that holds back the rest never stalls
+the server. A client that asks and finds no `ack_bytes` in setup (an older server) acks frames.
 """
 
 from __future__ import annotations
@@ -16,10 +21,16 @@ from typing import Final
 # client -> server
 STDIN: Final = "stdin"
 SET_SIZE: Final = "set_size"
-ACK: Final = "ack"
+ACK: Final = "ack"  # ["ack", frames]: that many more stdout frames consumed
+ACK_BYTES: Final = "ack_bytes"  # ["ack_bytes", n]: n more stdout bytes consumed (?ack=bytes)
+
+# query parameters of the WebSocket URL that choose the output mode
+BINARY_PARAM: Final = "binary"  # "1": stdout as binary frames
+ACK_PARAM: Final = "ack"  # "bytes": acknowledge by byte count (binary clients only)
+ACK_MODE_BYTES: Final = "bytes"
 
 # server -> client
-SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, ...}]
+SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, "ack_bytes"?: n}]
 STDOUT: Final = "stdout"  # ["stdout", text]; with ?binary=1 a binary frame of raw UTF-8 instead
 DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
 ERROR: Final = "error"  # ["error", message]: sent just before a close
@@ -62,7 +73,12 @@ class Ack:
     frames: int
 
 
-ClientMessage = Stdin | SetSize | Ack
+@dataclass(frozen=True)
+class AckBytes:
+    count: int
+
+
+ClientMessage = Stdin | SetSize | Ack | AckBytes
 
 
 def _is_int(value: object) -> bool:
@@ -91,10 +107,10 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         if not (1 <= rows <= MAX_DIMENSION and 1 <= cols <= MAX_DIMENSION):
             raise ProtocolError(f"set_size out of range: {rows}x{cols}")
         return SetSize(rows, cols)
-    if name == ACK:
+    if name in (ACK, ACK_BYTES):
         if len(args) != 1 or not _is_int(args[0]) or args[0] < 1:
-            raise ProtocolError("ack takes one positive integer")
-        return Ack(args[0])
+            raise ProtocolError(f"{name} takes one positive integer")
+        return Ack(args[0]) if name == ACK else AckBytes(args[0])
     raise ProtocolError(f"unknown message {name[:32]!r}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
+MERGE_MAX = 4096  # small chunks are merged up to this size
+
 
 class Scrollback:
     """The last `limit` bytes of output, kept as the chunks they were read in."""
@@ -17,7 +19,13 @@ class Scrollback:
     def add(self, data: bytes) -> None:
         if self._limit <= 0:
             return
-        self._chunks.append(data)
+        chunks = self._chunks
+        if chunks and len(chunks[-1]) + len(data) <= MERGE_MAX:
+            # Echo arrives a byte at a time: one object per keystroke would cost ~40 bytes
+            # of memory per byte kept. A copy of under 4 KiB is cheaper than that.
+            chunks[-1] += data
+        else:
+            chunks.append(data)
         self._len += len(data)
         excess = self._len - self._limit
         while excess > 0:

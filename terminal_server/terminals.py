@@ -16,7 +16,6 @@ import re
 import secrets
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -33,6 +32,7 @@ INPUT_WRITE_MAX = 64 * 1024  # most bytes of typed input handed to one write()
 OUTPUT_READ_MAX = 256 * 1024
 FRAME_MAX = 64 * 1024  # bytes per stdout frame
 INTERACTIVE_MAX = 1024  # small output goes out at once (echo); bigger reads are batched
+SHORT_READ = 1024  # a PTY read this short has emptied the PTY's buffer, as far as it matters
 COALESCE_S = 0.002  # otherwise wait this long to batch reads into one frame
 MAX_PENDING_INPUT = 4 * 1024 * 1024
 
@@ -91,8 +91,7 @@ class Session:
         self._scrollback = Scrollback(scrollback_limit)
         self._pending: list[bytes] = []
         self._pending_len = 0
-        self._unacked: deque[int] = deque()
-        self._unacked_len = 0
+        self._unacked_len = 0  # bytes sent to the client and not acknowledged yet
         self._flush_handle: asyncio.TimerHandle | None = None
         self._input = bytearray()
         self._reading = False
@@ -139,14 +138,17 @@ class Session:
         self.detached_at = time.monotonic()
         self._update_reader()
 
-    def ack(self, frames: int) -> bool:
-        """Record that the client consumed `frames` stdout frames; False if it over-acks."""
+    def ack(self, nbytes: int) -> bool:
+        """Record that the client consumed `nbytes` of output; False if it over-acks.
+
+        The client counts the bytes (or frames, translated by its socket) of its own
+        connection: each attach starts the count from zero.
+        """
         if self.closed:  # acks still in flight while the session shuts down
             return True
-        if frames > len(self._unacked):
+        if nbytes > self._unacked_len:
             return False
-        for _ in range(frames):
-            self._unacked_len -= self._unacked.popleft()
+        self._unacked_len -= nbytes
         self._update_reader()
         return True
 
@@ -157,6 +159,17 @@ class Session:
     def write(self, text: str) -> None:
         data = text.encode("utf-8", "replace")
         self._metrics.bytes_in += len(data)
+        if not self._input and not self.closed and len(data) <= INPUT_WRITE_MAX:
+            # A keystroke: straight to the PTY, no queue (the queue is for a full PTY buffer).
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return
+            if written == len(data):
+                return
+            data = data[written:]
         if len(self._input) + len(data) > MAX_PENDING_INPUT:
             raise InputOverflowError("the program is not reading its input")
         self._input += data
@@ -214,6 +227,8 @@ class Session:
                 eof = True
                 break
             total += n
+            if n < SHORT_READ:  # drained (echo, a prompt): skip the read that finds EAGAIN
+                break
         if total:
             self._metrics.bytes_out += total
             self._output(bytes(buf[:total]))
@@ -250,7 +265,6 @@ class Session:
 
     def _send(self, data: bytes) -> None:
         assert self.client is not None
-        self._unacked.append(len(data))
         self._unacked_len += len(data)
         self.client.send_output(data)
 
@@ -260,7 +274,6 @@ class Session:
             self._flush_handle = None
         self._pending.clear()
         self._pending_len = 0
-        self._unacked.clear()
         self._unacked_len = 0
 
     # -- shutdown -------------------------------------------------------------------------

@@ -96,7 +96,8 @@ class Client:
         self.auto_ack = auto_ack
         self.output = ""
         self.frames: list[list[Any]] = []
-        self.unacked = 0
+        self.unacked = 0  # frames, or bytes where setup offered ack_bytes
+        self.ack_every = 0
         self.setup: dict[str, Any] | None = None
         self.binary_frames = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -109,23 +110,27 @@ class Client:
             if raw is None:
                 self.closed.set()
                 return
+            size = 1
             if isinstance(raw, bytes):
                 self.binary_frames += 1
+                size = len(raw) if self.ack_every else 1
                 raw = json.dumps([protocol.STDOUT, self._decoder.decode(raw)])
             msg = json.loads(raw)
             self.frames.append(msg)
             if msg[0] == protocol.SETUP:
                 self.setup = msg[1]
+                self.ack_every = int(msg[1].get("ack_bytes", 0))
             elif msg[0] == protocol.STDOUT:
                 self.output += msg[1]
-                self.unacked += 1
-                if self.auto_ack:
+                self.unacked += size
+                # As the page does: by bytes only once the server's threshold is reached.
+                if self.auto_ack and self.unacked >= self.ack_every:
                     self.ack()
 
     def ack(self) -> None:
         if self.unacked and self.conn.protocol is not None:
             with contextlib.suppress(websocket.WebSocketClosedError):
-                self.send(protocol.ACK, self.unacked)
+                self.send(protocol.ACK_BYTES if self.ack_every else protocol.ACK, self.unacked)
             self.unacked = 0
 
     @property

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import secrets
+import tracemalloc
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -276,3 +277,19 @@ def test_help_and_readme_say_the_env_var_keeps_the_token_out_of_ps() -> None:
     assert re.search(r"--token TOKEN [^[]*MIXVLLM_TERMINAL_TOKEN[^[]*\bps\b", help_text), help_text
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert re.search(r"`MIXVLLM_TERMINAL_TOKEN`[^.]*`ps`", readme)
+
+
+def test_scrollback_of_typed_echo_costs_about_its_bytes() -> None:
+    # An echo arrives a byte at a time; keeping each as its own object costs ~40x the bytes.
+    typed = 200_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        sb = Scrollback(1_000_000)
+        for i in range(typed):
+            sb.add(b"abcdefghij"[i % 10 : i % 10 + 1])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sb.replay() == b"abcdefghij" * (typed // 10)
+    assert held < 2 * typed, held

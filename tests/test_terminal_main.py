@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -215,3 +216,31 @@ def test_public_url_names_the_banner_and_the_cookie() -> None:
     assert make_context(load_config(["--port", "8890"], env={})).cookie_name.endswith("_8890")
     with pytest.raises(ConfigError, match="public-url"):
         load_config(["--public-url", "localhost:9000"], env={})
+
+
+def test_the_server_runs_on_uvloop_where_installed() -> None:
+    installed = importlib.util.find_spec("uvloop") is not None
+    require(installed, "uvloop (the `fast` extra)")
+    with _server() as (proc, url):
+        port_base, token = url.split("?token=")
+        ws_url = port_base.replace("http://", "ws://") + "ws?binary=1&ack=bytes"
+
+        async def client() -> None:
+            req = httpclient.HTTPRequest(ws_url, headers={"Authorization": f"Bearer {token}"})
+            conn = await websocket.websocket_connect(req)
+            conn.write_message(json.dumps([protocol.STDIN, "echo on-$((6*7))\r"]))
+            out = b""
+            while b"on-42" not in out:
+                msg = await asyncio.wait_for(conn.read_message(), 10)
+                assert msg is not None
+                if isinstance(msg, bytes):
+                    out += msg
+            conn.close()
+
+        asyncio.run(client())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "event loop: uvloop" in err
+        assert "Traceback" not in err

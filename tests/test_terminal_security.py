@@ -230,6 +230,8 @@ MALFORMED: list[str | bytes] = [
     '["ack", -5]',
     '["ack", 1e9]',
     '["ack", 999999]',
+    '["ack_bytes", 0]',
+    '["ack_bytes", 4096]',  # byte acks on a connection that did not ask for them
     "[" * 100000,
     '["stdin", "\\ud800"] trailing',
     b"\x00\x01\x02binary",

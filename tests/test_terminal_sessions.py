@@ -271,6 +271,40 @@ def test_binary_output_mode_carries_raw_utf8_with_the_same_flow_control() -> Non
     run(body)
 
 
+def test_byte_acks_need_no_message_for_typing_and_keep_flow_control() -> None:
+    window = 64 * 1024
+
+    async def body() -> None:
+        async with running_server(flow_window=window) as srv:
+            c = await srv.connect("binary=1&ack=bytes", auto_ack=False)
+            assert c.setup is not None and c.setup["ack_bytes"] == window // 4
+            session = srv.ctx.manager.sessions[c.session_id]
+            # Typing and its echo: no ack message at all, and the session keeps reading.
+            for i in range(40):
+                c.type("x")
+                await c.expect("x" * (i + 1))
+            assert c.binary_frames >= 40
+            assert session.reading and 0 < session.outstanding < window // 4
+            # A flood fills the window and stops the reads until the client acks by bytes.
+            c.type("\x15head -c 3000000 /dev/zero | tr '\\0' z; echo; echo ack'-'done\r")
+            await wait_for_async(lambda: session.window_full, 10, "the window to fill")
+            assert not session.reading
+            c.auto_ack = True
+            c.ack()
+            await c.expect("ack-done", 60)
+            # Acks of the other mode, or for more bytes than were sent, are protocol errors.
+            c.send(protocol.ACK, 1)
+            assert await c.wait_closed() == protocol.CLOSE_INVALID
+            over = await srv.connect("binary=1&ack=bytes", auto_ack=False)
+            over.send(protocol.ACK_BYTES, 10_000_000)
+            assert await over.wait_closed() == protocol.CLOSE_INVALID
+            # Text frames carry decoded text, whose bytes a client cannot count: frame acks.
+            text = await srv.connect("ack=bytes")
+            assert text.setup is not None and "ack_bytes" not in text.setup
+
+    run(body)
+
+
 def test_sessions_find_chat_on_path_after_it_exits() -> None:
     config = make_config(chat_command=("/opt/mixvllm/venv/bin/chat", "--wait", "120"))
     env = session_env("abc", config)
