@@ -8,16 +8,22 @@
 # Usage: bash scripts/install-embedded.sh [VENV]              (default: .venv)
 #        bash scripts/install-embedded.sh --wheel DIR [VENV]  only build the llama-cpp-python
 #                                                             wheel into DIR (container images)
+#        bash scripts/install-embedded.sh --cmake-args        print the CMAKE_ARGS it builds with
 # CMAKE_ARGS from the environment are passed on after ours (e.g. -DGGML_NATIVE=OFF for a
 # wheel that must run on other CPUs than the one building it).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MODE=install
 WHEEL_DIR=""
-if [[ "${1:-}" == "--wheel" ]]; then
-    WHEEL_DIR="${2:?install-embedded: --wheel needs a directory}"
-    shift 2
-fi
+case "${1:-}" in
+    --cmake-args) MODE=cmake-args ;;
+    --wheel)
+        MODE=wheel
+        WHEEL_DIR="${2:?install-embedded: --wheel needs a directory}"
+        shift 2
+        ;;
+esac
 VENV="${1:-.venv}"
 PY="$VENV/bin/python"
 LLAMA_CPP_VERSION='0.3.36'
@@ -29,6 +35,11 @@ LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF '-DCMAKE_PROJECT_llama.cpp_INCLUDE=$HERE/lla
 
 say() { echo "install-embedded: $*"; }
 
+if [[ $MODE == cmake-args ]]; then
+    echo "$LLAMA_CMAKE_ARGS"
+    exit 0
+fi
+
 if [[ ! -x "$PY" ]]; then
     echo "install-embedded: no python at $PY (create the venv first: make install)" >&2
     exit 1
@@ -38,44 +49,16 @@ usable_cpus() {
     "$PY" -c 'import os; print(len(os.sched_getaffinity(0)) or 1)' 2>/dev/null || echo 2
 }
 
-# pip -v streams CMake's and ninja's output: keep all of it in a log, show the phases and
-# the compile progress (minutes of silence read as a hang).
-show_progress() {
-    local log="$1" line step total pct decile last_decile=-1 tty=0 start=$SECONDS
-    [[ -t 1 ]] && tty=1
-    while IFS= read -r line; do
-        printf '%s\n' "$line" >>"$log"
-        if [[ $line =~ ^[[:space:]]*\[([0-9]+)/([0-9]+)\] ]]; then
-            step=${BASH_REMATCH[1]} total=${BASH_REMATCH[2]}
-            pct=$((step * 100 / total)) decile=$((step * 10 / total))
-            if ((tty)); then
-                printf '\rinstall-embedded: compiling llama.cpp %3d%% (%d/%d, %ds) ' \
-                    "$pct" "$step" "$total" $((SECONDS - start))
-            elif ((decile != last_decile)); then
-                say "compiling llama.cpp $pct% ($step/$total, $((SECONDS - start))s)"
-            fi
-            last_decile=$decile
-        elif [[ $line =~ Downloading\ (llama_cpp_python[^ ]*)\ \((.*)\) ]]; then
-            say "downloading ${BASH_REMATCH[1]} (${BASH_REMATCH[2]})"
-        elif [[ $line == *"Installing build dependencies: started"* ]]; then
-            say "installing build tools (scikit-build-core)"
-        elif [[ $line == *"-- The C compiler identification"* ]]; then
-            say "configuring llama.cpp (cmake)"
-        elif [[ $line == *"Created wheel for llama-cpp-python"* ]]; then
-            ((tty)) && echo
-            say "built the llama-cpp-python wheel in $((SECONDS - start))s"
-        fi
-    done
-}
-
-# The pip command's arguments after `pip`; compiles with our CMake flags and all cores.
+# The pip command's arguments after `pip`: compiles with our CMake flags on every core, shows
+# the phases and the compile progress, and keeps pip's whole -v output in a log.
 pip_with_progress() {
     local log status=0
     log="$(mktemp "${TMPDIR:-/tmp}/install-embedded.XXXXXX.log")"
     say "full build log: $log"
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS ${CMAKE_ARGS:-}" \
         CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(usable_cpus)}" \
-        "$PY" -m pip "$@" -v 2>&1 | show_progress "$log" || status=$?
+        "$PY" -m pip "$@" -v 2>&1 | "$PY" "$HERE/build_progress.py" "$log" "install-embedded: " ||
+        status=$?
     if ((status != 0)); then
         echo >&2
         tail -n 40 "$log" >&2
@@ -84,7 +67,7 @@ pip_with_progress() {
     fi
 }
 
-if [[ -n "$WHEEL_DIR" ]]; then
+if [[ $MODE == wheel ]]; then
     say "building the llama-cpp-python $LLAMA_CPP_VERSION wheel into $WHEEL_DIR"
     pip_with_progress wheel --no-deps --wheel-dir "$WHEEL_DIR" "llama-cpp-python==$LLAMA_CPP_VERSION"
     exit 0
@@ -111,7 +94,7 @@ have_smollm2() {
 if have_llama_cpp; then
     say "llama-cpp-python[server] $LLAMA_CPP_VERSION already installed"
 else
-    say "installing $LLAMA_CPP_SPEC (compiles llama.cpp's server libraries on $(usable_cpus) cores; about 2 minutes on 2 idle cores)"
+    say "installing $LLAMA_CPP_SPEC (compiles llama.cpp's server libraries on $(usable_cpus) cores; 1.5-3 minutes on 2 cores)"
     pip_with_progress install "$LLAMA_CPP_SPEC"
 fi
 
