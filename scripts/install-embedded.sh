@@ -69,7 +69,9 @@ pip_with_progress() {
 
 if [[ $MODE == wheel ]]; then
     say "building the llama-cpp-python $LLAMA_CPP_VERSION wheel into $WHEEL_DIR"
-    pip_with_progress wheel --no-deps --wheel-dir "$WHEEL_DIR" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a cached wheel may not be ours.
+    pip_with_progress wheel --no-cache-dir --no-deps --wheel-dir "$WHEEL_DIR" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION"
     exit 0
 fi
 
