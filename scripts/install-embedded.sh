@@ -96,7 +96,7 @@ have_smollm2() {
 if have_llama_cpp; then
     say "llama-cpp-python[server] $LLAMA_CPP_VERSION already installed"
 else
-    say "installing $LLAMA_CPP_SPEC (compiles llama.cpp's server libraries on $(usable_cpus) cores; 1.5-3 minutes on 2 cores)"
+    say "installing $LLAMA_CPP_SPEC (compiles llama.cpp's server libraries on $(usable_cpus) cores: 1.5-3 minutes on 2)"
     pip_with_progress install "$LLAMA_CPP_SPEC"
 fi
 
