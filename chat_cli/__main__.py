@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from chat_cli import chats
+from chat_cli import chats, page
 from chat_cli import client as client_mod
 from chat_cli import conversation as conv_mod
 from chat_cli.answer import Answer, has_surrogates
@@ -261,6 +261,7 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
             markdown=True,
             show_reasoning=not config.hide_reasoning,
             footer=True,
+            page_marks=page.enabled(os.environ, tty),
         )
     else:  # plain text needs no rich console (and not its import time)
         renderer = PlainRenderer(out, footer=tty, styled=tty)

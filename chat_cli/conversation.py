@@ -85,7 +85,7 @@ class Conversation:
     def autosave(self) -> None:
         if self.path is not None and (self.messages or self.system):
             try:
-                _write_atomic(self.path, self.json_text(), make_dirs=True)
+                write_atomic(self.path, self.json_text(), make_dirs=True)
             except OSError as err:
                 # Losing autosave must not stop the chat: stop saving, say so once.
                 self.autosave_failure = (
@@ -103,12 +103,12 @@ class Conversation:
         if not make_dirs and not path.parent.is_dir():
             raise ChatError(f"cannot save to {path}: no directory {path.parent}")
         try:
-            _write_atomic(path, self.to_markdown() if markdown else self.json_text(), make_dirs)
+            write_atomic(path, self.to_markdown() if markdown else self.json_text(), make_dirs)
         except OSError as err:
             raise ChatError(f"cannot save to {path}: {err.strerror or err}") from err
 
 
-def _write_atomic(path: Path, text: str, make_dirs: bool) -> None:
+def write_atomic(path: Path, text: str, make_dirs: bool) -> None:
     if make_dirs:  # chats can hold private text: an owner-only folder
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -142,8 +142,10 @@ class MarkdownRenderer:
         show_reasoning: bool = True,
         refresh_s: float = 0.08,
         footer: bool = True,
+        page_marks: bool = False,
     ) -> None:
         self.console = console
+        self.page_marks = page_marks  # code blocks carry the browser page's copy markers
         self.live = console.is_terminal if live is None else live
         self.show_reasoning = show_reasoning
         self.footer = footer
@@ -240,10 +242,17 @@ class MarkdownRenderer:
         self._blocks += 1
         return separator + text
 
-    def _render_markdown(self, markdown: str) -> str:
+    def _render_markdown(self, markdown: str, final: bool = True) -> str:
+        """`final`: the markdown is finished (its code blocks' text can go to the page)."""
         from rich.markdown import Markdown  # noqa: PLC0415 (slow import, warmed up in the REPL)
 
-        rendered: RenderableType = Markdown(markdown, code_theme=CODE_THEME)
+        rendered: RenderableType
+        if self.page_marks:
+            from chat_cli.page_markdown import MarkedMarkdown  # noqa: PLC0415
+
+            rendered = MarkedMarkdown(markdown, code_theme=CODE_THEME, final=final)
+        else:
+            rendered = Markdown(markdown, code_theme=CODE_THEME)
         if self._pinned is not None:
             rendered = _Pinned(rendered, self._pinned)
         with self.console.capture() as capture:
@@ -338,7 +347,7 @@ class MarkdownRenderer:
         if not self.pending.strip():
             return "", [] if self._blocks else _lines(self._styled("…", "dim"))
         separator = "\n" if self._blocks else ""
-        lines = _lines(separator + self._render_markdown(self.pending))
+        lines = _lines(separator + self._render_markdown(self.pending, final=False))
         lines = lines[self._agreed(lines) :]
         final = self._final(lines, room)
         self._shown += [_plain(line) for line in lines[:final]]
@@ -410,8 +419,16 @@ def _plain(line: str) -> str:
 
 
 def make_renderer(
-    console: Console, out: IO[str], *, markdown: bool, show_reasoning: bool, footer: bool
+    console: Console,
+    out: IO[str],
+    *,
+    markdown: bool,
+    show_reasoning: bool,
+    footer: bool,
+    page_marks: bool = False,
 ) -> Renderer:
     if markdown:
-        return MarkdownRenderer(console, show_reasoning=show_reasoning, footer=footer)
+        return MarkdownRenderer(
+            console, show_reasoning=show_reasoning, footer=footer, page_marks=page_marks
+        )
     return PlainRenderer(out, footer=footer, styled=out.isatty())

@@ -19,7 +19,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import chats
+from chat_cli import chats, page
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
 from chat_cli.render import make_renderer
@@ -173,6 +173,7 @@ class Repl:
         self.show_reasoning = show_reasoning
         self.debug = debug
         self.commands = Commands(session, console.file, conversations_dir)
+        self.page_marks = page.enabled(os.environ, console.is_terminal)
         self.pastes = Pastes()
         history: History = InMemoryHistory()
         if history_file is not None:
@@ -201,6 +202,7 @@ class Repl:
 
     def run(self) -> int:
         _warm_up(self.session)
+        page.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
         while True:
             try:
                 text = self.pastes.expand(self.prompt.prompt(PROMPT))
@@ -232,6 +234,7 @@ class Repl:
             self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
         finally:
             conversation = self.session.conversation
+            page.export(conversation, os.environ)
             if conversation.autosave_failure:
                 self.error(conversation.autosave_failure)
                 conversation.autosave_failure = None
@@ -244,5 +247,6 @@ class Repl:
             markdown=self.markdown,
             show_reasoning=self.show_reasoning,
             footer=True,
+            page_marks=self.page_marks,
         )
         self.session.ask(text, renderer)

@@ -44,6 +44,7 @@
     cursorBlink: !VIEWER,
     disableStdin: VIEWER,
     scrollback: 10000,
+    allowProposedApi: true,  // registerDecoration: the copy buttons on chat's code blocks
   });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
@@ -55,6 +56,84 @@
   term.open(document.getElementById("terminal"));
   applyTheme();
   fit.fit();
+
+  // -- chat's code blocks: a copy button at each ----------------------------------------
+  // chat (chat_cli/page.py) sends OSC 7337 "block" at a code block's first row and, once the
+  // block is complete, "code;BASE64" with its exact text: nothing is scraped from the buffer.
+  const CHAT_OSC = 7337;
+  const COPY_CELLS = 7;
+  let blockStart = null;  // the newest block's first row, waiting for its text
+  const copyBlocks = new Set();  // their buttons are drawn only while on screen
+  term.parser.registerOscHandler(CHAT_OSC, (data) => {
+    if (data === "block") {
+      // A live redraw sends it again for the same block: only the newest counts.
+      if (blockStart) blockStart.dispose();
+      blockStart = term.registerMarker(0);
+    } else if (data.startsWith("code;")) {
+      const marker = blockStart;
+      blockStart = null;
+      const text = decodeBase64(data.slice(5));
+      if (marker && !marker.isDisposed && text !== null) addCopyButton(marker, text);
+      else if (marker) marker.dispose();
+    }
+    return true;
+  });
+
+  function decodeBase64(data) {
+    try {
+      return new TextDecoder("utf-8", { fatal: true })
+        .decode(Uint8Array.from(atob(data), (c) => c.charCodeAt(0)));
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function addCopyButton(marker, text) {
+    const decoration = term.registerDecoration({
+      marker, anchor: "right", x: 0, width: COPY_CELLS, layer: "top",
+    });
+    if (!decoration) { marker.dispose(); return; }
+    copyBlocks.add(decoration);
+    marker.onDispose(() => { copyBlocks.delete(decoration); decoration.dispose(); });
+    decoration.onRender((element) => {
+      element.style.right = "0px";  // xterm.js leaves `right` unset for x: 0
+      if (element.firstChild) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy-code";
+      button.textContent = "copy";
+      button.title = "Copy this code block";
+      button.setAttribute("aria-label", "Copy this code block");
+      // The terminal under it would start a selection and take the focus.
+      button.addEventListener("mousedown", (e) => e.stopPropagation());
+      button.addEventListener("click", async (e) => {
+        e.stopPropagation();
+        const copied = await copyText(text);
+        button.textContent = copied ? "copied" : "failed";
+        setTimeout(() => { button.textContent = "copy"; }, 1500);
+        term.focus();
+      });
+      element.appendChild(button);
+    });
+  }
+
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      try { await navigator.clipboard.writeText(text); return true; } catch (_) { /* below */ }
+    }
+    // Plain http to another host has no Clipboard API: the old way still works on a click.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    let copied = false;
+    try { copied = document.execCommand("copy"); } catch (_) { copied = false; }
+    area.remove();
+    return copied;
+  }
 
   let ws = null;
   let attempt = 0;
@@ -304,6 +383,58 @@
     shareToggle.focus();
   });
 
+  // -- chat export (the owner's side; terminal_server/chat_export.py) -------------------
+  const exportPanel = document.getElementById("export-panel");
+  const exportToggle = document.getElementById("export");
+  const exportStatus = document.getElementById("export-status");
+  const EXPORTS = { markdown: "md", json: "json" };
+
+  function showExportPanel(show) {
+    exportPanel.hidden = !show;
+    exportToggle.setAttribute("aria-expanded", String(show));
+    exportStatus.textContent = "";
+    if (show) document.getElementById("export-markdown").focus();
+  }
+
+  async function downloadChat(format) {
+    if (!sessionId) return;
+    exportStatus.textContent = "";
+    let response;
+    try {
+      response = await fetch(
+        `api/chat?session=${encodeURIComponent(sessionId)}&format=${format}`,
+        { cache: "no-store", credentials: "same-origin" });
+    } catch (_) {
+      exportStatus.textContent = "The server cannot be reached.";
+      return;
+    }
+    if (!response.ok) {
+      exportStatus.textContent = response.status === 404
+        ? "No chat conversation in this session yet." : `Export failed (${response.status}).`;
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `chat-${sessionId}.${EXPORTS[format]}`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    showExportPanel(false);
+    exportToggle.focus();
+  }
+
+  exportToggle.addEventListener("click", () => showExportPanel(exportPanel.hidden));
+  document.getElementById("export-markdown").addEventListener("click", () => downloadChat("markdown"));
+  document.getElementById("export-json").addEventListener("click", () => downloadChat("json"));
+  exportPanel.addEventListener("submit", (e) => e.preventDefault());
+  exportPanel.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    showExportPanel(false);
+    exportToggle.focus();
+  });
+
   // -- overlay, settings, controls ------------------------------------------------------
   function showOverlay(text, actionLabel, action) {
     document.getElementById("overlay-text").textContent = text;
@@ -474,6 +605,7 @@
     get sessionId() { return sessionId; },
     get connected() { return ws !== null && ws.readyState === WebSocket.OPEN; },
     get viewer() { return VIEWER; },
+    get copyButtons() { return copyBlocks.size; },
   };
   connect();
 })();

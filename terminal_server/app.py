@@ -18,6 +18,7 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from . import protocol
+from .chat_export import ChatExportHandler
 from .config import Config
 from .handlers import (
     Context,
@@ -55,6 +56,7 @@ def make_app(ctx: Context) -> web.Application:
         (base + "healthz", HealthHandler, kw),
         (base + "metrics", MetricsHandler, kw),
         (base + "api/status", ModelStatusHandler, kw),
+        (base + "api/chat", ChatExportHandler, kw),
         (
             base + r"static/(terminal\.js|terminal\.css)",
             GuardedStaticHandler,

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .config import ENV_PREFIX, Config
+from .exports import ENV as EXPORT_ENV
 
 # (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
 ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
@@ -44,9 +45,12 @@ def session_argv(config: Config, chat_args: Sequence[str]) -> list[str]:
     return ["/bin/sh", "-c", script, "mixvllm-session", *chat_args]
 
 
-def session_env(session_id: str, config: Config) -> dict[str, str]:
+def session_env(session_id: str, config: Config, chat_export: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
+    env.pop(EXPORT_ENV, None)  # inherited from a session this server runs in: not its folder
+    if chat_export is not None:
+        env[EXPORT_ENV] = str(chat_export)
     # After chat exits, `chat` must work in the shell too, venv activated or not.
     chat_dir = os.path.dirname(config.chat_command[0])
     path = env.get("PATH", os.defpath)

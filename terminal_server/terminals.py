@@ -21,6 +21,7 @@ from typing import Protocol
 
 from . import processes
 from .config import Config
+from .exports import ChatExports
 from .metrics import Metrics
 from .scrollback import Scrollback
 
@@ -311,6 +312,7 @@ class SessionManager:
         self.config = config
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        self.exports = ChatExports()
         # One scratch buffer for every session's PTY reads: they all run on this event loop.
         self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
         self._subreaper = False
@@ -341,7 +343,7 @@ class SessionManager:
         session_id = secrets.token_urlsafe(12)
         proc, master = processes.spawn(
             processes.session_argv(self.config, chat_args),
-            processes.session_env(session_id, self.config),
+            processes.session_env(session_id, self.config, self.exports.folder(session_id)),
             self.config.cwd,
             rows,
             cols,
@@ -362,6 +364,7 @@ class SessionManager:
         return session
 
     def _forget(self, session: Session) -> None:
+        self.exports.remove(session.id)
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
             log.info("session %s ended (exit %s)", session.id, session.exit_code)
@@ -402,3 +405,4 @@ class SessionManager:
         tasks = [s.close() for s in list(self.sessions.values())]
         if tasks:
             await asyncio.gather(*tasks)
+        self.exports.close()

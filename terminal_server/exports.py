@@ -1,0 +1,50 @@
+"""The session's chat export folders: one owner-only folder per session that `chat` keeps up
+to date (chat.json and chat.md, as /save writes them; chat_cli/page.py), read by `api/chat`
+(chat_export.py).
+
+Its path reaches the session as MIXVLLM_CHAT_EXPORT. Nothing travels through the terminal
+stream, so a share link's viewer cannot read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/page.py (processes.session_env sets it)
+MAX_BYTES = 64 * 1024 * 1024
+
+
+class ChatExports:
+    """One owner-only folder per session, under one temporary folder made on first use."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+
+    def folder(self, session_id: str) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="mixvllm-chats-"))  # mode 0700
+        path = self._root / session_id
+        path.mkdir(mode=0o700)
+        return path
+
+    def read(self, session_id: str, name: str) -> bytes | None:
+        """The export's bytes; None when chat has not written one (or it is too big)."""
+        if self._root is None:
+            return None
+        path = self._root / session_id / name
+        with contextlib.suppress(OSError):
+            if path.stat().st_size <= MAX_BYTES:
+                return path.read_bytes()
+        return None
+
+    def remove(self, session_id: str) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root / session_id, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
