@@ -19,7 +19,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from chat_cli import chats
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
-from chat_cli.render import make_renderer
+from chat_cli.render import Renderer, make_renderer
 from chat_cli.session import Session
 
 if TYPE_CHECKING:
@@ -176,11 +176,13 @@ class Repl:
         return True
 
     def ask(self, text: str) -> None:
-        renderer = make_renderer(
+        self.session.ask(text, self.renderer(), self.renderer)
+
+    def renderer(self) -> Renderer:
+        return make_renderer(
             self.console,
             self.console.file,
             markdown=self.markdown,
             show_reasoning=self.show_reasoning,
             footer=True,
         )
-        self.session.ask(text, renderer)
