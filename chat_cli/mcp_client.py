@@ -84,6 +84,13 @@ class McpHub:
     def tools(self) -> list[Tool]:
         return [t for s in self.servers.values() if s.status == "ready" for t in s.tools]
 
+    def describe(self) -> list[tuple[str, str, list[Tool]]]:
+        out = []
+        for name, state in self.servers.items():
+            detail = f" ({state.detail})" if state.detail else ""
+            out.append((name, f"{state.status}{detail} · {state.spec.where}", state.tools))
+        return out
+
     def call(self, tool: Tool, arguments: dict[str, Any], timeout: float) -> Future:
         """The call's result text as a future; ToolError for a failure the model should see."""
         state = self.servers[tool.server]
@@ -106,6 +113,8 @@ class McpHub:
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT_S)
+            if not self._thread.is_alive():
+                loop.close()
         self._loop = None
         for state in self.servers.values():
             if state.errlog is not None:
@@ -118,7 +127,8 @@ class McpHub:
         state.stop = asyncio.Event()
         try:
             async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport(state))
+                transport = await self._transport(state, stack)
+                read, write = await stack.enter_async_context(transport)
                 session = await stack.enter_async_context(ClientSession(read, write))
                 await asyncio.wait_for(session.initialize(), START_TIMEOUT_S)
                 state.tools = await _list_tools(session, state.spec.name)
@@ -137,17 +147,20 @@ class McpHub:
         if state.status == "failed":
             return
         reason = state.last_words() or _reason(err)
-        state.status, state.detail = "failed", reason
+        state.status, state.detail, state.session = "failed", reason, None
         what = "failed to start" if during_start else "stopped"
         self.report(f"MCP server {state.spec.name} {what} ({reason}); going on without its tools")
 
-    def _transport(self, state: ServerState) -> Any:
+    async def _transport(self, state: ServerState, stack: contextlib.AsyncExitStack) -> Any:
         spec = state.spec
         if spec.url is not None:
             from mcp.client.streamable_http import streamable_http_client  # noqa: PLC0415
             from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: PLC0415
 
-            client = create_mcp_http_client(headers=dict(spec.headers))
+            # A client passed in is ours to close (the SDK closes only the one it makes).
+            client = await stack.enter_async_context(
+                create_mcp_http_client(headers=dict(spec.headers))
+            )
             return streamable_http_client(spec.url, http_client=client)
         from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
 
@@ -165,7 +178,7 @@ class McpHub:
     ) -> str:
         session = state.session
         if session is None:
-            raise ToolError(f"MCP server {state.spec.name} is {state.status} ({state.detail})")
+            raise ToolError(f"MCP server {state.spec.name} is down ({state.detail or state.status})")
         try:
             result = await asyncio.wait_for(session.call_tool(tool.name, arguments), limit)
         except TimeoutError:

@@ -64,6 +64,8 @@ class SlashCompleter(Completer):
             return self._models
         if name == "/load":
             return [p.stem for p in chats.newest_first(self.conversations_dir)]
+        if name in ("/tools", "/mcp"):
+            return ["on ", "off ", "choice "]
         if name == "/copy":
             return ["code"]
         return []

@@ -138,7 +138,7 @@ def _run(toolbox: Toolbox, exposed: dict[str, Tool], call: ToolCall, view: ToolV
         if tool is None:
             known = ", ".join(exposed) or "none"
             raise ToolError(f"unknown tool {call.name!r} (the tools are: {known})")
-        arguments = parse_arguments(call.arguments)
+        arguments = parse_arguments(call.arguments, tool.schema)
         _permit(toolbox, call.name, view)
         assert toolbox.source is not None
         text = _wait(toolbox.source.call(tool, arguments, toolbox.timeout))

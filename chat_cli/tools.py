@@ -44,6 +44,8 @@ class Source(Protocol):
     def start(self) -> None: ...
     def tools(self) -> list[Tool]: ...
     def call(self, tool: Tool, arguments: dict[str, Any], timeout: float) -> Future[str]: ...
+    def describe(self) -> list[tuple[str, str, list[Tool]]]:
+        """(server name, its state and where it runs, its tools) for each server."""
 
 
 def result_text(content: Iterable[Any], structured: object = None) -> str:
@@ -62,14 +64,17 @@ def result_text(content: Iterable[Any], structured: object = None) -> str:
     return "\n".join(parts)
 
 
-def parse_arguments(text: str) -> dict[str, Any]:
-    """The model's arguments: a JSON object (empty text counts as none)."""
+def parse_arguments(text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's arguments: a JSON object (empty text counts as none). A tool that takes
+    no parameters gets none whatever JSON came: small models send a string there."""
     if not text.strip():
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise ToolError(f"the arguments are not valid JSON ({err.msg}): {_clip(text)}") from None
+    if not isinstance(value, dict) and schema is not None and not schema.get("properties"):
+        return {}
     if not isinstance(value, dict):
         raise ToolError(f"the arguments must be a JSON object, got: {_clip(text)}")
     return value
@@ -161,6 +166,38 @@ class Toolbox:
             "tools": [tool.to_openai(name) for name, tool in exposed.items()],
             "tool_choice": choice,
         }
+
+    def toggle(self, name: str, on: bool) -> str:
+        """Turn a server or a tool on or off; what it was, for the user."""
+        self.start()
+        servers = self.source.describe() if self.source is not None else []
+        if any(server == name for server, _, _ in servers):
+            what = f"server {name}"
+        elif any(t.name == name for _, _, tools in servers for t in tools):
+            what = f"tool {name}"
+        else:
+            raise ValueError(f"no server or tool named {name!r}; /tools lists them")
+        if on:
+            self.disabled.discard(name)
+        else:
+            self.disabled.add(name)
+        return f"{what} {'on' if on else 'off'}"
+
+    def lines(self) -> list[str]:
+        """/tools: each server, its state, its tools."""
+        self.start()
+        out = []
+        for server, state, tools in self.source.describe() if self.source is not None else []:
+            off = " (off)" if server in self.disabled else ""
+            out.append(f"  {server}{off}: {state}")
+            for tool in tools:
+                mark = "✗" if tool.name in self.disabled or off else "✓"
+                always = " · always allowed" if tool.name in self.always else ""
+                line = tool.description.strip().splitlines()[0] if tool.description else ""
+                out.append(f"    {mark} {tool.name}{always}  {_clip(line, 70)}")
+        confirm = "never asks (--yes)" if self.yes else "asks before each call"
+        out.append(f"  tool_choice: {self.choice} · {confirm} · up to {self.max_rounds} rounds")
+        return out
 
     def set_choice(self, choice: str) -> None:
         if choice not in CHOICES and choice not in self.exposed():

@@ -7,6 +7,7 @@ Run it by hand: `python tests/mcp_server.py` (stdio) or `python tests/mcp_server
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -52,6 +53,13 @@ def big(lines: int) -> str:
 def fail(reason: str) -> str:
     """Always fails with the given reason."""
     raise ValueError(reason)
+
+
+@server.tool()
+def crash() -> str:
+    """Make the server exit at once, as a server that dies does."""
+    print("crashed on purpose", file=sys.stderr, flush=True)
+    os._exit(3)
 
 
 def main() -> None:
