@@ -178,7 +178,8 @@ class McpHub:
     ) -> str:
         session = state.session
         if session is None:
-            raise ToolError(f"MCP server {state.spec.name} is down ({state.detail or state.status})")
+            why = state.detail or state.status
+            raise ToolError(f"MCP server {state.spec.name} is down ({why})")
         try:
             result = await asyncio.wait_for(session.call_tool(tool.name, arguments), limit)
         except TimeoutError:

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 PROMPT = "> "
+FIXED_CHOICES = {
+    "/copy": ["code"],
+    "/tools": ["on ", "off ", "choice "],
+    "/mcp": ["on ", "off ", "choice "],
+}
 
 
 class SlashCompleter(Completer):
@@ -64,11 +69,7 @@ class SlashCompleter(Completer):
             return self._models
         if name == "/load":
             return [p.stem for p in chats.newest_first(self.conversations_dir)]
-        if name in ("/tools", "/mcp"):
-            return ["on ", "off ", "choice "]
-        if name == "/copy":
-            return ["code"]
-        return []
+        return FIXED_CHOICES.get(name, [])
 
 
 def _key_bindings() -> KeyBindings:
