@@ -60,9 +60,8 @@ class ToolView:
         """y, n or a (always); KeyboardInterrupt on Ctrl-C."""
         assert self.stdin is not None
         prompt = f"  run {name}? [y]es / [n]o / [a]lways for {name} in this chat: "
-        self.out.write(f"{YELLOW}{prompt}{RESET}" if self.styled else prompt)
-        self.out.flush()
-        key = _read_key(self.stdin).lower()
+        key = _read_key(self.stdin, self.out, f"{YELLOW}{prompt}{RESET}" if self.styled else prompt)
+        key = key.lower()
         answer = key if key in ("y", "n", "a") else "n"
         self.out.write({"y": "yes", "a": "always", "n": "no"}[answer] + "\n")
         self.out.flush()
@@ -85,8 +84,9 @@ class ToolView:
         self._line(text, YELLOW)
 
 
-def _read_key(stdin: IO[str]) -> str:
-    """One key, without waiting for Enter; Ctrl-C still interrupts (cbreak keeps signals)."""
+def _read_key(stdin: IO[str], out: IO[str], prompt: str) -> str:
+    """Show `prompt`, read one key without waiting for Enter; Ctrl-C still interrupts (cbreak
+    keeps signals). Keys typed before the question are dropped first: they answer nothing."""
     fd = stdin.fileno()
     try:
         import termios  # noqa: PLC0415
@@ -94,11 +94,15 @@ def _read_key(stdin: IO[str]) -> str:
 
         saved = termios.tcgetattr(fd)
     except (ImportError, OSError):
+        out.write(prompt)
+        out.flush()
         return stdin.readline()[:1]
     try:
         tty.setcbreak(fd)
         with contextlib.suppress(termios.error):
-            termios.tcflush(fd, termios.TCIFLUSH)  # a key typed before the question is no answer
+            termios.tcflush(fd, termios.TCIFLUSH)
+        out.write(prompt)
+        out.flush()
         data = os.read(fd, 1)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -237,7 +237,11 @@ class Handler(BaseHTTPRequestHandler):
     def _tools(self, request: dict[str, Any], user: str) -> None:
         messages = request["messages"]
         if messages[-1]["role"] == "tool" and "@fault:call" in user:
-            said = [m["content"][:200] for m in messages if m["role"] == "tool"]
+            said: list[str] = []
+            for message in reversed(messages):  # this round's results: the trailing ones
+                if message["role"] != "tool":
+                    break
+                said.insert(0, message["content"][:200])
             answer = "tool said: " + " / ".join(said)
             if not request.get("stream"):
                 self._whole(request, False, answer)

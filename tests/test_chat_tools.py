@@ -7,9 +7,11 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from chat_cli import conversation as conv_mod
@@ -23,7 +25,7 @@ from chat_cli.mcp_config import ServerSpec, parse_flag
 from chat_cli.session import ROUND_LIMIT, Session
 from chat_cli.tool_loop import ToolView
 from chat_cli.tools import RESULT_LIMIT, Toolbox
-from tests.chat_support import CHAT, ROOT, chat_env, fake_server
+from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, fake_server, visible
 from tests.fake_openai import MODEL, FakeServer
 from tests.mcp_server import SECRET
 from tests.support import free_port, wait_for
@@ -336,3 +338,49 @@ def test_chat_without_tools_never_imports_the_mcp_sdk(fake: FakeServer, tmp_path
     )
     assert result.stdout.splitlines()[-1] == "0 False False", result.stderr
 
+
+
+# -- in a terminal -----------------------------------------------------------------------
+def test_confirm_in_a_terminal_and_ctrl_c_cancels_a_slow_call(
+    fake: FakeServer, tmp_path: Path, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = spawn_chat("--mcp", MCP_FLAG, env=chat_env(tmp_path, fake.url), timeout=30)
+    child.expect(PROMPT_READY)
+    child.send('@fault:call echo {"text": "hi"}\r')
+    child.expect(r"run echo\? \[y\]es / \[n\]o / \[a\]lways for echo in this chat: ")
+    assert '⚙ echo {"text": "hi"}' in visible(child.before)
+    child.send("y")
+    child.expect("tool said: hi")
+    child.expect(PROMPT_READY)
+
+    child.send('@fault:call echo {"text": "no"}\r')
+    child.expect(r"run echo\?")
+    child.send("n")
+    child.expect("tool said: error: the user did not allow this call")
+    child.expect(PROMPT_READY)
+
+    child.send('@fault:call slow {"seconds": 60}\r')
+    child.expect(r"run slow\?")
+    child.send("a")
+    child.expect("always")
+    time.sleep(0.3)  # the call is under way in the MCP server
+    child.sendintr()
+    sent = time.monotonic()
+    child.expect("✗ slow: cancelled by the user")
+    child.expect(PROMPT_READY)
+    assert time.monotonic() - sent < 1.0
+    child.send("hello\r")
+    child.expect("tok/s")
+    child.expect(PROMPT_READY)
+    said = fake.state.requests[-1]["messages"]
+    assert said[-2] == {
+        "role": "tool",
+        "tool_call_id": said[-3]["tool_calls"][0]["id"],
+        "content": "error: cancelled by the user",
+    }
+    child.send('@fault:call slow {"seconds": 0}\r')  # allowed always: no question
+    child.expect("tool said: waited 0.0 s")
+    assert "run slow?" not in visible(child.before)
+    child.expect(PROMPT_READY)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
