@@ -384,3 +384,21 @@ def test_confirm_in_a_terminal_and_ctrl_c_cancels_a_slow_call(
     child.expect(PROMPT_READY)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
+
+
+def test_the_readme_example_config_works(tmp_path: Path, fake: FakeServer) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("#### Tools", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    # The example says python3; here it is the interpreter that has the SDK.
+    config = tmp_path / "chat.toml"
+    config.write_text(example.replace('"python3"', json.dumps(sys.executable)))
+    demo, time_server = load_config(["--config", str(config)], {}).mcp
+    assert (time_server.command, time_server.args) == ("uvx", ("mcp-server-time",))
+    hub = McpHub([demo], print)
+    made = Setup(fake, hub)
+    try:
+        assert made.ask("@fault:call secret_word {}") == f"tool said: The secret word is {SECRET}."
+    finally:
+        made.client.close()
+        hub.close()
