@@ -219,9 +219,7 @@ def test_a_server_that_dies_is_one_line_and_its_tools_fail(fake: FakeServer) -> 
     made = Setup(fake, hub)
     try:
         made.ask('@fault:call crash {} | echo {"text": "after"}')
-        assert reported == [
-            "MCP server t stopped (crashed on purpose); going on without its tools"
-        ]
+        assert reported == ["MCP server t stopped (crashed on purpose); going on without its tools"]
         said = fake.state.requests[-1]["messages"]
         assert said[-2]["content"].startswith("error: MCP error")
         assert said[-1]["content"].startswith("error: MCP server t is down (crashed on purpose)")
@@ -337,7 +335,6 @@ def test_chat_without_tools_never_imports_the_mcp_sdk(fake: FakeServer, tmp_path
         check=False,
     )
     assert result.stdout.splitlines()[-1] == "0 False False", result.stderr
-
 
 
 # -- in a terminal -----------------------------------------------------------------------
