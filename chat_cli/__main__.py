@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from chat_cli import chats, tool_loop
+from chat_cli import chats
 from chat_cli import client as client_mod
 from chat_cli import conversation as conv_mod
 from chat_cli.answer import Answer, has_surrogates
@@ -21,8 +21,6 @@ from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, ServerUnreachable
 from chat_cli.render import PlainRenderer, Renderer, make_renderer
 from chat_cli.session import INTERRUPTED, Session
-from chat_cli.tool_loop import ToolView
-from chat_cli.tools import Toolbox
 from chat_cli.tty import typeahead_quiet
 
 if TYPE_CHECKING:
@@ -165,9 +163,11 @@ def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
     if not config.mcp:
         return None
     from chat_cli.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
+    from chat_cli.tool_loop import ToolView, terminal_stdin  # noqa: PLC0415
+    from chat_cli.tools import Toolbox  # noqa: PLC0415
 
     view = ToolView(
-        out, tool_loop.terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
+        out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
     )
     hub = McpHub(list(config.mcp), view.problem)
     session.tools = Toolbox(

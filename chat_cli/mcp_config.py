@@ -6,7 +6,6 @@ Only text handling here: the SDK is imported when a server starts (chat_cli.mcp_
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,8 @@ class ServerSpec:
 
     @property
     def where(self) -> str:
+        import shlex  # noqa: PLC0415 (start-up: only with servers)
+
         return self.url or shlex.join([self.command or "", *self.args])
 
 
@@ -38,6 +39,8 @@ def parse_flag(text: str) -> ServerSpec:
         raise ValueError("needs NAME=COMMAND [ARGS...] or NAME=URL")
     if rest.strip().startswith(("http://", "https://")):
         return ServerSpec(name, url=rest.strip())
+    import shlex  # noqa: PLC0415 (start-up: only with servers)
+
     try:
         words = shlex.split(rest)
     except ValueError as err:

@@ -6,11 +6,11 @@ conversation, marked incomplete, and the conversation is autosaved after every c
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_cli import errors
 from chat_cli.answer import Answer, ToolCall, has_surrogates
@@ -19,8 +19,10 @@ from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
 from chat_cli.render import Renderer
 from chat_cli.streaming import StreamLoop
-from chat_cli.tool_loop import ToolView, run_calls
-from chat_cli.tools import Toolbox
+
+if TYPE_CHECKING:
+    from chat_cli.tool_loop import ToolView
+    from chat_cli.tools import Toolbox
 
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
@@ -102,6 +104,8 @@ class Session:
                           "(--max-tool-rounds)")  # fmt: skip
                 self.last_note = ROUND_LIMIT
                 return answer
+            from chat_cli.tool_loop import run_calls  # noqa: PLC0415 (start-up: only with tools)
+
             results, cancelled = run_calls(self.tools, calls, view)
             self.conversation.messages.extend(results)
             self.conversation.autosave()
@@ -190,7 +194,7 @@ class Session:
         self.stats.add(answer)
         calls = answer.tool_calls if note is None and self.tools is not None else []
         for call in calls:
-            call.id = call.id or f"call_{secrets.token_hex(6)}"
+            call.id = call.id or f"call_{os.urandom(6).hex()}"
         if answer.text or calls:
             self.unsent = None
             self.conversation.messages.append(
