@@ -26,6 +26,8 @@ from chat_cli.tty import typeahead_quiet
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from chat_cli.mcp_client import McpHub
+
 EXIT_INTERRUPTED = 130
 
 
@@ -156,13 +158,47 @@ def _converse(
     session = Session(
         client, conversation, sampling, stream=config.stream, completions=config.completions
     )
+    hub = _tools(session, config, out if interactive else err)
+    try:
+        if not interactive:
+            try:
+                return one_shot(session, config, question, out)
+            finally:
+                if session.conversation.autosave_failure:
+                    err.write(f"chat: {session.conversation.autosave_failure}\n")
+        return _repl(config, session, base_url, resumed_from)
+    finally:
+        if hub is not None:
+            hub.close()
 
-    if not interactive:
-        try:
-            return one_shot(session, config, question, out)
-        finally:
-            if session.conversation.autosave_failure:
-                err.write(f"chat: {session.conversation.autosave_failure}\n")
+
+def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
+    """Tools for the session when MCP servers are configured; the hub starts them lazily."""
+    if not config.mcp:
+        return None
+    from chat_cli.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
+    from chat_cli.tool_loop import ToolView, terminal_stdin  # noqa: PLC0415
+    from chat_cli.tools import Toolbox  # noqa: PLC0415
+
+    view = ToolView(
+        out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
+    )
+    hub = McpHub(list(config.mcp), view.problem)
+    session.tools = Toolbox(
+        hub,
+        choice=config.tool_choice,
+        yes=config.yes,
+        max_rounds=config.max_tool_rounds,
+        timeout=config.tool_timeout,
+    )
+    session.tool_view = view
+    return hub
+
+
+def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | None) -> int:
+    out = sys.stdout
+    conversation = session.conversation
+    model = session.sampling.model
 
     from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
 
@@ -254,18 +290,21 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
             raise failure
         return 0 if not _interrupted(session) else EXIT_INTERRUPTED
     tty = out.isatty()
-    if tty and not config.plain:
-        renderer = make_renderer(
-            _make_console(out),
-            out,
-            markdown=True,
-            show_reasoning=not config.hide_reasoning,
-            footer=True,
-            page_marks=page.enabled(os.environ, tty),
-        )
-    else:  # plain text needs no rich console (and not its import time)
-        renderer = PlainRenderer(out, footer=tty, styled=tty)
-    session.ask(question, renderer)
+
+    def fresh() -> Renderer:
+        if tty and not config.plain:
+            return make_renderer(
+                _make_console(out),
+                out,
+                markdown=True,
+                show_reasoning=not config.hide_reasoning,
+                footer=True,
+                page_marks=page.enabled(os.environ, tty),
+            )
+        # plain text needs no rich console (and not its import time)
+        return PlainRenderer(out, footer=tty, styled=tty)
+
+    session.ask(question, fresh(), fresh)
     return 0 if not _interrupted(session) else EXIT_INTERRUPTED
 
 
@@ -292,6 +331,10 @@ def _answer_json(session: Session, answer: Answer, failure: ChatError | None) ->
             "total_s": answer.elapsed,
             "tokens_per_s": answer.tokens_per_s,
         },
+        "tool_calls": [
+            {"name": r.name, "arguments": r.arguments, "result": r.result, "error": r.error}
+            for r in (session.tools.records if session.tools is not None else [])
+        ],
         "error": None if failure is None else failure.one_shot(),
     }
 

@@ -36,6 +36,21 @@ def estimate_tokens(chars: int) -> int:
 
 
 @dataclass
+class ToolCall:
+    """One call the model asked for; a stream sends its id and name once, its arguments in
+    pieces, and tells calls apart by `index`."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def to_api(self) -> dict[str, object]:
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+@dataclass
 class Answer:
     """What came back for one request, filled in as the stream goes."""
 
@@ -49,7 +64,11 @@ class Answer:
     usage: Usage | None = None
     done: bool = False  # [DONE] seen
     events: int = 0  # server-sent events received
-    tool_calls: list[str] = field(default_factory=list)  # names of tools the model asked for
+    calls: dict[int, ToolCall] = field(default_factory=dict)  # by the stream's index
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [self.calls[i] for i in sorted(self.calls)]
 
     @property
     def text(self) -> str:
@@ -84,6 +103,6 @@ class Answer:
         """An ended copy that a request still running elsewhere can no longer change."""
         twin = copy.copy(self)
         twin.content, twin.reasoning = list(self.content), list(self.reasoning)
-        twin.tool_calls = list(self.tool_calls)
+        twin.calls = {i: copy.copy(c) for i, c in self.calls.items()}
         twin.end(prompt_chars)
         return twin

@@ -116,36 +116,42 @@ class ChatClient:
 
     def stream(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         sampling: Sampling,
         answer: Answer,
         *,
         stream: bool = True,
         completions: bool = False,
         cancel: Cancel | None = None,
+        tools: dict[str, Any] | None = None,
     ) -> Iterator[Piece]:
         """Yield ("content" | "reasoning", text) pieces, filling `answer` as they come.
 
-        Raises ChatError subclasses only; NothingAnswered when the request brought no text.
-        `cancel` stops the request from another thread.
+        `tools` holds the request's `tools` and `tool_choice`. Raises ChatError subclasses
+        only; NothingAnswered when the request brought no text (nor tool calls it offered
+        tools for). `cancel` stops the request from another thread.
         """
         cancel = cancel or Cancel()
         params = sampling.request_params()
         if completions:
-            params["prompt"] = "\n".join(m["content"] for m in messages) + "\n"
+            params["prompt"] = "\n".join(m.get("content") or "" for m in messages) + "\n"
         else:
             params["messages"] = messages
+            params.update(tools or {})
         try:
             if stream:
                 yield from self._streamed(params, answer, completions, cancel)
             else:
                 yield from self._whole(params, answer, completions, cancel)
         finally:
-            answer.end(sum(len(m["content"]) for m in messages))
-        if not (cancel.cancelled or answer.text):
-            raise errors.nothing_answered(
-                answer.finish_reason, answer.tool_calls, bool(answer.reasoning_text)
-            )
+            answer.end(prompt_chars(messages))
+        if cancel.cancelled or answer.text or (answer.calls and tools):
+            return
+        raise errors.nothing_answered(
+            answer.finish_reason,
+            [c.name for c in answer.tool_calls],
+            bool(answer.reasoning_text),
+        )
 
     def _post(
         self, completions: bool, params: dict[str, Any], answer: Answer, cancel: Cancel
@@ -274,6 +280,10 @@ class ChatClient:
         return errors.BadRequest(status, detail)
 
 
+def prompt_chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m.get("content") or "") for m in messages)
+
+
 def _parsed_whole(
     body: bytes, content_type: str, answer: Answer, completions: bool
 ) -> Iterator[Piece]:
@@ -306,7 +316,7 @@ def _whole_pieces(data: dict[str, Any], answer: Answer, completions: bool) -> It
     else:
         message = choice.get("message") or {}
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        answer.tool_calls.extend(sse.tool_names(message.get("tool_calls") or []))
+        sse.add_tool_calls(answer, message.get("tool_calls") or [])
         if reasoning:
             reasoning = repair(str(reasoning))
             answer.reasoning.append(reasoning)

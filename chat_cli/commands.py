@@ -44,7 +44,8 @@ class Command:
 SETTABLE: dict[str, Kind] = {
     o.dest: o.kind for o in OPTIONS if o.dest in ("temperature", "top_p", "max_tokens", "seed")
 }
-ALIASES = {"/quit": "/exit", "/bye": "/exit"}
+ALIASES = {"/quit": "/exit", "/bye": "/exit", "/mcp": "/tools"}
+TOOL_CHOICES = "auto|required|none|TOOL"
 CHATS_SHOWN = 20
 
 
@@ -153,7 +154,10 @@ class Commands:
             self.say("(no messages yet)")
         for message in conversation.messages:
             mark = f" [{message.incomplete}]" if message.incomplete else ""
-            self.say(f"[{message.role}]{mark} {message.content}")
+            role = f"tool {message.name}" if message.role == "tool" else message.role
+            calls = [c["function"]["name"] for c in message.tool_calls or ()]
+            called = f" [calls {', '.join(calls)}]" if calls else ""
+            self.say(f"[{role}]{mark}{called} {message.content}")
         return None
 
     def save(self, arg: str) -> Outcome:
@@ -237,6 +241,36 @@ class Commands:
             self.say(last.reasoning)
         return None
 
+    def tools(self, arg: str) -> Outcome:
+        toolbox = self.session.tools
+        if toolbox is None:
+            raise ChatError(
+                "no tools configured: add an MCP server with [mcp.servers.NAME] in chat.toml "
+                "or --mcp NAME=COMMAND (README: Tools)"
+            )
+        verb, _, rest = arg.partition(" ")
+        try:
+            if verb in ("on", "off") and rest.strip():
+                self.say(toolbox.toggle(rest.strip(), verb == "on").capitalize() + ".")
+            elif verb == "choice" and rest.strip():
+                toolbox.set_choice(rest.strip())
+                self.say(f"tool_choice: {toolbox.choice}")
+            elif not verb:
+                for line in toolbox.lines():
+                    self.say(line)
+            else:
+                raise ChatError(f"usage: /tools [on|off NAME] [choice {TOOL_CHOICES}]")
+        except ValueError as err:
+            raise ChatError(str(err)) from None
+        return None
+
+    def last_tool(self, arg: str) -> Outcome:
+        toolbox = self.session.tools
+        if toolbox is None or toolbox.last_result is None:
+            raise ChatError("no tool result yet")
+        self.say(toolbox.last_result)
+        return None
+
     def exit(self, arg: str) -> Outcome:
         return Exit()
 
@@ -260,6 +294,13 @@ COMMANDS: dict[str, Command] = {
             "/copy", "[code|N]", "copy the last answer, or its last / Nth code block", Commands.copy
         ),
         Command("/reasoning", "", "show the last answer's reasoning", Commands.reasoning),
+        Command(
+            "/tools",
+            "[on|off NAME] [choice C]",
+            "MCP servers and tools; turn one on or off; force a call (also /mcp)",
+            Commands.tools,
+        ),
+        Command("/last-tool", "", "show the last tool result whole", Commands.last_tool),
         Command("/exit", "", "leave (also /quit, /bye, Ctrl-D)", Commands.exit),
     )
 }

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chat_cli import chats
+from chat_cli import chats, mcp_config
 from chat_cli.errors import ConfigError
+from chat_cli.mcp_config import ServerSpec
 from mixvllm_common import defaults
 from mixvllm_common.options import (
     Kind,
@@ -31,6 +32,7 @@ from mixvllm_common.state import read_api_key
 from mixvllm_common.urls import api_base, is_loopback
 
 APP = "mixvllm"
+_NONE = "\N{EN DASH}"
 
 
 def _whole(low: int | None = None) -> Kind:
@@ -137,6 +139,29 @@ OPTIONS: tuple[Option, ...] = (
         "continue the last saved chat, or the one named NAME; one-shots are saved only with it",
         "NAME", shown_default="off", const=True,
     ),
+    Option(
+        "mcp", ("--mcp",), (), mcp_config.parse_flag, (),
+        "add an MCP server for this chat: `NAME=COMMAND [ARGS...]` (stdio) or `NAME=URL` "
+        "(streamable HTTP); repeatable, next to `[mcp.servers.NAME]` in the config file",
+        "NAME=COMMAND", shown_default=_NONE, repeat=True,
+    ),
+    Option(
+        "yes", ("--yes", "-y"), ("CHAT_YES",), boolean, False,
+        "run the model's tool calls without asking (trusted tools only)",
+    ),
+    Option(
+        "tool_choice", ("--tool-choice",), ("CHAT_TOOL_CHOICE",), str, "auto",
+        "`auto`, `required`, `none` or a tool's name: what the model must do with tools "
+        "in its first answer to each question", "CHOICE",
+    ),
+    Option(
+        "max_tool_rounds", ("--max-tool-rounds",), ("CHAT_MAX_TOOL_ROUNDS",), _whole(1), 8,
+        "stop when the model still calls tools after N rounds of calls", "N",
+    ),
+    Option(
+        "tool_timeout", ("--tool-timeout",), ("CHAT_TOOL_TIMEOUT",), number(0.0), 60.0,
+        "give up on a tool call after SECONDS", "SECONDS",
+    ),
     _flag("debug", "--debug", "show tracebacks on errors"),
 )  # fmt: skip
 # Not a key of the file it names.
@@ -174,6 +199,11 @@ class Config:
     timeout: float
     deadline: float
     resume: bool | str  # True: the last conversation; a string: the one of that name
+    mcp: tuple[ServerSpec, ...]  # the config file's servers, then --mcp's
+    yes: bool
+    tool_choice: str
+    max_tool_rounds: int
+    tool_timeout: float
     debug: bool
     prompt: str | None
     paths: Paths
@@ -230,9 +260,20 @@ def _read_config_file(path: Path, *, named: bool) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
     known = {o.dest for o in OPTIONS}
     unknown = sorted(set(data) - known)
+    if isinstance(data.get("mcp"), dict):
+        try:
+            data["mcp"] = tuple(mcp_config.parse_table(data["mcp"], f"config file {path}"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
     return data
+
+
+def _servers(specs: Sequence[ServerSpec]) -> tuple[ServerSpec, ...]:
+    """A --mcp server replaces a file's server of the same name."""
+    by_name = {spec.name: spec for spec in specs}
+    return tuple(by_name.values())
 
 
 def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
@@ -242,10 +283,12 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
         named = value(CONFIG_FILE, env, args)
         paths = default_paths(env, named)
         file_values = _read_config_file(paths.config_file, named=named is not None)
+        servers = file_values.pop("mcp", ())
         values = resolve(OPTIONS, env, args, file_values, str(paths.config_file))
     except OptionError as err:
         raise ConfigError(str(err)) from err
     values["stream"] = not values.pop("no_stream")
+    values["mcp"] = _servers((*servers, *values["mcp"]))
 
     if values["wait"] < 0 or values["timeout"] <= 0:
         raise ConfigError("--wait must be >= 0 and --timeout > 0")

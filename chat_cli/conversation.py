@@ -14,16 +14,44 @@ from chat_cli.errors import ChatError
 FORMAT_VERSION = 1
 
 
+ROLES = ("user", "assistant", "tool")
+
+
 @dataclass
 class Message:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "tool"
     content: str
     # Why an assistant answer is incomplete ("interrupted", or the error line); None when whole.
     incomplete: str | None = None
     reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the API's form
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None  # a tool result: the tool's name
 
-    def to_api(self) -> dict[str, str]:
+    def to_api(self) -> dict[str, Any]:
+        if self.role == "tool":
+            return {"role": "tool", "tool_call_id": self.tool_call_id, "content": self.content}
+        if self.tool_calls:
+            return {
+                "role": self.role,
+                "content": self.content or None,
+                "tool_calls": self.tool_calls,
+            }
         return {"role": self.role, "content": self.content}
+
+    def wanted(self) -> bool:
+        """Sent to the server: a user's message, a result, an answer with text or calls."""
+        return bool(self.content or self.tool_calls) or self.role in ("user", "tool")
+
+    def markdown(self) -> list[str]:
+        if self.role == "tool":
+            return [f"## Tool result ({self.name})", "", "```", self.content, "```"]
+        lines = [f"## {self.role.capitalize()}", "", self.content]
+        for call in self.tool_calls or ():
+            function = call.get("function") or {}
+            args = function.get("arguments") or ""
+            lines += ["", f"**Tool call** `{function.get('name')}`", "", "```json", args, "```"]
+        return lines
 
 
 @dataclass
@@ -35,9 +63,11 @@ class Conversation:
     path: Path | None = None  # the autosave file; None disables autosave
     autosave_failure: str | None = None  # set when autosave had to stop; the CLI reports it
 
-    def api_messages(self) -> list[dict[str, str]]:
-        out = [{"role": "system", "content": self.system}] if self.system else []
-        out.extend(m.to_api() for m in self.messages if m.content or m.role == "user")
+    def api_messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = (
+            [{"role": "system", "content": self.system}] if self.system else []
+        )
+        out.extend(m.to_api() for m in self.messages if m.wanted())
         return out
 
     def last(self, role: str) -> Message | None:
@@ -66,7 +96,7 @@ class Conversation:
             "created": self.created,
             "model": self.model,
             "system": self.system,
-            "messages": [asdict(m) for m in self.messages],
+            "messages": [_message_json(m) for m in self.messages],
         }
 
     def to_markdown(self) -> str:
@@ -76,7 +106,7 @@ class Conversation:
         if self.system:
             lines += ["## System", "", self.system, ""]
         for message in self.messages:
-            lines += [f"## {message.role.capitalize()}", "", message.content]
+            lines += message.markdown()
             if message.incomplete:
                 lines += ["", f"*[{message.incomplete}]*"]
             lines.append("")
@@ -108,6 +138,15 @@ class Conversation:
             raise ChatError(f"cannot save to {path}: {err.strerror or err}") from err
 
 
+def _message_json(message: Message) -> dict[str, Any]:
+    """Tool fields only where they are set: chats without tools keep their old shape."""
+    data = asdict(message)
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if data[key] is None:
+            del data[key]
+    return data
+
+
 def write_atomic(path: Path, text: str, make_dirs: bool) -> None:
     if make_dirs:  # chats can hold private text: an owner-only folder
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -131,9 +170,12 @@ def load(path: Path) -> Conversation:
                 content=str(m["content"]),
                 incomplete=m.get("incomplete"),
                 reasoning=m.get("reasoning"),
+                tool_calls=_tool_calls(m.get("tool_calls")),
+                tool_call_id=_text_or_none(m.get("tool_call_id")),
+                name=_text_or_none(m.get("name")),
             )
             for m in data["messages"]
-            if m.get("role") in ("user", "assistant")
+            if m.get("role") in ROLES
         ]
         return Conversation(
             system=data.get("system"),
@@ -145,3 +187,15 @@ def load(path: Path) -> Conversation:
         raise ChatError(f"cannot read {path}: {err.strerror or err}") from err
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ChatError(f"{path} is not a saved chat (JSON from /save or autosave)") from err
+
+
+def _tool_calls(value: object) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise TypeError("tool_calls is not a list of objects")
+    return value
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -22,7 +22,7 @@ from prompt_toolkit.keys import Keys
 from chat_cli import chats, page
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
-from chat_cli.render import make_renderer
+from chat_cli.render import Renderer, make_renderer
 from chat_cli.session import Session
 
 if TYPE_CHECKING:
@@ -62,6 +62,13 @@ class _FileHistoryWithoutPastes(FileHistory):
             super().store_string(string)
 
 
+FIXED_CHOICES = {
+    "/copy": ["code"],
+    "/tools": ["on ", "off ", "choice "],
+    "/mcp": ["on ", "off ", "choice "],
+}
+
+
 class SlashCompleter(Completer):
     def __init__(self, session: Session, conversations_dir: Path) -> None:
         self.session = session
@@ -98,9 +105,7 @@ class SlashCompleter(Completer):
             return self._models
         if name == "/load":
             return [p.stem for p in chats.newest_first(self.conversations_dir)]
-        if name == "/copy":
-            return ["code"]
-        return []
+        return FIXED_CHOICES.get(name, [])
 
 
 def _input() -> Input | None:
@@ -241,7 +246,10 @@ class Repl:
         return True
 
     def ask(self, text: str) -> None:
-        renderer = make_renderer(
+        self.session.ask(text, self.renderer(), self.renderer)
+
+    def renderer(self) -> Renderer:
+        return make_renderer(
             self.console,
             self.console.file,
             markdown=self.markdown,
@@ -249,4 +257,3 @@ class Repl:
             footer=True,
             page_marks=self.page_marks,
         )
-        self.session.ask(text, renderer)

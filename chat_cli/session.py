@@ -6,21 +6,28 @@ conversation, marked incomplete, and the conversation is autosaved after every c
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer, has_surrogates
-from chat_cli.client import ChatClient, Sampling
+from chat_cli.answer import Answer, ToolCall, has_surrogates
+from chat_cli.client import ChatClient, Sampling, prompt_chars
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
 from chat_cli.render import Renderer
 from chat_cli.streaming import StreamLoop
 
+if TYPE_CHECKING:
+    from chat_cli.tool_loop import ToolView
+    from chat_cli.tools import Toolbox
+
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
 TRUNCATED = "cut short: the answer reached max_tokens"
+ROUND_LIMIT = "the limit of tool rounds was reached"
 IN_PROGRESS = "in progress"  # only ever seen in an autosave of a process that was killed
 AUTOSAVE_EVERY_S = 1.0
 
@@ -62,21 +69,64 @@ class Session:
         self.stats = Stats()
         self.unsent: str | None = None  # a message whose request failed before any answer
         self.last_answer: Answer | None = None
-        self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE or None
+        self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE, ROUND_LIMIT or None
+        self.tools: Toolbox | None = None  # None: no tools configured
+        self.tool_view: ToolView | None = None
 
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)
         self.conversation.model = self.sampling.model
 
-    def ask(self, text: str, renderer: Renderer) -> Answer:
-        """Send `text`, stream the answer into `renderer`. Raises ChatError after keeping
+    def ask(
+        self, text: str, renderer: Renderer, fresh: Callable[[], Renderer] | None = None
+    ) -> Answer:
+        """Send `text`, stream the answer into `renderer`; while the answer calls tools, run
+        them and ask again, each answer in a `fresh()` renderer. Raises ChatError after keeping
         what arrived; KeyboardInterrupt ends the answer early and is not re-raised."""
         if has_surrogates(text):
             # It could not be saved or sent: refuse it before it enters the history.
             raise ChatError("the message is not valid UTF-8 text; nothing was sent")
         self.conversation.messages.append(Message("user", text))
         self.conversation.autosave()
+        if self.tools is not None:
+            self.tools.records.clear()
+        rounds = 0
+        while True:
+            answer = self._exchange(text if rounds == 0 else None, renderer, rounds == 0)
+            calls = answer.tool_calls
+            if not calls or self.tools is None or self.last_note is not None:
+                return answer
+            view = self.tool_view
+            assert view is not None
+            if rounds >= self.tools.max_rounds:
+                self._answer_calls(calls, f"not run: {ROUND_LIMIT}")
+                view.note(f"stopped: the model still called tools after {rounds} rounds "
+                          "(--max-tool-rounds)")  # fmt: skip
+                self.last_note = ROUND_LIMIT
+                return answer
+            from chat_cli.tool_loop import run_calls  # noqa: PLC0415 (start-up: only with tools)
+
+            results, cancelled = run_calls(self.tools, calls, view)
+            self.conversation.messages.extend(results)
+            self.conversation.autosave()
+            if cancelled:
+                self.last_note = INTERRUPTED
+                return answer
+            rounds += 1
+            renderer = fresh() if fresh is not None else renderer
+
+    def _answer_calls(self, calls: list[ToolCall], text: str) -> None:
+        self.conversation.messages.extend(
+            Message("tool", f"error: {text}", tool_call_id=c.id, name=c.name) for c in calls
+        )
+        self.conversation.autosave()
+
+    def _exchange(self, question: str | None, renderer: Renderer, first_round: bool) -> Answer:
+        """One request and its answer; `question` is the user's text in the first round."""
         messages = self.conversation.api_messages()
+        tools = None
+        if self.tools is not None and not self.completions:
+            tools = self.tools.request_params(first_round)
         answer = Answer()
         note: str | None = None
         failure: ChatError | None = None
@@ -88,6 +138,7 @@ class Session:
             stream=self.stream,
             completions=self.completions,
             cancel=loop.cancel,
+            tools=tools,
         )
         saved_at = time.monotonic()
 
@@ -108,20 +159,24 @@ class Session:
             except ChatError as err:
                 failure = err
             if loop.abandoned:
-                answer = answer.detached(sum(len(m["content"]) for m in messages))
+                answer = answer.detached(prompt_chars(messages))
             if loop.undrawn:
                 # Keep what the screen shows: the end of the answer was left undrawn.
                 answer.content = [answer.text[: len(answer.text) - loop.undrawn]]
             if note is None and failure is None and answer.finish_reason == "length":
                 note = TRUNCATED
-            self._keep(text, answer, note)
+            kept_calls = self._keep(question, answer, note)
             said_something = bool(answer.text or answer.reasoning_text)
             renderer.finish(answer, note if said_something or note == INTERRUPTED else None)
+        if failure is None and note == TRUNCATED and answer.calls and not answer.text:
+            failure = errors.nothing_answered("length", [], bool(answer.reasoning_text))
         if failure is not None:
             self.stats.errors += 1
             if isinstance(failure, errors.StreamFailed) and not answer.text:
                 raise errors.StreamFailed(failure.reason, partial=False) from failure
             raise failure
+        if not kept_calls:
+            answer.calls.clear()  # cut short: the calls are not whole, nothing is run
         return answer
 
     def _save_in_progress(self, answer: Answer) -> None:
@@ -135,11 +190,15 @@ class Session:
         finally:
             messages.pop()
 
-    def _keep(self, text: str, answer: Answer, note: str | None) -> None:
+    def _keep(self, text: str | None, answer: Answer, note: str | None) -> bool:
+        """Keep the answer; True when it holds calls to run (only a whole answer's)."""
         self.last_answer = answer
         self.last_note = note
         self.stats.add(answer)
-        if answer.text:
+        calls = answer.tool_calls if note is None and self.tools is not None else []
+        for call in calls:
+            call.id = call.id or f"call_{os.urandom(6).hex()}"
+        if answer.text or calls:
             self.unsent = None
             self.conversation.messages.append(
                 Message(
@@ -147,8 +206,11 @@ class Session:
                     answer.text,
                     incomplete=note,
                     reasoning=answer.reasoning_text or None,
+                    tool_calls=[c.to_api() for c in calls] or None,
                 )
             )
+        elif text is None:
+            pass  # a later round: the question and the calls so far stay
         else:
             # No answer text (an error, or Ctrl-C before the first word): take the question
             # out so the next one does not follow an unanswered one; /retry sends it again,
@@ -156,6 +218,7 @@ class Session:
             self.conversation.messages.pop()
             self.unsent = text
         self.conversation.autosave()
+        return bool(calls)
 
     def retry_text(self) -> str | None:
         if self.unsent is not None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer, Usage, has_surrogates, repair
+from chat_cli.answer import Answer, ToolCall, Usage, has_surrogates, repair
 
 Piece = tuple[str, str]  # ("content" | "reasoning", text)
 
@@ -116,7 +116,7 @@ def _chunk_pieces(chunk: dict[str, Any], answer: Answer, completions: bool) -> I
             content = delta.get("content")
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if delta.get("tool_calls"):
-                answer.tool_calls.extend(tool_names(delta["tool_calls"]))
+                add_tool_calls(answer, delta["tool_calls"])
         if not (content or reasoning):
             continue
         answer.chunks += 1
@@ -126,9 +126,20 @@ def _chunk_pieces(chunk: dict[str, Any], answer: Answer, completions: bool) -> I
             yield "content", str(content)
 
 
-def tool_names(calls: list[dict[str, Any]]) -> list[str]:
-    """The named calls among `tool_calls` (a stream names each call once, in its first delta)."""
-    return [str(c["function"]["name"]) for c in calls if (c.get("function") or {}).get("name")]
+def add_tool_calls(answer: Answer, deltas: list[dict[str, Any]]) -> None:
+    """Join `tool_calls` deltas by index: id and name come once, arguments in pieces. A whole
+    (non-streamed) message is one delta per call."""
+    for position, delta in enumerate(deltas):
+        index = delta.get("index")
+        index = int(index) if index is not None else position
+        call = answer.calls.setdefault(index, ToolCall(index))
+        call.id = call.id or str(delta.get("id") or "")
+        function = delta.get("function") or {}
+        call.name = call.name or str(function.get("name") or "")
+        arguments = function.get("arguments")
+        if arguments:
+            # A server may send an object instead of its JSON text.
+            call.arguments += arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def error_message(chunk: dict[str, Any]) -> str:

@@ -79,6 +79,7 @@ class Option:
     shown_default: str | None = None  # markdown, for a default the program computes itself
     off_flag: str | None = None  # a boolean's `--no-...` twin
     const: Any = None  # the value of the flag given without one (`--resume` vs `--resume NAME`)
+    repeat: bool = False  # the flag may be given again: its value is the list of all
 
 
 def default_text(opt: Option) -> str:
@@ -101,6 +102,8 @@ def help_text(opt: Option) -> str:
     default = default_text(opt)
     if default != _NONE:
         notes.append(f"default: {default}")
+    if opt.repeat:
+        notes.insert(0, "repeatable")
     text = opt.help + (f" [{'; '.join(notes)}]" if notes else "")
     return text.replace("`", "").replace("%", "%%")
 
@@ -110,6 +113,12 @@ def add_to_parser(parser: argparse.ArgumentParser, options: Iterable[Option]) ->
     flag that was given from one that was not."""
     for opt in options:
         if not opt.flags:
+            continue
+        if opt.repeat:
+            parser.add_argument(
+                *opt.flags, dest=opt.dest, default=None, metavar=opt.metavar, action="append",
+                help=help_text(opt),
+            )  # fmt: skip
             continue
         if opt.kind is not boolean:
             optional = {"nargs": "?", "const": opt.const} if opt.const is not None else {}
@@ -150,6 +159,8 @@ def value(
     """One option's value: its flag, else its first non-empty env var, else its key in the
     config file, else its default. Raises OptionError naming the flag, variable or file."""
     given = getattr(args, opt.dest, None) if opt.flags else None
+    if given is not None and opt.repeat:
+        return [_convert(opt, one, opt.flags[0]) for one in given]
     if given is not None:
         return _convert(opt, given, opt.flags[0])
     hint = f" (for {opt.flags[0]})" if opt.flags else ""

@@ -12,6 +12,10 @@ Around the end of a whole answer: finish_cut (finish_reason, then the socket die
 finish_no_done (finish_reason, then a clean end without [DONE]), cut_before_finish (all the
 text, then the socket dies before finish_reason), done_no_finish ([DONE] after a few words
 without finish_reason: llama-cpp-python's server does this when another request interrupts).
+Tool calls, asked for in the last user message: `@fault:call NAME ARGS | NAME ARGS...` answers
+with those calls in one answer (each call's arguments streamed in 3-character pieces,
+the calls' pieces interleaved), then, once the last message is a tool result, with
+"tool said: RESULT / RESULT..."; `@fault:loop NAME ARGS` calls that tool in every answer.
 Bodies that are not a stream: html (a proxy's 200 page), whole_json (a whole completion
 although a stream was asked for). `token_delay` also delays a non-streamed answer, by as much
 as its tokens would take to stream.
@@ -152,6 +156,10 @@ class Handler(BaseHTTPRequestHandler):
         last = messages[-1]["content"] if messages else request.get("prompt", "")
         if isinstance(last, str) and "@fault:" in last:
             scenario = last.split("@fault:", 1)[1].split()[0]
+        user = next((m.get("content") for m in reversed(messages) if m["role"] == "user"), "")
+        if isinstance(user, str) and ("@fault:call" in user or "@fault:loop" in user):
+            self._tools(request, user)
+            return
         if request.get("model") not in self.state.models:
             self._json(
                 404, {"error": {"message": f"The model `{request.get('model')}` does not exist."}}
@@ -206,8 +214,8 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(500, {"error": {"message": "engine crashed: CUDA out of memory"}})
 
-    def _whole(self, request: dict[str, Any], completions: bool) -> None:
-        answer = self.state.answer
+    def _whole(self, request: dict[str, Any], completions: bool, text: str = "") -> None:
+        answer = text or self.state.answer
         if completions:
             choice: dict[str, Any] = {"index": 0, "text": answer, "finish_reason": "stop"}
         else:
@@ -225,6 +233,49 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": usage,
             },
         )
+
+    def _tools(self, request: dict[str, Any], user: str) -> None:
+        messages = request["messages"]
+        if messages[-1]["role"] == "tool" and "@fault:call" in user:
+            said: list[str] = []
+            for message in reversed(messages):  # this round's results: the trailing ones
+                if message["role"] != "tool":
+                    break
+                said.insert(0, message["content"][:200])
+            answer = "tool said: " + " / ".join(said)
+            if not request.get("stream"):
+                self._whole(request, False, answer)
+                return
+            self._raw(200, "text/event-stream", sse_body(answer))
+            return
+        spec = user.split("@fault:", 1)[1].split(" ", 1)[1]
+        calls = []
+        for n, part in enumerate(spec.split(" | ")):
+            name, _, args = part.strip().partition(" ")
+            calls.append((n, f"call_{len(messages)}_{n}", name, args))
+        if not request.get("stream"):
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": i, "type": "function", "function": {"name": name, "arguments": a}}
+                    for _, i, name, a in calls
+                ],
+            }
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            self._json(200, {"id": "c1", "object": "x", "model": MODEL, "choices": [choice]})
+            return
+        parts = [chunk({"role": "assistant", "content": None})]
+        for n, call_id, name, _ in calls:
+            first = {"index": n, "id": call_id, "type": "function"}
+            parts.append(chunk({"tool_calls": [{**first, "function": {"name": name}}]}))
+        for start in range(0, max(len(a) for *_, a in calls), 3):
+            for n, *_, args in calls:
+                if args[start : start + 3]:
+                    piece = {"index": n, "function": {"arguments": args[start : start + 3]}}
+                    parts.append(chunk({"tool_calls": [piece]}))
+        parts += [chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+        self._raw(200, "text/event-stream", b"".join(parts))
 
     def _send(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

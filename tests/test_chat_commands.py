@@ -47,7 +47,7 @@ def ask(session: Session, text: str) -> None:
 # The commands the README promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
     "/help", "/clear", "/system", "/model", "/set", "/retry", "/undo", "/history", "/save",
-    "/load", "/chats", "/stats", "/copy", "/reasoning", "/exit",
+    "/load", "/chats", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
 ]  # fmt: skip
 
 

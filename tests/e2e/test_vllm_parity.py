@@ -23,6 +23,7 @@ import pytest
 from model_server import profiles
 from tests import vllm_cpu
 from tests.conftest import require
+from tests.mcp_server import SECRET
 from tests.support import isolated_home, wait_for
 
 # Server start-up counts against the first test's timeout; on 2 busy cores it can take minutes.
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(420)]
 PROFILE = "cpu-vllm"
 API_KEY = "parity-test-key"
 CHAT = Path(sys.executable).with_name("chat")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +307,23 @@ def test_chat_cli_server_error_is_one_clear_line(server: vllm_cpu.Server, tmp_pa
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "max_model_len" in lines[0] or "max_tokens" in lines[0], lines[0]
+
+
+def test_chat_cli_round_trip_through_an_mcp_tool(server: vllm_cpu.Server, tmp_path: Path) -> None:
+    # model -> tool call -> MCP tool -> result -> final answer, on the real server: the named
+    # tool_choice makes even this tiny model call the tool (vLLM needs the profile's
+    # --enable-auto-tool-choice --tool-call-parser hermes), and chat sends the result back.
+    mcp = f"tests={sys.executable} {ROOT / 'tests' / 'mcp_server.py'}"
+    result = run_chat(
+        server, tmp_path, "--json", "--yes", "--max-tokens", "160", "--temperature", "0",
+        "--seed", "1", "--mcp", mcp,
+        "--tool-choice", "secret_word", "What is the secret word?",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    [call] = report["tool_calls"]
+    assert call["name"] == "secret_word"
+    assert call["result"] == f"The secret word is {SECRET}.", call
+    assert not call["error"]
+    assert SECRET.split("-")[0] in report["content"], report  # the answer uses the result
+    assert "⚙ secret_word" in result.stderr
