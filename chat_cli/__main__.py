@@ -19,7 +19,8 @@ from chat_cli.answer import Answer, has_surrogates
 from chat_cli.client import ChatClient, Sampling
 from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, ServerUnreachable
-from chat_cli.render import PlainRenderer, Renderer, make_renderer
+from chat_cli.plain_render import PlainRenderer, Renderer
+from chat_cli.render import make_renderer
 from chat_cli.session import INTERRUPTED, Session
 from chat_cli.tty import typeahead_quiet
 

@@ -22,7 +22,8 @@ from prompt_toolkit.keys import Keys
 from chat_cli import chats, page
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
-from chat_cli.render import Renderer, make_renderer
+from chat_cli.plain_render import Renderer
+from chat_cli.render import make_renderer
 from chat_cli.session import Session
 
 if TYPE_CHECKING:

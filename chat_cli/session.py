@@ -17,7 +17,7 @@ from chat_cli.answer import Answer, ToolCall, has_surrogates
 from chat_cli.client import ChatClient, Sampling, prompt_chars
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
-from chat_cli.render import Renderer
+from chat_cli.plain_render import Renderer
 from chat_cli.streaming import StreamLoop
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import IO
 
 from chat_cli.client import Cancel
-from chat_cli.render import Renderer
+from chat_cli.plain_render import Renderer
 from chat_cli.sse import Piece
 from chat_cli.tty import typeahead_quiet
 

@@ -18,7 +18,7 @@ from chat_cli.client import ChatClient, Sampling
 from chat_cli.commands import Commands, Exit, Send
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
-from chat_cli.render import PlainRenderer
+from chat_cli.plain_render import PlainRenderer
 from chat_cli.session import Session
 from tests.chat_support import fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer

@@ -1,0 +1,97 @@
+"""What every way of showing an answer shares: the renderer interface, the footer line, and
+the plain-text renderer (pipes, `--plain`, `--json`: no Rich import)."""
+
+from __future__ import annotations
+
+from typing import IO, Protocol
+
+from chat_cli.answer import Answer
+
+DIM = "\x1b[2m"
+YELLOW = "\x1b[33m"
+RESET = "\x1b[0m"
+
+
+def footer_text(answer: Answer) -> str:
+    parts = []
+    if answer.ttft is not None:
+        parts.append(f"TTFT {answer.ttft:.2f} s")
+    rate = answer.tokens_per_s
+    if rate is not None:
+        parts.append(f"{rate:.1f} tok/s")
+    if answer.usage is not None:
+        approx = "~" if answer.usage.estimated else ""
+        parts.append(
+            f"{approx}{answer.usage.prompt_tokens} prompt + "
+            f"{approx}{answer.usage.completion_tokens} completion tokens"
+        )
+    parts.append(f"{answer.elapsed:.1f} s")
+    return " · ".join(parts)
+
+
+def reasoning_summary(reasoning: str) -> str:
+    return f"▸ reasoning: {len(reasoning.split())} words (/reasoning shows it)"
+
+
+class Renderer(Protocol):
+    live: bool  # redraws a live region in place: nothing else may write to the terminal
+
+    def begin(self) -> None: ...
+    def reasoning(self, text: str) -> None: ...
+    def content(self, text: str) -> None: ...
+    def finish(self, answer: Answer, note: str | None) -> None: ...
+
+    def waiting(self) -> float | None:
+        """Seconds until text received but not shown yet is due on screen; None: none waits."""
+
+    def tick(self) -> None:
+        """Show what `waiting` announced, once it falls due (called between pieces)."""
+
+    def resized(self) -> None:
+        """The terminal changed size: redraw the live part for the new size."""
+
+
+class PlainRenderer:
+    """Raw deltas: for pipes, --plain and --json. Reasoning never reaches `out`."""
+
+    def __init__(self, out: IO[str], *, footer: bool, styled: bool) -> None:
+        self.out = out
+        self.footer = footer
+        self.styled = styled
+        self.live = False
+        self._ends_with_newline = True
+
+    def begin(self) -> None:
+        pass
+
+    def reasoning(self, text: str) -> None:
+        pass
+
+    def waiting(self) -> float | None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def resized(self) -> None:
+        pass
+
+    def content(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+        self._ends_with_newline = text.endswith("\n")
+
+    def finish(self, answer: Answer, note: str | None) -> None:
+        lines = []
+        if note:
+            lines.append(self._style(f"[{note}]", YELLOW))
+        if self.footer and answer.first_token_at is not None:
+            lines.append(self._style(footer_text(answer), DIM))
+        text = "" if self._ends_with_newline else "\n"
+        if lines:
+            text += "\n".join(lines) + "\n"
+        self.out.write(text)
+        self.out.flush()
+
+    def _style(self, text: str, code: str) -> str:
+        return f"{code}{text}{RESET}" if self.styled else text
