@@ -247,12 +247,15 @@ def server_process(
 async def open_raw(port: int, request: bytes) -> tuple[bytes, asyncio.StreamWriter]:
     """Send raw bytes on a new connection; return the answer's head and the open connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
     try:
+        writer.write(request)
+        await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     except asyncio.IncompleteReadError as exc:
         head = exc.partial  # the server hung up without an answer
+    except BaseException:
+        writer.transport.abort()
+        raise
     return head, writer
 
 

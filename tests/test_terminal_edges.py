@@ -160,7 +160,7 @@ def test_frozen_client_is_detached_and_its_session_lives_on() -> None:
             await live.expect("still-live")
             back = await srv.connect(f"session={stuck.id}")
             assert back.setup == {"session": stuck.id, "reattached": True}
-            frozen.close()
+            frozen.transport.abort()
 
     run(body)
 
@@ -192,7 +192,8 @@ async def _oversized_then_more(srv: Server) -> int | None:
     except (ConnectionError, asyncio.IncompleteReadError):
         return None  # reset: the close frame was lost, a browser reports 1006
     finally:
-        writer.close()
+        # Not close(): it would wait for the unsent megabytes, and leave the socket open.
+        writer.transport.abort()
     return int.from_bytes(payload[:2], "big")
 
 
