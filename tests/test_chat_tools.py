@@ -387,9 +387,10 @@ def test_the_readme_example_config_works(tmp_path: Path, fake: FakeServer) -> No
     readme = (ROOT / "README.md").read_text()
     section = readme.split("#### Tools", 1)[1]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
-    # The example says python3; here it is the interpreter that has the SDK.
+    # The example names the checkout's venv; here it is the interpreter running the tests.
+    assert 'command = ".venv/bin/python"' in example
     config = tmp_path / "chat.toml"
-    config.write_text(example.replace('"python3"', json.dumps(sys.executable)))
+    config.write_text(example.replace('".venv/bin/python"', json.dumps(sys.executable)))
     demo, time_server = load_config(["--config", str(config)], {}).mcp
     assert (time_server.command, time_server.args) == ("uvx", ("mcp-server-time",))
     hub = McpHub([demo], print)
