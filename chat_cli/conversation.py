@@ -32,11 +32,9 @@ class Message:
         if self.role == "tool":
             return {"role": "tool", "tool_call_id": self.tool_call_id, "content": self.content}
         if self.tool_calls:
-            return {
-                "role": self.role,
-                "content": self.content or None,
-                "tool_calls": self.tool_calls,
-            }
+            # "" rather than null: llama.cpp's server refuses a null content (OpenAI and
+            # vLLM take either).
+            return {"role": self.role, "content": self.content, "tool_calls": self.tool_calls}
         return {"role": self.role, "content": self.content}
 
     def wanted(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from tests.chat_support import CHAT, PROMPT_READY, chat_env, exit_status, visible
+from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, exit_status, visible
 
 pytestmark = pytest.mark.embedded
 
@@ -139,3 +140,17 @@ def test_a_new_shell_finds_the_launchers_local_key(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_a_tool_round_trip_with_llama_cpp(tmp_path: Path, embedded_model_server: Any) -> None:
+    """llama.cpp's server refuses an assistant message whose content is null: the answer that
+    carried the calls must go back with its calls and an empty text."""
+    server_cmd = f"demo={sys.executable} {ROOT / 'tests' / 'mcp_server.py'}"
+    result = run_chat(
+        tmp_path, embedded_model_server, "--mcp", server_cmd, "--tool-choice", "secret_word",
+        "--yes", "--json", "--max-tokens", "40", "--seed", "1", "What is the secret word?",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [call["name"] for call in data["tool_calls"]] == ["secret_word"]
+    assert data["content"].strip()  # the model's answer after reading the result

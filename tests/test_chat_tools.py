@@ -83,7 +83,7 @@ def test_parallel_calls_streamed_in_pieces_run_and_the_model_is_asked_again(
     echo = next(t for t in first["tools"] if t["function"]["name"] == "echo")
     assert echo["function"]["parameters"]["properties"]["text"]["type"] == "string"
     _, called, result_1, result_2 = second["messages"]
-    assert called["role"] == "assistant" and called["content"] is None
+    assert called["role"] == "assistant" and called["content"] == ""
     calls = called["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["echo", "add"]
     assert json.loads(calls[0]["function"]["arguments"]) == {"text": "hello world"}
