@@ -51,17 +51,23 @@ class TokenFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def token_kept_out_of_logs(token: str | None) -> Iterator[None]:
-    """Install the filter on every logger the server writes to, for the server's lifetime."""
-    if token is None:
-        yield
-        return
-    token_filter = TokenFilter(token)
+def filtering_logs(log_filter: logging.Filter) -> Iterator[None]:
+    """`log_filter` on every logger the server writes to, while the block runs."""
     loggers = [logging.getLogger(name) for name in LOGGERS]
     for logger in loggers:
-        logger.addFilter(token_filter)
+        logger.addFilter(log_filter)
     try:
         yield
     finally:
         for logger in loggers:
-            logger.removeFilter(token_filter)
+            logger.removeFilter(log_filter)
+
+
+@contextlib.contextmanager
+def token_kept_out_of_logs(token: str | None) -> Iterator[None]:
+    """The server's token out of every log record, for the server's lifetime."""
+    if token is None:
+        yield
+        return
+    with filtering_logs(TokenFilter(token)):
+        yield

@@ -14,10 +14,10 @@ import hashlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
-from .redact import LOGGERS, MASK
+from .redact import MASK, filtering_logs
 from .terminals import FRAME_MAX, Session
 
 RESET = b"\x1bc"  # RIS: the viewer's terminal starts over before a resync's replay
@@ -214,18 +214,9 @@ class ShareRegistry:
     def _drop(self, share: Share) -> None:
         self._shares.pop(_digest(share.token), None)
 
-    @contextlib.contextmanager
-    def kept_out_of_logs(self) -> Iterator[None]:
+    def kept_out_of_logs(self) -> contextlib.AbstractContextManager[None]:
         """Blank live share tokens out of every log record, as redact.py does the server's."""
-        token_filter = _ShareTokenFilter(self)
-        loggers = [logging.getLogger(name) for name in LOGGERS]
-        for logger in loggers:
-            logger.addFilter(token_filter)
-        try:
-            yield
-        finally:
-            for logger in loggers:
-                logger.removeFilter(token_filter)
+        return filtering_logs(_ShareTokenFilter(self))
 
     def tokens(self) -> list[str]:
         return [share.token for share in self._shares.values()]
