@@ -48,7 +48,8 @@ def export(conversation: Conversation, env: Mapping[str, str]) -> None:
     if not folder or not Path(folder).is_dir():
         return
     try:
-        write_atomic(Path(folder, EXPORT_JSON), conversation.json_text(), make_dirs=False)
-        write_atomic(Path(folder, EXPORT_MARKDOWN), conversation.to_markdown(), make_dirs=False)
+        # Group-readable: under --session-user the folder's group is the server's, no one else's.
+        write_atomic(Path(folder, EXPORT_JSON), conversation.json_text(), False, 0o640)
+        write_atomic(Path(folder, EXPORT_MARKDOWN), conversation.to_markdown(), False, 0o640)
     except OSError:
         pass  # the page's export then offers the previous state; the chat goes on
