@@ -123,7 +123,7 @@ for p in pathlib.Path("/proc").glob("[0-9]*"):
 
 
 def _check_sessions_are_chat(stack: Stack) -> None:
-    """The session's processes are chat's (10002); as chat, the server's secrets are out of reach."""
+    """The session runs as chat (10002), which cannot reach the server's secrets or signal it."""
     listed = stack.compose("exec", "-T", "terminal-server", "python", "-c", LIST_PROCESSES)
     assert listed.returncode == 0, listed.stderr
     rows = [line.split(" ", 2) for line in listed.stdout.splitlines() if line.count(" ") >= 2]
