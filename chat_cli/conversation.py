@@ -145,12 +145,13 @@ def _message_json(message: Message) -> dict[str, Any]:
     return data
 
 
-def write_atomic(path: Path, text: str, make_dirs: bool) -> None:
+def write_atomic(path: Path, text: str, make_dirs: bool, mode: int = 0o600) -> None:
     if make_dirs:  # chats can hold private text: an owner-only folder
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # whatever the umask: a group-readable export stays readable
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         tmp.replace(path)

@@ -15,6 +15,7 @@ in the terminal stream carries it, so a share link's viewer cannot read it.
 from __future__ import annotations
 
 import base64
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def export(conversation: Conversation, env: Mapping[str, str]) -> None:
     if not folder or not Path(folder).is_dir():
         return
     try:
-        write_atomic(Path(folder, EXPORT_JSON), conversation.json_text(), make_dirs=False)
-        write_atomic(Path(folder, EXPORT_MARKDOWN), conversation.to_markdown(), make_dirs=False)
+        # A setgid folder is a --session-user's: its group is the server's, which reads it.
+        mode = 0o640 if Path(folder).stat().st_mode & stat.S_ISGID else 0o600
+        write_atomic(Path(folder, EXPORT_JSON), conversation.json_text(), False, mode)
+        write_atomic(Path(folder, EXPORT_MARKDOWN), conversation.to_markdown(), False, mode)
     except OSError:
         pass  # the page's export then offers the previous state; the chat goes on

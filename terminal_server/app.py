@@ -17,7 +17,7 @@ from typing import Any
 
 from tornado import httpserver, netutil, web
 
-from . import protocol
+from . import protocol, session_user
 from .chat_export import ChatExportHandler
 from .config import Config
 from .handlers import (
@@ -131,6 +131,11 @@ async def close_clients(ctx: Context, grace: float = 2.0) -> None:
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; then close clients with 1001, reap every session, return 0."""
     check_static(STATIC_DIR)
+    if config.session_user:
+        try:
+            session_user.check_can_switch(session_user.lookup(config.session_user))
+        except session_user.SessionUserError as exc:
+            raise StartupError(str(exc)) from exc
     ssl_ctx = _ssl_context(config)
     try:
         sockets = netutil.bind_sockets(config.port, config.host)

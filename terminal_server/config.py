@@ -48,6 +48,7 @@ class Config:
     # Polled for the page's status bar; the same URL and key reach `chat` through the env.
     model_server_url: str = defaults.DEFAULT_MODEL_SERVER_URL
     model_api_key: str | None = None
+    session_user: str | None = None  # None: sessions run as the server's user
 
     @property
     def is_loopback(self) -> bool:
@@ -131,6 +132,10 @@ OPTIONS: tuple[Option, ...] = (
          "recent output kept per session, replayed on reattach", metavar="N"),
     _opt("flow_window", int, 256 * 1024,
          "unacknowledged output bytes per client before the PTY is paused", metavar="N"),
+    _opt("session_user", str, None,
+         "run sessions as this user (its uid, groups and home), so they cannot read the "
+         "server's environment or signal it; needs root or the capabilities SETUID, SETGID, "
+         "KILL and CHOWN", metavar="NAME", shown_default="the server's user"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -224,4 +229,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         cwd=env.get("HOME") or str(Path.home()),
         model_server_url=v["model_server_url"],
         model_api_key=v["model_api_key"],
+        session_user=v["session_user"] or None,
     )

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .session_user import SessionUser, hand_over_folder
+
 ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/page.py (processes.session_env sets it)
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -20,14 +22,19 @@ MAX_BYTES = 64 * 1024 * 1024
 class ChatExports:
     """One owner-only folder per session, under one temporary folder made on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: SessionUser | None = None) -> None:
         self._root: Path | None = None
+        self._user = user
 
     def folder(self, session_id: str) -> Path:
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="mixvllm-chats-"))  # mode 0700
+            if self._user is not None:  # the session user reaches its folder, lists none
+                self._root.chmod(0o711)
         path = self._root / session_id
         path.mkdir(mode=0o700)
+        if self._user is not None:
+            hand_over_folder(path, self._user)
         return path
 
     def read(self, session_id: str, name: str) -> bytes | None:

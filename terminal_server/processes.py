@@ -23,10 +23,13 @@ from pathlib import Path
 
 from .config import ENV_PREFIX, Config
 from .exports import ENV as EXPORT_ENV
+from .session_user import SessionUser
 
 # (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
 ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load it
 
 
 class SessionStartError(RuntimeError):
@@ -45,8 +48,15 @@ def session_argv(config: Config, chat_args: Sequence[str]) -> list[str]:
     return ["/bin/sh", "-c", script, "mixvllm-session", *chat_args]
 
 
-def session_env(session_id: str, config: Config, chat_export: Path | None = None) -> dict[str, str]:
+def session_env(
+    session_id: str,
+    config: Config,
+    chat_export: Path | None = None,
+    user: SessionUser | None = None,
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    if user is not None:
+        env.update(user.env())
     env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
     env.pop(EXPORT_ENV, None)  # inherited from a session this server runs in: not its folder
     if chat_export is not None:
@@ -72,13 +82,31 @@ def _make_controlling_tty() -> None:  # runs in the child, after setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _drop_ambient_capabilities() -> None:
+    """A non-root server's ambient capabilities would survive the uid change and exec."""
+    _LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def _session_user_child() -> None:  # runs in the child, after setsid() and the uid change
+    _make_controlling_tty()
+    _drop_ambient_capabilities()
+
+
 def spawn(
-    argv: Sequence[str], env: dict[str, str], cwd: str, rows: int, cols: int
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: str,
+    rows: int,
+    cols: int,
+    *,
+    user: SessionUser | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start `argv` leading a new session on a new PTY; return it and the non-blocking master fd."""
     master, slave = os.openpty()
     try:
         set_winsize(master, rows, cols)
+        if user is not None:
+            os.fchown(slave, user.uid, -1)  # programs that reopen their tty (tmux) can
         proc = subprocess.Popen(
             argv,
             stdin=slave,
@@ -87,7 +115,10 @@ def spawn(
             cwd=cwd if os.path.isdir(cwd) else "/",
             env=env,
             start_new_session=True,
-            preexec_fn=_make_controlling_tty,  # noqa: PLW1509 - only an ioctl
+            preexec_fn=_session_user_child if user else _make_controlling_tty,  # noqa: PLW1509 - an ioctl and a prctl
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(master)
@@ -119,8 +150,7 @@ def session_members(sid: int) -> list[tuple[int, int, str]]:
 def become_subreaper() -> bool:
     """Have orphans from our sessions reparented to this process; return whether it worked."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(_LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     return False
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from . import processes
+from . import processes, session_user
 from .config import Config
 from .exports import ChatExports
 from .metrics import Metrics
@@ -312,7 +312,8 @@ class SessionManager:
         self.config = config
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
-        self.exports = ChatExports()
+        self.user = session_user.lookup(config.session_user) if config.session_user else None
+        self.exports = ChatExports(self.user)
         # One scratch buffer for every session's PTY reads: they all run on this event loop.
         self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
         self._subreaper = False
@@ -343,10 +344,13 @@ class SessionManager:
         session_id = secrets.token_urlsafe(12)
         proc, master = processes.spawn(
             processes.session_argv(self.config, chat_args),
-            processes.session_env(session_id, self.config, self.exports.folder(session_id)),
-            self.config.cwd,
+            processes.session_env(
+                session_id, self.config, self.exports.folder(session_id), self.user
+            ),
+            self.user.home if self.user else self.config.cwd,
             rows,
             cols,
+            user=self.user,
         )
         session = Session(
             session_id,

@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,14 +210,18 @@ async def _with_timeout(coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 @contextlib.contextmanager
 def server_process(
-    *args: str, env: Mapping[str, str] | None = None, stderr: int = subprocess.PIPE
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stderr: int = subprocess.PIPE,
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m terminal_server --port 0 ARGS`; yields (the process, the URL its banner prints).
 
-    Afterwards it is stopped with SIGTERM and, if the test passed, must have exited 0.
+    `prefix` runs it through a wrapper that execs it (setpriv). Afterwards it is stopped
+    with SIGTERM and, if the test passed, must have exited 0.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal_server", "--port", "0", *args],
+        [*prefix, sys.executable, "-m", "terminal_server", "--port", "0", *args],
         cwd=ROOT, env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE, stderr=stderr, text=True,
     )  # fmt: skip

@@ -98,8 +98,10 @@ def test_terminal_server_is_hardened_and_keeps_its_home(compose: dict[str, Any])
     assert svc["read_only"] is True
     assert svc["tmpfs"] == ["/tmp"]
     assert svc["cap_drop"] == ["ALL"]
+    assert sorted(svc["cap_add"]) == ["CHOWN", "KILL", "SETGID", "SETUID"]  # --session-user's
+    assert svc["environment"]["MIXVLLM_TERMINAL_SESSION_USER"] == "chat"
     assert "no-new-privileges:true" in svc["security_opt"]
-    assert "terminal-home:/home/mixvllm" in svc["volumes"]  # saved conversations survive
+    assert "terminal-home:/home/chat" in svc["volumes"]  # saved conversations survive
     assert "terminal-home" in compose["volumes"]
     assert compose["services"]["model-server"]["init"] is True
 

@@ -109,6 +109,39 @@ def stack() -> Iterator[Stack]:
         assert s.leftovers() == []
 
 
+# Pid, uid and command line of every process in the container.
+LIST_PROCESSES = """
+import pathlib
+for p in pathlib.Path("/proc").glob("[0-9]*"):
+    try:
+        uid = (p / "status").read_text().split("Uid:")[1].split()[0]
+        cmd = (p / "cmdline").read_bytes().replace(b"\\0", b" ").decode()
+    except (OSError, IndexError):
+        continue
+    print(p.name, uid, cmd)
+"""
+
+
+def _check_sessions_are_chat(stack: Stack) -> None:
+    """The session runs as chat (10002), which cannot reach the server's secrets or signal it."""
+    listed = stack.compose("exec", "-T", "terminal-server", "python", "-c", LIST_PROCESSES)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split(" ", 2) for line in listed.stdout.splitlines() if line.count(" ") >= 2]
+    sessions = [(pid, uid) for pid, uid, cmd in rows if "mixvllm-session" in cmd]
+    assert sessions, listed.stdout
+    assert {uid for _, uid in sessions} == {"10002"}, listed.stdout
+    server = [pid for pid, _, cmd in rows if "mixvllm-terminal" in cmd]
+    assert server, listed.stdout
+    for target in ("1", server[0]):
+        as_chat = stack.compose(
+            "exec", "-T", "-u", "10002", "terminal-server", "sh", "-c",
+            f"cat /proc/{target}/environ; kill -0 {target}",
+        )  # fmt: skip
+        assert stack.token not in as_chat.stdout
+        assert "Permission denied" in as_chat.stderr, as_chat.stderr
+        assert "not permitted" in as_chat.stderr, as_chat.stderr
+
+
 def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) -> None:
     ps = stack.compose("ps", "--format", "{{.Service}} {{.Health}}")
     assert "model-server healthy" in ps.stdout, ps.stdout
@@ -151,4 +184,5 @@ def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) ->
         assert len("".join(answer.split())) > 40, answer
         assert streaming, "the answer arrived whole: nothing streamed"
         assert problems == []
+        _check_sessions_are_chat(stack)  # while the page's session lives
     _timed("browser: page, chat, streamed answer", started)
