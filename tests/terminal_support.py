@@ -248,6 +248,19 @@ def server_process(
     assert code == 0, f"the terminal server exited with {code}"
 
 
+async def close_websocket(conn: websocket.WebSocketClientConnection) -> None:
+    """Close and wait until the socket is shut: a close() left pending when the test's event
+    loop ends leaves the socket to the garbage collector."""
+    conn.close()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(_until_closed(conn), 5)
+
+
+async def _until_closed(conn: websocket.WebSocketClientConnection) -> None:
+    while await conn.read_message() is not None:
+        pass
+
+
 async def open_raw(port: int, request: bytes) -> tuple[bytes, asyncio.StreamWriter]:
     """Send raw bytes on a new connection; return the answer's head and the open connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

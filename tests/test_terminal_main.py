@@ -24,7 +24,7 @@ from terminal_server.app import make_context, public_url
 from terminal_server.config import Config, ConfigError, load_config
 from tests.conftest import require
 from tests.support import wait_for, wait_for_async
-from tests.terminal_support import ROOT, server_process
+from tests.terminal_support import ROOT, close_websocket, server_process
 
 
 def test_defaults() -> None:
@@ -128,7 +128,7 @@ def test_sigterm_closes_clients_with_1001_reaps_children_and_exits_0() -> None:
             proc.send_signal(signal.SIGTERM)
             while await asyncio.wait_for(conn.read_message(), 10) is not None:
                 pass
-            conn.close()
+            await close_websocket(conn)
             return conn.close_code, children
 
         code, children = asyncio.run(client())
@@ -198,7 +198,7 @@ def test_server_reaps_orphans_that_left_their_session() -> None:
             orphan = int(await read_until(conn, r"orphan-(\d+)\r"))
             # A zombie still exists: gone means reaped.
             await wait_for_async(lambda: not psutil.pid_exists(orphan), 10, "the orphan reaped")
-            conn.close()
+            await close_websocket(conn)
             return orphan
 
         asyncio.run(client())
@@ -235,7 +235,7 @@ def test_the_server_runs_on_uvloop_where_installed() -> None:
                 assert msg is not None
                 if isinstance(msg, bytes):
                     out += msg
-            conn.close()
+            await close_websocket(conn)
 
         asyncio.run(client())
         proc.send_signal(signal.SIGTERM)
