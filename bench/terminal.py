@@ -438,12 +438,20 @@ def ratio(a: float, b: float) -> str:
 
 
 def start_targets(args: argparse.Namespace) -> list[Target]:
-    targets = [start_mixvllm()]
+    starters = [start_mixvllm]
     if args.before:
-        targets.append(start_mixvllm(Path(args.before).resolve(), "before"))
-    targets.append(start_terminado())
+        starters.append(lambda: start_mixvllm(Path(args.before).resolve(), "before"))
+    starters.append(start_terminado)
     if WETTY_MAIN.exists():
-        targets.append(start_wetty())
+        starters.append(start_wetty)
+    targets: list[Target] = []
+    try:
+        for start in starters:
+            targets.append(start())
+    except BaseException:
+        for t in targets:  # one that failed to start must not leave the others running
+            stop(t)
+        raise
     return targets
 
 
