@@ -8,6 +8,9 @@ cost grows linearly with the answer; tail redraws are throttled and cropped to t
 The live region is remembered as the cells of each line it printed, not as a count of rows:
 terminals that reflow on resize (xterm.js, tmux, VTE, kitty...) re-wrap those lines to the new
 width, so the rows to erase are worked out at the width the terminal has when it is erased.
+Its lines are cut to the width they are drawn for: a frame can reach a terminal that has
+grown since chat read its size (a browser resizes itself before the PTY follows), and a
+wider terminal would join soft-wrapped rows, so the erase would climb into the lines above.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import time
 from typing import IO, TYPE_CHECKING
 
-from rich.cells import cell_len
+from rich.cells import cell_len, get_character_cell_size
 
 from chat_cli.answer import Answer
 from chat_cli.blocks import Blocks
@@ -36,6 +39,7 @@ SHOW_CURSOR = "\x1b[?25h"
 # padding (code block backgrounds) is kept.
 _PADDING = re.compile(r" +$", re.MULTILINE)
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
+_ESCAPES_KEPT = re.compile(f"({_ESCAPE.pattern})")
 # A literal markup character may open a span that closes later and re-wraps the lines after
 # it (`**bold` becomes bold), so those lines stay live a little longer.
 _MARKUP = re.compile(r"[*_`~\[]")
@@ -254,9 +258,9 @@ class MarkdownRenderer:
         """The unfinished block's lines that became final (printed for good from now on, so
         the live region stays a few rows high and nothing is cropped away), and the live
         lines after them."""
-        room = self._room()
+        room, width = self._room(), max(1, self.console.width)
         if self._reasoning and not self._reasoning_done:
-            return "", _lines(self._thinking())[-room:]
+            return "", _rows(_lines(self._thinking()), width)[-room:]
         if not self.pending.strip():
             return "", [] if self._blocks else _lines(self._styled("…", "dim"))
         separator = "\n" if self._blocks else ""
@@ -268,7 +272,7 @@ class MarkdownRenderer:
             self._pinned = None
         elif self._pinned is None:
             self._pinned = self.console.width
-        return "".join(lines[:final]), lines[final:][-room:]
+        return "".join(lines[:final]), _rows(lines[final:], width)[-room:]
 
     def _final(self, lines: list[str], room: int) -> int:
         """How many of the unfinished block's new lines are final: all but the newest KEEP,
@@ -325,6 +329,30 @@ def _lines(rendered: str) -> list[str]:
         reset = lines.pop()  # a style's reset after the last newline is not a row
         lines[-1] += reset
     return lines
+
+
+def _rows(lines: list[str], width: int) -> list[str]:
+    """`lines` cut into rows of at most `width` cells, escapes kept in place."""
+    rows: list[str] = []
+    for line in lines:
+        body = line.rstrip("\n")
+        if cell_len(_ESCAPE.sub("", body)) <= width:
+            rows.append(line)
+            continue
+        row, cells = "", 0
+        for n, piece in enumerate(_ESCAPES_KEPT.split(body)):
+            if n % 2:  # an escape sequence: no cells
+                row += piece
+                continue
+            for char in piece:
+                size = get_character_cell_size(char)
+                if cells + size > width and cells:
+                    rows.append(row + "\n")
+                    row, cells = "", 0
+                row += char
+                cells += size
+        rows.append(row + line[len(body) :])
+    return rows
 
 
 def _plain(line: str) -> str:

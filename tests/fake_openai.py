@@ -54,6 +54,10 @@ class FakeState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     raw_sse: bytes | None = None  # when set, sent verbatim as the whole stream body
     release: threading.Event = field(default_factory=threading.Event)
+    # A streamed answer stops after the first piece that holds holds[0], until `resume` is
+    # set; then the next hold applies.
+    holds: list[str] = field(default_factory=list)
+    resume: threading.Event = field(default_factory=threading.Event)
 
 
 def tokens(text: str) -> list[str]:
@@ -286,6 +290,10 @@ class Handler(BaseHTTPRequestHandler):
             if self.state.token_delay:
                 time.sleep(self.state.token_delay)
             yield chunk({"content": piece}, completions=completions)
+            if self.state.holds and self.state.holds[0] in piece:
+                self.state.holds.pop(0)
+                self.state.resume.wait(60)
+                self.state.resume.clear()
 
     def _stream(self, scenario: str, completions: bool, request: dict[str, Any]) -> None:
         if self.state.raw_sse is not None:

@@ -8,6 +8,7 @@ never, or out of order.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +66,16 @@ class Tmux:
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "chat")
 
+    def resize(self, width: int, height: int) -> None:
+        """Resize the window; return once the program in it can read the new size."""
+        self("resize-window", "-t", "chat", "-x", str(width), "-y", str(height))
+        tty = self("display-message", "-p", "-t", "chat", "#{pane_tty}").strip()
+        fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY)
+        try:
+            wait_for(lambda: os.get_terminal_size(fd) == (width, height), STEP_S, "resize")
+        finally:
+            os.close(fd)
+
     def history(self) -> str:
         """Scrollback and screen, soft-wrapped rows joined: what the user can scroll through."""
         return self("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", "chat")
@@ -100,18 +111,23 @@ def tmux(tmp_path: Path) -> Iterator[Callable[[FakeServer], Tmux]]:
 def test_a_long_answer_resized_mid_stream_shows_every_line_once(
     tmux: Callable[[FakeServer], Tmux],
 ) -> None:
+    """The stream stops at each resize until chat can read the new size, so no frame drawn for
+    one size reaches the screen at another (that race is in test_chat_render: it can
+    duplicate rows but never lose one)."""
     text, ids = answer(8)
-    with fake_server(answer=text, token_delay=0.002) as server:
+    sections = ("s01p010", "s02p020", "s03c0", "s04p030", "s05t1", "s06p005")
+    with fake_server(answer=text, token_delay=0.002, holds=list(sections)) as server:
         session = tmux(server)
         session("send-keys", "-t", "chat", "go", "Enter")
         # Resize while given sections stream: narrower, wider, shorter, back.
         for section, (width, height) in zip(
-            ("s01p010", "s02p020", "s03c0", "s04p030", "s05t1", "s06p005"),
+            sections,
             ((50, 30), (100, 30), (60, 30), (90, 20), (45, 24), (100, 30)),
             strict=True,
         ):
             session.wait_for(section)
-            session("resize-window", "-t", "chat", "-x", str(width), "-y", str(height))
+            session.resize(width, height)
+            server.state.resume.set()
         session.wait_for("tok/s")
         history = session.history()
     assert ID.findall(history) == ids
