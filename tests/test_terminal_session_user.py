@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,11 +27,13 @@ from tests.terminal_support import ROOT, TOKEN, server_process
 
 SERVER_USER, SESSION_USER = "daemon", "nobody"
 CAPS = "+chown,+kill,+setgid,+setuid"
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _require_root() -> None:
     require(os.geteuid() == 0, "root, to run the server and its sessions as other users")
     require(shutil.which("setpriv") is not None, "setpriv (util-linux)")
+    require(os.access(SYSTEM_PYTHON, os.X_OK), f"{SYSTEM_PYTHON} for the session user")
 
 
 def _as_server(caps: str) -> list[str]:
@@ -85,6 +88,28 @@ def test_sessions_run_as_the_session_user_and_cannot_reach_the_server() -> None:
             assert (await shell.run('test "$USER:$HOME" = nobody:/nonexistent', "home"))[1] == 0
             folder, _ = await shell.run('stat -c "%u %a" "$MIXVLLM_CHAT_EXPORT"', "export")
             assert folder.endswith(f"{session_uid} 2770\r")
+            # chat's own export code, run as the session user, writes what the server serves.
+            export = (
+                "import os; from chat_cli import page; from chat_cli.conversation import "
+                "Conversation, Message; page.export(Conversation(messages=[Message('user', "
+                "'hello from the session user')]), os.environ)"
+            )
+            # The system's python: the session user cannot reach the test venv's interpreter
+            # (under /root here); chat_cli.page needs only the standard library.
+            run_export = f"cd {ROOT} && {SYSTEM_PYTHON} -c {shlex.quote(export)}"
+            assert (await shell.run(run_export, "chat"))[1] == 0
+            sid = (await shell.run('basename "$MIXVLLM_CHAT_EXPORT"', "sid"))[0].split()[-1]
+            client = httpclient.AsyncHTTPClient()
+            try:
+                reply = await client.fetch(
+                    f"{url.split('?')[0]}api/chat?session={sid}",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    raise_error=False,
+                )
+            finally:
+                client.close()
+            assert reply.code == 200, reply.body
+            assert b"hello from the session user" in reply.body
             out, _ = await shell.run("(trap '' HUP; exec sleep 300) & echo bg-$!", "bg")
             match = re.search(r"bg-(\d+)", out)
             assert match is not None
