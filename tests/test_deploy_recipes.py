@@ -106,6 +106,24 @@ def test_multinode_worker_joins_the_head_headless(multinode_stack: Path, tmp_pat
                          "--headless"]  # fmt: skip
 
 
+def test_every_model_node_keeps_its_downloads_in_the_cache_volume(
+    multinode_stack: Path,
+) -> None:
+    """The image runs as an unprivileged user whose Hugging Face cache is HF_HOME: a volume
+    mounted anywhere else leaves each download in the container, lost on the next `up`."""
+    hf_home = re.search(r"HF_HOME=(\S+)", (ROOT / "Dockerfile.model").read_text())
+    assert hf_home is not None
+    node = {"NODE_IP": "127.0.0.1", "HEAD_IP": "127.0.0.1"}
+    services = [
+        render(multinode_stack, *MULTINODE, "--profile", role, env=node)["services"][role]
+        for role in ("head", "worker")
+    ]
+    services.append(render(multinode_stack)["services"]["model-server"])
+    for service in services:
+        mounts = {v["source"]: v["target"] for v in service["volumes"] if v["type"] == "volume"}
+        assert mounts.get("hf-cache") == hf_home.group(1), service["volumes"]
+
+
 def test_multinode_ports_are_documented_as_private() -> None:
     doc = (ROOT / "docs" / "scale-out.md").read_text()
     assert "no authentication" in doc
