@@ -19,7 +19,6 @@ class InterfaceError(Exception):
 
 def local_addresses() -> dict[str, list[str]]:
     """Interface name -> its IPv4/IPv6 addresses, as the kernel reports them."""
-    # vLLM depends on psutil, so it is there wherever a multi-node engine runs.
     import psutil  # noqa: PLC0415
 
     return {

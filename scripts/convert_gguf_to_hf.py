@@ -53,6 +53,12 @@ def convert(out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    # safetensors writes its file owner-only: make every file as readable as the umask lets
+    # new files be, so a server running as another user (a container's) can load the model.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.iterdir():
+        path.chmod(0o666 & ~umask)
     tmp.rename(out_dir)
     print(f"converted {gguf.name} -> {out_dir}")
 

@@ -83,7 +83,10 @@ def test_multinode_head_serves_the_multinode_profile(multinode_stack: Path, tmp_
     assert env["VLLM_API_KEY"] == SECRETS["VLLM_API_KEY"]  # the repository root's .env
     # Empty: found from NODE_IP by the launcher, never a guessed eth0.
     assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == ""
-    assert head["healthcheck"]["test"][1:3] == ["mixvllm-serve", "health"]
+    assert head["healthcheck"]["test"] == [
+        "CMD-SHELL", "mixvllm-serve health http://127.0.0.1:$${MODEL_SERVER_PORT}",
+    ]  # fmt: skip
+    assert env["MODEL_SERVER_PORT"] == "8000"
     argv = launcher_argv(env, tmp_path)
     assert argv[1:3] == ["serve", "meta-llama/Llama-3.1-405B-Instruct-FP8"]
     assert (flag(argv, "--tensor-parallel-size"), flag(argv, "--pipeline-parallel-size")) == (

@@ -56,5 +56,8 @@ _ci_base_image() {  # NAME PACKAGES -> prints the image reference
 ci_base_images() {
     CI_PYTHON_IMAGE=$(_ci_base_image python "ca-certificates,python3,python3-venv") || return 1
     CI_NODE_IMAGE=$(_ci_base_image node "ca-certificates,nodejs") || return 1
-    export CI_PYTHON_IMAGE CI_NODE_IMAGE
+    # The stand-in for vLLM's image: also what vLLM's CPU build links to, and the C++
+    # compiler and Python headers torch.compile (used by its sampler) builds with.
+    CI_VLLM_BASE_IMAGE=$(_ci_base_image vllm "ca-certificates,python3,python3-venv,python3-dev,libnuma1,libstdc++6,g++") || return 1
+    export CI_PYTHON_IMAGE CI_NODE_IMAGE CI_VLLM_BASE_IMAGE
 }

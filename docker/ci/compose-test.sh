@@ -45,7 +45,7 @@ YML
     rm -f "$bases"
     # The GPU image on a stand-in base: catches a broken COPY/RUN step in Dockerfile.model.
     "$DOCKER" build -q -f docker/ci/vllm-standin.Dockerfile \
-        --build-arg PYTHON_IMAGE="$CI_PYTHON_IMAGE" -t mixvllm-ci/vllm-standin:latest . >/dev/null
+        --build-arg PYTHON_IMAGE="$CI_VLLM_BASE_IMAGE" -t mixvllm-ci/vllm-standin:latest . >/dev/null
     "$DOCKER" build -q -f Dockerfile.model --build-arg VLLM_IMAGE=mixvllm-ci/vllm-standin:latest \
         -t mixvllm-model-server:ci-standin . >/dev/null
     "$DOCKER" run --rm --entrypoint sh mixvllm-model-server:ci-standin \
@@ -56,4 +56,4 @@ YML
 phase wheel prebuilt_wheel
 phase images build_images
 phase stack env MIXVLLM_REQUIRE_ALL=1 .venv/bin/pytest -m docker -p no:cacheprovider -s \
-    tests/e2e/test_compose_stack.py
+    tests/e2e/test_compose_stack.py tests/e2e/test_compose_multinode.py
