@@ -14,15 +14,21 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from mixvllm_common.state import state_dir
+from mixvllm_common.defaults import VLLM_API_KEY_ENV
+from mixvllm_common.state import read_api_key, state_dir
 from mixvllm_common.urls import server_root
-from model_server import config, health, launch, profiles, up
+from model_server import health
+from model_server.errors import LauncherError
 
 PROG = "mixvllm-serve"
 COMMANDS = ("serve", "wait", "health", "up", "key")
+# Commands that need no profile: their parser and run skip the profile machinery (pydantic,
+# YAML), so a container health check every few seconds stays cheap.
+LIGHT_COMMANDS = ("wait", "health")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `light`: only the LIGHT_COMMANDS."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Model server launcher: vLLM profiles, the embedded llama.cpp default, "
@@ -32,19 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{serve,wait,health,up,key}")
 
-    serve = sub.add_parser(
-        "serve",
-        help="exec the engine for a profile (the default command)",
-        description="Exec the profile's engine; flags override env vars, which override the "
-        "profile. Arguments after `--` go to the engine unchanged.",
-    )
-    config.add_serve_flags(serve)
+    if not light:
+        from model_server import config  # noqa: PLC0415 (imports the profiles)
+
+        serve = sub.add_parser(
+            "serve",
+            help="exec the engine for a profile (the default command)",
+            description="Exec the profile's engine; flags override env vars, which override "
+            "the profile. Arguments after `--` go to the engine unchanged.",
+        )
+        config.add_serve_flags(serve)
 
     wait = sub.add_parser(
         "wait",
         help="wait until a model server is ready",
         description="Poll URL/health (vLLM) or URL/v1/models (llama.cpp) until it answers. "
-        f"Uses ${config.API_KEY_ENV} (or the local key) for /v1/models.",
+        f"Uses ${VLLM_API_KEY_ENV} (or the local key) for /v1/models.",
     )
     wait.add_argument("url", help="server URL, with or without /v1")
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (default: 600)")
@@ -60,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health_parser.add_argument("url", help="server URL, with or without /v1")
     health_parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    if light:
+        return parser
+
+    from model_server import up  # noqa: PLC0415 (imports the profiles)
 
     up_parser = sub.add_parser(
         "up",
@@ -72,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "key",
         help="print the model server's API key",
-        description=f"Print ${config.API_KEY_ENV}, else the local key "
+        description=f"Print ${VLLM_API_KEY_ENV}, else the local key "
         "(generated on first use), e.g. export VLLM_API_KEY=$(mixvllm-serve key).",
     )
     return parser
@@ -87,6 +100,8 @@ def _split_engine_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def list_profiles() -> str:
+    from model_server import profiles  # noqa: PLC0415 (slow import, only for serve)
+
     rows = [("NAME", "ENGINE", "MODEL", "TPxPP", "DESCRIPTION")]
     for name in profiles.available():
         p = profiles.load(name)
@@ -101,6 +116,8 @@ def list_profiles() -> str:
 
 
 def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from model_server import config, launch, up  # noqa: PLC0415 (slow imports, only here)
+
     if args.list:
         print(list_profiles())
         return 0
@@ -132,11 +149,13 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     launch.exec_engine(command)
 
 
+def known_api_key(env: Mapping[str, str]) -> str | None:
+    """$VLLM_API_KEY, else the local key if there is one (never made here)."""
+    return env.get(VLLM_API_KEY_ENV, "").strip() or read_api_key(env)
+
+
 def wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    try:
-        key: str | None = config.resolve_api_key(env, create=False)[0]
-    except config.ConfigError:
-        key = None
+    key = known_api_key(env)
 
     def progress(line: str) -> None:
         print(f"{PROG} wait: {line}", file=sys.stderr, flush=True)
@@ -154,10 +173,7 @@ def wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def health_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    try:
-        key: str | None = config.resolve_api_key(env, create=False)[0]
-    except config.ConfigError:
-        key = None
+    key = known_api_key(env)
     marker = state_dir(env) / "health-ready"
     result = health.container_health(args.url, api_key=key, marker=marker, timeout=args.timeout)
     print(result.detail)
@@ -165,11 +181,15 @@ def health_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def print_key(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from model_server import config  # noqa: PLC0415 (slow import, only here)
+
     print(config.resolve_api_key(env)[0])
     return 0
 
 
 def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from model_server import up  # noqa: PLC0415 (slow import, only here)
+
     return up.run(up.build(args, env), env)
 
 
@@ -187,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, engine_args = _split_engine_args(argv)
     if not own or own[0] not in (*COMMANDS, "-h", "--help"):
         own.insert(0, "serve")
-    parser = build_parser()
+    parser = build_parser(light=own[0] in LIGHT_COMMANDS)
     args = parser.parse_args(own)
     args.engine_args = engine_args
     if engine_args and args.command != "serve":
@@ -195,12 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     try:
         return COMMAND_RUNNERS[args.command or "serve"](args, env)
-    except (profiles.ProfileError, config.ConfigError) as exc:
+    except LauncherError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except (launch.LaunchError, health.NotReady, up.UpError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

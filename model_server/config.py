@@ -26,6 +26,7 @@ from mixvllm_common.options import (
 )
 from mixvllm_common.state import STATE_DIR_ENV, api_key_file
 from model_server import profiles
+from model_server.errors import LauncherError
 from model_server.profiles import Profile, ProfileError
 
 API_KEY_ENV = defaults.VLLM_API_KEY_ENV
@@ -87,8 +88,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
-class ConfigError(Exception):
+class ConfigError(LauncherError):
     """A flag or env value is invalid."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

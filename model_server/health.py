@@ -6,21 +6,32 @@ vLLM answers `GET /health` with 200 once the engine is up; llama.cpp's server ha
 `container_health` is the container's health check: a server that does not answer yet is
 still downloading or loading its model (healthy, however long that takes); one that
 answers with an error, or stops answering after it was ready, is broken.
+
+HTTP goes through the standard library, straight to the server (no proxy): the health check
+runs every few seconds in the model container, where importing an HTTP client package
+would cost more than the check itself.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from urllib.parse import urlsplit
 
 from mixvllm_common.urls import server_root
+from model_server.errors import LauncherError
+
+CONNECT_TIMEOUT_S = 2.0
+# What cannot be sent or read: the server is not (yet) answering HTTP.
+TransportError = (OSError, http.client.HTTPException)
 
 
-class NotReady(Exception):
+class NotReady(LauncherError):
     """The server did not become ready in time, or refused our key."""
 
 
@@ -37,23 +48,63 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def probe(client: httpx.Client, root: str, api_key: str | None) -> Probe:
+def request(
+    url: str,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    body: object = None,
+) -> tuple[int, bytes]:
+    """GET `url`, or POST `body` as JSON; (status, body). Raises TransportError."""
+    parts = urlsplit(url)
+    connection = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    conn = connection(parts.hostname or "", parts.port, timeout=min(timeout, CONNECT_TIMEOUT_S))
     try:
-        health = client.get(f"{root}/health")
-        if health.status_code == 200:
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        data = None if body is None else json.dumps(body).encode()
+        sent = {**(headers or {}), **({"Content-Type": "application/json"} if data else {})}
+        conn.request("GET" if data is None else "POST", path, body=data, headers=sent)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def transport_detail(exc: BaseException) -> str:
+    """A few words for why nothing answered."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, ConnectionError | http.client.RemoteDisconnected):
+        return "connection closed"
+    return type(exc).__name__
+
+
+def probe(root: str, api_key: str | None, timeout: float = 5.0) -> Probe:
+    try:
+        status, _ = request(f"{root}/health", timeout=timeout)
+        if status == 200:
             return Probe(True, "/health: 200")
-        if health.status_code != 404:
-            return Probe(False, f"/health: {health.status_code}")
+        if status != 404:
+            return Probe(False, f"/health: {status}")
         # No /health (llama.cpp): a keyed /v1/models answers instead.
-        models = client.get(f"{root}/v1/models", headers=_headers(api_key))
-    except httpx.TransportError as exc:
-        return Probe(False, type(exc).__name__, answered=False)
-    if models.status_code == 200:
+        status, _ = request(f"{root}/v1/models", timeout=timeout, headers=_headers(api_key))
+    except TransportError as exc:
+        return Probe(False, transport_detail(exc), answered=False)
+    if status == 200:
         return Probe(True, "/v1/models: 200")
-    if models.status_code in (401, 403):
+    if status in (401, 403):
         # Up, but our key is wrong: waiting longer will not help.
-        return Probe(False, f"/v1/models: {models.status_code} (API key rejected)", fatal=True)
-    return Probe(False, f"/v1/models: {models.status_code}")
+        return Probe(False, f"/v1/models: {status} (API key rejected)", fatal=True)
+    return Probe(False, f"/v1/models: {status}")
 
 
 def wait(
@@ -74,23 +125,22 @@ def wait(
     start = time.monotonic()
     last_report = start
     detail = "not polled yet"
-    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)) as client:
-        while True:
-            result = probe(client, root, api_key)
-            now = time.monotonic()
-            if result.ready:
-                return now - start
-            detail = result.detail
-            if result.fatal:
-                raise NotReady(f"{root}: {detail}")
-            if alive is not None and not alive():
-                raise NotReady(f"{root}: the server process exited ({detail})")
-            if now - start >= timeout:
-                raise NotReady(f"{root} not ready after {timeout:g}s (last: {detail})")
-            if progress is not None and now - last_report >= progress_every:
-                progress(f"waiting for {root}: {now - start:.0f}s/{timeout:g}s ({detail})")
-                last_report = now
-            time.sleep(min(interval, max(0.0, timeout - (now - start))))
+    while True:
+        result = probe(root, api_key)
+        now = time.monotonic()
+        if result.ready:
+            return now - start
+        detail = result.detail
+        if result.fatal:
+            raise NotReady(f"{root}: {detail}")
+        if alive is not None and not alive():
+            raise NotReady(f"{root}: the server process exited ({detail})")
+        if now - start >= timeout:
+            raise NotReady(f"{root} not ready after {timeout:g}s (last: {detail})")
+        if progress is not None and now - last_report >= progress_every:
+            progress(f"waiting for {root}: {now - start:.0f}s/{timeout:g}s ({detail})")
+            last_report = now
+        time.sleep(min(interval, max(0.0, timeout - (now - start))))
 
 
 def first_answer(url: str, *, model: str, api_key: str | None, timeout: float = 60.0) -> str:
@@ -103,15 +153,15 @@ def first_answer(url: str, *, model: str, api_key: str | None, timeout: float = 
         "temperature": 0,
     }
     try:
-        response = httpx.post(
-            f"{root}/v1/chat/completions", json=body, headers=_headers(api_key), timeout=timeout
+        status, data = request(
+            f"{root}/v1/chat/completions", timeout=timeout, headers=_headers(api_key), body=body
         )
-    except httpx.TransportError as exc:
-        raise NotReady(f"{root}: chat completion failed: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        raise NotReady(f"{root}: chat completion answered {response.status_code}")
+    except TransportError as exc:
+        raise NotReady(f"{root}: chat completion failed: {transport_detail(exc)}") from exc
+    if status != 200:
+        raise NotReady(f"{root}: chat completion answered {status}")
     try:
-        content = response.json()["choices"][0]["message"]["content"]
+        content = json.loads(data)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise NotReady(f"{root}: chat completion answer is malformed") from exc
     return str(content or "")
@@ -144,8 +194,7 @@ def container_health(url: str, *, api_key: str | None, marker: Path, timeout: fl
     this run of the container (`marker` remembers that): broken."""
     root = server_root(url)
     this_run = run_id()
-    with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0))) as client:
-        result = probe(client, root, api_key)
+    result = probe(root, api_key, timeout)
     try:
         was_ready = marker.read_text(encoding="ascii").strip() == this_run
     except OSError:

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from model_server import netif
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
+from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ HOST_IP_ENV = "VLLM_HOST_IP"
 MASTER_ADDR_PLACEHOLDER = "<MASTER_ADDR>"
 
 
-class LaunchError(Exception):
+class LaunchError(LauncherError):
     """The engine or the model cannot be found or started."""
 
 

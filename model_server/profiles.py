@@ -18,6 +18,8 @@ from pydantic import ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_core import ErrorDetails
 
+from model_server.errors import LauncherError
+
 Engine = Literal["vllm", "llama.cpp"]
 PROFILES_DIR = Path(__file__).with_name("profiles")
 DEFAULT_PROFILE = "embedded"
@@ -33,8 +35,10 @@ SamplingKey = Literal[
 ]
 
 
-class ProfileError(Exception):
+class ProfileError(LauncherError):
     """A profile is missing, unreadable or invalid."""
+
+    exit_code = 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mixvllm_common import defaults
 from mixvllm_common.options import Option, OptionError, add_to_parser, integer, number, resolve
 from mixvllm_common.state import state_dir
 from model_server import config, health
+from model_server.errors import LauncherError
 
 STOP_GRACE_S = 10.0
 _PORT = integer(1, 65535, "a port number")
@@ -47,7 +48,7 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
-class UpError(Exception):
+class UpError(LauncherError):
     """A child failed to start or died."""
 
 
