@@ -357,7 +357,15 @@
 
   function refreshShare() { shareRequest("GET"); }
 
+  // One bar panel open at a time: they open in the same corner, above the controls.
+  function closePanelsBut(keep) {
+    if (keep !== sharePanel && !sharePanel.hidden) showSharePanel(false);
+    if (keep !== exportPanel && !exportPanel.hidden) showExportPanel(false);
+    if (keep !== settingsPanel && !settingsPanel.hidden) showSettings(false);
+  }
+
   function showSharePanel(show) {
+    if (show) closePanelsBut(sharePanel);
     sharePanel.hidden = !show;
     shareToggle.setAttribute("aria-expanded", String(show));
     if (show) { shareUrl.focus(); shareUrl.select(); }
@@ -390,6 +398,7 @@
   const EXPORTS = { markdown: "md", json: "json" };
 
   function showExportPanel(show) {
+    if (show) closePanelsBut(exportPanel);
     exportPanel.hidden = !show;
     exportToggle.setAttribute("aria-expanded", String(show));
     exportStatus.textContent = "";
@@ -491,6 +500,7 @@
   const settingsPanel = document.getElementById("settings");
   const settingsToggle = document.getElementById("settings-toggle");
   function showSettings(show) {
+    if (show) closePanelsBut(settingsPanel);
     settingsPanel.hidden = !show;
     settingsToggle.setAttribute("aria-expanded", String(show));
     if (show) fontInput.focus();

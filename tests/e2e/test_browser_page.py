@@ -168,6 +168,17 @@ def test_controls_never_cover_a_cell_and_are_accessible(server_url: str) -> None
         assert page.evaluate("() => window.mixvllm.term.options.screenReaderMode") is True
         page.locator(".xterm-accessibility-tree").wait_for(state="attached", timeout=5000)
         assert "screenReader=1" in page.url
+
+        # The bar's panels open in one corner: opening one closes the one that was open.
+        page.click("#export")
+        assert page.locator("#export-panel").is_visible()
+        assert not page.locator("#settings").is_visible()
+        page.click("#share")
+        page.locator("#share-panel").wait_for(state="visible", timeout=5000)
+        assert not page.locator("#export-panel").is_visible()
+        page.click("#settings-toggle")
+        assert page.locator("#settings").is_visible()
+        assert not page.locator("#share-panel").is_visible()
         assert problems == []
 
 
