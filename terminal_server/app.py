@@ -126,6 +126,9 @@ async def close_clients(ctx: Context, grace: float = 2.0) -> None:
     deadline = time.monotonic() + grace
     while ctx.sockets and time.monotonic() < deadline:  # noqa: ASYNC110 - a set, not an event
         await asyncio.sleep(0.01)
+    for sock in list(ctx.sockets):  # no close frame back in time: hang up
+        if sock.ws is not None:
+            sock.ws.abort()
 
 
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote, urlencode, urlparse
 
-from tornado import web, websocket
+from tornado import web
 
 from . import __version__, protocol
 from .auth import guard, host_allowed, token_ok
@@ -24,7 +24,7 @@ from .model_status import ModelStatusPoller
 from .processes import SessionStartError
 from .shares import ShareRegistry
 from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
-from .wsclose import DrainingProtocol
+from .wsupgrade import WebSocketHandler
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -201,7 +201,7 @@ class MetricsHandler(GuardedHandler):
         )
 
 
-class TermSocket(_Guarded, websocket.WebSocketHandler):
+class TermSocket(_Guarded, WebSocketHandler):
     """One browser tab attached to one session."""
 
     def initialize(self, ctx: Context) -> None:
@@ -215,11 +215,11 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         self._ponged = False
         self._watchdog: asyncio.Task[None] | None = None
 
-    def get_websocket_protocol(self) -> websocket.WebSocketProtocol | None:
-        proto = super().get_websocket_protocol()
-        if isinstance(proto, websocket.WebSocketProtocol13):
-            return DrainingProtocol(self, False, proto.params)
-        return proto
+    def max_buffered(self) -> int:
+        # Flow control keeps a reading client within a window (plus a reattach's replay); text
+        # mode's JSON escapes can grow each byte up to sixfold. Past this, it is not reading.
+        cfg = self.ctx.config
+        return 6 * (cfg.scrollback_bytes + cfg.flow_window) + 1024 * 1024
 
     def check_origin(self, origin: str) -> bool:
         origin = origin.rstrip("/")
@@ -255,7 +255,7 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
             return rows, cols
         return 24, 80
 
-    async def open(self, *args: str, **kwargs: str) -> None:
+    async def open(self) -> None:
         self.peer = self.request.remote_ip or "?"
         self.binary = self.get_query_argument(protocol.BINARY_PARAM, "0") == "1"
         if not self.binary:
@@ -264,7 +264,6 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
             # Well below the window: what a client holds back never stalls the session.
             self.ack_every = max(1, self.ctx.config.flow_window // 4)
             self._frame_sizes = None
-        self.set_nodelay(True)  # keystroke echo must not wait for Nagle
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
         if session is not None and self.get_query_argument("restart", "0") == "1":
@@ -289,7 +288,7 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         setup: dict[str, object] = {"session": session.id, "reattached": reattached}
         if self.ack_every:
             setup["ack_bytes"] = self.ack_every
-        self._send(protocol.encode(protocol.SETUP, setup))
+        self.write_message(protocol.encode(protocol.SETUP, setup))
         old = session.attach(self)
         if isinstance(old, TermSocket):
             old.session = None
@@ -301,10 +300,7 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         """Drop a tab that answers no ping (asleep, frozen, offline); its session stays."""
         while True:
             self._ponged = False
-            try:
-                self.ping()
-            except websocket.WebSocketClosedError:
-                return
+            self.ping()
             await asyncio.sleep(interval)
             if not self._ponged:
                 break
@@ -318,15 +314,8 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         self._ponged = True
 
     def _fail(self, code: int, message: str) -> None:
-        self._send(protocol.encode(protocol.ERROR, message))
+        self.write_message(protocol.encode(protocol.ERROR, message))
         self.close(code, message[:120])
-
-    def _send(self, message: str | bytes, binary: bool = False) -> None:
-        try:
-            fut = self.write_message(message, binary=binary)
-        except websocket.WebSocketClosedError:
-            return
-        fut.add_done_callback(_consume)
 
     def on_message(self, message: str | bytes) -> None:
         session = self.session
@@ -383,17 +372,11 @@ class TermSocket(_Guarded, websocket.WebSocketHandler):
         if self._frame_sizes is not None:
             self._frame_sizes.append(len(data))
         if self._decoder is None:
-            self._send(data, binary=True)
+            self.write_message(data, binary=True)
         else:
-            self._send(protocol.encode(protocol.STDOUT, self._decoder.decode(data)))
+            self.write_message(protocol.encode(protocol.STDOUT, self._decoder.decode(data)))
 
     def session_ended(self, exit_code: int | None) -> None:
         self.session = None
-        self._send(protocol.encode(protocol.DISCONNECT, exit_code))
+        self.write_message(protocol.encode(protocol.DISCONNECT, exit_code))
         self.close(protocol.CLOSE_SESSION_ENDED, "session ended")
-
-
-def _consume(fut: asyncio.Future[None]) -> None:
-    # A write to a closed socket fails; on_close handles that, nobody awaits the write.
-    if not fut.cancelled():
-        fut.exception()

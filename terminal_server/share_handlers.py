@@ -13,7 +13,7 @@ import logging
 from typing import Any
 from urllib.parse import urlparse
 
-from tornado import web, websocket
+from tornado import web
 
 from . import processes, protocol
 from .auth import guard, host_allowed
@@ -42,15 +42,7 @@ def tell_owner(share: Share) -> None:
     """Push the share's state (link, viewer count) to the session's owner, if attached."""
     owner = share.session.client
     if isinstance(owner, TermSocket) and not isinstance(owner, ViewSocket):
-        _push(owner, protocol.encode(protocol.SHARE, share_state(share)))
-
-
-def _push(sock: websocket.WebSocketHandler, text: str) -> None:
-    try:
-        fut = sock.write_message(text)
-    except websocket.WebSocketClosedError:
-        return
-    fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        owner.write_message(protocol.encode(protocol.SHARE, share_state(share)))
 
 
 def cookie_name(ctx: Context) -> str:
@@ -160,10 +152,9 @@ class ViewSocket(TermSocket):
     def prepare(self) -> None:
         self.share = share_guard(self, self.ctx)
 
-    async def open(self, *args: str, **kwargs: str) -> None:
+    async def open(self) -> None:
         self.peer = self.request.remote_ip or "?"
         self.binary = self.get_query_argument("binary", "0") == "1"
-        self.set_nodelay(True)
         self.ctx.sockets.add(self)
         share = self.share
         if share is None or share.ended:
@@ -176,7 +167,8 @@ class ViewSocket(TermSocket):
             rows, cols = processes.get_winsize(share.session.fd)
         except OSError:  # the session is closing: its end reaches the viewer right after
             rows, cols = 24, 80
-        self._send(protocol.encode(protocol.SETUP, {"view": True, "rows": rows, "cols": cols}))
+        setup = {"view": True, "rows": rows, "cols": cols}
+        self.write_message(protocol.encode(protocol.SETUP, setup))
         share.add(self)
         if self.ctx.config.ping_interval > 0:
             self._watchdog = asyncio.ensure_future(self._watch(self.ctx.config.ping_interval))
@@ -214,7 +206,7 @@ class ViewSocket(TermSocket):
 
     # -- shares.ViewerSink (send_output and session_ended come from TermSocket) ---------
     def resized(self, rows: int, cols: int) -> None:
-        self._send(protocol.encode(protocol.SIZE, rows, cols))
+        self.write_message(protocol.encode(protocol.SIZE, rows, cols))
 
     def share_ended(self) -> None:
         self.share = None

@@ -158,7 +158,7 @@ def test_port_in_use_is_one_clear_error() -> None:
         assert "Traceback" not in busy.stderr
 
 
-def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
+def test_tls_serves_https_with_a_secure_cookie_and_a_terminal_over_wss(tmp_path: Path) -> None:
     require(shutil.which("openssl") is not None, "openssl CLI missing: no test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -168,6 +168,7 @@ def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
     )  # fmt: skip
     with _server("--certfile", str(cert), "--keyfile", str(key)) as (_, url):
         assert url.startswith("https://")
+        base, token = url.split("?token=")
 
         async def fetch() -> httpclient.HTTPResponse:
             client = httpclient.AsyncHTTPClient()
@@ -179,6 +180,22 @@ def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
         r = asyncio.run(fetch())
         assert r.code == 302
         assert "Secure" in r.headers["Set-Cookie"]
+
+        # The terminal over TLS: the socket stays in Tornado's TLS stream (wsconn's adapter).
+        async def terminal() -> int | None:
+            req = httpclient.HTTPRequest(
+                base.replace("https://", "wss://") + "ws",
+                headers={"Authorization": f"Bearer {token}"}, validate_cert=False,
+            )  # fmt: skip
+            conn = await websocket.websocket_connect(req)
+            conn.write_message(json.dumps([protocol.STDIN, "echo over-$((6*7))-tls\r"]))
+            assert await read_until(conn, r"(over-42-tls)") == "over-42-tls"
+            conn.close(1000)
+            while await asyncio.wait_for(conn.read_message(), 10) is not None:
+                pass
+            return conn.close_code
+
+        assert asyncio.run(terminal()) == 1000  # the server echoed the client's close
 
 
 def test_server_reaps_orphans_that_left_their_session() -> None:

@@ -1,0 +1,395 @@
+"""A WebSocket connection (RFC 6455, server side) on an asyncio transport.
+
+Tornado reads each message in three or four awaited steps and re-registers the socket with
+epoll around each; a keystroke is one small frame, so that was most of the server's Python
+time per key. Here the upgrade stays a Tornado request (`wsupgrade.py`) and the socket then
+belongs to the event loop's own transport (C code under uvloop): one `data_received` per
+packet, frames parsed from it in place, one `transport.write` per frame sent.
+
+No extensions are negotiated (no compression: PTY output is mostly short frames, and the
+stream is local or behind a proxy). What a client sends is bounded: a message over
+`max_message` closes with 1009 and the rest is read and dropped (so the close frame is not
+lost to a TCP reset); so is what the server buffers for a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol, cast
+
+from tornado import iostream
+
+try:
+    from tornado.speedups import websocket_mask  # C, ships with Tornado's wheels
+except ImportError:  # pragma: no cover - a source install of Tornado
+
+    def websocket_mask(mask: bytes, data: bytes) -> bytes:
+        n = len(data)
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+
+
+log = logging.getLogger("mixvllm.terminal")
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_WAIT_S = 5.0  # how long a closing server waits for the client's close frame (as Tornado)
+READ_CHUNK = 64 * 1024  # TLS only: most bytes taken from Tornado's stream per read
+
+
+class Endpoint(Protocol):
+    """What the connection calls: the handler of one socket."""
+
+    def on_message(self, message: str | bytes) -> None: ...
+
+    def on_pong(self, data: bytes) -> None: ...
+
+    def on_close(self) -> None: ...
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Transport(Protocol):
+    """The part of `asyncio.Transport` the connection uses (`StreamTransport` has it too)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final frame (what a server sends)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 1 << 16:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+class Connection(asyncio.Protocol):
+    """Frames in and out for one endpoint; reading starts with `start()`, after its open()."""
+
+    def __init__(self, endpoint: Endpoint, *, max_message: int, max_buffered: int) -> None:
+        self._endpoint = endpoint
+        self._max_message = max_message
+        self._max_buffered = max_buffered  # bytes queued for a client that does not read
+        self._transport: Transport | None = None
+        self._started = False  # the endpoint is open: frames are handled
+        self._held = bytearray()  # what arrived before that
+        self._buf = bytearray()  # an incomplete frame
+        self._need = 0  # bytes `_buf` must hold before it is worth parsing again
+        self._fragments: bytearray | None = None  # a message arriving in several frames
+        self._fragment_opcode = OP_TEXT
+        self._sent_close = False
+        self._got_close = False
+        self._lost = False
+        self._ended = False  # the endpoint's on_close has run
+        self._discarding = False  # after a 1009: read and drop until the client hangs up
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.close_code: int | None = None  # the code of the client's close frame
+
+    # -- to the client --------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """No frame can be sent any more (closing or gone)."""
+        return self._sent_close or self._lost
+
+    def write_message(self, message: str | bytes, binary: bool = False) -> None:
+        """Send one message; dropped once the connection is closing (on_close follows)."""
+        if self.closed or self._transport is None:
+            return
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        self._transport.write(frame(OP_BINARY if binary else OP_TEXT, message))
+
+    def ping(self, data: bytes = b"") -> None:
+        if not self.closed and self._transport is not None:
+            self._transport.write(frame(OP_PING, data[:125]))
+
+    def abort(self) -> None:
+        """Hang up at once; nothing more is sent or read (connection_lost follows)."""
+        if self._transport is not None and not self._lost:
+            self._lost = True
+            self._transport.abort()
+
+    def close(self, code: int | None = None, reason: str = "") -> None:
+        """Start the closing handshake: a close frame, then the client's, or a timeout."""
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        if not self._sent_close:
+            self._sent_close = True
+            payload = b""
+            if code is not None:
+                payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+            transport.write(frame(OP_CLOSE, payload))
+        if self._got_close:
+            transport.close()
+        elif self._close_timer is None and not self._discarding:
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, transport.abort)
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)  # uvloop's is not a registered subclass
+        stream.set_write_buffer_limits(high=self._max_buffered)
+        self.attach(stream)
+
+    def attach(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def start(self, early: bytes = b"") -> None:
+        """The endpoint is open: handle frames, starting with `early` (sent with the handshake)
+        and what arrived while open() ran."""
+        self._started = True
+        held = early + bytes(self._held)
+        self._held.clear()
+        if held:
+            self.data_received(held)
+        if self._transport is not None and not self._lost:
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # Past `max_buffered`: the client acknowledges output it does not read (flow control
+        # keeps an honest client far below), or sends pings and reads no pongs.
+        log.warning("dropping a WebSocket client that does not read what it is sent")
+        self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._endpoint.on_close()
+
+    # -- from the client -----------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if not self._started:  # open() is still running: hold frames back, as Tornado does
+            self._held += data
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        if self._discarding or self._got_close:
+            return
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return  # a big frame still arriving: no re-parse per packet
+            data = bytes(self._buf)
+            self._buf.clear()
+        pos = self._parse(data)
+        if pos < len(data) and not (self._discarding or self._got_close or self._lost):
+            self._buf += data[pos:]
+
+    @property
+    def _deaf(self) -> bool:
+        """Nothing more the client sends is handled."""
+        return self._discarding or self._got_close or self._lost
+
+    def _parse(self, data: bytes) -> int:
+        """Handle every complete frame in `data`; return where the incomplete rest starts."""
+        pos, end = 0, len(data)
+        while not self._deaf:
+            header = self._header(data, pos)
+            if header is None:
+                return pos
+            b0, start, length = header
+            if len(data) - start < length:
+                self._need = start - pos + length
+                return pos
+            payload = data[start : start + length]
+            if length:
+                payload = websocket_mask(data[start - 4 : start], payload)
+            pos = start + length
+            self._frame(b0 & 0x80, b0 & 0x0F, payload)
+        return end
+
+    def _header(self, data: bytes, pos: int) -> tuple[int, int, int] | None:
+        """(first byte, payload start, payload length) of the frame at `pos`; None if the
+        header is incomplete (`_need` says how much it takes) or refused (the client is done)."""
+        if len(data) - pos < 2:
+            self._need = 2
+            return None
+        b0, b1 = data[pos], data[pos + 1]
+        length, head = b1 & 0x7F, 2
+        if length >= 126:
+            head = 4 if length == 126 else 10
+            if len(data) - pos < head:
+                self._need = head
+                return None
+            length = int.from_bytes(data[pos + 2 : pos + head], "big")
+        control = b0 & 0x8
+        if b0 & 0x70 or not b1 & 0x80 or (control and (length > 125 or not b0 & 0x80)):
+            self._fail(CLOSE_PROTOCOL_ERROR, "bad frame: reserved bits, no mask or bad control")
+            return None
+        held = len(self._fragments) if self._fragments is not None and not control else 0
+        if held + length > self._max_message:
+            self._too_big()
+            return None
+        return b0, pos + head + 4, length
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if opcode & 0x8:
+            self._control(opcode, payload)
+        elif opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                self._fail(CLOSE_PROTOCOL_ERROR, "continuation of nothing")
+                return
+            self._fragments += payload
+            if fin:
+                payload, self._fragments = bytes(self._fragments), None
+                self._deliver(self._fragment_opcode, payload)
+        elif opcode in (OP_TEXT, OP_BINARY) and self._fragments is None:
+            if fin:
+                self._deliver(opcode, payload)
+            else:
+                self._fragment_opcode, self._fragments = opcode, bytearray(payload)
+        else:
+            self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode or interleaved message")
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_CLOSE:
+            self._got_close = True
+            if len(payload) >= 2:
+                self.close_code = int.from_bytes(payload[:2], "big")
+            self.close(self.close_code)  # echoes the client's code, then hangs up
+        elif opcode == OP_PING:
+            if not self.closed and self._transport is not None:
+                self._transport.write(frame(OP_PONG, payload))
+        elif opcode == OP_PONG:
+            self._call(self._endpoint.on_pong, payload)
+        else:
+            self._fail(CLOSE_PROTOCOL_ERROR, "unknown control opcode")
+
+    def _deliver(self, opcode: int, payload: bytes) -> None:
+        if self._sent_close:
+            return  # the endpoint has closed: what crosses our close frame is moot
+        if opcode == OP_BINARY:
+            self._call(self._endpoint.on_message, payload)
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail(CLOSE_INVALID_DATA, "text frame is not UTF-8")
+            return
+        self._call(self._endpoint.on_message, text)
+
+    def _call(self, method: Callable[[Any], None], arg: str | bytes) -> None:
+        try:
+            method(arg)
+        except Exception:  # a bug in a handler must not take the server down
+            self._endpoint.log_exception(*sys.exc_info())
+            self.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.warning("closing WebSocket: %s", reason)
+        self.close(code, reason)
+        self._got_close = True  # nothing more is read
+        if self._transport is not None:
+            self._transport.close()
+
+    def _too_big(self) -> None:
+        """1009, then read and drop the rest: closing now would reset the connection, and a
+        reset makes the client's kernel drop the close frame (a browser reports 1006)."""
+        self._discarding = True  # before close(): the drain has its own deadline
+        self.close(CLOSE_TOO_BIG, "message too big")
+        self._buf.clear()
+        self._fragments = None
+        self._end()  # the session detaches now, not when the client is done sending
+        if self._transport is not None:
+            self._transport.write_eof()  # after the close frame: the client sees EOF
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
+
+
+class StreamTransport:
+    """A Tornado stream behind the `Transport` interface: for TLS, where the event loop cannot
+    adopt a socket whose TLS session Tornado already holds."""
+
+    def __init__(self, stream: iostream.IOStream, protocol: Connection, max_buffered: int) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._reader: asyncio.Task[None] | None = None
+        stream.max_write_buffer_size = max_buffered
+        stream.set_close_callback(lambda: protocol.connection_lost(None))
+        protocol.attach(self)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._stream.write(data).add_done_callback(_consume)
+        except iostream.StreamBufferFullError:
+            self._protocol.pause_writing()
+        except iostream.StreamClosedError:
+            pass
+
+    def write_eof(self) -> None:
+        def shut(_: object) -> None:
+            if not self._stream.closed():
+                with contextlib.suppress(OSError):
+                    self._stream.socket.shutdown(socket.SHUT_WR)
+
+        self._after_flush(shut)
+
+    def close(self) -> None:
+        self._after_flush(lambda _: self._stream.close())
+
+    def abort(self) -> None:
+        self._stream.close()
+
+    def pause_reading(self) -> None:
+        pass  # reading starts with resume_reading()
+
+    def resume_reading(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read())
+
+    def _after_flush(self, then: Callable[[asyncio.Future[None]], None]) -> None:
+        if self._stream.closed():
+            return
+        try:
+            fut = self._stream.write(b"")
+        except iostream.StreamClosedError:
+            return
+        fut.add_done_callback(then)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self._protocol.data_received(await self._stream.read_bytes(READ_CHUNK, True))
+        except iostream.StreamClosedError:
+            pass
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    # A write to a closed stream fails; its close callback handles that, nobody awaits it.
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,288 @@
+"""The WebSocket layer (wsupgrade + wsconn) spoken to byte by byte over real sockets, on the
+event loop the server runs on (uvloop) and on asyncio's own: their transports differ in when
+they start reading, which is where messages were lost."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import pytest
+
+from terminal_server import protocol
+from terminal_server.wsconn import Connection
+
+from .support import wait_for_async
+from .terminal_support import TOKEN, Server, running_server
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+def _uvloop() -> LoopFactory:
+    import uvloop  # noqa: PLC0415 - the `fast` extra, which `make test` installs
+
+    return uvloop.new_event_loop
+
+
+LOOPS = [
+    pytest.param(None, id="asyncio"),
+    pytest.param(
+        "uvloop",
+        id="uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None, reason="uvloop (the fast extra) missing"
+        ),
+    ),
+]
+
+
+def run_on(loop: str | None, body: Callable[[], Awaitable[None]]) -> None:
+    factory = _uvloop() if loop == "uvloop" else None
+
+    async def bounded() -> None:
+        await asyncio.wait_for(body(), 60)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(bounded())
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    """A masked frame, as a client must send it."""
+    mask = b"\x37\xfa\x21\x3d"
+    n = len(payload)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | rsv | opcode]) + length + mask + masked
+
+
+def stdin(text: str) -> bytes:
+    return client_frame(0x1, json.dumps([protocol.STDIN, text]).encode())
+
+
+class Raw:
+    """A WebSocket client by hand: what it writes is exactly what the server reads."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.output = b""
+        self.setup: dict[str, object] | None = None
+
+    async def frame(self) -> tuple[int, bytes]:
+        head = await asyncio.wait_for(self.reader.readexactly(2), 10)
+        length = head[1] & 0x7F
+        if length >= 126:
+            length = int.from_bytes(await self.reader.readexactly(2 if length == 126 else 8))
+        return head[0] & 0x0F, await self.reader.readexactly(length)
+
+    async def until(self, wanted: bytes) -> None:
+        """Read stdout (binary frames) until `wanted` shows up."""
+        while wanted not in self.output:
+            opcode, payload = await self.frame()
+            assert opcode != 0x8, f"closed: {payload!r}; output {self.output[-300:]!r}"
+            if opcode == 0x2:
+                self.output += payload
+            elif opcode == 0x1 and json.loads(payload)[0] == protocol.SETUP:
+                self.setup = json.loads(payload)[1]
+
+    async def close_code(self) -> int:
+        """Read until the server's close frame; its code."""
+        while True:
+            opcode, payload = await self.frame()
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big")
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def hang_up(self) -> None:
+        self.writer.transport.abort()
+
+
+async def upgrade(srv: Server, query: str = "", then: bytes = b"") -> Raw:
+    """Open /ws?binary=1&QUERY; `then` goes out in the same write as the request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = (
+        f"GET /ws?binary=1{'&' + query if query else ''} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{srv.port}\r\nCookie: {srv.ctx.cookie_name}={TOKEN}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    writer.write(request.encode() + then)
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status, *lines = head.decode().split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines if line)
+        assert status.startswith("HTTP/1.1 101"), head
+        # RFC 6455's example key and answer (lower-cased here, as every header)
+        assert headers["sec-websocket-accept"] == "s3pplmbitxaq9kygzzhzrbk+xoo="
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return Raw(reader, writer)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_frames_sent_with_the_upgrade_request_are_not_lost(loop: str | None) -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            raw = await upgrade(srv, then=stdin("echo early'-'bird\r"))
+            await raw.until(b"early-bird")
+            raw.hang_up()
+
+    run_on(loop, body)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_input_sent_while_the_session_restarts_is_not_lost(loop: str | None) -> None:
+    # A restart's open() waits for the old session's processes to die; what the client sends
+    # meanwhile must wait for the new session, not be dropped for want of one.
+    async def body() -> None:
+        async with running_server() as srv:
+            first = await srv.connect()
+            raw = await upgrade(srv, f"session={first.session_id}&restart=1")
+            raw.send(stdin("echo after'-'restart\r"))
+            await raw.until(b"after-restart")
+            assert raw.setup is not None and raw.setup["session"] != first.session_id
+            raw.hang_up()
+
+    run_on(loop, body)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_fragments_pings_and_frames_split_anywhere_make_the_same_messages(
+    loop: str | None,
+) -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+            await raw.until(b"ready-now")
+            text = json.dumps([protocol.STDIN, "echo frag'-'mented\r"]).encode()
+            # 70,000 bytes of JSON whitespace: a frame with a 64-bit length.
+            big = b'["stdin", "echo big\'-\'frame\\r"' + b" " * 70_000 + b"]"
+            wire = (
+                client_frame(0x1, text[:5], fin=False)
+                + client_frame(0x9, b"are you there")  # a ping between fragments
+                + client_frame(0x0, text[5:12], fin=False)
+                + client_frame(0x0, text[12:])
+                + client_frame(0x1, big)
+            )
+            head = 7 * 90  # the head of it in 7-byte packets, into the big frame's payload
+            for start in range(0, head, 7):
+                raw.send(wire[start : start + 7])
+                await raw.writer.drain()
+                await asyncio.sleep(0.001)
+            raw.send(wire[head:])
+            opcode, payload = await raw.frame()
+            while opcode != 0xA:
+                raw.output += payload if opcode == 0x2 else b""
+                opcode, payload = await raw.frame()
+            assert payload == b"are you there"
+            await raw.until(b"frag-mented")
+            await raw.until(b"big-frame")
+            raw.hang_up()
+
+    run_on(loop, body)
+
+
+VIOLATIONS = {
+    "unmasked": (bytes([0x81, 0x02]) + b"hi", 1002),
+    "reserved bit": (client_frame(0x1, b"[]", rsv=0x40), 1002),
+    "not UTF-8": (client_frame(0x1, b'["stdin", "\xff\xfe"]'), 1007),
+    "continuation of nothing": (client_frame(0x0, b"x"), 1002),
+    "long control frame": (client_frame(0x9, b"p" * 126), 1002),
+    "fragmented control frame": (client_frame(0x9, b"p", fin=False), 1002),
+    "unknown opcode": (client_frame(0x3, b"x"), 1002),
+}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_each_protocol_violation_closes_with_its_code_and_the_server_serves_on(
+    loop: str | None,
+) -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            for name, (wire, code) in VIOLATIONS.items():
+                raw = await upgrade(srv)
+                raw.send(wire)
+                assert await raw.close_code() == code, name
+                raw.hang_up()
+            other = await upgrade(srv, then=stdin("echo still'-'serving\r"))
+            await other.until(b"still-serving")
+            other.hang_up()
+
+    run_on(loop, body)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_close_is_echoed_then_the_connection_ends_and_the_session_stays(
+    loop: str | None,
+) -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+            await raw.until(b"ready-now")
+            assert raw.setup is not None
+            session = srv.ctx.manager.sessions[str(raw.setup["session"])]
+            raw.send(client_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
+            assert await raw.close_code() == 1000
+            assert await asyncio.wait_for(raw.reader.read(), 10) == b""  # then EOF
+            await wait_for_async(lambda: session.client is None, what="the client detached")
+            assert not session.closed  # kept for a reattach
+            raw.hang_up()
+
+    run_on(loop, body)
+
+
+class _Endpoint:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def on_message(self, message: str | bytes) -> None:
+        pass
+
+    def on_pong(self, data: bytes) -> None:
+        pass
+
+    def on_close(self) -> None:
+        self.closed = True
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        raise AssertionError("no exception expected")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_reads_nothing_is_dropped_once_its_buffer_is_full(loop: str | None) -> None:
+    # Flow control bounds what an honest client holds; one that acknowledges output without
+    # reading it must not make the server buffer without end.
+    async def body() -> None:
+        ours, theirs = socket.socketpair()
+        endpoint = _Endpoint()
+        conn = Connection(endpoint, max_message=1024, max_buffered=1024 * 1024)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, ours)
+        conn.start()
+        chunk = b"x" * 65536
+        sent = 0
+        while not endpoint.closed and sent < 64 * 1024 * 1024:
+            conn.write_message(chunk, binary=True)
+            sent += len(chunk)
+            await asyncio.sleep(0)
+        await wait_for_async(lambda: endpoint.closed, what="the connection dropped")
+        assert sent < 16 * 1024 * 1024, sent  # kernel buffers plus the 1 MiB bound
+        theirs.close()
+
+    run_on(loop, body)
