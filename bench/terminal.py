@@ -17,16 +17,22 @@ Measured, with ratios mixvllm / each peer:
                    EAGAIN, as the server does) that throws it away: no socket, no client. No
                    server can read faster or for less CPU than this on the same machine; its
                    rows put it in the mixvllm column and compare it with terminado.
-  echo             keystroke -> echoed character, p50/p99
+  echo             keystroke -> echoed character, p50/p99, and server CPU per keystroke
+  keystroke floor  the same keystrokes through a bare relay (epoll, socket <-> PTY, raw bytes)
+                   that does only the six system calls a keystroke takes: its kernel time is
+                   the CPU no server, in C or Python, can go below
   ctrl-c           Ctrl-C during an output flood until the prompt answers, with a fast client
                    and with one consuming 1 MB/s
   stall            server RSS growth while a client stops reading for 20 s during a flood
-  200 sessions     server RSS per session, echo p99 across sessions, server CPU
+  200 sessions     server RSS per session; one key each in turn (echo p99, server CPU share
+                   of that loop's wall time, which depends on how fast this client is); then all
+                   typing 10 keys/s at once for --typing seconds (server cores, echo p99)
 
 Targets (issue 2, 2 cores): throughput >= 3x terminado at <= 1/4 of its CPU per MB; echo p50
 no worse; ctrl-c with the 1 MB/s client <= 0.5 s; stall growth <= 8 MB; 200 sessions with
 echo p99 <= 25 ms. Issue 13 (against ttyd's 0.27 / 0.46 ms, 0.08 cores, 14 KB measured
-elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % of a core;
+elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % of a core
+(the typing row: 2,000 keys/s in all, a rate that does not depend on this client's speed);
 <= 20 KB RSS per session; throughput and CPU per MB no worse than before.
 Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--only echo ...]
 """
@@ -61,6 +67,7 @@ SHELL = "/bin/bash --norc --noprofile"
 TOKEN = "bench-token-0123456789"
 LINE = "0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz"
 CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
+TYPING_RATE = 10.0  # keys/s per session in the typing run: a fast typist
 
 
 # -- the baseline server ---------------------------------------------------------------------
@@ -121,6 +128,88 @@ async def pty_floor(megabytes: int) -> tuple[float, float]:
     out, _ = await proc.communicate()
     result = json.loads(out)
     return megabytes / result["wall"], result["cpu"] / megabytes
+
+
+# -- the floor of a keystroke: a bare relay between a socket and a PTY ------------------------
+def run_echo_floor() -> None:
+    """Relay raw bytes between one TCP connection and a shell's PTY with epoll: per keystroke
+    the six system calls every terminal server makes (two waits, socket read, PTY write, PTY
+    read, socket send) and nothing else. Its kernel time is what no server, in C or Python,
+    can go below; it prints its port, then relays until the client hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+    conn, _ = listener.accept()
+    listener.close()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    master, slave = os.openpty()
+    shell = subprocess.Popen(
+        SHELL.split(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    poller = select.epoll()
+    poller.register(conn.fileno(), select.EPOLLIN)
+    poller.register(master, select.EPOLLIN)
+    buf = bytearray(64 * 1024)
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                if fd == master:
+                    conn.sendall(buf[: os.readv(master, [buf])])
+                elif (n := conn.recv_into(buf)) == 0:
+                    return
+                else:
+                    os.write(master, buf[:n])
+    except OSError:  # the client hung up hard, or the shell exited
+        pass
+    finally:
+        shell.kill()
+        shell.wait()
+
+
+async def echo_floor(count: int) -> tuple[float, float, float]:
+    """(CPU s per keystroke, of which kernel, echo p50 s) of the bare relay."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--echo-floor"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        seen = b""
+
+        async def until(marker: bytes) -> None:
+            nonlocal seen
+            while marker not in seen:
+                seen = (seen + await asyncio.wait_for(reader.read(65536), CAP_S))[-4096:]
+            seen = b""
+
+        writer.write(b"PS1='$ '; stty -echoctl; echo READY-$((40+2))\r")
+        await until(b"READY-42")
+        relay = psutil.Process(proc.pid)
+        t0, samples = relay.cpu_times(), []
+        for i in range(count):
+            ch = "abcdefghij"[i % 10].encode()
+            start = time.monotonic()
+            writer.write(ch)
+            await until(ch)
+            samples.append(time.monotonic() - start)
+            if i % 50 == 49:
+                writer.write(b"\x15")
+                await reader.read(65536)
+        t1 = relay.cpu_times()
+        writer.close()
+        await writer.wait_closed()  # the relay exits when it reads the end
+        keys = count + count // 50
+        cpu = (t1.user - t0.user + t1.system - t0.system) / keys
+        return cpu, (t1.system - t0.system) / keys, pct(samples, 0.5)
+    finally:
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
 
 
 # -- servers and clients ------------------------------------------------------------------------
@@ -372,10 +461,17 @@ async def echo_latencies(c: Conn, count: int) -> list[float]:
     return samples
 
 
-async def echo(target: Target, count: int) -> tuple[float, float]:
+def keys_typed(count: int) -> int:
+    """Keystrokes echo_latencies sends for `count` samples (a Ctrl-U every 50, one at the end)."""
+    return count + count // 50 + 1
+
+
+async def echo(target: Target, count: int) -> tuple[float, float, float]:
+    """(p50, p99, server CPU s per keystroke)."""
     async with connect(target) as c:
+        cpu0 = target.cpu()
         s = await echo_latencies(c, count)
-        return pct(s, 0.5), pct(s, 0.99)
+        return pct(s, 0.5), pct(s, 0.99), (target.cpu() - cpu0) / keys_typed(count)
 
 
 async def ctrl_c(target: Target, rate: float | None) -> float:
@@ -409,7 +505,30 @@ async def stall(target: Target, seconds: float) -> float:
         return (peak - rss0) / 1e6
 
 
-async def many_sessions(target: Target, n: int) -> tuple[float, float, float]:
+async def typist(c: Conn, interval: float, start: float, end: float, out: list[float]) -> int:
+    """Type one key every `interval` s from `start` to `end`, each waited for; keys sent."""
+    sent, due = 0, start
+    while due < end:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        ch = "abcdefghij"[sent % 10]
+        t0 = time.monotonic()
+        c.send(ch)
+        while ch not in (await c.frame() or ch):
+            c.ack()
+        c.ack()
+        out.append(time.monotonic() - t0)
+        sent += 1
+        if sent % 50 == 0:
+            c.send("\x15")  # clear the line, as echo_latencies does
+        due += interval
+    return sent + sent // 50
+
+
+async def many_sessions(
+    target: Target, n: int, rate: float, seconds: float
+) -> tuple[float, float, float, float, float]:
+    """(RSS per session, echo p99 and server CPU share of a sequential round over the sessions,
+    then server cores and echo p99 with every session typing `rate` keys/s for `seconds`)."""
     rss0 = target.rss()
     stack = contextlib.AsyncExitStack()
     async with stack:
@@ -422,8 +541,20 @@ async def many_sessions(target: Target, n: int) -> tuple[float, float, float]:
         for _ in range(3):
             for c in conns:
                 samples += await echo_latencies(c, 1)
-        cpu = (target.cpu() - cpu0) / (time.monotonic() - t0)
-        return per_session, pct(samples, 0.99), cpu
+        share = (target.cpu() - cpu0) / (time.monotonic() - t0)
+        # As people type: every session at `rate`, their keys spread evenly over time.
+        interval, paced = 1.0 / rate, []
+        begin = time.monotonic() + 0.5
+        end = begin + seconds
+        cpu0 = target.cpu()
+        await asyncio.gather(
+            *(
+                typist(c, interval, begin + i * interval / n, end, paced)
+                for i, c in enumerate(conns)
+            )
+        )
+        cores = (target.cpu() - cpu0) / (time.monotonic() - begin)
+        return per_session, pct(samples, 0.99), share, cores, pct(paced, 0.99)
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -464,14 +595,18 @@ def cells(label: str, unit: str, value: Any) -> list[tuple[str, str, float]]:
         ]
     if label.startswith("echo"):
         return [
-            (f"echo {q} (ms)", f"{v * 1e3:.2f}", v)
-            for q, v in zip(("p50", "p99"), value, strict=True)
+            ("echo p50 (ms)", f"{value[0] * 1e3:.2f}", value[0]),
+            ("echo p99 (ms)", f"{value[1] * 1e3:.2f}", value[1]),
+            ("server CPU per keystroke (µs)", f"{value[2] * 1e6:.0f}", value[2]),
         ]
     if label.endswith("sessions"):
+        typing = f"{label} typing {TYPING_RATE:g} keys/s"
         return [
             (f"{label}: RSS/session KB", f"{value[0] * 1e3:.1f}", value[0]),
-            (f"{label}: echo p99 ms", f"{value[1] * 1e3:.2f}", value[1]),
-            (f"{label}: server CPU", f"{value[2]:.0%}", value[2]),
+            (f"{label}, one key each in turn: echo p99 ms", f"{value[1] * 1e3:.2f}", value[1]),
+            (f"{label}, one key each in turn: server CPU", f"{value[2]:.0%}", value[2]),
+            (f"{typing}: server CPU", f"{value[3]:.0%}", value[3]),
+            (f"{typing}: echo p99 ms", f"{value[4] * 1e3:.2f}", value[4]),
         ]
     return [(label, fmt(value, unit), value)]
 
@@ -486,6 +621,7 @@ async def run_all(args: argparse.Namespace) -> int:
         )
     rows: list[tuple[str, str, dict[str, Any]]] = []
     floor: list[tuple[float, float]] = []
+    key_floor: list[tuple[float, float, float]] = []
     try:
         for label, unit, fn in [
             ("throughput MB/s", "MB/s", lambda t: throughput(t, args.megabytes)),
@@ -493,7 +629,11 @@ async def run_all(args: argparse.Namespace) -> int:
             ("ctrl-c, fast client", "s", lambda t: ctrl_c(t, None)),
             ("ctrl-c, 1 MB/s client", "s", lambda t: ctrl_c(t, 1e6)),
             ("stall RSS growth", "MB", lambda t: stall(t, args.stall)),
-            (f"{args.sessions} sessions", "", lambda t: many_sessions(t, args.sessions)),
+            (
+                f"{args.sessions} sessions",
+                "",
+                lambda t: many_sessions(t, args.sessions, TYPING_RATE, args.typing),
+            ),
         ]:
             if args.only and not any(o in label for o in args.only):
                 continue
@@ -514,6 +654,9 @@ async def run_all(args: argparse.Namespace) -> int:
                 if label.startswith("throughput"):
                     print("... throughput: PTY floor", file=sys.stderr, flush=True)
                     floor.append(await pty_floor(args.megabytes))
+                if label.startswith("echo"):
+                    print("... echo: keystroke floor", file=sys.stderr, flush=True)
+                    key_floor.append(await echo_floor(args.keys))
             rows.append((label, unit, {n: median_of(v) for n, v in samples.items()}))
     finally:
         for t in targets:
@@ -534,6 +677,13 @@ async def run_all(args: argparse.Namespace) -> int:
             rate, cpu = median_of(floor)
             print(f"| PTY floor (MB/s) | {rate:.1f} | (no server: the limit) |")
             print(f"| PTY floor CPU s per MB | {cpu:.4f} | |")
+        if label.startswith("echo"):
+            cpu, kernel, p50 = median_of(key_floor)
+            print(
+                f"| keystroke floor: CPU per key (µs), of which kernel | {cpu * 1e6:.0f}, "
+                f"{kernel * 1e6:.0f} | (a bare relay: the limit) |"
+            )
+            print(f"| keystroke floor: echo p50 (ms) | {p50 * 1e3:.2f} | |")
     load1 = os.getloadavg()
     cpus = os.cpu_count()
     print(f"load average (1 min): {load0[0]:.1f} at start, {load1[0]:.1f} at end; {cpus} CPUs")
@@ -544,11 +694,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pty-floor", type=int, metavar="MB", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--megabytes", type=int, default=100)
-    parser.add_argument("--keys", type=int, default=300)
+    parser.add_argument("--keys", type=int, default=2000)
     parser.add_argument("--stall", type=float, default=20.0)
     parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--typing", type=float, default=10.0, help="seconds the sessions type")
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
@@ -559,8 +711,12 @@ def main() -> int:
     if args.pty_floor:
         run_pty_floor(args.pty_floor)
         return 0
+    if args.echo_floor:
+        run_echo_floor()
+        return 0
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1
+        args.typing = 2.0
     return asyncio.run(run_all(args))
 
 
