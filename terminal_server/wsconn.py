@@ -149,7 +149,7 @@ class Connection(asyncio.Protocol):
         if self._got_close:
             transport.close()
         elif self._close_timer is None and not self._discarding:
-            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, transport.abort)
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,12 +164,23 @@ class Connection(asyncio.Protocol):
         """The endpoint is open: handle frames, starting with `early` (sent with the handshake)
         and what arrived while open() ran."""
         self._started = True
+        if self._lost:  # the client left while open() ran: its on_close runs only now
+            self._end()
+            return
         held = early + bytes(self._held)
         self._held.clear()
         if held:
             self.data_received(held)
         if self._transport is not None and not self._lost:
             self._transport.resume_reading()
+
+    def give_up(self) -> None:
+        """open() failed: hang up; the endpoint's on_close runs as after any end."""
+        self._started = True
+        if self._lost:
+            self._end()
+        else:
+            self.abort()
 
     def pause_writing(self) -> None:
         # Past `max_buffered`: the client acknowledges output it does not read (flow control
@@ -188,7 +199,8 @@ class Connection(asyncio.Protocol):
         self._end()
 
     def _end(self) -> None:
-        if not self._ended:
+        # Never before the endpoint's open() is done (start or give_up), as with Tornado.
+        if self._started and not self._ended:
             self._ended = True
             self._endpoint.on_close()
 

@@ -95,7 +95,7 @@ class WebSocketHandler(web.RequestHandler):
             await self.open()
         except Exception:
             self.log_exception(*sys.exc_info())
-            conn.abort()
+            conn.give_up()
             return
         conn.start(early)
 

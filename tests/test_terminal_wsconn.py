@@ -286,3 +286,24 @@ def test_a_client_that_reads_nothing_is_dropped_once_its_buffer_is_full(loop: st
         theirs.close()
 
     run_on(loop, body)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_gone_while_its_session_opens_leaves_no_session_attached(
+    loop: str | None,
+) -> None:
+    # on_close must follow open(): run before it, the session open() then attaches would keep
+    # a dead client forever (never idle-culled, its output window never acknowledged).
+    async def body() -> None:
+        async with running_server() as srv:
+            first = await srv.connect()
+            raw = await upgrade(srv, f"session={first.session_id}&restart=1")
+            raw.hang_up()  # while the restart waits for the old session's processes
+            await wait_for_async(
+                lambda: len(srv.ctx.manager.sessions) == 1 and not srv.ctx.sockets,
+                what="only the restarted session, and no socket open",
+            )
+            (session,) = srv.ctx.manager.sessions.values()
+            await wait_for_async(lambda: session.client is None, what="no dead client attached")
+
+    run_on(loop, body)
