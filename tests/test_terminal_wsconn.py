@@ -50,6 +50,22 @@ def run_on(loop: str | None, body: Callable[[], Awaitable[None]]) -> None:
         runner.run(bounded())
 
 
+def served(test: Callable[[Server], Awaitable[None]]) -> Callable[[str | None], None]:
+    """`test` on a running server, once per event loop."""
+
+    @pytest.mark.parametrize("loop", LOOPS)
+    def on_loop(loop: str | None) -> None:
+        async def body() -> None:
+            async with running_server() as srv:
+                await test(srv)
+
+        run_on(loop, body)
+
+    on_loop.__name__ = on_loop.__qualname__ = test.__name__
+    on_loop.__doc__ = test.__doc__
+    return on_loop
+
+
 def client_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
     """A masked frame, as a client must send it."""
     mask = b"\x37\xfa\x21\x3d"
@@ -131,67 +147,55 @@ async def upgrade(srv: Server, query: str = "", then: bytes = b"") -> Raw:
     return Raw(reader, writer)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_frames_sent_with_the_upgrade_request_are_not_lost(loop: str | None) -> None:
-    async def body() -> None:
-        async with running_server() as srv:
-            raw = await upgrade(srv, then=stdin("echo early'-'bird\r"))
-            await raw.until(b"early-bird")
-            raw.hang_up()
-
-    run_on(loop, body)
+@served
+async def test_frames_sent_with_the_upgrade_request_are_not_lost(srv: Server) -> None:
+    raw = await upgrade(srv, then=stdin("echo early'-'bird\r"))
+    await raw.until(b"early-bird")
+    raw.hang_up()
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_input_sent_while_the_session_restarts_is_not_lost(loop: str | None) -> None:
+@served
+async def test_input_sent_while_the_session_restarts_is_not_lost(srv: Server) -> None:
     # A restart's open() waits for the old session's processes to die; what the client sends
     # meanwhile must wait for the new session, not be dropped for want of one.
-    async def body() -> None:
-        async with running_server() as srv:
-            first = await srv.connect()
-            raw = await upgrade(srv, f"session={first.session_id}&restart=1")
-            raw.send(stdin("echo after'-'restart\r"))
-            await raw.until(b"after-restart")
-            assert raw.setup is not None and raw.setup["session"] != first.session_id
-            raw.hang_up()
-
-    run_on(loop, body)
+    first = await srv.connect()
+    raw = await upgrade(srv, f"session={first.session_id}&restart=1")
+    raw.send(stdin("echo after'-'restart\r"))
+    await raw.until(b"after-restart")
+    assert raw.setup is not None and raw.setup["session"] != first.session_id
+    raw.hang_up()
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_fragments_pings_and_frames_split_anywhere_make_the_same_messages(
-    loop: str | None,
+@served
+async def test_fragments_pings_and_frames_split_anywhere_make_the_same_messages(
+    srv: Server,
 ) -> None:
-    async def body() -> None:
-        async with running_server() as srv:
-            raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
-            await raw.until(b"ready-now")
-            text = json.dumps([protocol.STDIN, "echo frag'-'mented\r"]).encode()
-            # 70,000 bytes of JSON whitespace: a frame with a 64-bit length.
-            big = b'["stdin", "echo big\'-\'frame\\r"' + b" " * 70_000 + b"]"
-            wire = (
-                client_frame(0x1, text[:5], fin=False)
-                + client_frame(0x9, b"are you there")  # a ping between fragments
-                + client_frame(0x0, text[5:12], fin=False)
-                + client_frame(0x0, text[12:])
-                + client_frame(0x1, big)
-            )
-            head = 7 * 90  # the head of it in 7-byte packets, into the big frame's payload
-            for start in range(0, head, 7):
-                raw.send(wire[start : start + 7])
-                await raw.writer.drain()
-                await asyncio.sleep(0.001)
-            raw.send(wire[head:])
-            opcode, payload = await raw.frame()
-            while opcode != 0xA:
-                raw.output += payload if opcode == 0x2 else b""
-                opcode, payload = await raw.frame()
-            assert payload == b"are you there"
-            await raw.until(b"frag-mented")
-            await raw.until(b"big-frame")
-            raw.hang_up()
-
-    run_on(loop, body)
+    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+    await raw.until(b"ready-now")
+    text = json.dumps([protocol.STDIN, "echo frag'-'mented\r"]).encode()
+    # 70,000 bytes of JSON whitespace: a frame with a 64-bit length.
+    big = b'["stdin", "echo big\'-\'frame\\r"' + b" " * 70_000 + b"]"
+    wire = (
+        client_frame(0x1, text[:5], fin=False)
+        + client_frame(0x9, b"are you there")  # a ping between fragments
+        + client_frame(0x0, text[5:12], fin=False)
+        + client_frame(0x0, text[12:])
+        + client_frame(0x1, big)
+    )
+    head = 7 * 90  # the head of it in 7-byte packets, into the big frame's payload
+    for start in range(0, head, 7):
+        raw.send(wire[start : start + 7])
+        await raw.writer.drain()
+        await asyncio.sleep(0.001)
+    raw.send(wire[head:])
+    opcode, payload = await raw.frame()
+    while opcode != 0xA:
+        raw.output += payload if opcode == 0x2 else b""
+        opcode, payload = await raw.frame()
+    assert payload == b"are you there"
+    await raw.until(b"frag-mented")
+    await raw.until(b"big-frame")
+    raw.hang_up()
 
 
 VIOLATIONS = {
@@ -205,42 +209,34 @@ VIOLATIONS = {
 }
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_each_protocol_violation_closes_with_its_code_and_the_server_serves_on(
-    loop: str | None,
+@served
+async def test_each_protocol_violation_closes_with_its_code_and_the_server_serves_on(
+    srv: Server,
 ) -> None:
-    async def body() -> None:
-        async with running_server() as srv:
-            for name, (wire, code) in VIOLATIONS.items():
-                raw = await upgrade(srv)
-                raw.send(wire)
-                assert await raw.close_code() == code, name
-                raw.hang_up()
-            other = await upgrade(srv, then=stdin("echo still'-'serving\r"))
-            await other.until(b"still-serving")
-            other.hang_up()
-
-    run_on(loop, body)
+    for name, (wire, code) in VIOLATIONS.items():
+        raw = await upgrade(srv)
+        raw.send(wire)
+        assert await raw.close_code() == code, name
+        raw.hang_up()
+    other = await upgrade(srv, then=stdin("echo still'-'serving\r"))
+    await other.until(b"still-serving")
+    other.hang_up()
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_client_close_is_echoed_then_the_connection_ends_and_the_session_stays(
-    loop: str | None,
+@served
+async def test_a_client_close_is_echoed_then_the_connection_ends_and_the_session_stays(
+    srv: Server,
 ) -> None:
-    async def body() -> None:
-        async with running_server() as srv:
-            raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
-            await raw.until(b"ready-now")
-            assert raw.setup is not None
-            session = srv.ctx.manager.sessions[str(raw.setup["session"])]
-            raw.send(client_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
-            assert await raw.close_code() == 1000
-            assert await asyncio.wait_for(raw.reader.read(), 10) == b""  # then EOF
-            await wait_for_async(lambda: session.client is None, what="the client detached")
-            assert not session.closed  # kept for a reattach
-            raw.hang_up()
-
-    run_on(loop, body)
+    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+    await raw.until(b"ready-now")
+    assert raw.setup is not None
+    session = srv.ctx.manager.sessions[str(raw.setup["session"])]
+    raw.send(client_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
+    assert await raw.close_code() == 1000
+    assert await asyncio.wait_for(raw.reader.read(), 10) == b""  # then EOF
+    await wait_for_async(lambda: session.client is None, what="the client detached")
+    assert not session.closed  # kept for a reattach
+    raw.hang_up()
 
 
 class _Endpoint:
@@ -288,22 +284,18 @@ def test_a_client_that_reads_nothing_is_dropped_once_its_buffer_is_full(loop: st
     run_on(loop, body)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_client_gone_while_its_session_opens_leaves_no_session_attached(
-    loop: str | None,
+@served
+async def test_a_client_gone_while_its_session_opens_leaves_no_session_attached(
+    srv: Server,
 ) -> None:
     # on_close must follow open(): run before it, the session open() then attaches would keep
     # a dead client forever (never idle-culled, its output window never acknowledged).
-    async def body() -> None:
-        async with running_server() as srv:
-            first = await srv.connect()
-            raw = await upgrade(srv, f"session={first.session_id}&restart=1")
-            raw.hang_up()  # while the restart waits for the old session's processes
-            await wait_for_async(
-                lambda: len(srv.ctx.manager.sessions) == 1 and not srv.ctx.sockets,
-                what="only the restarted session, and no socket open",
-            )
-            (session,) = srv.ctx.manager.sessions.values()
-            await wait_for_async(lambda: session.client is None, what="no dead client attached")
-
-    run_on(loop, body)
+    first = await srv.connect()
+    raw = await upgrade(srv, f"session={first.session_id}&restart=1")
+    raw.hang_up()  # while the restart waits for the old session's processes
+    await wait_for_async(
+        lambda: len(srv.ctx.manager.sessions) == 1 and not srv.ctx.sockets,
+        what="only the restarted session, and no socket open",
+    )
+    (session,) = srv.ctx.manager.sessions.values()
+    await wait_for_async(lambda: session.client is None, what="no dead client attached")
