@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,14 +66,16 @@ class Commands:
 
     # -- handlers ------------------------------------------------------------------------
     def help(self, arg: str) -> Outcome:
-        width = max(len(f"{c.name} {c.args}") for c in COMMANDS.values())
-        for c in COMMANDS.values():
-            self.say(f"  {f'{c.name} {c.args}':<{width}}  {c.help}")
-        self.say(
-            "  Enter sends · Alt-Enter or Ctrl-J inserts a newline · Ctrl-C stops an answer "
-            "or clears the line · Ctrl-D exits"
-        )
+        for line in help_lines(self._columns()):
+            self.say(line)
         return None
+
+    def _columns(self) -> int | None:
+        """The terminal's width, if `out` is one (not in pipe mode or a test's buffer)."""
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns
+        except (OSError, ValueError):  # not a terminal, or no descriptor at all
+            return None
 
     def clear(self, arg: str) -> Outcome:
         old = self.session.conversation
@@ -304,6 +307,35 @@ COMMANDS: dict[str, Command] = {
         Command("/exit", "", "leave (also /quit, /bye, Ctrl-D)", Commands.exit),
     )
 }
+
+
+KEYS_HELP = (
+    "Enter sends · Alt-Enter or Ctrl-J inserts a newline · Ctrl-C stops an answer or clears "
+    "the line · Ctrl-D exits"
+)
+HELP_MIN_DESCRIPTION = 24  # narrower than this beside the names: descriptions go under them
+
+
+def help_lines(columns: int | None) -> list[str]:
+    """/help laid out for a terminal `columns` wide (None: one line per command): wrapped
+    at word boundaries, so the terminal never breaks a word or the description column."""
+    names = [f"{c.name} {c.args}".rstrip() for c in COMMANDS.values()]
+    name_width = max(map(len, names))
+    width = columns if columns and columns > 20 else 10**6
+    room = width - name_width - 5  # the description column, short of the last cell
+    beside = room >= HELP_MIN_DESCRIPTION
+    lines: list[str] = []
+    for name, command in zip(names, COMMANDS.values(), strict=True):
+        if beside:
+            text = textwrap.wrap(command.help, room)
+            lines.append(f"  {name:<{name_width}}  {text[0]}")
+            lines += [" " * (name_width + 4) + more for more in text[1:]]
+        else:
+            lines += textwrap.wrap(name, width - 1, initial_indent="  ", subsequent_indent="    ")
+            lines += textwrap.wrap(command.help, width - 1, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)  # fmt: skip
+    lines += textwrap.wrap(KEYS_HELP, width - 1, initial_indent="  ", subsequent_indent="  ")
+    return lines
 
 
 def find_command(name: str) -> Command:

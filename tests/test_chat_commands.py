@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import io
 import json
 import os
 import re
+import struct
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 
 from chat_cli import chats
 from chat_cli.client import ChatClient, Sampling
-from chat_cli.commands import Commands, Exit, Send
+from chat_cli.commands import COMMANDS, Commands, Exit, Send
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
 from chat_cli.plain_render import PlainRenderer
@@ -59,6 +63,29 @@ def test_help_lists_every_promised_command_with_its_description(
     rows = [line.split() for line in out.getvalue().splitlines() if line.startswith("  /")]
     assert [row[0] for row in rows] == PROMISED_COMMANDS
     assert all(len(row) > 1 for row in rows), "a command without a description"
+
+
+@pytest.mark.parametrize("columns", [30, 60, 80, 200])
+def test_help_fits_the_terminal_it_is_shown_in_without_breaking_a_word(
+    setup: tuple[Session, Commands, io.StringIO], tmp_path: Path, columns: int
+) -> None:
+    session, _, _ = setup
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with open(slave, "w", encoding="utf-8") as out:
+        assert Commands(session, out, tmp_path).run("/help") is None
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the written side is closed and read
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    os.close(master)
+    lines = shown.decode().replace("\r\n", "\n").splitlines()
+    assert max(map(len, lines)) < columns
+    flat = " ".join(shown.decode().split())
+    for command in COMMANDS.values():
+        assert f"{command.name} {command.args}".strip() + " " in flat + " "
+        assert " ".join(command.help.split()) in flat, command.name
+    assert "Ctrl-D exits" in flat
 
 
 def test_unknown_and_prefix_commands(setup: tuple[Session, Commands, io.StringIO]) -> None:
