@@ -299,3 +299,32 @@ async def test_a_client_gone_while_its_session_opens_leaves_no_session_attached(
     )
     (session,) = srv.ctx.manager.sessions.values()
     await wait_for_async(lambda: session.client is None, what="no dead client attached")
+
+
+@served
+async def test_a_message_over_the_limit_gets_1009_then_eof_while_the_client_still_sends(
+    srv: Server,
+) -> None:
+    # The server shuts its side after the close frame and drops what still comes. Closing
+    # outright would answer the client's next bytes with a reset, and a reset makes the
+    # client's kernel drop what it has not read yet: the close frame (a browser sees 1006).
+    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+    await raw.until(b"ready-now")
+    assert raw.setup is not None
+    session = srv.ctx.manager.sessions[str(raw.setup["session"])]
+    raw.writer.transport.pause_reading()  # the close frame waits in the kernel, unread
+    size = srv.ctx.config.max_message_bytes + 1
+    raw.send(bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 65536)
+    await raw.writer.drain()
+    await wait_for_async(lambda: session.client is None, what="the server gave up the frame")
+    for _ in range(20):  # as a browser does: it is still sending the rest
+        raw.send(b"x" * 4096)
+        await raw.writer.drain()
+        await asyncio.sleep(0.01)
+    raw.writer.transport.resume_reading()
+    assert await raw.close_code() == 1009
+    assert await asyncio.wait_for(raw.reader.read(), 10) == b""
+    raw.hang_up()
+    other = await upgrade(srv, then=stdin("echo still'-'serving\r"))
+    await other.until(b"still-serving")
+    other.hang_up()
