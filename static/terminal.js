@@ -140,6 +140,12 @@
   let reconnectTimer = null;
   let lastError = "";
   let restartRequested = false;
+  // With a server that answers set_size with ["size", r, c] in order with the output, the
+  // screen is resized there: output already on its way, drawn for the old size, lands at the
+  // old size (resizing at once garbles a streaming chat answer, whose frames count rows).
+  let sizesEchoed = false;
+  let asked = null;  // the size last asked for
+  let applyingSize = false;
 
   // -- socket ---------------------------------------------------------------------------
   function socketUrl() {
@@ -155,6 +161,7 @@
     if (restartRequested) q.set("restart", "1");
     q.set("binary", "1");  // stdout as raw UTF-8 frames; xterm.js decodes them
     q.set("ack", "bytes");  // acks by byte count: typing and its echo need no ack message
+    q.set("sizes", "1");  // each set_size answered in order with output: resize there
     q.set("rows", String(term.rows));
     q.set("cols", String(term.cols));
     for (const name of ["model", "system"]) {
@@ -227,6 +234,8 @@
         const info = msg[1] || {};
         if (VIEWER) { viewerSetup(info); break; }
         if (Number.isInteger(info.ack_bytes) && info.ack_bytes > 0) acks.byBytes(info.ack_bytes);
+        sizesEchoed = info.sizes === true;
+        asked = null;
         const restarted = restartRequested;
         restartRequested = false;
         // A reattach replays recent output from a clean screen. Reset (RIS) through the write
@@ -245,6 +254,8 @@
       }
       case MSG.SIZE:
         if (VIEWER) term.resize(msg[2], msg[1]);
+        // Through the write queue: after every frame that came before it is parsed.
+        else term.write("", () => applyServerSize(msg[1], msg[2]));
         break;
       case MSG.SHARE:
         renderShare(msg[1]);
@@ -529,7 +540,24 @@
 
   // -- input, clipboard, resize ---------------------------------------------------------
   term.onData((data) => send([MSG.STDIN, data]));
-  term.onResize(({ rows, cols }) => send([MSG.SET_SIZE, rows, cols]));
+  term.onResize(({ rows, cols }) => { if (!applyingSize) send([MSG.SET_SIZE, rows, cols]); });
+
+  function applyServerSize(rows, cols) {
+    applyingSize = true;  // the server has it already: no set_size back
+    try { term.resize(cols, rows); } finally { applyingSize = false; }
+  }
+
+  // Fit the terminal to the window: at once, or (with a server that confirms sizes) by
+  // asking the server and resizing when its answer arrives behind the output before it.
+  function fitToWindow() {
+    if (!sizesEchoed || !ws || ws.readyState !== WebSocket.OPEN) { fit.fit(); return; }
+    const dims = fit.proposeDimensions();
+    if (!dims || !(dims.cols > 0 && dims.rows > 0)) return;
+    const want = asked || { rows: term.rows, cols: term.cols };
+    if (dims.rows === want.rows && dims.cols === want.cols) return;
+    asked = { rows: dims.rows, cols: dims.cols };
+    send([MSG.SET_SIZE, dims.rows, dims.cols]);
+  }
   term.onTitleChange((title) => {
     const where = VIEWER ? "view-only" : sessionId;
     document.title = title ? `${title} · ${where}` : `mixvllm · ${where}`;
@@ -557,7 +585,7 @@
   window.addEventListener("resize", () => {
     if (VIEWER) return;  // the owner's size rules
     cancelAnimationFrame(resizeFrame);
-    resizeFrame = requestAnimationFrame(() => fit.fit());
+    resizeFrame = requestAnimationFrame(fitToWindow);
   });
 
   function clampInt(value, lo, hi, fallback) {

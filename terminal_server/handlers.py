@@ -210,6 +210,7 @@ class TermSocket(_Guarded, WebSocketHandler):
         self.peer = "?"
         self.binary = False  # stdout as raw UTF-8 binary frames instead of ["stdout", text]
         self.ack_every = 0  # > 0: the client acks by bytes, at least this many at a time
+        self.echo_sizes = False  # answer each set_size with ["size", rows, cols]
         self._frame_sizes: deque[int] | None = deque()  # per-frame acks: sizes of unacked frames
         self._decoder: codecs.IncrementalDecoder | None = None  # text mode only
         self._ponged = False
@@ -264,6 +265,7 @@ class TermSocket(_Guarded, WebSocketHandler):
             # Well below the window: what a client holds back never stalls the session.
             self.ack_every = max(1, self.ctx.config.flow_window // 4)
             self._frame_sizes = None
+        self.echo_sizes = self.get_query_argument(protocol.SIZES_PARAM, "0") == "1"
         self.ctx.sockets.add(self)
         session = self.ctx.manager.get(self.get_query_argument("session", None))
         if session is not None and self.get_query_argument("restart", "0") == "1":
@@ -288,6 +290,8 @@ class TermSocket(_Guarded, WebSocketHandler):
         setup: dict[str, object] = {"session": session.id, "reattached": reattached}
         if self.ack_every:
             setup["ack_bytes"] = self.ack_every
+        if self.echo_sizes:
+            setup["sizes"] = True
         self.write_message(protocol.encode(protocol.SETUP, setup))
         old = session.attach(self)
         if isinstance(old, TermSocket):
@@ -338,6 +342,8 @@ class TermSocket(_Guarded, WebSocketHandler):
                 self._protocol_error(protocol.CLOSE_POLICY, str(exc))
         elif isinstance(msg, protocol.SetSize):
             session.resize(msg.rows, msg.cols)
+            if self.echo_sizes:
+                self.write_message(protocol.encode(protocol.SIZE, msg.rows, msg.cols))
         elif not self._ack(session, msg):
             self._protocol_error(protocol.CLOSE_INVALID, "ack for more than was sent")
 

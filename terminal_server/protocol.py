@@ -10,6 +10,9 @@ message then carries `"ack_bytes": n`, and the client sends `["ack_bytes", consu
 it has consumed at least n bytes since its last ack, so typing and its echo cost no ack
 message at all. n is below the flow window, so a client that holds back the rest never stalls
 the server. A client that asks and finds no `ack_bytes` in setup (an older server) acks frames.
+A client that connects with `?sizes=1` (the page does) gets `"sizes": true` in setup and
+`["size", rows, cols]` after each of its set_size, in order with stdout: it resizes its own
+screen there, so output the program drew for the old size is shown at that size.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ ACK_BYTES: Final = "ack_bytes"  # ["ack_bytes", n]: n more stdout bytes consumed
 BINARY_PARAM: Final = "binary"  # "1": stdout as binary frames
 ACK_PARAM: Final = "ack"  # "bytes": acknowledge by byte count (binary clients only)
 ACK_MODE_BYTES: Final = "bytes"
+SIZES_PARAM: Final = "sizes"  # "1": each set_size is answered with ["size", rows, cols]
 
 # server -> client
 SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, "ack_bytes"?: n}]
@@ -35,7 +39,8 @@ STDOUT: Final = "stdout"  # ["stdout", text]; with ?binary=1 a binary frame of r
 DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
 ERROR: Final = "error"  # ["error", message]: sent just before a close
 SHARE: Final = "share"  # to the owner: ["share", {"url": str | None, "viewers": n}]
-SIZE: Final = "size"  # to a viewer: ["size", rows, cols], the PTY's size (the owner's)
+SIZE: Final = "size"  # ["size", rows, cols]: the PTY's size, to a viewer; to an owner with
+# ?sizes=1, after each set_size, behind every byte of output drawn for the size before
 
 # WebSocket close codes (RFC 6455 + the private 4000-4999 range).
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down

@@ -177,6 +177,12 @@ class Session:
         self._flush_input()
 
     def resize(self, rows: int, cols: int) -> None:
+        # Output drawn for the old size goes out before the size changes: what the PTY holds
+        # now and what waits to be batched. A client that resizes its screen when the server
+        # confirms the size then shows that output at the size it was drawn for.
+        if self._reading:
+            self._on_readable()
+        self._flush()
         with contextlib.suppress(OSError):
             processes.set_winsize(self.fd, rows, cols)  # the kernel sends SIGWINCH
         if self.audience is not None:

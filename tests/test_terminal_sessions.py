@@ -9,7 +9,7 @@ import re
 import psutil
 import pytest
 
-from terminal_server import protocol
+from terminal_server import protocol, terminals
 from terminal_server.processes import session_env, session_members
 
 from .support import wait_for_async
@@ -312,3 +312,35 @@ def test_sessions_find_chat_on_path_after_it_exits() -> None:
     assert session_env("abc", make_config(chat_command=("chat",)))["PATH"] == os.environ.get(
         "PATH", os.defpath
     )
+
+
+def test_a_size_change_is_confirmed_behind_the_output_drawn_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The page resizes its screen at the confirmation: output the program drew for the old
+    # size, even output still waiting to be batched, must reach it first.
+    monkeypatch.setattr(terminals, "COALESCE_S", 60.0)  # batched output waits for the resize
+
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect("binary=1&ack=bytes&sizes=1")
+            assert c.setup is not None and c.setup["sizes"] is True
+            session = srv.ctx.manager.sessions[c.session_id]
+            c.type("printf '%02000d\\n' 7\r")
+            await wait_for_async(lambda: session.outstanding >= 2000, what="output held back")
+            assert "0007" not in c.output
+            c.send(protocol.SET_SIZE, 31, 97)
+            await wait_for_async(lambda: [protocol.SIZE, 31, 97] in c.frames, what="the answer")
+            before = c.frames[: c.frames.index([protocol.SIZE, 31, 97])]
+            assert any(f[0] == protocol.STDOUT and "0007" in f[1] for f in before)
+            c.type("stty size\r")
+            await c.expect("31 97")
+            # A client that does not ask gets no answers (terminado's protocol has none).
+            plain = await srv.connect()
+            assert plain.setup is not None and "sizes" not in plain.setup
+            plain.send(protocol.SET_SIZE, 30, 90)
+            plain.type("stty size\r")
+            await plain.expect("30 90")
+            assert all(f[0] != protocol.SIZE for f in plain.frames)
+
+    run(body)
