@@ -253,9 +253,8 @@
         break;
       }
       case MSG.SIZE:
-        if (VIEWER) term.resize(msg[2], msg[1]);
         // Through the write queue: after every frame that came before it is parsed.
-        else term.write("", () => applyServerSize(msg[1], msg[2]));
+        term.write("", () => applyServerSize(msg[1], msg[2]));
         break;
       case MSG.SHARE:
         renderShare(msg[1]);
