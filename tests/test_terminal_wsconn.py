@@ -10,10 +10,12 @@ import json
 import socket
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import cast
 
 import pytest
 
 from terminal_server import protocol
+from terminal_server.terminals import Session
 from terminal_server.wsconn import Connection
 
 from .support import wait_for_async
@@ -122,6 +124,14 @@ class Raw:
     def hang_up(self) -> None:
         self.writer.transport.abort()
 
+    def reading(self, on: bool) -> None:
+        """Take in what the server sends, or leave it in the kernel."""
+        transport = cast(asyncio.Transport, self.writer.transport)
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
 
 async def upgrade(srv: Server, query: str = "", then: bytes = b"") -> Raw:
     """Open /ws?binary=1&QUERY; `then` goes out in the same write as the request."""
@@ -145,6 +155,14 @@ async def upgrade(srv: Server, query: str = "", then: bytes = b"") -> Raw:
         writer.transport.abort()
         raise
     return Raw(reader, writer)
+
+
+async def ready(srv: Server) -> tuple[Raw, Session]:
+    """A socket whose shell has answered, and its session."""
+    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
+    await raw.until(b"ready-now")
+    assert raw.setup is not None
+    return raw, srv.ctx.manager.sessions[str(raw.setup["session"])]
 
 
 @served
@@ -227,10 +245,7 @@ async def test_each_protocol_violation_closes_with_its_code_and_the_server_serve
 async def test_a_client_close_is_echoed_then_the_connection_ends_and_the_session_stays(
     srv: Server,
 ) -> None:
-    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
-    await raw.until(b"ready-now")
-    assert raw.setup is not None
-    session = srv.ctx.manager.sessions[str(raw.setup["session"])]
+    raw, session = await ready(srv)
     raw.send(client_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
     assert await raw.close_code() == 1000
     assert await asyncio.wait_for(raw.reader.read(), 10) == b""  # then EOF
@@ -308,11 +323,8 @@ async def test_a_message_over_the_limit_gets_1009_then_eof_while_the_client_stil
     # The server shuts its side after the close frame and drops what still comes. Closing
     # outright would answer the client's next bytes with a reset, and a reset makes the
     # client's kernel drop what it has not read yet: the close frame (a browser sees 1006).
-    raw = await upgrade(srv, then=stdin("echo ready'-'now\r"))
-    await raw.until(b"ready-now")
-    assert raw.setup is not None
-    session = srv.ctx.manager.sessions[str(raw.setup["session"])]
-    raw.writer.transport.pause_reading()  # the close frame waits in the kernel, unread
+    raw, session = await ready(srv)
+    raw.reading(False)  # the close frame will wait in the kernel, unread
     size = srv.ctx.config.max_message_bytes + 1
     raw.send(bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 65536)
     await raw.writer.drain()
@@ -321,7 +333,7 @@ async def test_a_message_over_the_limit_gets_1009_then_eof_while_the_client_stil
         raw.send(b"x" * 4096)
         await raw.writer.drain()
         await asyncio.sleep(0.01)
-    raw.writer.transport.resume_reading()
+    raw.reading(True)
     assert await raw.close_code() == 1009
     assert await asyncio.wait_for(raw.reader.read(), 10) == b""
     raw.hang_up()
