@@ -144,7 +144,7 @@
   // screen is resized there: output already on its way, drawn for the old size, lands at the
   // old size (resizing at once garbles a streaming chat answer, whose frames count rows).
   let sizesEchoed = false;
-  let asked = null;  // the size last asked for
+  let asked = null;  // the size last asked for and not confirmed yet
   let applyingSize = false;
 
   // -- socket ---------------------------------------------------------------------------
@@ -542,6 +542,7 @@
   term.onResize(({ rows, cols }) => { if (!applyingSize) send([MSG.SET_SIZE, rows, cols]); });
 
   function applyServerSize(rows, cols) {
+    if (asked && asked.rows === rows && asked.cols === cols) asked = null;  // none in flight
     applyingSize = true;  // the server has it already: no set_size back
     try { term.resize(cols, rows); } finally { applyingSize = false; }
   }

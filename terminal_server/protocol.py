@@ -34,7 +34,7 @@ ACK_MODE_BYTES: Final = "bytes"
 SIZES_PARAM: Final = "sizes"  # "1": each set_size is answered with ["size", rows, cols]
 
 # server -> client
-SETUP: Final = "setup"  # ["setup", {"session": id, "reattached": bool, "ack_bytes"?: n}]
+SETUP: Final = "setup"  # ["setup", {"session", "reattached", "ack_bytes"?: n, "sizes"?: true}]
 STDOUT: Final = "stdout"  # ["stdout", text]; with ?binary=1 a binary frame of raw UTF-8 instead
 DISCONNECT: Final = "disconnect"  # ["disconnect", exit_code]: the session's program ended
 ERROR: Final = "error"  # ["error", message]: sent just before a close

@@ -119,15 +119,16 @@ class Connection(asyncio.Protocol):
 
     def write_message(self, message: str | bytes, binary: bool = False) -> None:
         """Send one message; dropped once the connection is closing (on_close follows)."""
-        if self.closed or self._transport is None:
-            return
         if isinstance(message, str):
             message = message.encode("utf-8")
-        self._transport.write(frame(OP_BINARY if binary else OP_TEXT, message))
+        self._send(OP_BINARY if binary else OP_TEXT, message)
 
     def ping(self, data: bytes = b"") -> None:
+        self._send(OP_PING, data[:125])
+
+    def _send(self, opcode: int, payload: bytes) -> None:
         if not self.closed and self._transport is not None:
-            self._transport.write(frame(OP_PING, data[:125]))
+            self._transport.write(frame(opcode, payload))
 
     def abort(self) -> None:
         """Hang up at once; nothing more is sent or read (connection_lost follows)."""
@@ -211,7 +212,7 @@ class Connection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.pause_reading()
             return
-        if self._discarding or self._got_close:
+        if self._deaf:
             return
         if self._buf:
             self._buf += data
@@ -220,7 +221,7 @@ class Connection(asyncio.Protocol):
             data = bytes(self._buf)
             self._buf.clear()
         pos = self._parse(data)
-        if pos < len(data) and not (self._discarding or self._got_close or self._lost):
+        if pos < len(data) and not self._deaf:
             self._buf += data[pos:]
 
     @property
@@ -296,8 +297,7 @@ class Connection(asyncio.Protocol):
                 self.close_code = int.from_bytes(payload[:2], "big")
             self.close(self.close_code)  # echoes the client's code, then hangs up
         elif opcode == OP_PING:
-            if not self.closed and self._transport is not None:
-                self._transport.write(frame(OP_PONG, payload))
+            self._send(OP_PONG, payload)
         elif opcode == OP_PONG:
             self._call(self._endpoint.on_pong, payload)
         else:
@@ -325,10 +325,8 @@ class Connection(asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         log.warning("closing WebSocket: %s", reason)
+        self._got_close = True  # nothing more is read, and close() hangs up after its frame
         self.close(code, reason)
-        self._got_close = True  # nothing more is read
-        if self._transport is not None:
-            self._transport.close()
 
     def _too_big(self) -> None:
         """1009, then read and drop the rest: closing now would reset the connection, and a

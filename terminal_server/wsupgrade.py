@@ -84,10 +84,11 @@ class WebSocketHandler(web.RequestHandler):
         flushed = self.finish()  # logs the 101
         stream = self.detach()  # now, before Tornado reads the socket for a next request
         max_message = int(self.settings.get("websocket_max_message_size", 10 * 1024 * 1024))
-        conn = Connection(self, max_message=max_message, max_buffered=self.max_buffered())
+        max_buffered = self.max_buffered()
+        conn = Connection(self, max_message=max_message, max_buffered=max_buffered)
         try:
             await flushed
-            early = await _adopt(stream, conn, self.max_buffered())
+            early = await _adopt(stream, conn, max_buffered)
         except (iostream.StreamClosedError, OSError):
             return  # the client left during the handshake
         self.ws = conn
@@ -109,8 +110,8 @@ async def _adopt(stream: iostream.IOStream, conn: Connection, max_buffered: int)
     # Anything already read past the request (a client that did not wait for the 101):
     # Tornado keeps it in the stream's buffer, which has no public accessor.
     early = bytes(getattr(stream, "_read_buffer", b""))
-    # The same descriptor, not a dup: epoll keys its registrations by descriptor and open
-    # file, so a closed dup that is still registered would later alias a new connection.
+    # The descriptor itself changes hands (no dup left to close): Tornado stops watching it,
+    # its socket object lets go of it, and the new socket object owns it.
     stream.io_loop.remove_handler(stream.socket)
     sock = socket.socket(fileno=stream.socket.detach())
     stream.close()  # a no-op on the detached socket: the stream is done, the connection not
