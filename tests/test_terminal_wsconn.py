@@ -17,6 +17,7 @@ import pytest
 from terminal_server import protocol
 from terminal_server.terminals import Session
 from terminal_server.wsconn import Connection
+from tests.conftest import require
 
 from .support import wait_for_async
 from .terminal_support import TOKEN, Server, running_server
@@ -25,21 +26,14 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def _uvloop() -> LoopFactory:
-    import uvloop  # noqa: PLC0415 - the `fast` extra, which `make test` installs
+    # The `fast` extra, which `make test` installs: the loop the server runs on there.
+    require(importlib.util.find_spec("uvloop") is not None, "uvloop (the fast extra) missing")
+    import uvloop  # noqa: PLC0415
 
     return uvloop.new_event_loop
 
 
-LOOPS = [
-    pytest.param(None, id="asyncio"),
-    pytest.param(
-        "uvloop",
-        id="uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop (the fast extra) missing"
-        ),
-    ),
-]
+LOOPS = [pytest.param(None, id="asyncio"), pytest.param("uvloop", id="uvloop")]
 
 
 def run_on(loop: str | None, body: Callable[[], Awaitable[None]]) -> None:
