@@ -1,9 +1,9 @@
-"""Regenerate the README's configuration tables from the programs' option tables.
+"""Regenerate docs/configuration.md's tables from the programs' option tables.
 
     python scripts/config_tables.py
 
-Each table sits between `<!-- options: NAME -->` and `<!-- /options -->`; tests/test_readme.py
-fails while the README differs from what this writes.
+Each table sits between `<!-- options: NAME -->` and `<!-- /options -->`; tests/test_docs.py
+fails while docs/configuration.md differs from what this writes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
 
 from chat_cli import config as chat_config  # noqa: E402
@@ -32,20 +32,20 @@ TABLES: dict[str, Sequence[Option]] = {
 _REGION = re.compile(r"(<!-- options: (?P<name>[^>]+?) -->\n)(.*?)(<!-- /options -->)", re.S)
 
 
-def render(readme: str) -> str:
-    """`readme` with every table region rewritten; an unknown name raises KeyError."""
+def render(text: str) -> str:
+    """`text` with every table region rewritten; an unknown name raises KeyError."""
     return _REGION.sub(
         lambda m: f"{m.group(1)}\n{markdown_table(TABLES[m.group('name')])}\n{m.group(4)}",
-        readme,
+        text,
     )
 
 
 def main() -> int:
-    text = README.read_text(encoding="utf-8")
+    text = CONFIGURATION.read_text(encoding="utf-8")
     fresh = render(text)
     if fresh != text:
-        README.write_text(fresh, encoding="utf-8")
-        print(f"updated {README}")
+        CONFIGURATION.write_text(fresh, encoding="utf-8")
+        print(f"updated {CONFIGURATION}")
     return 0
 
 
