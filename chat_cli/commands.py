@@ -249,7 +249,7 @@ class Commands:
         if toolbox is None:
             raise ChatError(
                 "no tools configured: add an MCP server with [mcp.servers.NAME] in chat.toml "
-                "or --mcp NAME=COMMAND (README: Tools)"
+                "or --mcp NAME=COMMAND (see docs/chat.md#tools)"
             )
         verb, _, rest = arg.partition(" ")
         try:

@@ -1,7 +1,7 @@
 """The chat CLI's configuration: flags, then env vars, then the config file, then defaults.
 
 Every option is declared once in OPTIONS (see mixvllm_common.options); the parser, `--help`,
-the resolution order and the README's table are all built from it.
+the resolution order and the table in docs/configuration.md are all built from it.
 """
 
 from __future__ import annotations

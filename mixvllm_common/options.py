@@ -2,8 +2,8 @@
 
 Each program lists its options in a table of `Option`s. `add_to_parser` makes the flags
 (their `--help` names the env vars and the default), `resolve` picks each value in the
-order flag > env var > config file > default, and `markdown_table` renders the README's
-configuration table, so `--help`, the code and the docs cannot drift apart.
+order flag > env var > config file > default, and `markdown_table` renders the tables of
+docs/configuration.md, so `--help`, the code and the docs cannot drift apart.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Option:
     envs: tuple[str, ...] = ()  # the first one set wins
     kind: Kind = str
     default: Any = None
-    help: str = ""  # markdown: the README shows it as is, `--help` without backticks
+    help: str = ""  # markdown: docs/configuration.md shows it as is, `--help` without backticks
     metavar: str | None = None
     shown_default: str | None = None  # markdown, for a default the program computes itself
     off_flag: str | None = None  # a boolean's `--no-...` twin
@@ -83,7 +83,7 @@ class Option:
 
 
 def default_text(opt: Option) -> str:
-    """The default as the README shows it."""
+    """The default as docs/configuration.md shows it."""
     if opt.shown_default is not None:
         return opt.shown_default
     if opt.kind is boolean:

@@ -1,7 +1,7 @@
 """Launcher configuration: a profile plus overrides from flags and env, built once.
 
 Flags win over env vars, env vars win over the profile. Every flag and env var is an
-`Option` in SERVE_OPTIONS, so `--help` and the README table stay in step with the code.
+`Option` in SERVE_OPTIONS, so `--help` and docs/configuration.md stay in step with the code.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("dry_run", ("--dry-run",), (), boolean, False,
            "print the engine command (stdout) and its environment (stderr), then exit"),
     Option("list", ("--list",), (), boolean, False, "list the profiles and exit"),
-    # Read where they are used; listed here for the README.
+    # Read where they are used; listed here for docs/configuration.md.
     Option("api_key", (), (API_KEY_ENV,), str, None, "API key required on `/v1`",
            shown_default="local key file"),
     Option("state_dir", (), (STATE_DIR_ENV,), str, None, "local key and `up`'s logs",

@@ -48,7 +48,7 @@ def ask(session: Session, text: str) -> None:
     session.ask(text, PlainRenderer(io.StringIO(), footer=False, styled=False))
 
 
-# The commands the README promises users, written out here rather than read from COMMANDS.
+# The commands docs/chat.md promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
     "/help", "/clear", "/system", "/model", "/set", "/retry", "/undo", "/history", "/save",
     "/load", "/chats", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",

@@ -26,6 +26,7 @@ from chat_cli.session import ROUND_LIMIT, Session
 from chat_cli.tool_loop import ToolView
 from chat_cli.tools import RESULT_LIMIT, Toolbox
 from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, fake_server, visible
+from tests.docs_support import code_blocks, section
 from tests.fake_openai import MODEL, FakeServer
 from tests.mcp_server import SECRET
 from tests.support import free_port, wait_for
@@ -383,10 +384,8 @@ def test_confirm_in_a_terminal_and_ctrl_c_cancels_a_slow_call(
     child.expect(pexpect.EOF)
 
 
-def test_the_readme_example_config_works(tmp_path: Path, fake: FakeServer) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("#### Tools", 1)[1]
-    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_example_config_works(tmp_path: Path, fake: FakeServer) -> None:
+    (example,) = code_blocks(section(ROOT / "docs" / "chat.md", "Tools"), "toml")
     # The example names the checkout's venv; here it is the interpreter running the tests.
     assert 'command = ".venv/bin/python"' in example
     config = tmp_path / "chat.toml"

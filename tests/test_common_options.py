@@ -102,7 +102,7 @@ def test_help_names_env_vars_and_default() -> None:
     assert "port [env $APP_PORT or $OLD_PORT; default: 80]" in text
     assert "who [env $APP_NAME; default: computed]" in text
     assert "share [env $APP_RATIO]" in text
-    assert "APP_SECRET" not in text  # env-only: documented in the README table
+    assert "APP_SECRET" not in text  # env-only: documented in the docs/configuration.md table
 
 
 def test_markdown_table_rows() -> None:

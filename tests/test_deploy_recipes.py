@@ -21,6 +21,7 @@ import pytest
 from model_server import profiles
 from tests.compose_support import ROOT, SECRETS, checkout, render, shell
 from tests.conftest import require
+from tests.docs_support import pages, section
 from tests.embedded_server import free_port
 from tests.test_model_health import serve as fake_model_server
 
@@ -128,7 +129,7 @@ def test_every_model_node_keeps_its_downloads_in_the_cache_volume(
 
 
 def test_multinode_ports_are_documented_as_private() -> None:
-    doc = (ROOT / "docs" / "scale-out.md").read_text()
+    doc = section(ROOT / "docs" / "deployment-scale-out.md", "Model tier: several nodes")
     assert "no authentication" in doc
     assert "private network" in doc
     assert "29501" in doc  # the master port the workers connect to
@@ -136,11 +137,7 @@ def test_multinode_ports_are_documented_as_private() -> None:
 
 # --- 3. every documented command works as written, from the repository root ------------
 
-DOCS = [
-    ROOT / "README.md",
-    ROOT / "docs" / "scale-out.md",
-    *sorted((ROOT / "deploy").glob("*.yml")),
-]
+DOCS = [*pages(), *sorted((ROOT / "deploy").glob("*.yml"))]
 
 
 def documented_compose_commands() -> list[tuple[str, str]]:

@@ -93,11 +93,9 @@ def test_the_quick_start_is_the_two_make_targets_ci_runs() -> None:
 
 
 def _links(path: Path) -> Iterator[str]:
-    text = "\n".join(
-        re.sub(r"`[^`\n]*`", "``", line)
-        for line in re.sub(r"^\s*```.*?^\s*```", "", path.read_text(), flags=re.M | re.S)
-        .splitlines()
-    )
+    """The targets of the page's links, code blocks and inline code left out."""
+    text = re.sub(r"^\s*```.*?^\s*```", "", path.read_text(), flags=re.M | re.S)
+    text = re.sub(r"`[^`\n]*`", "``", text)
     for match in LINK.finditer(text):
         yield match.group(1)
 
@@ -163,3 +161,23 @@ def test_the_index_links_every_section_of_the_manual() -> None:
 def test_the_readme_is_a_front_page() -> None:
     lines = README.read_text().splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines: move the detail to docs/"
+
+
+def _mentions() -> Iterator[tuple[str, str]]:
+    """(file, `docs/page.md#anchor`) for every docs page a message, comment or recipe names."""
+    patterns = ["*/*.py", "*/*/*.py", "model_server/profiles/*.yaml", "deploy/*", "Makefile",
+                ".env.example", "Dockerfile.*", "docker-compose*.yml", ".ci/run"]  # fmt: skip
+    for pattern in patterns:
+        for path in sorted(ROOT.glob(pattern)):
+            if "node_modules" in path.parts or path.name == "test_docs.py":
+                continue
+            for found in re.findall(r"\bdocs/[\w.-]+\.md(?:#[\w-]+)?", path.read_text()):
+                yield str(path.relative_to(ROOT)), found
+
+
+def test_every_docs_page_the_code_names_exists() -> None:
+    mentions = list(_mentions())
+    assert ("chat_cli/commands.py", "docs/chat.md#tools") in mentions
+    broken = [f"{where}: {why}" for where, link in mentions
+              if (why := _broken(README, link))]  # fmt: skip
+    assert broken == [], "; ".join(broken)

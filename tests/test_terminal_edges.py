@@ -18,6 +18,7 @@ from terminal_server.__main__ import main
 from terminal_server.config import ConfigError, build_parser, load_config
 from terminal_server.scrollback import Scrollback
 
+from .docs_support import section
 from .support import wait_for_async
 from .terminal_support import (
     ROOT,
@@ -273,11 +274,11 @@ def test_scrollback_replay_never_starts_mid_character() -> None:
             sb.replay().decode()  # strict: raises on a partial character
 
 
-def test_help_and_readme_say_the_env_var_keeps_the_token_out_of_ps() -> None:
+def test_help_and_docs_say_the_env_var_keeps_the_token_out_of_ps() -> None:
     help_text = " ".join(build_parser().format_help().split())
     assert re.search(r"--token TOKEN [^[]*MIXVLLM_TERMINAL_TOKEN[^[]*\bps\b", help_text), help_text
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert re.search(r"`MIXVLLM_TERMINAL_TOKEN`[^.]*`ps`", readme)
+    docs = " ".join(section(ROOT / "docs" / "security.md", "Access token").split())
+    assert re.search(r"`MIXVLLM_TERMINAL_TOKEN`[^.]*`ps`", docs), docs
 
 
 def test_scrollback_of_typed_echo_costs_about_its_bytes() -> None:

@@ -1,5 +1,6 @@
 """The multi-node recipe for real: deploy/compose.multinode.yml's head and two workers, each
-its own compose project as on three machines, started the way docs/scale-out.md writes it.
+its own compose project as on three machines, started the way docs/deployment-scale-out.md
+writes it.
 
 One CPU machine stands in for the cluster: the image is Dockerfile.model on CI's stand-in
 base, the engine real vLLM's CPU build (docker/ci/compose.multinode-cpu.yml mounts it), and
