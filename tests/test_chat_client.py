@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -23,6 +24,7 @@ from chat_cli.conversation import Conversation
 from chat_cli.session import INCOMPLETE, INTERRUPTED, TRUNCATED, Session
 from tests.chat_support import closed_port_url, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
+from tests.support import wait_for
 
 PARTIAL = "".join(tokens(DEFAULT_ANSWER)[:3])
 
@@ -57,26 +59,23 @@ class Collect:
         self.note = note
 
 
+def client_sockets(server: FakeServer) -> list[Any]:
+    """This process's open connections to `server` (its own accepted sockets not counted)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    return [c for c in psutil.Process().net_connections() if c.raddr and c.raddr[1] == port]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeServer]:
     with fake_server() as server:
         yield server
-
-
-OPEN_CLIENTS: list[ChatClient] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    # Pooled sockets left to the garbage collector warn (an error here) in a later test.
-    yield
-    while OPEN_CLIENTS:
-        OPEN_CLIENTS.pop().close()
+        # Nothing is pooled and nothing is left to the garbage collector: every request the
+        # test made, answered, refused, cut or cancelled, has closed its connection.
+        wait_for(lambda: not client_sockets(server), timeout=5, what="client sockets closed")
 
 
 def make_session(server: FakeServer, timeout: float = 10.0, model: str = MODEL) -> Session:
     client = ChatClient(server.url + "/v1", server.state.api_key, timeout)
-    OPEN_CLIENTS.append(client)
     return Session(client, Conversation(), Sampling(model))
 
 
@@ -109,9 +108,7 @@ def test_ctrl_c_hangs_up_the_stream_keeping_what_was_shown(fake: FakeServer) -> 
     assert answer.text == kept.content and answer.usage is not None
     # The reader thread ended and its connection is closed, not left to the pool or the GC.
     assert not [t for t in threading.enumerate() if t.name == "chat-reader"]
-    port = int(fake.url.rsplit(":", 1)[1])
-    client_side = [c for c in psutil.Process().net_connections() if c.raddr and c.raddr[1] == port]
-    assert client_side == []
+    assert client_sockets(fake) == []
 
 
 def test_server_usage_chunk_is_used_when_sent(fake: FakeServer) -> None:
@@ -239,7 +236,6 @@ def test_unknown_model_lists_served_models(fake: FakeServer) -> None:
 
 def test_unreachable_server() -> None:
     client = ChatClient(closed_port_url() + "/v1", None, 5.0)
-    OPEN_CLIENTS.append(client)
     session = Session(client, Conversation(), Sampling(MODEL))
     with pytest.raises(errors.ServerUnreachable, match="cannot reach"):
         session.ask("hi", Collect())
