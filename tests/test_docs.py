@@ -181,3 +181,19 @@ def test_every_docs_page_the_code_names_exists() -> None:
     broken = [f"{where}: {why}" for where, link in mentions
               if (why := _broken(README, link))]  # fmt: skip
     assert broken == [], "; ".join(broken)
+
+
+PACKAGES = ["terminal_server", "chat_cli", "model_server", "mixvllm_common"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_code_layout_names_every_module_and_only_those(package: str) -> None:
+    layout = section(DOCS / "architecture.md", "Code layout")
+    bullet = re.search(rf"^- `{package}/`:(.*?)(?=^- |\Z)", layout, re.M | re.S)
+    assert bullet, f"docs/architecture.md's code layout has no bullet for {package}/"
+    named = set(re.findall(r"`([\w/]+\.py)`", bullet.group(1)))
+    modules = {str(p.relative_to(ROOT / package)) for p in (ROOT / package).rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}  # fmt: skip
+    assert (sorted(modules - named), sorted(named - modules)) == ([], []), (
+        f"docs/architecture.md, {package}/: (not listed, listed but gone)"
+    )
