@@ -35,12 +35,21 @@ def host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
     return is_loopback_host(hostname)
 
 
-def same_origin(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
-    """The request's Origin, if it sent one, is this server or an allow-listed one."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin.rstrip("/") in ctx.config.allowed_origins:
+def origin_allowed(ctx: Context, request: httputil.HTTPServerRequest, origin: str) -> bool:
+    """`origin` is this server's (as the request addressed it) or an allow-listed one."""
+    origin = origin.rstrip("/")
+    if origin in ctx.config.allowed_origins:
         return True
-    return urlparse(origin).netloc.lower() == (request.host or "").lower()
+    parsed = urlparse(origin)  # "null" (a sandboxed or file page) has no scheme
+    return parsed.scheme in ("http", "https") and (
+        parsed.netloc.lower() == (request.host or "").lower()
+    )
+
+
+def same_origin(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
+    """The request sent no Origin (not from a page), or an allowed one."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin_allowed(ctx, request, origin)
 
 
 def token_ok(ctx: Context, candidate: str | None) -> bool:

@@ -12,12 +12,19 @@ import time
 import traceback
 from collections import deque
 from types import TracebackType
-from urllib.parse import urlparse
 
 from tornado import http1connection, web
 
 from . import __version__, protocol
-from .auth import guard, owner_link, refuse, swap_link_for_cookie, token_ok
+from .auth import (
+    guard,
+    origin_allowed,
+    owner_link,
+    refuse,
+    same_origin,
+    swap_link_for_cookie,
+    token_ok,
+)
 from .context import Context
 from .processes import SessionStartError
 from .terminals import InputOverflowError, Session, SessionLimitError
@@ -196,21 +203,20 @@ class TermSocket(_Guarded, WebSocketHandler):
         cfg = self.ctx.config
         return 6 * (cfg.scrollback_bytes + cfg.flow_window) + 1024 * 1024
 
+    def authorized(self) -> bool:
+        # The origin as well, while only the headers are in (wsupgrade asks again, later).
+        if not self.credentials_ok():
+            return False
+        if not same_origin(self.ctx, self.request):
+            refuse(self, self.ctx, "origin")
+            return False
+        return True
+
+    def credentials_ok(self) -> bool:
+        return guard(self, self.ctx)
+
     def check_origin(self, origin: str) -> bool:
-        origin = origin.rstrip("/")
-        ok = False
-        if origin != "null":
-            if origin in self.ctx.config.allowed_origins:
-                ok = True
-            else:
-                parsed = urlparse(origin)
-                ok = parsed.scheme in ("http", "https") and (
-                    parsed.netloc.lower() == (self.request.host or "").lower()
-                )
-        if not ok:
-            self.ctx.metrics.rejected["origin"] += 1
-            log.warning("refused WebSocket from origin %r", origin[:100])
-        return ok
+        return origin_allowed(self.ctx, self.request, origin)
 
     def _chat_args(self) -> list[str]:
         args: list[str] = []

@@ -137,7 +137,7 @@ class ViewSocket(TermSocket):
 
     share: Share | None = None
 
-    def authorized(self) -> bool:
+    def credentials_ok(self) -> bool:
         self.share = share_guard(self, self.ctx)
         return self.share is not None
 

@@ -58,7 +58,13 @@ def test_one_reason_reads_the_same_on_every_route() -> None:
             shares = {
                 (await srv.fetch(path)).body for path in ("view/", "view/?share=nope-nope-nope")
             }
-            assert len(hosts) == len(tokens) == len(shares) == 1, (hosts, tokens, shares)
-            assert TOKEN.encode() not in b"".join(hosts | tokens | shares)
+            foreign = {"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}
+            origins = {
+                (await srv.fetch("ws", foreign)).body,
+                (await srv.fetch("api/share?session=x", foreign, method="POST", body=b"")).body,
+            }
+            refusals = (hosts, tokens, shares, origins)
+            assert [len(texts) for texts in refusals] == [1, 1, 1, 1], refusals
+            assert TOKEN.encode() not in b"".join(hosts | tokens | shares | origins)
 
     run(body)
