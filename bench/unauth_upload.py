@@ -3,9 +3,11 @@
 Starts `python -m terminal_server` (a token, loopback) and sends N parallel POSTs of SIZE MB
 each with no token and a wrong Host, as fast as the socket takes them. Prints the server's
 RSS before, its peak while the uploads run (sampled every 10 ms) and after, and what each
-upload got back (a status line, or how the server hung up) with the bytes it took.
+upload got back (a status line, or how the server hung up) with the bytes it took. Then
+--held connections each send 60 KiB of a header that never ends (no token) and stay open:
+the server's RSS with all of them open, and how many it still holds after a second.
 
-Run: .venv/bin/python bench/unauth_upload.py [--uploads 4] [--mb 100]
+Run: .venv/bin/python bench/unauth_upload.py [--uploads 4] [--mb 100] [--held 200]
 """
 
 from __future__ import annotations
@@ -63,6 +65,31 @@ async def sample_peak(proc: psutil.Process, stop: asyncio.Event) -> int:
     return max(peak, proc.memory_info().rss)
 
 
+async def hold_headers(port: int, pid: int, count: int) -> None:
+    proc = psutil.Process(pid)
+    before = proc.memory_info().rss
+    conns = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 60 * 1024)
+        conns.append((reader, writer))
+    await asyncio.gather(*(w.drain() for _, w in conns), return_exceptions=True)
+    await asyncio.sleep(1)  # let the server read what it will
+    after = proc.memory_info().rss
+    ours = {w.get_extra_info("sockname")[1] for _, w in conns}
+    held = sum(
+        1
+        for c in proc.net_connections("tcp")
+        if c.raddr and c.raddr.port in ours and c.status == "ESTABLISHED"
+    )
+    print(
+        f"{count} connections with 60 KiB of unfinished headers: server RSS "
+        f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB, {held} still open"
+    )
+    for _, writer in conns:
+        writer.transport.abort()
+
+
 async def measure(port: int, pid: int, uploads: int, mb: int) -> None:
     proc = psutil.Process(pid)
     before = proc.memory_info().rss
@@ -88,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=4)
     parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--held", type=int, default=200)
     args = parser.parse_args()
     env = {**os.environ, "MIXVLLM_TERMINAL_TOKEN": "bench-token-0123456789"}
     server = subprocess.Popen(
@@ -98,7 +126,9 @@ def main() -> None:
         assert server.stdout is not None
         match = re.search(r":(\d+)/", server.stdout.readline())
         assert match is not None, "no banner from the server"
-        asyncio.run(measure(int(match.group(1)), server.pid, args.uploads, args.mb))
+        port = int(match.group(1))
+        asyncio.run(measure(port, server.pid, args.uploads, args.mb))
+        asyncio.run(hold_headers(port, server.pid, args.held))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
