@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from .config import Config
 from .gate import Gate
@@ -34,9 +33,3 @@ class Context:
     def cookie_name(self) -> str:
         # Two servers on one host (say two compose stacks) must not overwrite each other's.
         return f"mixvllm_token_{self.config.public_port}"
-
-    @property
-    def cookie_value(self) -> str:
-        # Percent-encoded: a cookie holds only ASCII, and a token may not be.
-        assert self.token is not None
-        return quote(self.token, safe="")
