@@ -15,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tornado import httpserver, netutil, web
+from tornado import netutil, web
 
 from . import protocol, session_user
 from .chat_export import ChatExportHandler
 from .config import Config
+from .context import Context
+from .gate import Gate, GatedHTTPServer, Limits, make_server
 from .handlers import (
-    Context,
     GuardedStaticHandler,
     HealthHandler,
     MetricsHandler,
@@ -75,7 +76,9 @@ def make_app(ctx: Context) -> web.Application:
     )
 
 
-def make_context(config: Config, static_dir: Path = STATIC_DIR) -> Context:
+def make_context(
+    config: Config, static_dir: Path = STATIC_DIR, limits: Limits | None = None
+) -> Context:
     token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
     metrics = Metrics()
     return Context(
@@ -86,7 +89,12 @@ def make_context(config: Config, static_dir: Path = STATIC_DIR) -> Context:
         static_dir=static_dir,
         model_status=ModelStatusPoller(config.model_server_url, config.model_api_key),
         shares=make_registry(config.flow_window),
+        gate=Gate(limits, metrics),
     )
+
+
+def make_http_server(ctx: Context, ssl_ctx: ssl.SSLContext | None = None) -> GatedHTTPServer:
+    return make_server(make_app(ctx), ctx.gate, ssl_options=ssl_ctx)
 
 
 def check_static(static_dir: Path) -> None:
@@ -157,7 +165,7 @@ async def _run(
     announce: Callable[[str], None],
 ) -> int:
     ctx.manager.become_subreaper()
-    server = httpserver.HTTPServer(make_app(ctx), ssl_options=ssl_ctx)
+    server = make_http_server(ctx, ssl_ctx)
     server.add_sockets(sockets)
     ctx.manager.start()
     ctx.model_status.start()

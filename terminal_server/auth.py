@@ -1,20 +1,30 @@
-"""Who may use the server: the Host check (DNS rebinding) and the token, for every request."""
+"""Who may use the server: the Host check (DNS rebinding), the token, and how a request is
+refused. Every route's `prepare` goes through here, before the request's body is read."""
 
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote, unquote, urlencode, urlparse
 
-from tornado import httputil, web
+from tornado import http1connection, httputil, web
 
 from .config import is_loopback_host
-
-if TYPE_CHECKING:
-    from .handlers import Context
+from .context import Context
 
 log = logging.getLogger("mixvllm.terminal")
+
+# Why a request was refused (the metric's label) -> the one line the client reads.
+REFUSALS = {
+    "host": "Host not allowed: this server only answers to localhost names.",
+    "token": "Token required: open the URL printed when the server started.",
+    "share": "This share link has ended or is not valid.",
+    "origin": "Cross-origin request refused.",
+    "body": "Request body too large for this address.",
+}
 
 
 def host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
@@ -23,6 +33,23 @@ def host_allowed(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
     host = request.host or ""
     hostname = urlparse(f"//{host}").hostname or ""
     return is_loopback_host(hostname)
+
+
+def origin_allowed(ctx: Context, request: httputil.HTTPServerRequest, origin: str) -> bool:
+    """`origin` is this server's (as the request addressed it) or an allow-listed one."""
+    origin = origin.rstrip("/")
+    if origin in ctx.config.allowed_origins:
+        return True
+    parsed = urlparse(origin)  # "null" (a sandboxed or file page) has no scheme
+    return parsed.scheme in ("http", "https") and (
+        parsed.netloc.lower() == (request.host or "").lower()
+    )
+
+
+def same_origin(ctx: Context, request: httputil.HTTPServerRequest) -> bool:
+    """The request sent no Origin (not from a page), or an allowed one."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin_allowed(ctx, request, origin)
 
 
 def token_ok(ctx: Context, candidate: str | None) -> bool:
@@ -46,18 +73,86 @@ def presented_token(handler: web.RequestHandler, ctx: Context) -> str | None:
     return None if cookie is None else unquote(cookie)
 
 
-def guard(handler: web.RequestHandler, ctx: Context) -> bool:
-    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
-    reason = None
-    if not host_allowed(ctx, handler.request):
-        reason, text = "host", "Host not allowed: this server only answers to localhost names."
-    elif not token_ok(ctx, presented_token(handler, ctx)):
-        reason, text = "token", "Token required: open the URL printed when the server started."
-    if reason is None:
-        return True
+def refuse(handler: web.RequestHandler, ctx: Context, reason: str, status: int = 403) -> None:
+    """Answer with the reason's one line, count it and log it (without the query string).
+
+    Called from `prepare`: the connection then closes once the answer is out, and the body
+    the client may still be sending is never read.
+    """
     ctx.metrics.rejected[reason] += 1
     log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
-    handler.set_status(403)
+    handler.set_status(status)
     handler.set_header("Content-Type", "text/plain; charset=utf-8")
-    handler.finish(text + "\n")
+    handler.finish(REFUSALS[reason] + "\n")
+
+
+def admit(handler: web.RequestHandler, ctx: Context) -> None:
+    """The request passed its guard: its connection no longer counts as a stranger's."""
+    connection = handler.request.connection
+    if isinstance(connection, http1connection.HTTP1Connection):
+        ctx.gate.admitted(connection.stream)
+
+
+def guard(handler: web.RequestHandler, ctx: Context) -> bool:
+    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
+    if not host_allowed(ctx, handler.request):
+        refuse(handler, ctx, "host")
+    elif not token_ok(ctx, presented_token(handler, ctx)):
+        refuse(handler, ctx, "token")
+    else:
+        admit(handler, ctx)
+        return True
     return False
+
+
+@dataclass(frozen=True)
+class LinkCookie:
+    """A credential that comes in a link's query (`?token=`, `?share=`) and lives on in a
+    cookie, so that it leaves the address bar, the history and the Referer."""
+
+    param: str
+    cookie: str | None  # None: nothing to keep (--no-auth)
+    path: str
+    samesite: Literal["Strict", "Lax"]
+    refusal: str  # the REFUSALS reason for a wrong one
+
+
+def owner_link(ctx: Context) -> LinkCookie:
+    """The URL the server prints: `?token=`, kept in a strict cookie for the base path."""
+    cookie = None if ctx.token is None else ctx.cookie_name
+    return LinkCookie("token", cookie, ctx.config.base_path, "Strict", "token")
+
+
+def swap_link_for_cookie(
+    handler: web.RequestHandler, ctx: Context, link: LinkCookie, valid: Callable[[str], bool]
+) -> bool:
+    """Refuse the link's credential, or set its cookie and redirect to the address without it.
+
+    False when the query has none (the route's own guard then decides).
+    """
+    value = handler.get_query_argument(link.param, None)
+    if value is None:
+        return False
+    if not host_allowed(ctx, handler.request):
+        refuse(handler, ctx, "host")
+    elif not valid(value):
+        refuse(handler, ctx, link.refusal)
+    else:
+        admit(handler, ctx)
+        if link.cookie is not None:
+            handler.set_cookie(
+                link.cookie,
+                quote(value, safe=""),  # a cookie holds only ASCII, and a token may not be
+                httponly=True,
+                samesite=link.samesite,
+                secure=ctx.config.certfile is not None,
+                path=link.path,
+            )
+        rest = [
+            (k, v.decode("utf-8", "replace"))
+            for k, values in handler.request.query_arguments.items()
+            if k != link.param
+            for v in values
+        ]
+        handler.redirect(handler.request.path + (f"?{urlencode(rest)}" if rest else ""))
+    return True

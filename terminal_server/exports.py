@@ -8,8 +8,9 @@ stream, so a share link's viewer cannot read it.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .session_user import SessionUser, hand_over_folder
 
 ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/page.py (processes.session_env sets it)
 MAX_BYTES = 64 * 1024 * 1024
+# No link followed, no wait on a FIFO's writer, no terminal taken on.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class ChatExports:
@@ -38,14 +41,35 @@ class ChatExports:
         return path
 
     def read(self, session_id: str, name: str) -> bytes | None:
-        """The export's bytes; None when chat has not written one (or it is too big)."""
+        """The export's bytes; None when chat has not written one (or it is too big).
+
+        The folder is the session's: whatever is there is the session's to choose, and the
+        server reads it only as the session's own file. Opened without following a link,
+        then checked on the descriptor (no window for a swap): a regular file, the session
+        user's, with no other name (a hard link to someone else's file has two).
+        """
         if self._root is None:
             return None
-        path = self._root / session_id / name
-        with contextlib.suppress(OSError):
-            if path.stat().st_size <= MAX_BYTES:
-                return path.read_bytes()
-        return None
+        owner = os.geteuid() if self._user is None else self._user.uid
+        try:
+            folder = os.open(self._root / session_id, _OPEN_FLAGS | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=folder)
+        except OSError:
+            return None
+        finally:
+            os.close(folder)
+        with open(fd, "rb") as file:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != owner or info.st_nlink != 1:
+                return None
+            try:
+                data = file.read(MAX_BYTES + 1)  # bounded, whatever size fstat said
+            except OSError:
+                return None
+        return data if len(data) <= MAX_BYTES else None
 
     def remove(self, session_id: str) -> None:
         if self._root is not None:

@@ -1,29 +1,33 @@
-"""HTTP and WebSocket handlers. Every request passes `auth.guard()`: Host, then the token."""
+"""HTTP and WebSocket handlers. Every request passes `auth.guard()`: Host, then the token,
+as soon as its headers are in; its body (bounded per route) is read only after that."""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 import logging
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote, urlencode, urlparse
 
-from tornado import web
+from tornado import http1connection, web
 
 from . import __version__, protocol
-from .auth import guard, host_allowed, token_ok
-from .config import Config
-from .metrics import Metrics
-from .model_status import ModelStatusPoller
+from .auth import (
+    guard,
+    origin_allowed,
+    owner_link,
+    refuse,
+    same_origin,
+    swap_link_for_cookie,
+    token_ok,
+)
+from .context import Context
 from .processes import SessionStartError
-from .shares import ShareRegistry
-from .terminals import InputOverflowError, Session, SessionLimitError, SessionManager
+from .terminals import InputOverflowError, Session, SessionLimitError
 from .wsupgrade import WebSocketHandler
 
 log = logging.getLogger("mixvllm.terminal")
@@ -34,31 +38,6 @@ CSP = (
     "frame-ancestors 'none'"
 )
 MAX_CHAT_ARG = 4096
-
-
-@dataclass
-class Context:
-    """Everything the handlers share; injected through `initialize`, never global."""
-
-    config: Config
-    manager: SessionManager
-    metrics: Metrics
-    token: str | None  # None only with --no-auth
-    static_dir: Path
-    model_status: ModelStatusPoller
-    shares: ShareRegistry  # read-only share links (share_handlers.py)
-    sockets: set[TermSocket] = field(default_factory=set)
-
-    @property
-    def cookie_name(self) -> str:
-        # Two servers on one host (say two compose stacks) must not overwrite each other's.
-        return f"mixvllm_token_{self.config.public_port}"
-
-    @property
-    def cookie_value(self) -> str:
-        # Percent-encoded: a cookie holds only ASCII, and a token may not be.
-        assert self.token is not None
-        return quote(self.token, safe="")
 
 
 def log_request(handler: web.RequestHandler) -> None:
@@ -77,10 +56,16 @@ def _security_headers(handler: web.RequestHandler) -> None:
     handler.set_header("Cross-Origin-Opener-Policy", "same-origin")
 
 
+@web.stream_request_body
 class _Guarded(web.RequestHandler):
-    """Security headers, the Host/token guard and token-free log lines for every handler."""
+    """Security headers, the Host/token guard and token-free log lines for every handler.
+
+    Bodies come as a stream, so `prepare` runs when the headers are in: a request it refuses
+    has its connection closed and its body never read (gate.py).
+    """
 
     ctx: Context
+    max_body_bytes = 0  # this route's bound; routes that take a body say how much
 
     def set_default_headers(self) -> None:
         _security_headers(self)
@@ -103,7 +88,25 @@ class _Guarded(web.RequestHandler):
         log.error("%s in %s (message withheld)\n%s", typ.__name__, self._request_summary(), stack)
 
     def prepare(self) -> None:
-        guard(self, self.ctx)
+        if self.authorized():
+            self.bound_body()
+
+    def authorized(self) -> bool:
+        """Whether the request may go on; if not, it has been answered (auth.refuse)."""
+        return guard(self, self.ctx)
+
+    def bound_body(self) -> None:
+        """Refuse (413) a body larger than the route's bound; Tornado enforces it as it reads
+        a chunked one."""
+        connection = self.request.connection
+        if isinstance(connection, http1connection.HTTP1Connection):
+            connection.set_max_body_size(self.max_body_bytes)
+        length = self.request.headers.get("Content-Length", "0")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            refuse(self, self.ctx, "body", 413)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # no route reads a body: what is within its bound is dropped
 
 
 class GuardedHandler(_Guarded):
@@ -116,34 +119,12 @@ class GuardedHandler(_Guarded):
 
 
 class PageHandler(GuardedHandler):
-    def prepare(self) -> None:
+    def authorized(self) -> bool:
         # A ?token= is swapped for a cookie and dropped from the address bar.
-        token = self.get_query_argument("token", None)
-        if token is None or not host_allowed(self.ctx, self.request):
-            guard(self, self.ctx)
-            return
-        if not token_ok(self.ctx, token):
-            self.ctx.metrics.rejected["token"] += 1
-            log.warning("refused %s %s: bad token", self.request.method, self.request.path)
-            self.set_status(403)
-            self.finish("Wrong token.\n")
-            return
-        if self.ctx.token is not None:
-            self.set_cookie(
-                self.ctx.cookie_name,
-                self.ctx.cookie_value,
-                httponly=True,
-                samesite="Strict",
-                secure=self.ctx.config.certfile is not None,
-                path=self.ctx.config.base_path,
-            )
-        rest = [
-            (k, v.decode("utf-8", "replace"))
-            for k, values in self.request.query_arguments.items()
-            if k != "token"
-            for v in values
-        ]
-        self.redirect(self.request.path + (f"?{urlencode(rest)}" if rest else ""))
+        valid = functools.partial(token_ok, self.ctx)
+        if swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
+            return False
+        return super().authorized()
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -222,21 +203,20 @@ class TermSocket(_Guarded, WebSocketHandler):
         cfg = self.ctx.config
         return 6 * (cfg.scrollback_bytes + cfg.flow_window) + 1024 * 1024
 
+    def authorized(self) -> bool:
+        # The origin as well, while only the headers are in (wsupgrade asks again, later).
+        if not self.credentials_ok():
+            return False
+        if not same_origin(self.ctx, self.request):
+            refuse(self, self.ctx, "origin")
+            return False
+        return True
+
+    def credentials_ok(self) -> bool:
+        return guard(self, self.ctx)
+
     def check_origin(self, origin: str) -> bool:
-        origin = origin.rstrip("/")
-        ok = False
-        if origin != "null":
-            if origin in self.ctx.config.allowed_origins:
-                ok = True
-            else:
-                parsed = urlparse(origin)
-                ok = parsed.scheme in ("http", "https") and (
-                    parsed.netloc.lower() == (self.request.host or "").lower()
-                )
-        if not ok:
-            self.ctx.metrics.rejected["origin"] += 1
-            log.warning("refused WebSocket from origin %r", origin[:100])
-        return ok
+        return origin_allowed(self.ctx, self.request, origin)
 
     def _chat_args(self) -> list[str]:
         args: list[str] = []

@@ -11,20 +11,19 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 from tornado import web
 
 from . import processes, protocol
-from .auth import guard, host_allowed
-from .handlers import Context, GuardedHandler, GuardedStaticHandler, TermSocket
+from .auth import LinkCookie, admit, guard, host_allowed, refuse, same_origin, swap_link_for_cookie
+from .context import Context
+from .handlers import GuardedHandler, GuardedStaticHandler, TermSocket
 from .shares import MAX_VIEWERS, Share, ShareRegistry
 from .terminals import Session
 
 log = logging.getLogger("mixvllm.terminal")
 
 VIEW_PATH = "view/"
-ENDED_TEXT = "This share link has ended or is not valid.\n"
 
 
 def make_registry(window: int) -> ShareRegistry:
@@ -49,37 +48,38 @@ def cookie_name(ctx: Context) -> str:
     return f"mixvllm_share_{ctx.config.public_port}"
 
 
-def _refuse(handler: web.RequestHandler, ctx: Context, reason: str, text: str) -> None:
-    ctx.metrics.rejected[reason] += 1
-    log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
-    handler.set_status(403)
-    handler.set_header("Content-Type", "text/plain; charset=utf-8")
-    handler.finish(text)
+def view_link(ctx: Context) -> LinkCookie:
+    # Lax: a share link is clicked in a chat or a mail (a cross-site navigation), and the view
+    # has nothing a forged request could change.
+    return LinkCookie("share", cookie_name(ctx), ctx.config.base_path + VIEW_PATH, "Lax", "share")
 
 
 def share_guard(handler: web.RequestHandler, ctx: Context) -> Share | None:
     """The guard for `view/`: Host, then a live share token in the share cookie."""
     if not host_allowed(ctx, handler.request):
-        _refuse(handler, ctx, "host", "Host not allowed: this server only answers to localhost.\n")
+        refuse(handler, ctx, "host")
         return None
     share = ctx.shares.find(handler.get_cookie(cookie_name(ctx)))
     if share is None:
-        _refuse(handler, ctx, "share", ENDED_TEXT)
+        refuse(handler, ctx, "share")
+    else:
+        admit(handler, ctx)
     return share
 
 
 class ShareApiHandler(GuardedHandler):
     """`api/share?session=ID`: GET the state, POST to share (idempotent), DELETE to revoke."""
 
-    def prepare(self) -> None:
-        if not guard(self, self.ctx) or self.request.method == "GET":
-            return
+    max_body_bytes = 1024  # it reads none; a client may send an empty JSON object
+
+    def authorized(self) -> bool:
+        if not guard(self, self.ctx):
+            return False
         # The owner cookie is SameSite=Strict already; a foreign Origin is refused as well.
-        origin = self.request.headers.get("Origin")
-        if origin is None or origin.rstrip("/") in self.ctx.config.allowed_origins:
-            return
-        if urlparse(origin).netloc.lower() != (self.request.host or "").lower():
-            _refuse(self, self.ctx, "origin", "Cross-origin request refused.\n")
+        if self.request.method != "GET" and not same_origin(self.ctx, self.request):
+            refuse(self, self.ctx, "origin")
+            return False
+        return True
 
     def _session(self) -> Session:
         session = self.ctx.manager.get(self.get_query_argument("session", None))
@@ -113,25 +113,13 @@ class ShareApiHandler(GuardedHandler):
 class ViewPageHandler(GuardedHandler):
     """The page, view-only: `view/?share=TOKEN` swaps the token for a cookie, like the owner's."""
 
-    def prepare(self) -> None:
-        token = self.get_query_argument("share", None)
-        if token is None or not host_allowed(self.ctx, self.request):
-            share_guard(self, self.ctx)
-            return
-        if self.ctx.shares.find(token) is None:
-            _refuse(self, self.ctx, "share", ENDED_TEXT)
-            return
-        self.set_cookie(
-            cookie_name(self.ctx),
-            token,
-            httponly=True,
-            # Lax: a share link is clicked in a chat or a mail (a cross-site navigation), and
-            # the view has nothing a forged request could change.
-            samesite="Lax",
-            secure=self.ctx.config.certfile is not None,
-            path=self.ctx.config.base_path + VIEW_PATH,
-        )
-        self.redirect(self.request.path)
+    def authorized(self) -> bool:
+        def valid(token: str) -> bool:
+            return self.ctx.shares.find(token) is not None
+
+        if swap_link_for_cookie(self, self.ctx, view_link(self.ctx), valid):
+            return False
+        return share_guard(self, self.ctx) is not None
 
     def get(self) -> None:
         page = (self.ctx.static_dir / "index.html").read_bytes()
@@ -140,8 +128,8 @@ class ViewPageHandler(GuardedHandler):
 
 
 class ViewStaticHandler(GuardedStaticHandler):
-    def prepare(self) -> None:
-        share_guard(self, self.ctx)
+    def authorized(self) -> bool:
+        return share_guard(self, self.ctx) is not None
 
 
 class ViewSocket(TermSocket):
@@ -149,8 +137,9 @@ class ViewSocket(TermSocket):
 
     share: Share | None = None
 
-    def prepare(self) -> None:
+    def credentials_ok(self) -> bool:
         self.share = share_guard(self, self.ctx)
+        return self.share is not None
 
     async def open(self) -> None:
         self.peer = self.request.remote_ip or "?"

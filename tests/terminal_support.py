@@ -20,9 +20,10 @@ from typing import Any
 from tornado import httpclient, httpserver, netutil, websocket
 
 from terminal_server import protocol
-from terminal_server.app import STATIC_DIR, close_clients, make_app, make_context
+from terminal_server.app import STATIC_DIR, close_clients, make_context, make_http_server
 from terminal_server.config import Config
-from terminal_server.handlers import Context
+from terminal_server.context import Context
+from terminal_server.gate import Limits
 from tests.support import wait_for_async
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,12 +175,14 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def running_server(static_dir: Path = STATIC_DIR, **overrides: Any) -> AsyncIterator[Server]:
+async def running_server(
+    static_dir: Path = STATIC_DIR, limits: Limits | None = None, **overrides: Any
+) -> AsyncIterator[Server]:
     sockets = netutil.bind_sockets(0, "127.0.0.1")
     port = sockets[0].getsockname()[1]
     config = make_config(**overrides)
-    ctx = make_context(dataclasses.replace(config, port=port), static_dir)
-    http = httpserver.HTTPServer(make_app(ctx))
+    ctx = make_context(dataclasses.replace(config, port=port), static_dir, limits)
+    http = make_http_server(ctx)
     http.add_sockets(sockets)
     ctx.manager.start()
     server = Server(ctx, port)

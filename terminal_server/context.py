@@ -1,0 +1,35 @@
+"""What the handlers share (the server's context), in a module of its own so that the guard
+(auth.py) and the handlers can both name it without importing each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .gate import Gate
+from .metrics import Metrics
+from .model_status import ModelStatusPoller
+from .shares import ShareRegistry
+from .terminals import SessionManager
+from .wsupgrade import WebSocketHandler
+
+
+@dataclass
+class Context:
+    """Everything the handlers share; injected through `initialize`, never global."""
+
+    config: Config
+    manager: SessionManager
+    metrics: Metrics
+    token: str | None  # None only with --no-auth
+    static_dir: Path
+    model_status: ModelStatusPoller
+    shares: ShareRegistry  # read-only share links (share_handlers.py)
+    gate: Gate = field(default_factory=Gate)  # connections that have not authenticated yet
+    sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
+
+    @property
+    def cookie_name(self) -> str:
+        # Two servers on one host (say two compose stacks) must not overwrite each other's.
+        return f"mixvllm_token_{self.config.public_port}"
