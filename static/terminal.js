@@ -146,11 +146,11 @@
   function shows(block) {
     const rows = shownRows(block);
     if (!rows) return false;
-    const lines = trimBlankLines(block.text.split("\n").map((l) => l.replace(/[ \t]+$/, "")));
+    const lines = trimBlankLines(block.text.split("\n").map((l) => l.replace(/[ \t\r]+$/, "")));
     const shown = trimBlankLines(rows);
     if (!lines.length || !shown.length) return false;
     let lead = Infinity;
-    for (const row of shown) if (row) lead = Math.min(lead, row.length - row.trimStart().length);
+    for (const row of shown) if (row) lead = Math.min(lead, leadingBlanks(row));
     for (let pad = 0; pad <= Math.min(lead, MAX_PAD); pad++) {
       if (sameText(pad ? shown.map((row) => row.slice(pad)) : shown, lines)) return true;
     }
@@ -160,9 +160,15 @@
   function trimBlankLines(lines) {
     let first = 0;
     let last = lines.length;
-    while (first < last && !lines[first].trim()) first++;
-    while (last > first && !lines[last - 1].trim()) last--;
+    while (first < last && !lines[first]) first++;  // blanks at the end are gone already
+    while (last > first && !lines[last - 1]) last--;
     return lines.slice(first, last);
+  }
+
+  function leadingBlanks(row) {
+    let n = 0;
+    while (row[n] === " ") n++;
+    return n;
   }
 
   function sameText(rows, lines) {
@@ -184,7 +190,7 @@
           if (s > 0 && s + blanks === row.length) {  // wrapped at the blank
             if (++r >= rows.length) return false;
             row = rows[r];
-            s = row.length - row.trimStart().length;
+            s = leadingBlanks(row);
           } else if (blanks >= spaces + tabs && blanks <= spaces + TAB_CELLS * tabs) {
             s += blanks;
           } else {

@@ -129,6 +129,15 @@ def test_a_copy_button_copies_only_what_its_block_shows(server_url: str) -> None
             5000,
         )
         assert clipboard(page) == SHOWN + "\n"
+
+        # A narrower window wraps a block's rows: its button still copies what they show.
+        long_line = "echo " + "y" * 70 + " && ls"
+        type_line(page, block(long_line, long_line))
+        wait_for_js(page, "() => window.mixvllm.copyButtons === 3", None, 10000)
+        page.set_viewport_size({"width": 400, "height": 600})
+        wait_for_js(page, "() => window.mixvllm.term.cols < 50", None, 10000)
+        page.locator(".copy-code").last.click()
+        wait_for_js(page, CLIPBOARD_IS, long_line + "\n", 5000)
         assert problems == []
 
 
