@@ -271,7 +271,7 @@
   // ("?" would type the clipboard into the session, where any program reads it) and shows
   // each write it makes, which the settings can turn off. Our own handler rather than
   // @xterm/addon-clipboard's: that one answers every read its provider is asked for.
-  const MAX_CLIPBOARD_CHARS = 1 << 20;
+  const MAX_CLIPBOARD_BYTES = 1 << 20;
   const PREVIEW_CHARS = 40;
   const NOTICE_MS = 6000;
   term.parser.registerOscHandler(OSC.CLIPBOARD, (data) => {
@@ -281,16 +281,35 @@
     const payload = data.slice(sep + 1);
     // Pc empty or naming c is the clipboard; p, s and cut buffers have no browser equivalent.
     if (sep < 0 || payload === "?" || (targets && !targets.includes("c"))) return true;
+    if (payload.length > Math.ceil(MAX_CLIPBOARD_BYTES / 3) * 4) {
+      showNotice("A program tried to copy more than 1 MiB to the clipboard; not copied.");
+      return true;
+    }
     const text = decodeBase64(payload);
     if (text !== null) programCopy(text);
     return true;  // parsing goes on at once: the write finishes on its own
   });
 
+  // One write at a time; of those a program sends meanwhile only the newest is kept.
+  let nextCopy = null;
+  let copying = false;
+
   async function programCopy(text) {
-    if (text.length > MAX_CLIPBOARD_CHARS) {
-      showNotice("A program tried to copy more than 1 MiB to the clipboard; not copied.");
-      return;
+    nextCopy = text;
+    if (copying) return;
+    copying = true;
+    try {
+      while (nextCopy !== null) {
+        const current = nextCopy;
+        nextCopy = null;
+        await writeClipboard(current);
+      }
+    } finally {
+      copying = false;
     }
+  }
+
+  async function writeClipboard(text) {
     let copied = false;
     if (navigator.clipboard && window.isSecureContext) {
       try { await navigator.clipboard.writeText(text); copied = true; } catch (_) { /* below */ }
