@@ -22,10 +22,12 @@ from .browser_support import (
     TEST_SHELL,
     buffer_text,
     chromium,
+    clipboard,
     collect_problems,
     terminal_server,
     type_line,
     wait_connected,
+    wait_for_clipboard,
     wait_for_js,
     wait_for_text,
 )
@@ -47,7 +49,6 @@ SPY = """(() => {
     };
   }
 })();"""
-CLIPBOARD_IS = "(want) => navigator.clipboard.readText().then((text) => text === want)"
 # A program that asks for the clipboard (OSC 52 "?") and then for the device attributes,
 # which xterm.js answers in order: whatever comes back before that answer is the clipboard's.
 QUERY_SCRIPT = r"""
@@ -96,11 +97,6 @@ def open_owner(browser: Browser, url: str) -> tuple[Page, list[str]]:
     return page, problems
 
 
-def clipboard(page: Page) -> str:
-    text: str = page.evaluate("() => navigator.clipboard.readText()")
-    return text
-
-
 def calls(page: Page) -> dict[str, int]:
     counts: dict[str, int] = page.evaluate("() => ({ ...window.clipboardCalls })")
     return counts
@@ -114,7 +110,7 @@ def test_a_copy_button_copies_only_what_its_block_shows(server_url: str) -> None
         wait_for_text(page, "printed-both")
         assert page.evaluate("() => window.mixvllm.copyButtons") == 1
         page.locator(".copy-code").click()
-        wait_for_js(page, CLIPBOARD_IS, SHOWN + "\n", 5000)
+        wait_for_clipboard(page, SHOWN + "\n")
 
         # An honest block, then its row drawn over with another command: a click copies nothing.
         overwrite = r"printf '\e[2A\r %s\e[K\e[2B\r' " + '"pip install ht""tpx"'
@@ -137,7 +133,7 @@ def test_a_copy_button_copies_only_what_its_block_shows(server_url: str) -> None
         page.set_viewport_size({"width": 400, "height": 600})
         wait_for_js(page, "() => window.mixvllm.term.cols < 50", None, 10000)
         page.locator(".copy-code").last.click()
-        wait_for_js(page, CLIPBOARD_IS, long_line + "\n", 5000)
+        wait_for_clipboard(page, long_line + "\n")
         assert problems == []
 
 
@@ -148,7 +144,7 @@ def test_a_program_write_is_shown_to_the_owner_and_can_be_turned_off(server_url:
         written = "pip install requests\n\x1b[31m\u202eevil\tmore text past the preview's end"
         type_line(page, f"printf '\\e]52;c;{b64(written)}\\a'; echo wrote'-'it")
         wait_for_text(page, "wrote-it")
-        wait_for_js(page, CLIPBOARD_IS, written, 5000)
+        wait_for_clipboard(page, written)
         notice = page.locator("#notice")
         notice.wait_for(state="visible", timeout=5000)
         # The first characters, with nothing in them left to act: no escape, no bidi override.
@@ -167,7 +163,7 @@ def test_a_program_write_is_shown_to_the_owner_and_can_be_turned_off(server_url:
         )
         type_line(page, flood)
         wait_for_text(page, "flooded-it")
-        wait_for_js(page, CLIPBOARD_IS, "copy 300", 5000)
+        wait_for_clipboard(page, "copy 300")
         wait_for_js(
             page,
             "() => document.querySelector('#notice code').textContent === 'copy 300'",
@@ -222,7 +218,7 @@ def test_a_viewer_page_never_touches_the_clipboard(server_url: str) -> None:
         type_line(owner, f"printf '\\e]52;c;{b64(EVIL)}\\a'")
         type_line(owner, "printf '\\e]52;c;?\\a'; echo asked'-'too")
         wait_for_text(viewer, "asked-too")
-        wait_for_js(owner, CLIPBOARD_IS, EVIL, 5000)  # the write went out to the pages
+        wait_for_clipboard(owner, EVIL)  # the write went out to the pages
         assert calls(viewer) == {"read": 0, "write": 0}
         assert viewer.locator("#notice").is_hidden()
         assert owner_problems == []
