@@ -30,6 +30,7 @@
     fontSize: clampInt(params.get("fontSize"), 6, 48, 14),
     theme: THEMES[params.get("theme")] ? params.get("theme") : "dark",
     screenReader: params.get("screenReader") === "1",
+    clipboardWrites: params.get("clipboardWrites") !== "0",  // OSC 52 writes, with a notice
   };
   let sessionId = params.get("session");
 
@@ -52,32 +53,52 @@
     const w = window.open(uri, "_blank", "noopener,noreferrer");
     if (w) w.opener = null;
   }));
-  if (window.ClipboardAddon) term.loadAddon(new ClipboardAddon.ClipboardAddon());
   term.open(document.getElementById("terminal"));
   applyTheme();
   fit.fit();
 
+  // -- private escape codes ---------------------------------------------------------------
+  // The OSC numbers this page handles; chat's is defined once on its side too (chat_cli/page.py).
+  const OSC = Object.freeze({ CLIPBOARD: 52, CHAT: 7337 });
+  const CHAT_BLOCK = "block";  // OSC 7337 "block": a code block starts on this row
+  const CHAT_CODE = "code;";  // OSC 7337 "code;BASE64": the finished block's text
+
   // -- chat's code blocks: a copy button at each ----------------------------------------
   // chat (chat_cli/page.py) sends OSC 7337 "block" at a code block's first row and, once the
-  // block is complete, "code;BASE64" with its exact text: nothing is scraped from the buffer.
-  const CHAT_OSC = 7337;
+  // block is complete, "code;BASE64" with its exact text. Any program in the session can
+  // send these too, so the text is only trusted as far as the screen shows it: a button
+  // appears only when the rows between the two marks show that text, and a click copies
+  // only while they still do (see shows() for what may differ: nothing visible).
   const COPY_CELLS = 7;
-  let blockStart = null;  // the newest block's first row, waiting for its text
+  const MAX_PAD = 4;  // the most blank columns a block's frame may add left of its text
+  const TAB_CELLS = 8;  // the most cells a tab is drawn as
+  let blockStart = null;  // the newest block's first row and column, waiting for its text
   const copyBlocks = new Set();  // their buttons are drawn only while on screen
-  term.parser.registerOscHandler(CHAT_OSC, (data) => {
-    if (data === "block") {
+  term.parser.registerOscHandler(OSC.CHAT, (data) => {
+    if (data === CHAT_BLOCK) {
       // A live redraw sends it again for the same block: only the newest counts.
-      if (blockStart) blockStart.dispose();
-      blockStart = term.registerMarker(0);
-    } else if (data.startsWith("code;")) {
-      const marker = blockStart;
+      if (blockStart) blockStart.marker.dispose();
+      const buf = term.buffer.active;
+      blockStart = { marker: term.registerMarker(0), column: buf.cursorX, buffer: buf.type };
+    } else if (data.startsWith(CHAT_CODE)) {
+      const start = blockStart;
       blockStart = null;
-      const text = decodeBase64(data.slice(5));
-      if (marker && !marker.isDisposed && text !== null) addCopyButton(marker, text);
-      else if (marker) marker.dispose();
+      if (!start) return true;
+      const text = decodeBase64(data.slice(CHAT_CODE.length));
+      const block = { ...start, end: term.registerMarker(0), text };
+      if (text !== null && !block.marker.isDisposed && block.end && shows(block)) {
+        addCopyButton(block);
+      } else {
+        disposeBlock(block);
+      }
     }
     return true;
   });
+
+  function disposeBlock(block) {
+    block.marker.dispose();
+    if (block.end) block.end.dispose();
+  }
 
   function decodeBase64(data) {
     try {
@@ -88,13 +109,120 @@
     }
   }
 
-  function addCopyButton(marker, text) {
+  // The block's rows as the screen shows them: each of chat's rows whole again (a narrower
+  // window wraps them), from the block's first column on, without trailing blanks.
+  function shownRows(block) {
+    const buf = block.buffer === "alternate" ? term.buffer.alternate : term.buffer.normal;
+    if (block.marker.isDisposed || block.end.isDisposed) return null;
+    const rows = [];
+    const cell = buf.getNullCell();
+    let text = "";
+    let column = 0;
+    for (let y = block.marker.line; y < buf.length; y++) {
+      const line = buf.getLine(y);
+      if (!line || (y > block.end.line && !line.isWrapped)) break;
+      if (!line.isWrapped && y !== block.marker.line) {
+        rows.push(text.replace(/ +$/, ""));
+        text = "";
+        column = 0;
+      }
+      for (let x = 0; x < line.length; x++) {
+        line.getCell(x, cell);
+        const width = cell.getWidth();
+        if (width === 0) continue;  // the right half of a wide character
+        if (column >= block.column) text += cell.getChars() || " ";
+        column += width;
+      }
+    }
+    rows.push(text.replace(/ +$/, ""));
+    return rows;
+  }
+
+  // Whether the block's rows show its text. What may differ is invisible: blank rows above
+  // and below it, blanks at the end of a line, a tab drawn as 1..8 blanks, the same blank
+  // columns left of every row (the block's padding), and where a long line wraps (at a
+  // blank, or inside a word when the row is full). Every other character must be the one
+  // in its cell, so control codes, a different command or an extra line never match.
+  function shows(block) {
+    const rows = shownRows(block);
+    if (!rows) return false;
+    const lines = trimBlankLines(block.text.split("\n").map((l) => l.replace(/[ \t\r]+$/, "")));
+    const shown = trimBlankLines(rows);
+    if (!lines.length || !shown.length) return false;
+    let lead = Infinity;
+    for (const row of shown) if (row) lead = Math.min(lead, leadingBlanks(row));
+    for (let pad = 0; pad <= Math.min(lead, MAX_PAD); pad++) {
+      if (sameText(pad ? shown.map((row) => row.slice(pad)) : shown, lines)) return true;
+    }
+    return false;
+  }
+
+  function trimBlankLines(lines) {
+    let first = 0;
+    let last = lines.length;
+    while (first < last && !lines[first]) first++;  // blanks at the end are gone already
+    while (last > first && !lines[last - 1]) last--;
+    return lines.slice(first, last);
+  }
+
+  function leadingBlanks(row) {
+    let n = 0;
+    while (row[n] === " ") n++;
+    return n;
+  }
+
+  function sameText(rows, lines) {
+    let r = 0;
+    for (const line of lines) {
+      if (r >= rows.length) return false;
+      let row = rows[r];
+      let s = 0;
+      let p = 0;
+      while (p < line.length) {
+        if (line[p] === " " || line[p] === "\t") {
+          let spaces = 0;
+          let tabs = 0;
+          for (; p < line.length && (line[p] === " " || line[p] === "\t"); p++) {
+            if (line[p] === "\t") tabs++; else spaces++;
+          }
+          let blanks = 0;
+          while (row[s + blanks] === " ") blanks++;
+          if (s > 0 && s + blanks === row.length) {  // wrapped at the blank
+            if (++r >= rows.length) return false;
+            row = rows[r];
+            s = leadingBlanks(row);
+          } else if (blanks >= spaces + tabs && blanks <= spaces + TAB_CELLS * tabs) {
+            s += blanks;
+          } else {
+            return false;
+          }
+        } else if (s < row.length) {
+          if (row[s] !== line[p]) return false;
+          s++;
+          p++;
+        } else if (s > 0) {  // a word longer than the row goes on on the next one
+          if (++r >= rows.length) return false;
+          row = rows[r];
+          s = 0;
+        } else {
+          return false;
+        }
+      }
+      if (s !== row.length) return false;
+      r++;
+    }
+    return r === rows.length;
+  }
+
+  function addCopyButton(block) {
     const decoration = term.registerDecoration({
-      marker, anchor: "right", x: 0, width: COPY_CELLS, layer: "top",
+      marker: block.marker, anchor: "right", x: 0, width: COPY_CELLS, layer: "top",
     });
-    if (!decoration) { marker.dispose(); return; }
+    if (!decoration) { disposeBlock(block); return; }
     copyBlocks.add(decoration);
-    marker.onDispose(() => { copyBlocks.delete(decoration); decoration.dispose(); });
+    const gone = () => { copyBlocks.delete(decoration); decoration.dispose(); disposeBlock(block); };
+    block.marker.onDispose(gone);
+    block.end.onDispose(gone);
     decoration.onRender((element) => {
       element.style.right = "0px";  // xterm.js leaves `right` unset for x: 0
       if (element.firstChild) return;
@@ -108,8 +236,10 @@
       button.addEventListener("mousedown", (e) => e.stopPropagation());
       button.addEventListener("click", async (e) => {
         e.stopPropagation();
-        const copied = await copyText(text);
-        button.textContent = copied ? "copied" : "failed";
+        // Rows drawn over since: copy nothing rather than text the screen no longer shows.
+        const current = shows(block);
+        const copied = current && await copyText(block.text);
+        button.textContent = !current ? "changed" : copied ? "copied" : "failed";
         setTimeout(() => { button.textContent = "copy"; }, 1500);
         term.focus();
       });
@@ -133,6 +263,92 @@
     try { copied = document.execCommand("copy"); } catch (_) { copied = false; }
     area.remove();
     return copied;
+  }
+
+  // -- OSC 52: a program sets the clipboard -----------------------------------------------
+  // Programs in the session (chat's /copy among them) ask for the clipboard with OSC 52.
+  // A viewer's page ignores every such request; the owner's page never answers a read
+  // ("?" would type the clipboard into the session, where any program reads it) and shows
+  // each write it makes, which the settings can turn off. Our own handler rather than
+  // @xterm/addon-clipboard's: that one answers every read its provider is asked for.
+  const MAX_CLIPBOARD_BYTES = 1 << 20;
+  const PREVIEW_CHARS = 40;
+  const NOTICE_MS = 6000;
+  term.parser.registerOscHandler(OSC.CLIPBOARD, (data) => {
+    if (VIEWER || !settings.clipboardWrites) return true;
+    const sep = data.indexOf(";");
+    const targets = data.slice(0, sep);
+    const payload = data.slice(sep + 1);
+    // Pc empty or naming c is the clipboard; p, s and cut buffers have no browser equivalent.
+    if (sep < 0 || payload === "?" || (targets && !targets.includes("c"))) return true;
+    if (payload.length > Math.ceil(MAX_CLIPBOARD_BYTES / 3) * 4) {
+      showNotice("A program tried to copy more than 1 MiB to the clipboard; not copied.");
+      return true;
+    }
+    const text = decodeBase64(payload);
+    if (text !== null) programCopy(text);
+    return true;  // parsing goes on at once: the write finishes on its own
+  });
+
+  // One write at a time; of those a program sends meanwhile only the newest is kept.
+  let nextCopy = null;
+  let copying = false;
+
+  async function programCopy(text) {
+    nextCopy = text;
+    if (copying) return;
+    copying = true;
+    try {
+      while (nextCopy !== null) {
+        const current = nextCopy;
+        nextCopy = null;
+        await writeClipboard(current);
+      }
+    } finally {
+      copying = false;
+    }
+  }
+
+  async function writeClipboard(text) {
+    let copied = false;
+    if (navigator.clipboard && window.isSecureContext) {
+      try { await navigator.clipboard.writeText(text); copied = true; } catch (_) { /* below */ }
+    }
+    if (!copied) {
+      showNotice("A program tried to copy to the clipboard; the browser did not allow it.");
+    } else if (!text) {
+      showNotice("A program emptied the clipboard.");
+    } else {
+      const n = text.length;
+      showNotice(`A program copied ${n} character${n === 1 ? "" : "s"} to the clipboard: `,
+        preview(text));
+    }
+  }
+
+  // The first characters, with nothing in them that could act: line breaks and tabs drawn
+  // as symbols, other control and format characters (bidi overrides, zero widths) as U+FFFD.
+  function preview(text) {
+    const head = Array.from(text.slice(0, 4 * PREVIEW_CHARS)).slice(0, PREVIEW_CHARS).join("");
+    const shown = head.replace(/\r\n|\n|\r/g, "\u21b5").replace(/\t/g, "\u2192")
+      .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, "\ufffd");
+    return head.length < text.length ? `${shown}\u2026` : shown;
+  }
+
+  const notice = document.getElementById("notice");
+  const noticeText = document.getElementById("notice-text");
+  let noticeTimer = null;
+
+  function showNotice(message, quoted) {
+    const parts = [message];
+    if (quoted !== undefined) {
+      const code = document.createElement("code");
+      code.textContent = quoted;
+      parts.push(code);
+    }
+    noticeText.replaceChildren(...parts);
+    notice.hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => { notice.hidden = true; }, NOTICE_MS);
   }
 
   let ws = null;
@@ -500,6 +716,19 @@
     settings.theme = THEMES[themeSelect.value] ? themeSelect.value : "dark";
     setUrlParam("theme", settings.theme);
     applyTheme();
+  });
+  const clipboardBox = document.getElementById("clipboard-writes");
+  clipboardBox.checked = settings.clipboardWrites;
+  function setClipboardWrites(on) {
+    settings.clipboardWrites = on;
+    clipboardBox.checked = on;
+    setUrlParam("clipboardWrites", on ? null : "0");
+  }
+  clipboardBox.addEventListener("change", () => setClipboardWrites(clipboardBox.checked));
+  document.getElementById("notice-off").addEventListener("click", () => {
+    setClipboardWrites(false);
+    notice.hidden = true;
+    term.focus();
   });
   screenReaderBox.addEventListener("change", () => {
     // xterm.js then mirrors the rows into an accessibility tree and announces new output.

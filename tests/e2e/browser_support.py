@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Page, Playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import require
+from tests.support import wait_for
 from tests.terminal_support import server_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,16 @@ def wait_for_js(page: Page, predicate: str, arg: object, timeout_ms: int) -> Non
         screen = "\n".join(buffer_text(page).rstrip().splitlines()[-40:])
         message = f"timed out waiting for {arg!r}; the terminal shows:\n{screen}"
         raise AssertionError(message) from None
+
+
+def clipboard(page: Page) -> str:
+    text: str = page.evaluate("() => navigator.clipboard.readText()")
+    return text
+
+
+def wait_for_clipboard(page: Page, want: str, timeout_s: float = 5.0) -> None:
+    """Polled from here: wait_for_function takes the Promise readText returns as truthy."""
+    wait_for(lambda: clipboard(page) == want, timeout_s, f"the clipboard to hold {want!r}")
 
 
 def wait_connected(page: Page, timeout_ms: int = 15000) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from chat_cli.clipboard import code_blocks
 from tests.chat_support import fake_server
 from tests.support import isolated_home
 from tests.test_chat_page import ANSWER, BLOCKS
@@ -27,6 +28,7 @@ from .browser_support import (
     terminal_server,
     type_line,
     wait_connected,
+    wait_for_clipboard,
     wait_for_js,
     wait_for_text,
 )
@@ -104,6 +106,23 @@ def test_each_code_block_copies_its_exact_text_from_a_button_beside_it(chat_url:
         wait_for_js(page, "(n) => window.mixvllm.copyButtons === n", len(BLOCKS), 10000)
         page.locator(".copy-code").first.click()
         assert page.evaluate("() => navigator.clipboard.readText()") == BLOCKS[0]
+        assert problems == []
+
+
+def test_chat_copy_reaches_the_owner_clipboard_with_a_notice(chat_url: str) -> None:
+    with sync_playwright() as p, chromium(p) as browser:
+        context = browser.new_context(viewport={"width": 900, "height": 700}, device_scale_factor=1)
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page = context.new_page()
+        problems = collect_problems(page)
+        page.goto(chat_url)
+        ask(page)
+        type_line(page, "/copy 2")
+        wait_for_text(page, "browser's clipboard (OSC 52)")
+        copied = code_blocks(ANSWER)[1]  # /copy takes the markdown's text, list indent and all
+        wait_for_clipboard(page, copied)
+        page.locator("#notice").wait_for(state="visible", timeout=5000)
+        assert page.locator("#notice code").inner_text() == copied.replace("\n", "\u21b5")
         assert problems == []
 
 
