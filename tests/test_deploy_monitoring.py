@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -79,16 +80,17 @@ def dashboard_queries() -> Iterator[tuple[str, str]]:
                 yield f"{path.stem}: {panel['title']}", target["expr"]
 
 
-def test_config_loads(tmp_path: Path) -> None:
-    config = (PROMETHEUS / "prometheus.yml").read_text()
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus.cpu.yml"])
+def test_config_loads(tmp_path: Path, name: str) -> None:
+    config = (PROMETHEUS / name).read_text()
     assert TOKEN_FILE in config  # a file, never the token itself
     token = tmp_path / "terminal_token"
     token.write_text("t\n")
-    copy = tmp_path / "prometheus.yml"
+    copy = tmp_path / name
     copy.write_text(config.replace(TOKEN_FILE, str(token)))
     (tmp_path / "alerts.yml").write_text((PROMETHEUS / "alerts.yml").read_text())
     out = promtool("check", "config", str(copy))
-    assert "SUCCESS: 6 rules found" in out
+    assert f"SUCCESS: {len(alert_rules())} rules found" in out
 
 
 def test_alerts_pass_their_unit_tests() -> None:
@@ -155,3 +157,67 @@ def test_dashboard_reads_the_provisioned_datasource() -> None:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 assert target["datasource"]["uid"] in uids, (path.name, panel["title"])
+
+
+class _ResetLoader(yaml.SafeLoader):
+    """Compose's `!reset` tag, kept as a marker."""
+
+
+_ResetLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def _compose(name: str) -> dict[str, Any]:
+    data = yaml.load((ROOT / name).read_text(), Loader=_ResetLoader)
+    assert isinstance(data, dict)
+    return data
+
+
+def _scrape_targets(config: str) -> dict[str, list[str]]:
+    jobs = yaml.safe_load((PROMETHEUS / config).read_text())["scrape_configs"]
+    return {
+        job["job_name"]: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        for job in jobs
+    }
+
+
+def _dockerfile_cmd() -> list[str]:
+    text = (ROOT / "Dockerfile.prometheus").read_text().replace("\\\n", " ")
+    (cmd,) = [line for line in text.splitlines() if line.startswith("CMD ")]
+    argv = json.loads(cmd.removeprefix("CMD "))
+    assert isinstance(argv, list)
+    return argv
+
+
+def test_monitoring_profile_scrapes_the_stacks_services() -> None:
+    compose = _compose("docker-compose.yml")
+    services = compose["services"]
+    prom = services["prometheus"]
+    assert prom["profiles"] == ["monitoring"]  # off unless asked for
+    assert prom["build"]["dockerfile"] == "Dockerfile.prometheus"
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prom["volumes"]
+    assert all(str(p).startswith("127.0.0.1:") for p in prom["ports"])  # loopback only
+    assert prom["read_only"] is True and prom["cap_drop"] == ["ALL"]
+    # The token reaches Prometheus as the file its config names, from the .env variable.
+    assert prom["secrets"] == ["terminal_token"]
+    assert compose["secrets"]["terminal_token"] == {"environment": "MIXVLLM_TERMINAL_TOKEN"}
+    assert "MIXVLLM_TERMINAL_TOKEN" in services["terminal-server"]["environment"]
+    # Every scraped host:port is a service of the stack on the port it listens on.
+    targets = _scrape_targets("prometheus.yml")
+    model_port = services["model-server"]["environment"]["MODEL_SERVER_PORT"]
+    terminal_port = services["terminal-server"]["environment"]["MIXVLLM_TERMINAL_PORT"]
+    assert targets["vllm"] == [f"model-server:{model_port}"]
+    assert targets["terminal"] == [f"terminal-server:{terminal_port}"]
+
+
+def test_cpu_stack_loads_the_same_config_without_the_vllm_job() -> None:
+    full = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    cpu = yaml.safe_load((PROMETHEUS / "prometheus.cpu.yml").read_text())
+    assert cpu == {
+        **full,
+        "scrape_configs": [j for j in full["scrape_configs"] if j["job_name"] != "vllm"],
+    }
+    command = _compose("docker-compose.cpu.yml")["services"]["prometheus"]["command"]
+    default = _dockerfile_cmd()
+    assert "--config.file=/etc/prometheus/prometheus.yml" in default
+    swapped = [a.replace("prometheus.yml", "prometheus.cpu.yml") for a in default]
+    assert command == swapped
