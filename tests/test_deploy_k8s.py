@@ -136,7 +136,9 @@ def test_every_custom_resource_has_its_crd_schema_in_the_repo() -> None:
     builtin = {"v1", "apps/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
     custom = {(o["apiVersion"], o["kind"]) for _, o in objects() if o["apiVersion"] not in builtin}
     assert custom == set(crd_schemas())
-    assert {k for _, k in custom} == {"ServiceMonitor", "ScaledObject", "LeaderWorkerSet"}
+    assert {k for _, k in custom} == {
+        "ServiceMonitor", "PrometheusRule", "ScaledObject", "LeaderWorkerSet",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -148,6 +150,8 @@ def test_every_custom_resource_has_its_crd_schema_in_the_repo() -> None:
          ["containers"][0]["startupProbe"].__setitem__("failureThreshold", "720")),
         ("monitoring/service-monitor.yaml", "ServiceMonitor",
          lambda o: o["spec"]["endpoints"][0].__setitem__("intervall", "15s")),
+        ("monitoring/prometheus-rule.yaml", "PrometheusRule",
+         lambda o: o["spec"]["groups"][0]["rules"][0].__setitem__("fire_for", "2m")),
         ("autoscaling/scaled-object.yaml", "ScaledObject",
          lambda o: o["spec"].__setitem__("minReplicaCount", "one")),
         ("multinode/leaderworkerset.yaml", "LeaderWorkerSet",
@@ -207,6 +211,24 @@ def test_service_monitors_scrape_named_ports_of_selected_services() -> None:
                    if m["metadata"]["name"] == "terminal"]  # fmt: skip
     credentials = terminal["spec"]["endpoints"][0]["authorization"]["credentials"]
     assert credentials == {"name": SECRET, "key": "MIXVLLM_TERMINAL_TOKEN"}
+
+
+def test_the_operator_gets_the_same_alerts_and_job_names_as_compose() -> None:
+    prometheus = ROOT / "deploy" / "prometheus"
+    alerts = yaml.safe_load((prometheus / "alerts.yml").read_text())
+    (rule,) = load("monitoring/prometheus-rule.yaml")
+    assert rule["spec"]["groups"] == alerts["groups"]
+    compose_jobs = {j["job_name"] for j in yaml.safe_load(
+        (prometheus / "prometheus.yml").read_text())["scrape_configs"]}  # fmt: skip
+    k8s_jobs = set()
+    for monitor in load("monitoring/service-monitor.yaml"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            (relabel,) = [r for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+            k8s_jobs.add(relabel["replacement"])
+    assert k8s_jobs == compose_jobs
+    selected = {job for group in alerts["groups"] for r in group["rules"]
+                for job in re.findall(r'job="([^"]+)"', r["expr"])}  # fmt: skip
+    assert selected <= k8s_jobs
 
 
 def _router_args() -> dict[str, str]:
