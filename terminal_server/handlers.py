@@ -26,6 +26,7 @@ from .auth import (
     token_ok,
 )
 from .context import Context
+from .metrics import Metrics
 from .processes import SessionStartError
 from .terminals import InputOverflowError, Session, SessionLimitError
 from .wsupgrade import WebSocketHandler
@@ -40,9 +41,11 @@ CSP = (
 MAX_CHAT_ARG = 4096
 
 
-def log_request(handler: web.RequestHandler) -> None:
-    """Access log without query strings (tokens never reach the logs)."""
+def log_request(handler: web.RequestHandler, metrics: Metrics | None = None) -> None:
+    """Access log without query strings (tokens never reach the logs); counts the status."""
     status = handler.get_status()
+    if metrics is not None:
+        metrics.count_response(status)
     level = logging.INFO if status < 400 else logging.WARNING
     ms = 1000.0 * handler.request.request_time()
     log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path, ms)
@@ -178,6 +181,7 @@ class MetricsHandler(GuardedHandler):
                 sessions=len(self.ctx.manager.sessions),
                 clients=self.ctx.manager.clients(),
                 version=__version__,
+                max_sessions=self.ctx.config.max_sessions,
             )
         )
 

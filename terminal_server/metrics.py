@@ -13,8 +13,13 @@ class Metrics:
     sessions_started: int = 0
     protocol_errors: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
+    responses: Counter[str] = field(default_factory=Counter)  # "2xx".."5xx" -> count
 
-    def render(self, *, sessions: int, clients: int, version: str) -> str:
+    def count_response(self, status: int) -> None:
+        # By class, not code: a bounded label set whatever a client asks for.
+        self.responses[f"{status // 100}xx"] += 1
+
+    def render(self, *, sessions: int, clients: int, version: str, max_sessions: int) -> str:
         lines = [
             "# HELP mixvllm_terminal_info Server version.",
             "# TYPE mixvllm_terminal_info gauge",
@@ -22,6 +27,9 @@ class Metrics:
             "# HELP mixvllm_terminal_sessions Open terminal sessions.",
             "# TYPE mixvllm_terminal_sessions gauge",
             f"mixvllm_terminal_sessions {sessions}",
+            "# HELP mixvllm_terminal_max_sessions Sessions at most (--max-sessions).",
+            "# TYPE mixvllm_terminal_max_sessions gauge",
+            f"mixvllm_terminal_max_sessions {max_sessions}",
             "# HELP mixvllm_terminal_clients Attached WebSocket clients.",
             "# TYPE mixvllm_terminal_clients gauge",
             f"mixvllm_terminal_clients {clients}",
@@ -43,5 +51,13 @@ class Metrics:
         for reason in sorted(self.rejected) or ["token"]:
             lines.append(
                 f'mixvllm_terminal_rejected_total{{reason="{reason}"}} {self.rejected[reason]}'
+            )
+        lines += [
+            "# HELP mixvllm_terminal_http_responses_total HTTP responses, by status class.",
+            "# TYPE mixvllm_terminal_http_responses_total counter",
+        ]
+        for code in ("2xx", "3xx", "4xx", "5xx"):
+            lines.append(
+                f'mixvllm_terminal_http_responses_total{{code="{code}"}} {self.responses[code]}'
             )
         return "\n".join(lines) + "\n"

@@ -150,3 +150,30 @@ def test_terminal_image_is_mixvllm_terminal_wired_to_the_model_server() -> None:
     terminal = compose["services"]["terminal-server"]
     assert terminal["image"].split(":")[0] == "mixvllm-terminal"
     assert terminal["environment"]["MODEL_SERVER_URL"].startswith("http://model-server:8000")
+
+
+def _services(path: Path) -> dict[str, Any]:
+    data = yaml.load(path.read_text(), Loader=_ResetLoader)
+    assert isinstance(data, dict)
+    return dict(data.get("services", {}))
+
+
+def test_every_service_rotates_its_log() -> None:
+    """Each service a compose file starts (an overlay's own ones included) keeps its log
+    bounded; an overlay's service that is also in docker-compose.yml inherits it."""
+    base = _services(COMPOSE)
+    files = [*COMPOSE_FILES, ROOT / "docker-compose.cpu.yml"]
+    checked = []
+    for path in files:
+        for name, svc in _services(path).items():
+            if path != COMPOSE and name in base:
+                assert "logging" not in svc or svc["logging"] == base[name]["logging"]
+                continue
+            logging = svc.get("logging", {})
+            assert logging.get("driver") == "json-file", f"{path.name}: {name}"
+            assert re.fullmatch(r"\d+m", logging["options"]["max-size"]), f"{path.name}: {name}"
+            assert int(logging["options"]["max-file"]) <= 5, f"{path.name}: {name}"
+            checked.append(name)
+    assert {"model-server", "terminal-server", "prometheus", "proxy", "head", "worker"} <= set(
+        checked
+    )

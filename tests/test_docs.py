@@ -165,11 +165,11 @@ def test_the_readme_is_a_front_page() -> None:
 
 def _mentions() -> Iterator[tuple[str, str]]:
     """(file, `docs/page.md#anchor`) for every docs page a message, comment or recipe names."""
-    patterns = ["*/*.py", "*/*/*.py", "model_server/profiles/*.yaml", "deploy/*", "Makefile",
+    patterns = ["*/*.py", "*/*/*.py", "model_server/profiles/*.yaml", "deploy/**/*", "Makefile",
                 ".env.example", "Dockerfile.*", "docker-compose*.yml", ".ci/run"]  # fmt: skip
     for pattern in patterns:
         for path in sorted(ROOT.glob(pattern)):
-            if "node_modules" in path.parts or path.name == "test_docs.py":
+            if "node_modules" in path.parts or path.name == "test_docs.py" or path.is_dir():
                 continue
             for found in re.findall(r"\bdocs/[\w.-]+\.md(?:#[\w-]+)?", path.read_text()):
                 yield str(path.relative_to(ROOT)), found

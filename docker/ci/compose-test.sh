@@ -39,9 +39,13 @@ services:
   terminal-server:
     build:
       args: {PYTHON_IMAGE: "$CI_PYTHON_IMAGE", NODE_IMAGE: "$CI_NODE_IMAGE"}
+  prometheus:
+    build:
+      args: {DEBIAN_IMAGE: "$CI_PYTHON_IMAGE"}
 YML
     VLLM_API_KEY=unused MIXVLLM_TERMINAL_TOKEN=unused-token \
-        "$DOCKER" compose -f docker-compose.yml -f docker-compose.cpu.yml -f "$bases" build
+        "$DOCKER" compose -f docker-compose.yml -f docker-compose.cpu.yml -f "$bases" \
+        --profile monitoring build
     rm -f "$bases"
     # The GPU image on a stand-in base: catches a broken COPY/RUN step in Dockerfile.model.
     "$DOCKER" build -q -f docker/ci/vllm-standin.Dockerfile \
