@@ -16,7 +16,7 @@ from terminal_server.terminals import Session
 from terminal_server.wsconn import Connection
 
 from .support import wait_for_async
-from .terminal_support import Server
+from .terminal_support import Server, running_server
 from .ws_support import LOOPS, Raw, client_frame, run_on, served, stdin, upgrade
 
 
@@ -203,3 +203,50 @@ async def test_a_message_over_the_limit_gets_1009_then_eof_while_the_client_stil
     other = await upgrade(srv, then=stdin("echo still'-'serving\r"))
     await other.until(b"still-serving")
     other.hang_up()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_sends_its_own_pongs_but_reads_nothing_is_dropped(loop: str | None) -> None:
+    # An unsolicited pong is allowed, but only an answer to our ping shows the client reads.
+    async def body() -> None:
+        async with running_server(ping_interval=0.5) as srv:
+            raw, session = await ready(srv)
+            raw.reading(False)
+            try:
+                for _ in range(200):  # pongs for 10 s, well past the interval
+                    if session.client is None:
+                        break
+                    raw.send(client_frame(0xA, b""))
+                    await raw.writer.drain()
+                    await asyncio.sleep(0.05)
+            finally:
+                raw.hang_up()
+            assert session.client is None, "kept alive by pongs to no ping"
+            assert not session.closed  # kept for a reattach
+
+    run_on(loop, body)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_what_the_server_closes_with_is_a_valid_close_frame(loop: str | None) -> None:
+    async def body() -> None:
+        for code, reason, payload in [
+            # A reason cut to fit 123 bytes is cut between characters, not inside one.
+            (4000, "é" * 100, (4000).to_bytes(2, "big") + "é".encode() * 61),
+            (1006, "dropped", b""),  # 1005, 1006 and 1015 are never sent: no code at all
+            (1015, "", b""),
+            (None, "", b""),
+        ]:
+            ours, theirs = socket.socketpair()
+            conn = Connection(_Endpoint(), max_message=1024, max_buffered=1024 * 1024)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, ours)  # noqa: B023
+            conn.start()
+            conn.close(code, reason)
+            theirs.settimeout(10)
+            head = theirs.recv(2)
+            assert head[0] == 0x88, head
+            assert theirs.recv(head[1]) == payload, code
+            conn.abort()
+            theirs.close()
+
+    run_on(loop, body)
