@@ -230,7 +230,8 @@ class TermSocket(_Guarded, WebSocketHandler):
                 ok = True
             else:
                 parsed = urlparse(origin)
-                ok = parsed.scheme in ("http", "https") and (
+                # Same origin is scheme and host:port: https://host:P is not this http server.
+                ok = parsed.scheme == self.request.protocol and (
                     parsed.netloc.lower() == (self.request.host or "").lower()
                 )
         if not ok:

@@ -78,7 +78,11 @@ class ShareApiHandler(GuardedHandler):
         origin = self.request.headers.get("Origin")
         if origin is None or origin.rstrip("/") in self.ctx.config.allowed_origins:
             return
-        if urlparse(origin).netloc.lower() != (self.request.host or "").lower():
+        parsed = urlparse(origin)
+        if (parsed.scheme, parsed.netloc.lower()) != (
+            self.request.protocol,
+            (self.request.host or "").lower(),
+        ):
             _refuse(self, self.ctx, "origin", "Cross-origin request refused.\n")
 
     def _session(self) -> Session:
@@ -167,6 +171,7 @@ class ViewSocket(TermSocket):
             rows, cols = processes.get_winsize(share.session.fd)
         except OSError:  # the session is closing: its end reaches the viewer right after
             rows, cols = 24, 80
+        self._frame_sizes = None  # the share's Viewer counts what this viewer acknowledges
         setup = {"view": True, "rows": rows, "cols": cols}
         self.write_message(protocol.encode(protocol.SETUP, setup))
         share.add(self)
