@@ -11,6 +11,7 @@ stream is local or behind a proxy). What a client sends is bounded: a message ov
 `max_message` closes with 1009 and the rest is read and dropped (so the close frame is not
 lost to a TCP reset); so is what the server buffers for a client that stops reading.
 
+The wire format is `wsframe.py`; a TLS socket reaches a connection through `wstls.py`.
 What a client sends is checked as RFC 6455 asks, and a violation fails the connection with
 one close frame (1002, or 1007 for text that is not UTF-8): reserved bits and opcodes, an
 unmasked frame, a 64-bit length with its top bit set, a fragmented or over-long control
@@ -24,53 +25,32 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import logging
 import secrets
-import socket
 import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, cast
 
-from tornado import iostream
-
-try:
-    from tornado.speedups import websocket_mask  # C, ships with Tornado's wheels
-except ImportError:  # pragma: no cover - a source install of Tornado
-
-    def websocket_mask(mask: bytes, data: bytes) -> bytes:
-        n = len(data)
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
-
+from .wsframe import (
+    CLOSE_INVALID_DATA,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    close_code_valid,
+    close_payload,
+    frame,
+    websocket_mask,
+)
 
 log = logging.getLogger("mixvllm.terminal")
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 CLOSE_WAIT_S = 5.0  # how long a closing server waits for the client's close frame (as Tornado)
-READ_CHUNK = 64 * 1024  # TLS only: most bytes taken from Tornado's stream per read
-MAX_REASON = 123  # bytes of close reason: a control frame's payload is at most 125
-
-
-def close_code_valid(code: int) -> bool:
-    """May an endpoint put `code` in a close frame? (RFC 6455 7.4 and IANA's registry: 1004 is
-    reserved; 1005, 1006 and 1015 stand for "none", "dropped" and "TLS failed" and are never
-    sent; 1016-2999 are unassigned; 3000-4999 are for libraries and applications.)"""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def close_payload(code: int | None, reason: str = "") -> bytes:
-    """A close frame's payload: nothing without a sendable code, else the code and as much of
-    `reason` as fits, cut on a character boundary (a cut in a character is not UTF-8)."""
-    if code is None or not close_code_valid(code):
-        return b""
-    text = reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
-    return code.to_bytes(2, "big") + text
 
 
 class Endpoint(Protocol):
@@ -104,16 +84,6 @@ class Transport(Protocol):
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame (what a server sends)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 1 << 16:
-        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
 
 
 class Connection(asyncio.Protocol):
@@ -419,67 +389,3 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write_eof()  # after the close frame: the client sees EOF
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
-
-
-class StreamTransport:
-    """A Tornado stream behind the `Transport` interface: for TLS, where the event loop cannot
-    adopt a socket whose TLS session Tornado already holds."""
-
-    def __init__(self, stream: iostream.IOStream, protocol: Connection, max_buffered: int) -> None:
-        self._stream = stream
-        self._protocol = protocol
-        self._reader: asyncio.Task[None] | None = None
-        stream.max_write_buffer_size = max_buffered
-        stream.set_close_callback(lambda: protocol.connection_lost(None))
-        protocol.attach(self)
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._stream.write(data).add_done_callback(_consume)
-        except iostream.StreamBufferFullError:
-            self._protocol.pause_writing()
-        except iostream.StreamClosedError:
-            pass
-
-    def write_eof(self) -> None:
-        def shut(_: object) -> None:
-            if not self._stream.closed():
-                with contextlib.suppress(OSError):
-                    self._stream.socket.shutdown(socket.SHUT_WR)
-
-        self._after_flush(shut)
-
-    def close(self) -> None:
-        self._after_flush(lambda _: self._stream.close())
-
-    def abort(self) -> None:
-        self._stream.close()
-
-    def pause_reading(self) -> None:
-        pass  # reading starts with resume_reading()
-
-    def resume_reading(self) -> None:
-        if self._reader is None:
-            self._reader = asyncio.ensure_future(self._read())
-
-    def _after_flush(self, then: Callable[[asyncio.Future[None]], None]) -> None:
-        if self._stream.closed():
-            return
-        try:
-            fut = self._stream.write(b"")
-        except iostream.StreamClosedError:
-            return
-        fut.add_done_callback(then)
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                self._protocol.data_received(await self._stream.read_bytes(READ_CHUNK, True))
-        except iostream.StreamClosedError:
-            pass
-
-
-def _consume(fut: asyncio.Future[None]) -> None:
-    # A write to a closed stream fails; its close callback handles that, nobody awaits it.
-    if not fut.cancelled():
-        fut.exception()
