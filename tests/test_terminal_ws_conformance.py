@@ -169,6 +169,11 @@ CASES = [
         + client_frame(CONT, stdin(b"@empty")),
         echo=b"@empty",
     ),
+    Case(
+        "fragmented binary message: not our protocol",
+        client_frame(BINARY, b"[", fin=False) + client_frame(CONT, b"]"),
+        (closed(1003),),
+    ),
     Case("continuation of nothing", client_frame(CONT, b"x"), (closed(1002),)),
     Case(
         "unfinished continuation of nothing",
