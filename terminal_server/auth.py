@@ -41,7 +41,8 @@ def origin_allowed(ctx: Context, request: httputil.HTTPServerRequest, origin: st
     if origin in ctx.config.allowed_origins:
         return True
     parsed = urlparse(origin)  # "null" (a sandboxed or file page) has no scheme
-    return parsed.scheme in ("http", "https") and (
+    # Same origin is scheme and host:port: https://host:P is not this plain-HTTP server.
+    return parsed.scheme == request.protocol and (
         parsed.netloc.lower() == (request.host or "").lower()
     )
 

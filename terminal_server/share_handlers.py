@@ -156,6 +156,7 @@ class ViewSocket(TermSocket):
             rows, cols = processes.get_winsize(share.session.fd)
         except OSError:  # the session is closing: its end reaches the viewer right after
             rows, cols = 24, 80
+        self._frame_sizes = None  # the share's Viewer counts what this viewer acknowledges
         setup = {"view": True, "rows": rows, "cols": cols}
         self.write_message(protocol.encode(protocol.SETUP, setup))
         share.add(self)

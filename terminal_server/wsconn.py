@@ -10,40 +10,47 @@ No extensions are negotiated (no compression: PTY output is mostly short frames,
 stream is local or behind a proxy). What a client sends is bounded: a message over
 `max_message` closes with 1009 and the rest is read and dropped (so the close frame is not
 lost to a TCP reset); so is what the server buffers for a client that stops reading.
+
+The wire format is `wsframe.py`; a TLS socket reaches a connection through `wstls.py`.
+What a client sends is checked as RFC 6455 asks, and a violation fails the connection with
+one close frame (1002, or 1007 for text that is not UTF-8): reserved bits and opcodes, an
+unmasked frame, a 64-bit length with its top bit set, a fragmented or over-long control
+frame, a close frame with one byte or a code no endpoint may send. Text is checked fragment
+by fragment, so a client cannot hold a message it already broke open. Only a pong that
+answers our latest ping reaches the endpoint's on_pong: a client that sends pongs of its own
+but reads nothing must not pass for alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import codecs
 import logging
-import socket
+import secrets
 import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, cast
 
-from tornado import iostream
-
-try:
-    from tornado.speedups import websocket_mask  # C, ships with Tornado's wheels
-except ImportError:  # pragma: no cover - a source install of Tornado
-
-    def websocket_mask(mask: bytes, data: bytes) -> bytes:
-        n = len(data)
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
-
+from .wsframe import (
+    CLOSE_INVALID_DATA,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    close_code_valid,
+    close_payload,
+    frame,
+    websocket_mask,
+)
 
 log = logging.getLogger("mixvllm.terminal")
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 CLOSE_WAIT_S = 5.0  # how long a closing server waits for the client's close frame (as Tornado)
-READ_CHUNK = 64 * 1024  # TLS only: most bytes taken from Tornado's stream per read
 
 
 class Endpoint(Protocol):
@@ -79,16 +86,6 @@ class Transport(Protocol):
     def resume_reading(self) -> None: ...
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame (what a server sends)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 1 << 16:
-        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
-
-
 class Connection(asyncio.Protocol):
     """Frames in and out for one endpoint; reading starts with `start()`, after its open()."""
 
@@ -101,8 +98,14 @@ class Connection(asyncio.Protocol):
         self._held = bytearray()  # what arrived before that
         self._buf = bytearray()  # an incomplete frame
         self._need = 0  # bytes `_buf` must hold before it is worth parsing again
-        self._fragments: bytearray | None = None  # a message arriving in several frames
-        self._fragment_opcode = OP_TEXT
+        # A message arriving in several frames: its opcode (None: no such message), its size
+        # so far, and its parts: bytes for binary, text decoded (and so checked) per fragment.
+        self._fragmented: int | None = None
+        self._fragment_len = 0
+        self._binary = bytearray()
+        self._text: list[str] = []
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._ping_data: bytes | None = None  # the payload of our ping not yet answered
         self._sent_close = False
         self._got_close = False
         self._lost = False
@@ -123,8 +126,10 @@ class Connection(asyncio.Protocol):
             message = message.encode("utf-8")
         self._send(OP_BINARY if binary else OP_TEXT, message)
 
-    def ping(self, data: bytes = b"") -> None:
-        self._send(OP_PING, data[:125])
+    def ping(self, data: bytes | None = None) -> None:
+        """Send a ping; only a pong that carries its payload (random unless given) counts."""
+        self._ping_data = secrets.token_bytes(8) if data is None else data[:125]
+        self._send(OP_PING, self._ping_data)
 
     def _send(self, opcode: int, payload: bytes) -> None:
         if not self.closed and self._transport is not None:
@@ -143,10 +148,7 @@ class Connection(asyncio.Protocol):
             return
         if not self._sent_close:
             self._sent_close = True
-            payload = b""
-            if code is not None:
-                payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
-            transport.write(frame(OP_CLOSE, payload))
+            transport.write(frame(OP_CLOSE, close_payload(code, reason)))
         if self._got_close:
             transport.close()
         elif self._close_timer is None and not self._discarding:
@@ -261,11 +263,14 @@ class Connection(asyncio.Protocol):
                 self._need = head
                 return None
             length = int.from_bytes(data[pos + 2 : pos + head], "big")
+            if length >> 63:
+                self._fail(CLOSE_PROTOCOL_ERROR, "bad frame: 64-bit length with its top bit set")
+                return None
         control = b0 & 0x8
         if b0 & 0x70 or not b1 & 0x80 or (control and (length > 125 or not b0 & 0x80)):
             self._fail(CLOSE_PROTOCOL_ERROR, "bad frame: reserved bits, no mask or bad control")
             return None
-        held = len(self._fragments) if self._fragments is not None and not control else 0
+        held = self._fragment_len if self._fragmented is not None and not control else 0
         if held + length > self._max_message:
             self._too_big()
             return None
@@ -275,46 +280,91 @@ class Connection(asyncio.Protocol):
         if opcode & 0x8:
             self._control(opcode, payload)
         elif opcode == OP_CONTINUATION:
-            if self._fragments is None:
+            if self._fragmented is None:
                 self._fail(CLOSE_PROTOCOL_ERROR, "continuation of nothing")
-                return
-            self._fragments += payload
-            if fin:
-                payload, self._fragments = bytes(self._fragments), None
-                self._deliver(self._fragment_opcode, payload)
-        elif opcode in (OP_TEXT, OP_BINARY) and self._fragments is None:
-            if fin:
-                self._deliver(opcode, payload)
             else:
-                self._fragment_opcode, self._fragments = opcode, bytearray(payload)
+                self._fragment(fin, payload)
+        elif opcode == OP_TEXT and self._fragmented is None:
+            if not fin:
+                self._fragmented = opcode
+                self._fragment(fin, payload)
+                return
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "text frame is not UTF-8")
+                return
+            self._deliver(text)
+        elif opcode == OP_BINARY and self._fragmented is None:
+            if fin:
+                self._deliver(payload)
+            else:
+                self._fragmented = opcode
+                self._fragment(fin, payload)
         else:
             self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode or interleaved message")
 
+    def _fragment(self, fin: int, payload: bytes) -> None:
+        self._fragment_len += len(payload)
+        if self._fragmented == OP_BINARY:
+            self._binary += payload
+            if fin:
+                message: str | bytes = bytes(self._binary)
+                self._drop_fragments()
+                self._deliver(message)
+            return
+        try:
+            self._text.append(self._utf8.decode(payload, bool(fin)))
+        except UnicodeDecodeError:  # now, not when the client chooses to end the message
+            self._drop_fragments()
+            self._fail(CLOSE_INVALID_DATA, "text message is not UTF-8")
+            return
+        if fin:
+            message = "".join(self._text)
+            self._drop_fragments()
+            self._deliver(message)
+
+    def _drop_fragments(self) -> None:
+        self._fragmented = None
+        self._fragment_len = 0
+        self._binary.clear()
+        self._text.clear()
+        self._utf8.reset()
+
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_CLOSE:
-            self._got_close = True
-            if len(payload) >= 2:
-                self.close_code = int.from_bytes(payload[:2], "big")
-            self.close(self.close_code)  # echoes the client's code, then hangs up
+            self._closed_by_client(payload)
         elif opcode == OP_PING:
             self._send(OP_PONG, payload)
         elif opcode == OP_PONG:
-            self._call(self._endpoint.on_pong, payload)
+            # An unsolicited pong is allowed (RFC 6455 5.5.3) but says nothing of liveness.
+            if self._ping_data is not None and payload == self._ping_data:
+                self._ping_data = None
+                self._call(self._endpoint.on_pong, payload)
         else:
             self._fail(CLOSE_PROTOCOL_ERROR, "unknown control opcode")
 
-    def _deliver(self, opcode: int, payload: bytes) -> None:
-        if self._sent_close:
-            return  # the endpoint has closed: what crosses our close frame is moot
-        if opcode == OP_BINARY:
-            self._call(self._endpoint.on_message, payload)
+    def _closed_by_client(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            self._fail(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
             return
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            self._fail(CLOSE_INVALID_DATA, "text frame is not UTF-8")
-            return
-        self._call(self._endpoint.on_message, text)
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if not close_code_valid(code):
+                self._fail(CLOSE_PROTOCOL_ERROR, f"close frame with code {code}")
+                return
+            try:
+                payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "close reason is not UTF-8")
+                return
+            self.close_code = code
+        self._got_close = True
+        self.close(self.close_code)  # echoes the client's code (or none), then hangs up
+
+    def _deliver(self, message: str | bytes) -> None:
+        if not self._sent_close:  # else the endpoint has closed: what crosses our close is moot
+            self._call(self._endpoint.on_message, message)
 
     def _call(self, method: Callable[[Any], None], arg: str | bytes) -> None:
         try:
@@ -334,72 +384,8 @@ class Connection(asyncio.Protocol):
         self._discarding = True  # before close(): the drain has its own deadline
         self.close(CLOSE_TOO_BIG, "message too big")
         self._buf.clear()
-        self._fragments = None
+        self._drop_fragments()
         self._end()  # the session detaches now, not when the client is done sending
         if self._transport is not None:
             self._transport.write_eof()  # after the close frame: the client sees EOF
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
-
-
-class StreamTransport:
-    """A Tornado stream behind the `Transport` interface: for TLS, where the event loop cannot
-    adopt a socket whose TLS session Tornado already holds."""
-
-    def __init__(self, stream: iostream.IOStream, protocol: Connection, max_buffered: int) -> None:
-        self._stream = stream
-        self._protocol = protocol
-        self._reader: asyncio.Task[None] | None = None
-        stream.max_write_buffer_size = max_buffered
-        stream.set_close_callback(lambda: protocol.connection_lost(None))
-        protocol.attach(self)
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._stream.write(data).add_done_callback(_consume)
-        except iostream.StreamBufferFullError:
-            self._protocol.pause_writing()
-        except iostream.StreamClosedError:
-            pass
-
-    def write_eof(self) -> None:
-        def shut(_: object) -> None:
-            if not self._stream.closed():
-                with contextlib.suppress(OSError):
-                    self._stream.socket.shutdown(socket.SHUT_WR)
-
-        self._after_flush(shut)
-
-    def close(self) -> None:
-        self._after_flush(lambda _: self._stream.close())
-
-    def abort(self) -> None:
-        self._stream.close()
-
-    def pause_reading(self) -> None:
-        pass  # reading starts with resume_reading()
-
-    def resume_reading(self) -> None:
-        if self._reader is None:
-            self._reader = asyncio.ensure_future(self._read())
-
-    def _after_flush(self, then: Callable[[asyncio.Future[None]], None]) -> None:
-        if self._stream.closed():
-            return
-        try:
-            fut = self._stream.write(b"")
-        except iostream.StreamClosedError:
-            return
-        fut.add_done_callback(then)
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                self._protocol.data_received(await self._stream.read_bytes(READ_CHUNK, True))
-        except iostream.StreamClosedError:
-            pass
-
-
-def _consume(fut: asyncio.Future[None]) -> None:
-    # A write to a closed stream fails; its close callback handles that, nobody awaits it.
-    if not fut.cancelled():
-        fut.exception()

@@ -15,7 +15,8 @@ import sys
 from tornado import iostream, web
 from tornado.websocket import WebSocketProtocol13
 
-from .wsconn import Connection, StreamTransport
+from .wsconn import Connection
+from .wstls import StreamTransport
 
 
 class WebSocketHandler(web.RequestHandler):

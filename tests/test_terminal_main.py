@@ -182,10 +182,14 @@ def test_tls_serves_https_with_a_secure_cookie_and_a_terminal_over_wss(tmp_path:
         assert "Secure" in r.headers["Set-Cookie"]
 
         # The terminal over TLS: the socket stays in Tornado's TLS stream (wsconn's adapter).
+        # Its page's origin is https://, which a TLS server counts as its own.
+        origin = base.rstrip("/")
+
         async def terminal() -> int | None:
             req = httpclient.HTTPRequest(
                 base.replace("https://", "wss://") + "ws",
-                headers={"Authorization": f"Bearer {token}"}, validate_cert=False,
+                headers={"Authorization": f"Bearer {token}", "Origin": origin},
+                validate_cert=False,
             )  # fmt: skip
             conn = await websocket.websocket_connect(req)
             conn.write_message(json.dumps([protocol.STDIN, "echo over-$((6*7))-tls\r"]))

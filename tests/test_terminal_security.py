@@ -140,6 +140,19 @@ def test_cross_origin_websocket_is_refused(origin: str) -> None:
     run(body)
 
 
+def test_an_origin_with_another_scheme_is_refused() -> None:
+    # https://host:P is another origin than http://host:P, though host and port match.
+    async def body() -> None:
+        async with running_server() as srv:
+            with pytest.raises(httpclient.HTTPClientError) as err:
+                await srv.connect(headers={"Origin": f"https://127.0.0.1:{srv.port}"})
+            assert err.value.code == 403
+            assert srv.ctx.metrics.rejected["origin"] == 1
+            assert srv.ctx.manager.sessions == {}
+
+    run(body)
+
+
 def test_same_origin_and_allow_listed_origins_are_accepted() -> None:
     async def body() -> None:
         async with running_server(allowed_origins=("https://term.example.com",)) as srv:

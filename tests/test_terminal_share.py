@@ -12,7 +12,7 @@ import pytest
 from tornado import httpclient, websocket
 
 from terminal_server import protocol
-from terminal_server.share_handlers import cookie_name
+from terminal_server.share_handlers import ViewSocket, cookie_name
 from terminal_server.shares import MAX_VIEWERS, RESET
 
 from .support import wait_for_async
@@ -264,9 +264,10 @@ def test_share_link_becomes_a_lax_cookie_scoped_to_the_view() -> None:
             for asset in ("view/static/terminal.js", "view/vendor/xterm/lib/xterm.js"):
                 assert (await srv.fetch(asset, share_cookie(srv, token))).code == 200
             # Sharing is the owner's act: a page from another origin cannot start one.
-            foreign = {**BEARER, "Origin": "http://evil.example"}
-            r = await srv.fetch(f"api/share?session={owner.session_id}", foreign, method="DELETE")
-            assert r.code == 403
+            for origin in ("http://evil.example", f"https://127.0.0.1:{srv.port}"):
+                foreign = {**BEARER, "Origin": origin}
+                url = f"api/share?session={owner.session_id}"
+                assert (await srv.fetch(url, foreign, method="DELETE")).code == 403, origin
             assert (await srv.fetch("api/share?session=nope-nope-nope", BEARER)).code == 404
 
     run(body)
@@ -300,6 +301,24 @@ def test_a_slow_viewer_never_stalls_the_owner_and_is_resynced() -> None:
             assert slow.resyncs == 1 and not slow.lagging
             owner.type("echo after'-'resync\r")
             await viewer.expect("after-resync")
+
+    run(body)
+
+
+def test_a_viewers_socket_keeps_no_record_per_frame_it_was_sent() -> None:
+    # The share's Viewer counts what a viewer acknowledges; its socket must not also keep an
+    # entry per frame that nothing ever removes (it grew by one per frame for as long as the
+    # viewer watched).
+    async def body() -> None:
+        async with running_server() as srv:
+            owner = await srv.connect()
+            viewer = await watch(srv, await share(srv, owner.session_id))
+            owner.type("head -c 300000 /dev/zero | tr '\\0' v; echo; echo flood'-'done\r")
+            await viewer.expect("flood-done", 30)
+            assert viewer.output.count("v") >= 300_000
+            assert len(viewer.frames) > 5  # many frames went out
+            (sock,) = [s for s in srv.ctx.sockets if isinstance(s, ViewSocket)]
+            assert not sock._frame_sizes, len(sock._frame_sizes or ())
 
     run(body)
 
