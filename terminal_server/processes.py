@@ -30,6 +30,7 @@ ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load it
+_RESETTABLE_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 class SessionStartError(RuntimeError):
@@ -78,7 +79,18 @@ def get_winsize(fd: int) -> tuple[int, int]:
     return rows, cols
 
 
+def _default_signals() -> None:  # runs in the child
+    """Every disposition SIG_DFL and an empty mask, whatever the server inherited (as login
+    does): exec keeps ignored and blocked signals, and a server started from a background job
+    of a script ignores SIGINT, so Ctrl-C would reach no program in its sessions."""
+    for sig in _RESETTABLE_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):  # the C library's own (32, 33)
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _make_controlling_tty() -> None:  # runs in the child, after setsid()
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -115,7 +127,7 @@ def spawn(
             cwd=cwd if os.path.isdir(cwd) else "/",
             env=env,
             start_new_session=True,
-            preexec_fn=_session_user_child if user else _make_controlling_tty,  # noqa: PLW1509 - an ioctl and a prctl
+            preexec_fn=_session_user_child if user else _make_controlling_tty,  # noqa: PLW1509 - signals, an ioctl, a prctl
             user=user.uid if user else None,
             group=user.gid if user else None,
             extra_groups=[] if user else None,
