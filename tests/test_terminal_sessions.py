@@ -14,7 +14,8 @@ import pytest
 from tornado import httpclient, websocket
 
 from terminal_server import protocol, terminals
-from terminal_server.processes import session_env, session_members
+from terminal_server.processes import session_env
+from terminal_server.reaper import session_members
 
 from .support import wait_for_async
 from .terminal_support import TEST_SHELL, Client, make_config, run, running_server, server_process
