@@ -8,7 +8,9 @@ takes a read of every process's stat file, milliseconds with hundreds of session
 Done per ending session on the event loop, 100 sessions ending together cost 201 scans and
 froze every other session's echo for 1.7 s. Here one worker thread owns the escalation
 (HUP -> TERM -> KILL) of every session being ended: one scan per round serves all of them,
-and the loop only hands over a leader and awaits a future.
+and the loop only hands over a leader and awaits a future. A round follows each new request
+and each leader's exit (its pidfd turns readable), and otherwise a poll that slows from 5 to
+100 ms, for what a leader leaves behind.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
+import select
 import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -75,6 +78,7 @@ class _Ending:
     done: asyncio.Future[bool]
     stage: int = 0  # the next step of ESCALATION
     deadline: float = 0.0  # when the next step is due
+    pidfd: int | None = None  # readable once the leader has exited
 
 
 @dataclass(frozen=True)
@@ -94,14 +98,11 @@ class Reaper:
 
     def __init__(self, *, orphans: bool = False) -> None:
         self.orphans = orphans
-        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._worker: _Worker | None = None  # started by the first request, ended by stop()
         # Spawning and reaping an orphan exclude each other, so that a leader that exits at
         # once is never reaped as an orphan before it is known.
         self._lock = threading.Lock()
         self._leaders: set[int] = set()
-        # Owned by the worker thread:
-        self._ending: dict[int, _Ending] = {}
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[set[int]]:
@@ -129,41 +130,69 @@ class Reaper:
 
     async def stop(self) -> None:
         """Finish what is under way and end the thread."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._thread = None
-        stop = _Stop(asyncio.get_running_loop().create_future())
-        self._requests.put(stop)
-        await stop.done
-        thread.join()  # it returns right after answering
+        worker, self._worker = self._worker, None  # a later request starts another
+        if worker is not None:
+            stop = _Stop(asyncio.get_running_loop().create_future())
+            worker.send(stop)
+            await stop.done
+            worker.join()
 
     def _send(self, request: object) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="session-reaper", daemon=True)
-            self._thread.start()
-        self._requests.put(request)
+        if self._worker is None:
+            self._worker = _Worker(self)
+        self._worker.send(request)
 
-    # -- the worker thread -----------------------------------------------------------------
+    def reap_zombies(self, zombies: list[int]) -> None:  # called by the worker
+        if not self.orphans:
+            return
+        with self._lock:
+            for pid in zombies:
+                if pid not in self._leaders:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+
+
+class _Worker:
+    """One thread and its state; only `send` and `join` are called from elsewhere."""
+
+    def __init__(self, reaper: Reaper) -> None:
+        self._reaper = reaper
+        self._requests: deque[object] = deque()
+        self._woken, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ending: dict[int, _Ending] = {}  # by leader pid, which is the session id
+        self._pidfds: dict[int, _Ending] = {}
+        self._poller = select.poll()
+        self._poller.register(self._woken, select.POLLIN)
+        self._thread = threading.Thread(target=self._run, name="session-reaper", daemon=True)
+        self._thread.start()
+
+    def send(self, request: object) -> None:
+        self._requests.append(request)
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._wake, b"\0")
+
+    def join(self) -> None:
+        self._thread.join()  # it returns right after answering stop
+        os.close(self._wake)
+
     def _run(self) -> None:
         wait = FIRST_POLL_S
         stopping: asyncio.Future[bool] | None = None
         while True:
-            try:
-                request = self._requests.get(timeout=wait if self._ending else None)
-            except queue.Empty:
-                wait = min(wait * 2, LAST_POLL_S)
-            else:
-                wait = FIRST_POLL_S
-                while True:  # take everything asked by now into this round
-                    if isinstance(request, _Ending):
-                        self._ending[request.leader.pid] = request
-                    elif isinstance(request, _Stop):
-                        stopping = request.done
-                    try:
-                        request = self._requests.get_nowait()
-                    except queue.Empty:
-                        break
+            events = self._poller.poll(wait * 1000 if self._ending else None)
+            wait = FIRST_POLL_S if events else min(wait * 2, LAST_POLL_S)
+            for fd, _ in events:
+                if fd == self._woken:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(fd, 4096)
+                else:
+                    self._close_pidfd(fd)  # its leader exited: this round reaps it
+            while self._requests:  # everything asked by now goes into this round
+                request = self._requests.popleft()
+                if isinstance(request, _Ending):
+                    self._start(request)
+                elif isinstance(request, _Stop):
+                    stopping = request.done
             try:
                 self._round()
             except Exception:  # the thread must live on, and nobody wait forever on it
@@ -171,14 +200,30 @@ class Reaper:
                 for sid in list(self._ending):
                     self._finish(sid, False)
             if stopping is not None and not self._ending:
+                os.close(self._woken)
                 _resolve(stopping, True)
                 return
 
+    def _start(self, ending: _Ending) -> None:
+        self._ending[ending.leader.pid] = ending
+        try:
+            fd = os.pidfd_open(ending.leader.pid)
+        except OSError:  # reaped already, or a kernel without pidfds: the polls find it
+            return
+        ending.pidfd = fd
+        self._pidfds[fd] = ending
+        self._poller.register(fd, select.POLLIN)
+
+    def _close_pidfd(self, fd: int) -> None:
+        self._pidfds.pop(fd).pidfd = None
+        self._poller.unregister(fd)
+        os.close(fd)
+
     def _round(self) -> None:
-        if not self._ending and not self.orphans:
+        if not self._ending and not self._reaper.orphans:
             return
         members: dict[int, list[Member]] = {sid: [] for sid in self._ending}
-        zombies: list[int] = []  # our exited children
+        zombies: list[int] = []  # our exited children outside the sessions being ended
         me = os.getpid()
         for pid, ppid, state, sid in scan():
             if sid in members:
@@ -202,18 +247,13 @@ class Reaper:
                         os.kill(pid, sig)
                         if sig != signal.SIGKILL:
                             os.kill(pid, signal.SIGCONT)  # stopped ones act on signals only now
-        if self.orphans:
-            self._reap_orphans(zombies)
-
-    def _reap_orphans(self, zombies: list[int]) -> None:
-        with self._lock:
-            for pid in zombies:
-                if pid not in self._leaders:
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, os.WNOHANG)
+        self._reaper.reap_zombies(zombies)
 
     def _finish(self, sid: int, ok: bool) -> None:
-        _resolve(self._ending.pop(sid).done, ok)
+        ending = self._ending.pop(sid)
+        if ending.pidfd is not None:
+            self._close_pidfd(ending.pidfd)
+        _resolve(ending.done, ok)
 
 
 def _reap(leader: subprocess.Popen[bytes], members: list[Member]) -> list[int]:
