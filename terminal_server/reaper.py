@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -76,6 +76,7 @@ def session_members(sid: int) -> list[Member]:
 class _Ending:
     leader: subprocess.Popen[bytes]
     done: asyncio.Future[bool]
+    then: Callable[[], None] | None
     stage: int = 0  # the next step of ESCALATION
     deadline: float = 0.0  # when the next step is due
     pidfd: int | None = None  # readable once the leader has exited
@@ -115,12 +116,15 @@ class Reaper:
         with self._lock:
             self._leaders.discard(pid)
 
-    async def end(self, leader: subprocess.Popen[bytes]) -> bool:
-        """Kill every process of the leader's session (HUP -> TERM -> KILL) and reap them.
+    async def end(
+        self, leader: subprocess.Popen[bytes], *, then: Callable[[], None] | None = None
+    ) -> bool:
+        """Kill every process of the leader's session (HUP -> TERM -> KILL) and reap them;
+        then call `then` in the worker (clean-up of files, which can block for a while).
 
         Return False if some survived SIGKILL.
         """
-        ending = _Ending(leader, asyncio.get_running_loop().create_future())
+        ending = _Ending(leader, asyncio.get_running_loop().create_future(), then)
         self._send(ending)
         return await ending.done
 
@@ -253,6 +257,11 @@ class _Worker:
         ending = self._ending.pop(sid)
         if ending.pidfd is not None:
             self._close_pidfd(ending.pidfd)
+        if ending.then is not None:
+            try:
+                ending.then()
+            except Exception:
+                log.exception("cleaning up after a session failed")
         _resolve(ending.done, ok)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from . import processes, session_user
@@ -76,7 +77,7 @@ class Session:
         window: int,
         metrics: Metrics,
         read_buffer: memoryview,
-        reaper: Reaper,
+        end: Callable[[subprocess.Popen[bytes]], Awaitable[bool]],
         on_closed: Callable[[Session], None],
     ) -> None:
         self.id = session_id
@@ -89,7 +90,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._metrics = metrics
         self._read_buffer = read_buffer  # shared by every session: all read on this loop
-        self._reaper = reaper
+        self._end = end  # kills and reaps every process of the session, off the event loop
         self._on_closed = on_closed
         self._window = window
         self._scrollback = Scrollback(scrollback_limit)
@@ -300,7 +301,7 @@ class Session:
         return self._closing
 
     async def _terminate(self) -> None:
-        if not await self._reaper.end(self.proc):
+        if not await self._end(self.proc):
             log.error("session %s: processes survived SIGKILL", self.id)
         with contextlib.suppress(OSError):
             os.close(self.fd)
@@ -371,7 +372,10 @@ class SessionManager:
             window=self.config.flow_window,
             metrics=self.metrics,
             read_buffer=self._read_buffer,
-            reaper=self.reaper,
+            # Its folder goes in the worker too: a remove can take milliseconds per session.
+            end=functools.partial(
+                self.reaper.end, then=functools.partial(self.exports.remove, session_id)
+            ),
             on_closed=self._forget,
         )
         self.sessions[session_id] = session
@@ -381,7 +385,6 @@ class SessionManager:
 
     def _forget(self, session: Session) -> None:
         self.reaper.forget(session.proc.pid)
-        self.exports.remove(session.id)
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
             log.info("session %s ended (exit %s)", session.id, session.exit_code)
