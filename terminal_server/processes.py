@@ -83,9 +83,9 @@ def _default_signals() -> None:  # runs in the child
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _make_controlling_tty() -> None:  # runs in the child, after setsid()
+def _session_child() -> None:  # runs in the child, after setsid()
     _default_signals()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the PTY becomes the session's controlling tty
 
 
 def _drop_ambient_capabilities() -> None:
@@ -94,7 +94,7 @@ def _drop_ambient_capabilities() -> None:
 
 
 def _session_user_child() -> None:  # runs in the child, after setsid() and the uid change
-    _make_controlling_tty()
+    _session_child()
     _drop_ambient_capabilities()
 
 
@@ -121,7 +121,7 @@ def spawn(
             cwd=cwd if os.path.isdir(cwd) else "/",
             env=env,
             start_new_session=True,
-            preexec_fn=_session_user_child if user else _make_controlling_tty,  # noqa: PLW1509 - signals, an ioctl, a prctl
+            preexec_fn=_session_user_child if user else _session_child,  # noqa: PLW1509 - signals, an ioctl, a prctl
             user=user.uid if user else None,
             group=user.gid if user else None,
             extra_groups=[] if user else None,
