@@ -27,13 +27,18 @@ Measured, with ratios mixvllm / each peer:
   200 sessions     server RSS per session; one key each in turn (echo p99, server CPU share
                    of that loop's wall time, which depends on how fast this client is); then all
                    typing 10 keys/s at once for --typing seconds (server cores, echo p99)
+  while 100 sessions end
+                   one session types a key every 10 ms while 100 others `exit` at once: its
+                   worst and median echo (cleaning up a session must not stall the others)
+  stop             SIGTERM to exit with 200 sessions open and their clients attached
 
 Targets (issue 2, 2 cores): throughput >= 3x terminado at <= 1/4 of its CPU per MB; echo p50
 no worse; ctrl-c with the 1 MB/s client <= 0.5 s; stall growth <= 8 MB; 200 sessions with
 echo p99 <= 25 ms. Issue 13 (against ttyd's 0.27 / 0.46 ms, 0.08 cores, 14 KB measured
 elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % of a core
 (the typing row: 2,000 keys/s in all, a rate that does not depend on this client's speed);
-<= 20 KB RSS per session; throughput and CPU per MB no worse than before.
+<= 20 KB RSS per session; throughput and CPU per MB no worse than before. Issue 19: echo while
+100 sessions end far below 1 s (it was 1.7 s), stop with 200 sessions < 2 s (it was 8.5-9.8 s).
 Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--only echo ...]
 """
 
@@ -557,6 +562,56 @@ async def many_sessions(
         return per_session, pct(samples, 0.99), share, cores, pct(paced, 0.99)
 
 
+async def sessions_ending(target: Target, n: int) -> tuple[float, float]:
+    """(worst and median echo s of one session typing while `n` others end at once)."""
+    async with contextlib.AsyncExitStack() as stack:
+        watcher = await stack.enter_async_context(connect(target))
+        conns = [await stack.enter_async_context(connect(target)) for _ in range(n)]
+        samples: list[float] = []
+        ended = asyncio.Event()
+
+        async def type_until_ended() -> None:
+            while not ended.is_set():
+                samples.extend(await echo_latencies(watcher, 1))
+                await asyncio.sleep(0.01)
+
+        async def end(c: Conn) -> None:
+            c.send("exit\r")
+            with contextlib.suppress(TimeoutError):
+                while await c.frame(10) is not None:
+                    c.ack()
+
+        typing = asyncio.ensure_future(type_until_ended())
+        await asyncio.sleep(0.3)  # the good case first
+        await asyncio.gather(*(end(c) for c in conns))
+        await asyncio.sleep(0.3)
+        ended.set()
+        await typing
+        return max(samples), pct(samples, 0.5)
+
+
+async def stop_time(target: Target, n: int) -> float:
+    """Seconds from SIGTERM to the server's exit with `n` sessions open (clients attached)."""
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(connect(target)) for _ in range(n)]
+
+        async def read(c: Conn) -> None:  # as a page does: a client not reading holds its
+            with contextlib.suppress(TimeoutError):  # close frame back, and the server waits
+                while await c.frame() is not None:
+                    c.ack()
+
+        readers = [asyncio.ensure_future(read(c)) for c in conns]
+        t0 = time.monotonic()
+        target.proc.send_signal(signal.SIGTERM)
+        while target.proc.poll() is None:
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - t0
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        return took
+
+
 # -- report ---------------------------------------------------------------------------------
 def fmt(v: float, unit: str) -> str:
     return f">= {CAP_S:.0f} s" if v == float("inf") else f"{v:.3f} {unit}".rstrip()
@@ -608,6 +663,11 @@ def cells(label: str, unit: str, value: Any) -> list[tuple[str, str, float]]:
             (f"{typing}: server CPU", f"{value[3]:.0%}", value[3]),
             (f"{typing}: echo p99 ms", f"{value[4] * 1e3:.2f}", value[4]),
         ]
+    if label.startswith("while"):
+        return [
+            (f"{label}: worst (ms)", f"{value[0] * 1e3:.1f}", value[0]),
+            (f"{label}: median (ms)", f"{value[1] * 1e3:.1f}", value[1]),
+        ]
     return [(label, fmt(value, unit), value)]
 
 
@@ -634,10 +694,20 @@ async def run_all(args: argparse.Namespace) -> int:
                 "",
                 lambda t: many_sessions(t, args.sessions, TYPING_RATE, args.typing),
             ),
+            (
+                f"while {args.ending} sessions end, another's echo",
+                "",
+                lambda t: sessions_ending(t, args.ending),
+            ),
+            (
+                f"stop with {args.sessions} sessions open",
+                "s",
+                lambda t: stop_time(t, args.sessions),
+            ),
         ]:
             if args.only and not any(o in label for o in args.only):
                 continue
-            if label.startswith(("stall", f"{args.sessions} sessions")):
+            if label.startswith(("stall", f"{args.sessions} sessions", "stop")):
                 # Memory figures need fresh processes: the floods before leave RSS high-water
                 # marks behind that would hide growth.
                 for t in targets:
@@ -701,6 +771,7 @@ def main() -> int:
     parser.add_argument("--stall", type=float, default=20.0)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--typing", type=float, default=10.0, help="seconds the sessions type")
+    parser.add_argument("--ending", type=int, default=100, help="sessions that end together")
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
@@ -716,6 +787,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1
+        args.ending = 20
         args.typing = 2.0
     return asyncio.run(run_all(args))
 

@@ -1,13 +1,10 @@
-"""Session processes: spawn on a PTY, find them in /proc, kill with escalation, reap.
+"""Session processes: the command, its environment, and its start on a new PTY.
 
-Each session's program leads its own kernel session (setsid), so "every process of the
-session" is every process whose /proc stat names that session id: background jobs and
-nohup'ed children included, wherever they were reparented.
+Ending them is reaper.py's job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -17,19 +14,17 @@ import signal
 import struct
 import subprocess
 import termios
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ENV_PREFIX, Config
 from .exports import ENV as EXPORT_ENV
 from .session_user import SessionUser
 
-# (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
-ESCALATION = ((signal.SIGHUP, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0))
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load it
+_RESETTABLE_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 class SessionStartError(RuntimeError):
@@ -78,8 +73,19 @@ def get_winsize(fd: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _make_controlling_tty() -> None:  # runs in the child, after setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _default_signals() -> None:  # runs in the child
+    """Every disposition SIG_DFL and an empty mask, whatever the server inherited (as login
+    does): exec keeps ignored and blocked signals, and a server started from a background job
+    of a script ignores SIGINT, so Ctrl-C would reach no program in its sessions."""
+    for sig in _RESETTABLE_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):  # the C library's own (32, 33)
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _session_child() -> None:  # runs in the child, after setsid()
+    _default_signals()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the PTY becomes the session's controlling tty
 
 
 def _drop_ambient_capabilities() -> None:
@@ -88,7 +94,7 @@ def _drop_ambient_capabilities() -> None:
 
 
 def _session_user_child() -> None:  # runs in the child, after setsid() and the uid change
-    _make_controlling_tty()
+    _session_child()
     _drop_ambient_capabilities()
 
 
@@ -115,7 +121,7 @@ def spawn(
             cwd=cwd if os.path.isdir(cwd) else "/",
             env=env,
             start_new_session=True,
-            preexec_fn=_session_user_child if user else _make_controlling_tty,  # noqa: PLW1509 - an ioctl and a prctl
+            preexec_fn=_session_user_child if user else _session_child,  # noqa: PLW1509 - signals, an ioctl, a prctl
             user=user.uid if user else None,
             group=user.gid if user else None,
             extra_groups=[] if user else None,
@@ -129,91 +135,8 @@ def spawn(
     return proc, master
 
 
-def _processes() -> Iterator[tuple[int, int, str, int]]:
-    """(pid, ppid, state, session id) of every process in /proc."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # it exited while we looked
-        fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces
-        yield int(entry.name), int(fields[1]), fields[0], int(fields[3])
-
-
-def session_members(sid: int) -> list[tuple[int, int, str]]:
-    """(pid, ppid, state) of every process in kernel session `sid` (our PTY's session)."""
-    return [(pid, ppid, state) for pid, ppid, state, s in _processes() if s == sid]
-
-
 def become_subreaper() -> bool:
     """Have orphans from our sessions reparented to this process; return whether it worked."""
     with contextlib.suppress(OSError, AttributeError):
         return bool(_LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     return False
-
-
-def reap_orphans(keep: set[int]) -> None:
-    """Reap our exited children (e.g. daemons started from a session) except `keep`."""
-    me = os.getpid()
-    for pid, ppid, state, _sid in _processes():
-        if state == "Z" and ppid == me and pid not in keep:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-
-
-async def terminate(leader: subprocess.Popen[bytes]) -> bool:
-    """Kill every process of the leader's session (HUP -> TERM -> KILL) and reap them.
-
-    Return False if some survived SIGKILL.
-    """
-    sid = leader.pid  # start_new_session: the leader's pid is the session id
-    for sig, grace in ESCALATION:
-        if not _signal_members(leader, sid, sig) or await _wait_gone(leader, sid, grace):
-            return True
-    return False
-
-
-async def _wait_gone(leader: subprocess.Popen[bytes], sid: int, grace: float) -> bool:
-    deadline = time.monotonic() + grace
-    delay = 0.005
-    while time.monotonic() < deadline:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-        if not _reap(leader, sid):
-            return True
-    return False
-
-
-def _signal_members(leader: subprocess.Popen[bytes], sid: int, sig: int) -> bool:
-    """Signal every live process in the session; return whether any was alive."""
-    alive = False
-    for pid, _ppid, state in session_members(sid):
-        if state == "Z":
-            continue
-        alive = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            if sig != signal.SIGKILL:
-                os.kill(pid, signal.SIGCONT)  # stopped processes act on signals only now
-    _reap(leader, sid)
-    return alive
-
-
-def _reap(leader: subprocess.Popen[bytes], sid: int) -> bool:
-    """Reap the leader and reparented orphans; return whether any process is left."""
-    leader.poll()
-    left = False
-    me = os.getpid()
-    for pid, ppid, state in session_members(sid):
-        if pid == leader.pid:
-            left = left or leader.returncode is None
-            continue
-        if ppid == me and state == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            continue
-        if state != "Z":
-            left = True
-    return left or leader.returncode is None

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from . import processes, session_user
 from .config import Config
 from .exports import ChatExports
 from .metrics import Metrics
+from .reaper import Reaper
 from .scrollback import Scrollback
 
 log = logging.getLogger("mixvllm.terminal")
@@ -75,6 +77,7 @@ class Session:
         window: int,
         metrics: Metrics,
         read_buffer: memoryview,
+        end: Callable[[subprocess.Popen[bytes]], Awaitable[bool]],
         on_closed: Callable[[Session], None],
     ) -> None:
         self.id = session_id
@@ -87,6 +90,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._metrics = metrics
         self._read_buffer = read_buffer  # shared by every session: all read on this loop
+        self._end = end  # kills and reaps every process of the session, off the event loop
         self._on_closed = on_closed
         self._window = window
         self._scrollback = Scrollback(scrollback_limit)
@@ -297,7 +301,7 @@ class Session:
         return self._closing
 
     async def _terminate(self) -> None:
-        if not await processes.terminate(self.proc):
+        if not await self._end(self.proc):
             log.error("session %s: processes survived SIGKILL", self.id)
         with contextlib.suppress(OSError):
             os.close(self.fd)
@@ -322,7 +326,7 @@ class SessionManager:
         self.exports = ChatExports(self.user)
         # One scratch buffer for every session's PTY reads: they all run on this event loop.
         self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
-        self._subreaper = False
+        self.reaper = Reaper()
         self._cull_task: asyncio.Task[None] | None = None
 
     def become_subreaper(self) -> None:
@@ -330,7 +334,7 @@ class SessionManager:
 
         Process-wide, so only the server's entry point calls it (not the library code tests use).
         """
-        self._subreaper = processes.become_subreaper()
+        self.reaper.orphans = processes.become_subreaper()
 
     def start(self) -> None:
         if self._cull_task is None:
@@ -348,16 +352,18 @@ class SessionManager:
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
         session_id = secrets.token_urlsafe(12)
-        proc, master = processes.spawn(
-            processes.session_argv(self.config, chat_args),
-            processes.session_env(
-                session_id, self.config, self.exports.folder(session_id), self.user
-            ),
-            self.user.home if self.user else self.config.cwd,
-            rows,
-            cols,
-            user=self.user,
-        )
+        with self.reaper.spawning() as leaders:
+            proc, master = processes.spawn(
+                processes.session_argv(self.config, chat_args),
+                processes.session_env(
+                    session_id, self.config, self.exports.folder(session_id), self.user
+                ),
+                self.user.home if self.user else self.config.cwd,
+                rows,
+                cols,
+                user=self.user,
+            )
+            leaders.add(proc.pid)
         session = Session(
             session_id,
             proc,
@@ -366,6 +372,10 @@ class SessionManager:
             window=self.config.flow_window,
             metrics=self.metrics,
             read_buffer=self._read_buffer,
+            # Its folder goes in the worker too: a remove can take milliseconds per session.
+            end=functools.partial(
+                self.reaper.end, then=functools.partial(self.exports.remove, session_id)
+            ),
             on_closed=self._forget,
         )
         self.sessions[session_id] = session
@@ -374,7 +384,7 @@ class SessionManager:
         return session
 
     def _forget(self, session: Session) -> None:
-        self.exports.remove(session.id)
+        self.reaper.forget(session.proc.pid)
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
             log.info("session %s ended (exit %s)", session.id, session.exit_code)
@@ -397,8 +407,7 @@ class SessionManager:
                 )
             if idle or session.leader_exited():
                 session.close()
-        if self._subreaper:
-            processes.reap_orphans(keep={s.proc.pid for s in self.sessions.values()})
+        self.reaper.reap_orphans()
 
     async def _cull_loop(self) -> None:
         period = min(max(self.config.idle_timeout / 4, 0.05), 5.0)
@@ -415,4 +424,5 @@ class SessionManager:
         tasks = [s.close() for s in list(self.sessions.values())]
         if tasks:
             await asyncio.gather(*tasks)
+        await self.reaper.stop()
         self.exports.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def require(available: bool, reason: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(f"required for the full suite but missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the tests with the signals of an interactive shell, whatever started pytest.
+
+    A non-interactive shell starts a background job (`make test &` in a script) with SIGINT
+    and SIGQUIT ignored, and every program a test starts (chat on a pexpect PTY, a server)
+    inherited that: Ctrl-C tests failed for a reason of the harness. The tests that check
+    that a program resets what it inherited start it through a wrapper that sets it again.
+    """
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 @pytest.fixture

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
+from tornado import httpclient, websocket
 
 from terminal_server import protocol, terminals
-from terminal_server.processes import session_env, session_members
+from terminal_server.processes import session_env
+from terminal_server.reaper import session_members
 
 from .support import wait_for_async
-from .terminal_support import make_config, run, running_server
+from .terminal_support import TEST_SHELL, Client, make_config, run, running_server, server_process
 
 
 def _gone(pid: int) -> bool:
@@ -91,6 +96,62 @@ def test_ctrl_c_reaches_the_foreground_program() -> None:
             assert "after-sleep" not in c.output
 
     run(body)
+
+
+# Runs the rest of its arguments with SIGINT ignored and blocked: what a server started from
+# a background job of a script (`cmd &` ignores SIGINT) or by a parent that blocks it inherits.
+SIGINT_IGNORED_AND_BLOCKED = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
+def _signal_masks(status: str) -> dict[str, int]:
+    return {k: int(v, 16) for k, v in re.findall(r"(Sig(?:Blk|Ign)):\s*([0-9a-f]+)", status)}
+
+
+def test_sessions_start_with_default_signals_whatever_the_server_inherited() -> None:
+    shell = " ".join(TEST_SHELL)
+    args = ("--no-autostart-chat", "--shell", shell)
+    with server_process(*args, prefix=SIGINT_IGNORED_AND_BLOCKED) as (proc, url):
+        sigint = 1 << (signal.SIGINT - 1)
+        server = _signal_masks(Path(f"/proc/{proc.pid}/status").read_text())
+        assert server["SigBlk"] & sigint  # the server did inherit a blocked SIGINT
+        base, token = url.split("?token=")
+
+        async def body() -> None:
+            req = httpclient.HTTPRequest(
+                base.replace("http://", "ws://") + "ws",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            c = Client(await websocket.websocket_connect(req), auto_ack=True)
+            try:
+                await c.wait_setup()
+                # A program the shell starts has what the shell was given: nothing ignored
+                # or blocked.
+                c.type("grep -E '^Sig(Blk|Ign)' /proc/self/status; echo listed'-'masks\r")
+                await c.expect("listed-masks")
+                masks = _signal_masks(c.output.split("listed'-'masks")[-1])
+                assert masks == {"SigBlk": 0, "SigIgn": 0}, c.output
+                c.type("sleep 300; echo after'-'sleep\r")
+                await wait_for_async(
+                    lambda: any(
+                        p.name() == "sleep" for p in psutil.Process(proc.pid).children(True)
+                    ),
+                    10,
+                    "sleep",
+                )
+                c.type("\x03")
+                c.type("echo interrupted'-'ok\r")
+                await c.expect("interrupted-ok")
+                assert "after-sleep" not in c.output
+            finally:
+                await c.close()
+
+        run(body)
 
 
 def _snapshot() -> tuple[int, set[int]]:
