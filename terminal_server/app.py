@@ -165,6 +165,9 @@ async def _run(
     ssl_ctx: ssl.SSLContext | None,
     announce: Callable[[str], None],
 ) -> int:
+    # A parent may have blocked these (a script's background job ignores SIGINT; a
+    # supervisor may block it): the server must still stop on them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     ctx.manager.become_subreaper()
     server = make_http_server(ctx, ssl_ctx)
     server.add_sockets(sockets)

@@ -17,7 +17,7 @@ from terminal_server import protocol, terminals
 from terminal_server.processes import session_env
 from terminal_server.reaper import session_members
 
-from .support import wait_for_async
+from .support import wait_for, wait_for_async
 from .terminal_support import TEST_SHELL, Client, make_config, run, running_server, server_process
 
 
@@ -98,13 +98,15 @@ def test_ctrl_c_reaches_the_foreground_program() -> None:
     run(body)
 
 
-# Runs the rest of its arguments with SIGINT ignored and blocked: what a server started from
-# a background job of a script (`cmd &` ignores SIGINT) or by a parent that blocks it inherits.
+# Runs the rest of its arguments with SIGINT and SIGQUIT ignored and blocked: what a server
+# started from a background job of a script (`cmd &` ignores both) or by a parent that blocks
+# them inherits.
 SIGINT_IGNORED_AND_BLOCKED = (
     sys.executable,
     "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+    "import os, signal, sys; sigs = {signal.SIGINT, signal.SIGQUIT}; "
+    "[signal.signal(s, signal.SIG_IGN) for s in sigs]; "
+    "signal.pthread_sigmask(signal.SIG_BLOCK, sigs); "
     "os.execv(sys.argv[1], sys.argv[1:])",
 )
 
@@ -117,9 +119,17 @@ def test_sessions_start_with_default_signals_whatever_the_server_inherited() -> 
     shell = " ".join(TEST_SHELL)
     args = ("--no-autostart-chat", "--shell", shell)
     with server_process(*args, prefix=SIGINT_IGNORED_AND_BLOCKED) as (proc, url):
-        sigint = 1 << (signal.SIGINT - 1)
-        server = _signal_masks(Path(f"/proc/{proc.pid}/status").read_text())
-        assert server["SigBlk"] & sigint  # the server did inherit a blocked SIGINT
+        sigint, sigquit = (1 << (s - 1) for s in (signal.SIGINT, signal.SIGQUIT))
+
+        def server_masks() -> dict[str, int]:
+            return _signal_masks(Path(f"/proc/{proc.pid}/status").read_text())
+
+        # The server did inherit SIGQUIT ignored and blocked (it leaves that one alone), and
+        # unblocked the SIGINT it stops on (polled: a thread blocks every signal for a moment
+        # around a vfork).
+        assert server_masks()["SigIgn"] & sigquit
+        wait_for(lambda: server_masks()["SigBlk"] & sigquit, 5, "SIGQUIT blocked")
+        wait_for(lambda: not server_masks()["SigBlk"] & sigint, 5, "SIGINT unblocked")
         base, token = url.split("?token=")
 
         async def body() -> None:
