@@ -28,7 +28,9 @@ from chat_cli.tty import typeahead_quiet
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from chat_cli.tools.loop import ToolView
     from chat_cli.tools.mcp_client import McpHub
+    from chat_cli.tools.toolbox import Toolbox
 
 EXIT_INTERRUPTED = 130
 
@@ -157,10 +159,16 @@ def _converse(
 
     conversation, resumed_from = open_conversation(config, model, err, interactive=interactive)
     sampling = Sampling(model, config.temperature, config.top_p, config.max_tokens, config.seed)
+    hub, toolbox, view = _tools(config, out if interactive else err)
     session = Session(
-        client, conversation, sampling, stream=config.stream, completions=config.completions
+        client,
+        conversation,
+        sampling,
+        stream=config.stream,
+        completions=config.completions,
+        tools=toolbox,
+        tool_view=view,
     )
-    hub = _tools(session, config, out if interactive else err)
     try:
         if not interactive:
             try:
@@ -174,10 +182,10 @@ def _converse(
             hub.close()
 
 
-def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
+def _tools(config: Config, out: TextIO) -> tuple[McpHub | None, Toolbox | None, ToolView | None]:
     """Tools for the session when MCP servers are configured; the hub starts them lazily."""
     if not config.mcp:
-        return None
+        return None, None, None
     from chat_cli.tools.loop import ToolView, terminal_stdin  # noqa: PLC0415
     from chat_cli.tools.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
     from chat_cli.tools.toolbox import Toolbox  # noqa: PLC0415
@@ -186,15 +194,14 @@ def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
         out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
     )
     hub = McpHub(list(config.mcp), view.problem)
-    session.tools = Toolbox(
+    toolbox = Toolbox(
         hub,
         choice=config.tool_choice,
         yes=config.yes,
         max_rounds=config.max_tool_rounds,
         timeout=config.tool_timeout,
     )
-    session.tool_view = view
-    return hub
+    return hub, toolbox, view
 
 
 def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | None) -> int:
