@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +80,27 @@ def test_the_top_level_holds_no_module_of_a_sub_package() -> None:
     top = {p.stem for p in PACKAGE.glob("*.py")}
     for sub in ALLOWED:
         assert not top & {p.stem for p in (PACKAGE / sub).glob("*.py")} - {"__init__"}
+
+
+def test_help_reads_the_flags_and_imports_nothing_else() -> None:
+    """`chat --help` (and a bad flag) stop at the configuration: no client, renderer or REPL."""
+    probe = (
+        "import sys; from chat_cli.__main__ import main\n"
+        "try: main(['--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('chat_cli.', 'rich', 'prompt_t'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "usage: chat" in done.stdout
+    loaded = set(ast.literal_eval(done.stdout.splitlines()[-1]))
+    assert loaded <= {
+        "chat_cli.__main__",
+        "chat_cli.config",
+        "chat_cli.errors",
+        "chat_cli.chats",
+        "chat_cli.conversation",
+        "chat_cli.tools",
+        "chat_cli.tools.mcp_config",
+    }, loaded
