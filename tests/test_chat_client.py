@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from chat_cli import errors
-from chat_cli.answer import Answer
-from chat_cli.client import ChatClient, Sampling, fetch_models, wait_for_models
+from chat_cli.api.answer import Answer
+from chat_cli.api.client import ChatClient, Sampling, fetch_models, wait_for_models
 from chat_cli.conversation import Conversation
 from chat_cli.session import INCOMPLETE, INTERRUPTED, TRUNCATED, Session
 from tests.chat_support import closed_port_url, fake_server
@@ -458,8 +458,9 @@ def test_ttft_counts_from_the_request_leaving(fake: FakeServer) -> None:
     client = make_session(fake).client
     answer = Answer()
     time.sleep(0.3)  # work done before the request (imports, setup) is not the server's
-    pieces = list(client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL), answer))
-    assert pieces and answer.ttft is not None and answer.ttft < 0.25
+    for event in client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL)):
+        answer.apply(event)
+    assert answer.text and answer.ttft is not None and answer.ttft < 0.25
 
 
 # -- an HTTP proxy from the environment is still used (the SDK and urllib honoured it) ------

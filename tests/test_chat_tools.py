@@ -15,16 +15,16 @@ import pexpect
 import pytest
 
 from chat_cli import conversation as conv_mod
-from chat_cli.client import ChatClient, Sampling
+from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.commands import Commands
 from chat_cli.config import load_config
 from chat_cli.conversation import Conversation
 from chat_cli.errors import ChatError, ConfigError
-from chat_cli.mcp_client import McpHub
-from chat_cli.mcp_config import ServerSpec, parse_flag
 from chat_cli.session import ROUND_LIMIT, Session
-from chat_cli.tool_loop import ToolView
-from chat_cli.tools import RESULT_LIMIT, Toolbox
+from chat_cli.tools.loop import ToolView
+from chat_cli.tools.mcp_client import McpHub
+from chat_cli.tools.mcp_config import ServerSpec, parse_flag
+from chat_cli.tools.toolbox import RESULT_LIMIT, Toolbox
 from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, fake_server, visible
 from tests.docs_support import code_blocks, section
 from tests.fake_openai import MODEL, FakeServer
@@ -55,10 +55,14 @@ def hub() -> Iterator[McpHub]:
 class Setup:
     def __init__(self, fake: FakeServer, hub: McpHub, **toolbox: object) -> None:
         self.client = ChatClient(fake.url + "/v1", None, 10.0)
-        self.session = Session(self.client, Conversation(), Sampling(MODEL))
         self.shown = io.StringIO()
-        self.session.tools = Toolbox(hub, **{"yes": True, **toolbox})  # type: ignore[arg-type]
-        self.session.tool_view = ToolView(self.shown, None, styled=False)
+        self.session = Session(
+            self.client,
+            Conversation(),
+            Sampling(MODEL),
+            tools=Toolbox(hub, **{"yes": True, **toolbox}),  # type: ignore[arg-type]
+            tool_view=ToolView(self.shown, None, styled=False),
+        )
 
     def ask(self, text: str) -> str:
         return self.session.ask(text, Collect()).text
@@ -399,3 +403,12 @@ def test_the_docs_example_config_works(tmp_path: Path, fake: FakeServer) -> None
     finally:
         made.client.close()
         hub.close()
+
+
+def test_a_session_gets_its_tools_with_a_view_to_show_them_when_it_is_built() -> None:
+    client = ChatClient("http://127.0.0.1:9/v1", None, 10.0)
+    with pytest.raises(ValueError, match="needs a tool view"):
+        Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None))
+    view = ToolView(io.StringIO(), None, styled=False)
+    session = Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None), tool_view=view)
+    assert session.tools is not None and session.tool_view is view

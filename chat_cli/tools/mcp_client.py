@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from chat_cli.errors import short
-from chat_cli.mcp_config import ServerSpec
-from chat_cli.tools import Tool, ToolError, result_text
+from chat_cli.tools.mcp_config import ServerSpec
+from chat_cli.tools.toolbox import Tool, ToolError, result_text
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
