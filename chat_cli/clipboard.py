@@ -3,7 +3,8 @@
 A clipboard tool (wl-copy, xclip, pbcopy) says whether it worked; OSC 52 cannot: many
 terminals (GNOME Terminal, tmux by default) drop it silently, so the message says what was
 sent, not that it was copied. In the browser terminal (MIXVLLM_SESSION is set) a tool would
-copy on the server's desktop, not the user's, so OSC 52 goes to the page's clipboard addon.
+copy on the server's desktop, not the user's, so OSC 52 goes to the page, which shows the
+owner a notice for each write (and can be set to refuse them).
 """
 
 from __future__ import annotations

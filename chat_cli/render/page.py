@@ -2,7 +2,9 @@
 
 A private OSC sequence (number names.PAGE_OSC) marks each code block: `block` at its first row
 (the page pins a copy button there) and, once the block is complete, `code;BASE64` with its
-exact text, so the page never scrapes its buffer (which holds wrapped, highlighted rows).
+exact text, which is what the copy button copies (the buffer holds wrapped, highlighted rows);
+the page shows the button only while the block's rows on screen show that same text, so a
+program cannot forge a button that copies something else.
 Terminals ignore OSC numbers they do not know (xterm, VTE, tmux, xterm.js without the handler);
 still, they go out only to the browser terminal (names.SESSION_ENV set) and only to a TTY.
 
