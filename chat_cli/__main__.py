@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from chat_cli import chats, page
@@ -340,7 +343,25 @@ def _answer_json(session: Session, answer: Answer, failure: ChatError | None) ->
     }
 
 
+def _end_on_signals() -> None:
+    """SIGTERM and SIGHUP (the terminal closed) end chat through its `finally` blocks, as
+    Ctrl-C does, so that the MCP servers it started end with it; their default action would
+    end chat on the spot and leave the servers running. A signal chat's parent ignored
+    (nohup) stays ignored."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for each in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(each, signal.SIG_IGN)  # one ending at a time: let it finish
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+        _end_on_signals()
     try:
         config = load_config(sys.argv[1:] if argv is None else argv)
     except ChatError as err:
