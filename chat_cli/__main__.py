@@ -15,22 +15,23 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
-from chat_cli import chats, page
-from chat_cli import client as client_mod
+from chat_cli import chats
 from chat_cli import conversation as conv_mod
-from chat_cli.answer import Answer, has_surrogates
-from chat_cli.client import ChatClient, Sampling
+from chat_cli.api import client as client_mod
+from chat_cli.api.answer import Answer, has_surrogates
+from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.config import Config, load_config
 from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, ServerUnreachable
-from chat_cli.plain_render import PlainRenderer, Renderer
-from chat_cli.render import make_renderer
+from chat_cli.render import page
+from chat_cli.render.markdown import make_renderer
+from chat_cli.render.plain import PlainRenderer, Renderer
 from chat_cli.session import INTERRUPTED, Session
 from chat_cli.tty import typeahead_quiet
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from chat_cli.mcp_client import McpHub
+    from chat_cli.tools.mcp_client import McpHub
 
 EXIT_INTERRUPTED = 130
 
@@ -180,9 +181,9 @@ def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
     """Tools for the session when MCP servers are configured; the hub starts them lazily."""
     if not config.mcp:
         return None
-    from chat_cli.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
-    from chat_cli.tool_loop import ToolView, terminal_stdin  # noqa: PLC0415
-    from chat_cli.tools import Toolbox  # noqa: PLC0415
+    from chat_cli.tools.loop import ToolView, terminal_stdin  # noqa: PLC0415
+    from chat_cli.tools.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
+    from chat_cli.tools.toolbox import Toolbox  # noqa: PLC0415
 
     view = ToolView(
         out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)

@@ -14,7 +14,7 @@ from chat_cli import chats, clipboard
 from chat_cli import conversation as conv_mod
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
-from chat_cli.plain_render import footer_text
+from chat_cli.render.plain import footer_text
 from chat_cli.session import Session
 from mixvllm_common.options import Kind
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chat_cli import chats, mcp_config
+from chat_cli import chats
 from chat_cli.errors import ConfigError
-from chat_cli.mcp_config import ServerSpec
+from chat_cli.tools import mcp_config
+from chat_cli.tools.mcp_config import ServerSpec
 from mixvllm_common import defaults
 from mixvllm_common.options import (
     Kind,

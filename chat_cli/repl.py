@@ -19,11 +19,12 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import chats, page
+from chat_cli import chats
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
-from chat_cli.plain_render import Renderer
-from chat_cli.render import make_renderer
+from chat_cli.render import page
+from chat_cli.render.markdown import make_renderer
+from chat_cli.render.plain import Renderer
 from chat_cli.session import Session
 
 if TYPE_CHECKING:

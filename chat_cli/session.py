@@ -13,16 +13,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer, ToolCall, has_surrogates
-from chat_cli.client import ChatClient, Sampling, prompt_chars
+from chat_cli.api.answer import Answer, ToolCall, has_surrogates
+from chat_cli.api.client import ChatClient, Sampling, prompt_chars
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
-from chat_cli.plain_render import Renderer
+from chat_cli.render.plain import Renderer
 from chat_cli.streaming import StreamLoop
 
 if TYPE_CHECKING:
-    from chat_cli.tool_loop import ToolView
-    from chat_cli.tools import Toolbox
+    from chat_cli.tools.loop import ToolView
+    from chat_cli.tools.toolbox import Toolbox
 
 INTERRUPTED = "interrupted"
 INCOMPLETE = "incomplete"
@@ -104,7 +104,7 @@ class Session:
                           "(--max-tool-rounds)")  # fmt: skip
                 self.last_note = ROUND_LIMIT
                 return answer
-            from chat_cli.tool_loop import run_calls  # noqa: PLC0415 (start-up: only with tools)
+            from chat_cli.tools.loop import run_calls  # noqa: PLC0415 (start-up: only with tools)
 
             results, cancelled = run_calls(self.tools, calls, view)
             self.conversation.messages.extend(results)

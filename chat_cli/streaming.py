@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO
 
-from chat_cli.client import Cancel
-from chat_cli.plain_render import Renderer
-from chat_cli.sse import Piece
+from chat_cli.api.client import Cancel
+from chat_cli.api.sse import Piece
+from chat_cli.render.plain import Renderer
 from chat_cli.tty import typeahead_quiet
 
 HANG_UP_GRACE_S = 2.0  # a reader woken by the hang-up only unwinds: it ends well within this

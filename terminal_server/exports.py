@@ -1,5 +1,5 @@
 """The session's chat export folders: one owner-only folder per session that `chat` keeps up
-to date (chat.json and chat.md, as /save writes them; chat_cli/page.py), read by `api/chat`
+to date (chat.json and chat.md, as /save writes them; chat_cli/render/page.py), read by `api/chat`
 (chat_export.py).
 
 Its path reaches the session as MIXVLLM_CHAT_EXPORT. Nothing travels through the terminal
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .session_user import SessionUser, hand_over_folder
 
-ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/page.py (processes.session_env sets it)
+ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/render/page.py (processes.session_env sets it)
 MAX_BYTES = 64 * 1024 * 1024
 
 

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from chat_cli import errors
-from chat_cli.answer import Answer
-from chat_cli.client import ChatClient, Sampling, fetch_models, wait_for_models
+from chat_cli.api.answer import Answer
+from chat_cli.api.client import ChatClient, Sampling, fetch_models, wait_for_models
 from chat_cli.conversation import Conversation
 from chat_cli.session import INCOMPLETE, INTERRUPTED, TRUNCATED, Session
 from tests.chat_support import closed_port_url, fake_server

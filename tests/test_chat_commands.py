@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from chat_cli import chats
-from chat_cli.client import ChatClient, Sampling
+from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.commands import COMMANDS, Commands, Exit, Send
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
-from chat_cli.plain_render import PlainRenderer
+from chat_cli.render.plain import PlainRenderer
 from chat_cli.session import Session
 from tests.chat_support import fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer

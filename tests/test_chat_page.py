@@ -18,9 +18,9 @@ import pytest
 from rich.console import Console
 
 from chat_cli import clipboard
-from chat_cli.answer import Answer
-from chat_cli.page import MAX_COPY_BYTES, OSC
-from chat_cli.render import MarkdownRenderer
+from chat_cli.api.answer import Answer
+from chat_cli.render.markdown import MarkdownRenderer
+from chat_cli.render.page import MAX_COPY_BYTES, OSC
 from tests.chat_support import PROMPT_READY, XtermScreen, chat_env, fake_server
 from tests.conftest import require
 from tests.fake_openai import tokens

@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
-from chat_cli.answer import Answer, Usage
-from chat_cli.plain_render import PlainRenderer, footer_text
-from chat_cli.render import SYNC_END, MarkdownRenderer
+from chat_cli.api.answer import Answer, Usage
+from chat_cli.render.markdown import SYNC_END, MarkdownRenderer
+from chat_cli.render.plain import PlainRenderer, footer_text
 from tests.chat_support import PROMPT_READY, XtermScreen, chat_env, fake_server, visible
 from tests.fake_openai import tokens
 

@@ -15,16 +15,16 @@ import pexpect
 import pytest
 
 from chat_cli import conversation as conv_mod
-from chat_cli.client import ChatClient, Sampling
+from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.commands import Commands
 from chat_cli.config import load_config
 from chat_cli.conversation import Conversation
 from chat_cli.errors import ChatError, ConfigError
-from chat_cli.mcp_client import McpHub
-from chat_cli.mcp_config import ServerSpec, parse_flag
 from chat_cli.session import ROUND_LIMIT, Session
-from chat_cli.tool_loop import ToolView
-from chat_cli.tools import RESULT_LIMIT, Toolbox
+from chat_cli.tools.loop import ToolView
+from chat_cli.tools.mcp_client import McpHub
+from chat_cli.tools.mcp_config import ServerSpec, parse_flag
+from chat_cli.tools.toolbox import RESULT_LIMIT, Toolbox
 from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, fake_server, visible
 from tests.fake_openai import MODEL, FakeServer
 from tests.mcp_server import SECRET

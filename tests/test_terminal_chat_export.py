@@ -22,7 +22,7 @@ def test_the_owner_downloads_what_chat_left_in_the_sessions_folder_and_no_one_el
             url = f"api/chat?session={sid}"
             r = await srv.fetch(url, BEARER)
             assert r.code == 404  # no chat has written yet
-            # What chat_cli/page.py does after each change (the shell stands in for it here).
+            # What chat_cli/render/page.py does after each change (the shell stands in for it here).
             owner.type(
                 'cd "$MIXVLLM_CHAT_EXPORT"'
                 ' && printf \'{"messages": ["h\\303\\251_1"]}\' > chat.json'

@@ -11,9 +11,9 @@ import os
 import sys
 from typing import IO, TYPE_CHECKING
 
-from chat_cli.answer import ToolCall
+from chat_cli.api.answer import ToolCall
 from chat_cli.conversation import Message
-from chat_cli.tools import (
+from chat_cli.tools.toolbox import (
     CANCELLED,
     REFUSED,
     Record,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import IO, Protocol
 
-from chat_cli.answer import Answer
+from chat_cli.api.answer import Answer
 
 DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"

@@ -1,4 +1,4 @@
-"""Markdown whose code blocks carry the browser page's markers (see chat_cli/page.py).
+"""Markdown whose code blocks carry the browser page's markers (see chat_cli/render/page.py).
 
 A module of its own: it imports rich.markdown, which chat loads only once it renders.
 """
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, cast
 from rich.markdown import CodeBlock, Markdown, MarkdownElement
 from rich.segment import ControlType, Segment
 
-from chat_cli.page import BLOCK, code
+from chat_cli.render.page import BLOCK, code
 
 if TYPE_CHECKING:
     from markdown_it.token import Token

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.answer import Answer, ToolCall, Usage, has_surrogates, repair
+from chat_cli.api.answer import Answer, ToolCall, Usage, has_surrogates, repair
 
 Piece = tuple[str, str]  # ("content" | "reasoning", text)
 

@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from chat_cli import mcp_process
 from chat_cli.errors import short
-from chat_cli.mcp_config import ServerSpec
-from chat_cli.tools import Tool, ToolError, result_text
+from chat_cli.tools.mcp_config import ServerSpec
+from chat_cli.tools.toolbox import Tool, ToolError, result_text
 
 START_TIMEOUT_S = 30.0
 STDIN_GRACE_S = 0.5  # a server may end by itself when its stdin closes; then TERM, KILL

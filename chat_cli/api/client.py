@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from chat_cli import errors, sse, transport
-from chat_cli.answer import Answer, Usage, estimate_tokens, repair
+from chat_cli import errors
+from chat_cli.api import sse, transport
+from chat_cli.api.answer import Answer, Usage, estimate_tokens, repair
+from chat_cli.api.sse import Piece
+from chat_cli.api.transport import Cancel, Target, Timeout
 from chat_cli.errors import ChatError
-from chat_cli.sse import Piece
-from chat_cli.transport import Cancel, Target, Timeout
 
 __all__ = ["Cancel", "ChatClient", "Sampling", "fetch_models", "wait_for_models"]
 

@@ -21,9 +21,9 @@ from typing import IO, TYPE_CHECKING
 
 from rich.cells import cell_len, get_character_cell_size
 
-from chat_cli.answer import Answer
-from chat_cli.blocks import Blocks
-from chat_cli.plain_render import PlainRenderer, Renderer, footer_text, reasoning_summary
+from chat_cli.api.answer import Answer
+from chat_cli.render.blocks import Blocks
+from chat_cli.render.plain import PlainRenderer, Renderer, footer_text, reasoning_summary
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -165,7 +165,7 @@ class MarkdownRenderer:
 
         rendered: RenderableType
         if self.page_marks:
-            from chat_cli.page_markdown import MarkedMarkdown  # noqa: PLC0415
+            from chat_cli.render.page_markdown import MarkedMarkdown  # noqa: PLC0415
 
             rendered = MarkedMarkdown(markdown, code_theme=CODE_THEME, final=final)
         else:

@@ -1,0 +1,1 @@
+"""Talking to the model server: the HTTP transport, the client, SSE parsing and the answer."""

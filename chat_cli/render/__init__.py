@@ -1,0 +1,1 @@
+"""Putting answers on the terminal: Markdown and plain renderers, block bounds, page markers."""

@@ -1,0 +1,1 @@
+"""Tools the model may call: the toolbox, the tool loop, the MCP client and its config."""
