@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from chat_cli import mcp_process
 from chat_cli.errors import short
+from chat_cli.tools import mcp_process
 from chat_cli.tools.mcp_config import ServerSpec
 from chat_cli.tools.toolbox import Tool, ToolError, result_text
 
