@@ -30,7 +30,7 @@ from mixvllm_common.options import (
     value,
 )
 from mixvllm_common.state import read_api_key
-from mixvllm_common.urls import api_base, is_loopback
+from mixvllm_common.urls import api_base, http_url, is_loopback
 
 APP = "mixvllm"
 _NONE = "\N{EN DASH}"
@@ -83,11 +83,11 @@ def _flag(dest: str, flag: str, help_: str) -> Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "url", ("--url",), (defaults.MODEL_SERVER_URL_ENV,), str,
+        "url", ("--url",), (defaults.MODEL_SERVER_URL_ENV,), http_url,
         defaults.DEFAULT_MODEL_SERVER_URL, "model server URL, with or without `/v1`", "URL",
     ),
     Option(
-        "fallback_url", ("--fallback-url",), ("CHAT_FALLBACK_URL",), str, None,
+        "fallback_url", ("--fallback-url",), ("CHAT_FALLBACK_URL",), http_url, None,
         "server used when the primary one is unreachable", "URL",
     ),
     Option(
@@ -298,4 +298,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     if values["fallback_url"]:
         values["fallback_url"] = api_base(values["fallback_url"])
     prompt = " ".join(args.prompt).strip() or None
+    resume = values["resume"]
+    if isinstance(resume, str) and args.resume == resume and not chats.could_be_name(resume):
+        # `chat --resume "and then?"`: a question for the last chat, as no name has spaces.
+        prompt = f"{resume} {prompt}" if prompt else resume
+        values["resume"] = True
     return Config(**values, prompt=prompt, paths=paths)
