@@ -1,4 +1,5 @@
-"""What the three programs share: option tables, URL forms and defaults (stdlib only).
+"""What the three programs share: option tables, URL forms, defaults, the names they agree
+on (names.py) and one HTTP client (http_client.py); stdlib only.
 
 Stdlib only: the model image installs the launcher with `pip install --no-deps` on top of
 vLLM's image, and the terminal server must stay light.

@@ -54,10 +54,14 @@ def hub() -> Iterator[McpHub]:
 class Setup:
     def __init__(self, fake: FakeServer, hub: McpHub, **toolbox: object) -> None:
         self.client = ChatClient(fake.url + "/v1", None, 10.0)
-        self.session = Session(self.client, Conversation(), Sampling(MODEL))
         self.shown = io.StringIO()
-        self.session.tools = Toolbox(hub, **{"yes": True, **toolbox})  # type: ignore[arg-type]
-        self.session.tool_view = ToolView(self.shown, None, styled=False)
+        self.session = Session(
+            self.client,
+            Conversation(),
+            Sampling(MODEL),
+            tools=Toolbox(hub, **{"yes": True, **toolbox}),  # type: ignore[arg-type]
+            tool_view=ToolView(self.shown, None, styled=False),
+        )
 
     def ask(self, text: str) -> str:
         return self.session.ask(text, Collect()).text
