@@ -169,17 +169,17 @@ def _from_file(opt: Option, raw: object, source: str) -> Any:
     if isinstance(raw, str):
         return _convert(opt, raw, source)
     shown = str(raw).lower() if isinstance(raw, bool) else repr(raw)
-    wrong = OptionError(f"invalid value {shown} for {source}: {_toml_type(raw)} is not one "
-                        "of its values")  # fmt: skip
     if not isinstance(raw, bool | int | float):
-        raise wrong
+        raise OptionError(f"invalid value {shown} for {source}: {_toml_type(raw)}, not one value")
     try:
         parsed = opt.kind(shown)
     except ValueError as exc:
         raise OptionError(f"invalid value {shown} for {source}: {exc}") from exc
-    if isinstance(raw, bool) != isinstance(parsed, bool):
-        raise wrong
-    if isinstance(raw, bool) or isinstance(parsed, int | float):
+    if isinstance(parsed, bool):
+        if isinstance(raw, bool):
+            return parsed
+        raise OptionError(f"invalid value {shown} for {source}: needs true or false")
+    if isinstance(parsed, int | float) and not isinstance(raw, bool):
         return parsed
     raise OptionError(f"invalid value {shown} for {source}: needs a string (in quotes)")
 
