@@ -3,7 +3,6 @@ whole JSON body, then applied to an answer by its one writer, Answer.apply."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import socket
@@ -75,9 +74,11 @@ EXPECTED = [
 ]
 
 
-def timeless(events: list[Event]) -> list[Event]:
+def timeless(events: list[Event]) -> list[tuple[object, ...]]:
+    """Comparable events: the kind named (tuples of equal fields compare equal), no time."""
     return [
-        dataclasses.replace(e, at=0.0) if isinstance(e, Text | Reasoning) else e for e in events
+        (type(e).__name__, *(e._replace(at=0.0) if isinstance(e, Text | Reasoning) else e))
+        for e in events
     ]
 
 
@@ -120,7 +121,7 @@ def test_a_stream_split_anywhere_parses_to_the_same_events(size: int) -> None:
     pieces = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
     parser = sse.Parser(completions=False)
     events = list(parser.parse(served_lines(pieces)))
-    assert timeless(events) == EXPECTED
+    assert timeless(events) == timeless(EXPECTED)
     assert parser.frames == 12  # the comment is no frame; the role-only delta is one
 
 
@@ -196,7 +197,7 @@ def test_completions_text_and_a_finish_without_done() -> None:
     ]
     parser = sse.Parser(completions=True)
     events = timeless(list(parser.parse(served_lines(stream))))
-    assert events == [Text("a", 0.0), Finish("length"), Text("b", 0.0)]
+    assert events == timeless([Text("a", 0.0), Finish("length"), Text("b", 0.0)])
 
 
 def test_an_error_event_is_an_event_and_ends_the_parse() -> None:
@@ -206,13 +207,13 @@ def test_an_error_event_is_an_event_and_ends_the_parse() -> None:
         frame(delta(content="never read")),
     ]
     events = timeless(list(sse.Parser(completions=False).parse(served_lines(stream))))
-    assert events == [Text("a", 0.0), ServerError("model crashed")]
+    assert events == timeless([Text("a", 0.0), ServerError("model crashed")])
 
 
 def test_a_half_emoji_at_the_end_becomes_the_replacement_character() -> None:
     stream = [frame('{"choices":[{"index":0,"delta":{"content":"x\\ud83d"}}]}')]
     events = timeless(list(sse.Parser(completions=False).parse(served_lines(stream))))
-    assert events == [Text("x", 0.0), Text("\ufffd", 0.0, 0)]
+    assert events == timeless([Text("x", 0.0), Text("\ufffd", 0.0, 0)])
 
 
 @pytest.mark.parametrize(("data", "message"), [("{not json", "not JSON"), ("[1]", "not an object")])
@@ -223,5 +224,5 @@ def test_a_malformed_frame_is_a_stream_error(data: str, message: str) -> None:
 
 def test_events_cannot_change_once_made() -> None:
     """The reader thread hands them over: nothing the main thread holds may change after."""
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         Text("a", 1.0).text = "b"  # type: ignore[misc]

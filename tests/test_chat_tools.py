@@ -408,3 +408,12 @@ def test_the_readme_example_config_works(tmp_path: Path, fake: FakeServer) -> No
     finally:
         made.client.close()
         hub.close()
+
+
+def test_a_session_gets_its_tools_with_a_view_to_show_them_when_it_is_built() -> None:
+    client = ChatClient("http://127.0.0.1:9/v1", None, 10.0)
+    with pytest.raises(ValueError, match="needs a tool view"):
+        Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None))
+    view = ToolView(io.StringIO(), None, styled=False)
+    session = Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None), tool_view=view)
+    assert session.tools is not None and session.tool_view is view

@@ -85,7 +85,7 @@ class Answer:
             (self.content if isinstance(event, Text) else self.reasoning).append(event.text)
             self.chunks += event.tokens
         elif isinstance(event, CallDelta):
-            call = self.calls.setdefault(event.index, ToolCall(event.index))
+            call = self.calls.setdefault(event.slot, ToolCall(event.slot))
             call.id = call.id or event.id
             call.name = call.name or event.name
             call.arguments += event.arguments
