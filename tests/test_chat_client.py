@@ -471,7 +471,9 @@ def test_a_long_wait_for_the_first_token_is_not_a_stall(fake: FakeServer) -> Non
     assert session.ask("long prompt @fault:hang", Collect()).text == DEFAULT_ANSWER
 
 
-def test_no_first_token_by_the_deadline(fake: FakeServer) -> None:
+@pytest.mark.parametrize("connection_close", [False, True], ids=["keep-alive", "close"])
+def test_no_first_token_by_the_deadline(fake: FakeServer, connection_close: bool) -> None:
+    fake.state.connection_close = connection_close
     client = ChatClient(fake.url + "/v1", None, 0.3, deadline=0.6)
     session = Session(client, Conversation(), Sampling(MODEL))
     with pytest.raises(errors.TimedOut, match=r"has not started to answer after 0.6 s"):
