@@ -168,6 +168,22 @@ def test_the_mcp_server_ends_with_chat(
     assert took < ENDED_WITHIN_S, f"chat took {took:.1f} s to end"
 
 
+def test_a_server_that_ignores_sigterm_is_killed(
+    fake: FakeServer, tmp_path: Path, marker: str, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    stubborn = f"t=sh -c 'trap \"\" TERM; exec {sys.executable} {MCP_SERVER} {marker}'"
+    child = spawn_chat(
+        "-y", "--tool-timeout", "0.5", "--mcp", stubborn, env=chat_env(tmp_path, fake.url)
+    )
+    _timed_out(child, marker)  # busy: it does not see its stdin close either
+    sent = time.monotonic()
+    child.send("/exit\r")
+    _ended(child, 15)
+    took = time.monotonic() - sent
+    assert marked(marker) == []
+    assert 2.0 <= took < 2.0 + ENDED_WITHIN_S  # TERM, 2 s of grace, then KILL
+
+
 def _one_shot(
     fake: FakeServer, tmp_path: Path, marker: str, *args: str, stdout: int | None = None
 ) -> subprocess.CompletedProcess[str]:
