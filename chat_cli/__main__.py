@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from chat_cli.config import load_config
 from chat_cli.errors import EXIT_INTERRUPTED, ChatError
 
 
+@contextlib.contextmanager
+def _ended_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (the terminal closed) end chat through its `finally` blocks, as
+    Ctrl-C does, so that the MCP servers it started end with it; their default action would
+    end chat on the spot and leave the servers running. A signal chat's parent ignored
+    (nohup) stays ignored."""
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    endings = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in endings}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for each in endings:
+            signal.signal(each, signal.SIG_IGN)  # one ending at a time: let it finish
+        raise SystemExit(128 + signum)
+
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _ended_by_signals():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         config = load_config(sys.argv[1:] if argv is None else argv)
     except ChatError as err:

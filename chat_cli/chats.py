@@ -33,6 +33,11 @@ def is_named(path: Path) -> bool:
     return _AUTOSAVE.fullmatch(path.stem) is None
 
 
+def could_be_name(text: str) -> bool:
+    """A word that may name a saved conversation (one word: no spaces, no punctuation)."""
+    return _NAME.fullmatch(text.removesuffix(".json")) is not None
+
+
 def is_name(text: str) -> bool:
     """A conversation name rather than a file path."""
     return (

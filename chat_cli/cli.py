@@ -123,6 +123,8 @@ def _make_console(out: TextIO) -> Console:
 
 def run(config: Config) -> int:
     out, err = sys.stdout, sys.stderr
+    if isinstance(config.resume, str):
+        _named(config, config.resume)  # a wrong name fails first: before "nothing to ask"
     interactive = config.prompt is None and sys.stdin.isatty()
     if interactive and not out.isatty():
         raise ChatError("nothing to ask: give a question (the interactive mode needs a terminal)")
@@ -136,8 +138,6 @@ def run(config: Config) -> int:
         if not question.strip():
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
 
-    if isinstance(config.resume, str):
-        _named(config, config.resume)  # a wrong name fails before the server is asked
     # Keys typed while chat connects (or waits for a loading model) wait for the prompt.
     with typeahead_quiet(sys.stdin) if interactive else nullcontext():
         base_url, models = connect(config, err)

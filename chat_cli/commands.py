@@ -348,4 +348,9 @@ def find_command(name: str) -> Command:
         return COMMANDS[matches[0]]
     if matches:
         raise ChatError(f"{name} could be {', '.join(matches)}")
+    import difflib  # noqa: PLC0415 (only for a mistyped command)
+
+    close = difflib.get_close_matches(name, [*COMMANDS, *ALIASES], n=1, cutoff=0.75)
+    if close:
+        raise ChatError(f"unknown command {name}; did you mean {close[0]}? (/help lists them)")
     raise ChatError(f"unknown command {name}; /help lists them")

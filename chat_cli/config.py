@@ -30,7 +30,7 @@ from mixvllm_common.options import (
     value,
 )
 from mixvllm_common.state import read_api_key
-from mixvllm_common.urls import api_base, is_loopback
+from mixvllm_common.urls import api_base, http_url, is_loopback
 
 APP = "mixvllm"
 _NONE = "\N{EN DASH}"
@@ -83,11 +83,11 @@ def _flag(dest: str, flag: str, help_: str) -> Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "url", ("--url",), (defaults.MODEL_SERVER_URL_ENV,), str,
+        "url", ("--url",), (defaults.MODEL_SERVER_URL_ENV,), http_url,
         defaults.DEFAULT_MODEL_SERVER_URL, "model server URL, with or without `/v1`", "URL",
     ),
     Option(
-        "fallback_url", ("--fallback-url",), ("CHAT_FALLBACK_URL",), str, None,
+        "fallback_url", ("--fallback-url",), ("CHAT_FALLBACK_URL",), http_url, None,
         "server used when the primary one is unreachable", "URL",
     ),
     Option(
@@ -123,11 +123,11 @@ OPTIONS: tuple[Option, ...] = (
         'show only "thinking… (N words)", not the reasoning text',
     ),
     Option(
-        "wait", ("--wait",), ("CHAT_WAIT",), float, 0.0,
+        "wait", ("--wait",), ("CHAT_WAIT",), _real(0.0), 0.0,
         "wait up to SECONDS for a loading server, showing progress", "SECONDS",
     ),
     Option(
-        "timeout", ("--timeout",), ("CHAT_TIMEOUT",), float, 120.0,
+        "timeout", ("--timeout",), ("CHAT_TIMEOUT",), number(0.0), 120.0,
         "stall timeout: give up when a streamed answer sends nothing for SECONDS", "SECONDS",
     ),
     Option(
@@ -261,7 +261,7 @@ def _read_config_file(path: Path, *, named: bool) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
     known = {o.dest for o in OPTIONS}
     unknown = sorted(set(data) - known)
-    if isinstance(data.get("mcp"), dict):
+    if "mcp" in data:
         try:
             data["mcp"] = tuple(mcp_config.parse_table(data["mcp"], f"config file {path}"))
         except ValueError as err:
@@ -291,8 +291,6 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     values["stream"] = not values.pop("no_stream")
     values["mcp"] = _servers((*servers, *values["mcp"]))
 
-    if values["wait"] < 0 or values["timeout"] <= 0:
-        raise ConfigError("--wait must be >= 0 and --timeout > 0")
     values["url"] = api_base(values["url"])
     if values["api_key"] is None and is_loopback(values["url"]):
         # `mixvllm-serve up` keeps a generated key here: a new shell finds it without export.
@@ -300,4 +298,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     if values["fallback_url"]:
         values["fallback_url"] = api_base(values["fallback_url"])
     prompt = " ".join(args.prompt).strip() or None
+    resume = values["resume"]
+    if isinstance(resume, str) and args.resume == resume and not chats.could_be_name(resume):
+        # `chat --resume "and then?"`: a question for the last chat, as no name has spaces.
+        prompt = f"{resume} {prompt}" if prompt else resume
+        values["resume"] = True
     return Config(**values, prompt=prompt, paths=paths)

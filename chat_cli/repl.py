@@ -34,6 +34,7 @@ PROMPT = "> "
 # A longer paste shows as a one-line placeholder: prompt-toolkit lays out every wrapped row
 # of its input on each keystroke, seconds for a pasted megabyte.
 PASTE_SHOWN_MAX = 50_000
+BARE_EXITS = ("exit", "quit", "exit()", "quit()", ":q")
 
 
 class Pastes:
@@ -223,6 +224,8 @@ class Repl:
     def handle(self, text: str) -> bool:
         """Run one line: a slash command or a question. False: the line ends the session."""
         try:
+            if text.strip().lower() in BARE_EXITS:
+                text = "/exit"  # what it means alone on a line; nobody asks a model that
             if text.startswith("/"):
                 outcome = self.commands.run(text)
                 if isinstance(outcome, Exit):

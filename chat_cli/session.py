@@ -104,8 +104,8 @@ class Session:
             assert view is not None
             if rounds >= self.tools.max_rounds:
                 self._answer_calls(calls, f"not run: {ROUND_LIMIT}")
-                view.note(f"stopped: the model still called tools after {rounds} rounds "
-                          "(--max-tool-rounds)")  # fmt: skip
+                view.note(f"stopped: the model still called tools after {rounds} round"
+                          f"{'s' if rounds != 1 else ''} (--max-tool-rounds)")  # fmt: skip
                 self.last_note = ROUND_LIMIT
                 return answer
             from chat_cli.tools.loop import run_calls  # noqa: PLC0415 (start-up: only with tools)

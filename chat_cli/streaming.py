@@ -80,6 +80,7 @@ class StreamLoop:
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._interrupted = False
         self._resized = False
+        self._ended = False
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -107,7 +108,8 @@ class StreamLoop:
             self.renderer.begin()
             self._drive(on_event)
         except BaseException:
-            self._stop(reader)
+            if not self._ended:
+                self._stop(reader)
             raise
         reader.join()  # End was its last act
 
@@ -127,6 +129,8 @@ class StreamLoop:
         renderer = self.renderer
         while True:
             item = self._next()
+            # The reader has ended: nothing to stop (_stop would wait for this End).
+            self._ended = self._ended or isinstance(item, End)
             if self._interrupted:
                 raise KeyboardInterrupt
             if self._resized:

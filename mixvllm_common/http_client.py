@@ -29,6 +29,31 @@ class Timeout(Exception):
         self.started = started
 
 
+class Connection(http.client.HTTPConnection):
+    """Keeps its socket for an answer with `Connection: close`: http.client lets go of it
+    then, and with it of the only way to set the stall timeout on it or hang it up (Cancel).
+    Closing the connection closes that answer too."""
+
+    _kept: http.client.HTTPResponse | None = None
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        sock = self.sock
+        response = super().getresponse()
+        if self.sock is None and sock is not None:
+            self.sock, self._kept = sock, response
+        return response
+
+    def close(self) -> None:
+        kept, self._kept = self._kept, None
+        super().close()
+        if kept is not None:
+            kept.close()
+
+
+class TLSConnection(http.client.HTTPSConnection, Connection):
+    pass
+
+
 @dataclass(frozen=True)
 class Target:
     https: bool
@@ -76,11 +101,11 @@ class Target:
         proxy = self.proxy()
         host, port = proxy or (self.host, self.port)
         if self.https:
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+            conn = TLSConnection(host, port, timeout=timeout)
             if proxy:
                 conn.set_tunnel(self.host, self.port)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = Connection(host, port, timeout=timeout)
         try:
             conn.connect()
         except BaseException:

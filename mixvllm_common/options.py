@@ -149,6 +149,41 @@ def _convert(opt: Option, raw: object, source: str, hint: str = "") -> Any:
         raise OptionError(f"invalid value {text!r} for {source}: {exc}{hint}") from exc
 
 
+_TOML_TYPES = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _toml_type(raw: object) -> str:
+    return next((name for kind, name in _TOML_TYPES if isinstance(raw, kind)), "a date or time")
+
+
+def _from_file(opt: Option, raw: object, source: str) -> Any:
+    """A config file's value: a string is read as an environment variable's text would be;
+    a boolean or a number must be what the option takes; nothing else is one value."""
+    if isinstance(raw, str):
+        return _convert(opt, raw, source)
+    shown = str(raw).lower() if isinstance(raw, bool) else repr(raw)
+    if not isinstance(raw, bool | int | float):
+        raise OptionError(f"invalid value {shown} for {source}: {_toml_type(raw)}, not one value")
+    try:
+        parsed = opt.kind(shown)
+    except ValueError as exc:
+        raise OptionError(f"invalid value {shown} for {source}: {exc}") from exc
+    if isinstance(parsed, bool):
+        if isinstance(raw, bool):
+            return parsed
+        raise OptionError(f"invalid value {shown} for {source}: needs true or false")
+    if isinstance(parsed, int | float) and not isinstance(raw, bool):
+        return parsed
+    raise OptionError(f"invalid value {shown} for {source}: needs a string (in quotes)")
+
+
 def value(
     opt: Option,
     env: Mapping[str, str],
@@ -169,7 +204,7 @@ def value(
         if raw:
             return _convert(opt, raw, f"${name}", hint)
     if file is not None and opt.dest in file:
-        return _convert(opt, file[opt.dest], f"{opt.dest} in {file_name}")
+        return _from_file(opt, file[opt.dest], f"{opt.dest} in {file_name}")
     return opt.default
 
 

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def http_url(text: str) -> str:
+    """`text`, if it is a model server URL: http://, https://, or a bare `host[:port]`."""
+    scheme, sep, _ = text.strip().partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the scheme {scheme}:// is not http:// or https://")
+    return text
+
+
 def server_root(url: str) -> str:
     """`h:8000`, `http://h:8000/`, `http://h:8000/v1` and `.../v1/` all become `http://h:8000`."""
     root = url.strip().rstrip("/")

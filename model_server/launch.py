@@ -79,7 +79,16 @@ def resolve_model(profile: Profile, cwd: Path) -> str:
     try:
         if isinstance(model, PackageFile):
             return str(package_file(model))
-        if model.startswith(("./", "../", ".models/", "/", "~")):
+        if model.startswith(".models/"):
+            # Fetched into the checkout by `make`: found from any directory (a copy in the
+            # current one first).
+            roots = (cwd, PROJECT_ROOT)
+            path = next((r / model for r in roots if (r / model).exists()), PROJECT_ROOT / model)
+            path = path.resolve()
+            if not path.exists():
+                raise LaunchError(f"model path {path} does not exist")
+            return str(path)
+        if model.startswith(("./", "../", "/", "~")):
             path = (cwd / Path(model).expanduser()).resolve()
             if not path.exists():
                 raise LaunchError(f"model path {path} does not exist")

@@ -58,6 +58,9 @@ class FakeState:
     # set; then the next hold applies.
     holds: list[str] = field(default_factory=list)
     resume: threading.Event = field(default_factory=threading.Event)
+    # Answer with `Connection: close`, as some proxies and servers do: http.client then lets
+    # go of the connection's socket.
+    connection_close: bool = False
 
 
 def tokens(text: str) -> list[str]:
@@ -126,8 +129,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        self._connection_header()
         self.end_headers()
         self.wfile.write(data)
+
+    def _connection_header(self) -> None:
+        if self.state.connection_close:
+            self.send_header("Connection", "close")
 
     def _authorized(self) -> bool:
         key = self.state.api_key
@@ -193,6 +201,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        self._connection_header()
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._stream(scenario, completions, request)

@@ -63,8 +63,13 @@ def crash() -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--http":
-        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    """`[--sleep SECONDS] [--http PORT]`; other arguments are ignored (a test's marker)."""
+    args = sys.argv[1:]
+    if args[:1] == ["--sleep"]:  # a server slow to start
+        time.sleep(float(args[1]))
+        args = args[2:]
+    if args[:1] == ["--http"]:
+        server.run("streamable-http", host="127.0.0.1", port=int(args[1]))
     else:
         server.run()
 

@@ -241,6 +241,32 @@ def test_resume_continues_the_last_conversation(
     assert len(conversations(tmp_path)) == 1
 
 
+def test_resume_with_a_question_that_is_no_name_continues_the_last_chat(
+    env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run_main(["first", "--resume"], capsys)[0] == 0
+    code, out, err = run_main(["--resume", "and then?"], capsys)
+    assert (code, err) == (0, "")
+    sent = fake.state.requests[-1]["messages"]
+    assert [m["content"] for m in sent] == ["first", DEFAULT_ANSWER, "and then?"]
+    code, out, err = run_main(["--resume", "trip"], capsys)  # a name: that chat, or one line
+    assert (code, out) == (2, "")
+    assert err.startswith("chat: no saved conversation named 'trip' in ")
+
+
+def test_a_url_of_another_scheme_is_one_line(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run_main(["--url", "htp://x", "hi"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "chat: invalid value 'htp://x' for --url: the scheme htp:// is not http:// or https://\n"
+    )
+    monkeypatch.setenv("CHAT_FALLBACK_URL", "ws://y")
+    code, _, err = run_main(["hi"], capsys)
+    assert code == 2 and "$CHAT_FALLBACK_URL: the scheme ws:// is not" in err
+
+
 def test_resume_picks_the_last_chat_not_a_one_shot(
     env: dict[str, str], fake: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

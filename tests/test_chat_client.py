@@ -220,8 +220,10 @@ def test_http_errors_keep_the_question_for_retry(
     fake: FakeServer, fault: str, error_type: type[errors.ChatError], expected: str
 ) -> None:
     session = make_session(fake)
+    started = time.monotonic()
     with pytest.raises(error_type) as info:
         session.ask(f"question @fault:{fault}", Collect())
+    assert time.monotonic() - started < 1.0  # shown as it arrives, not after a grace period
     assert expected in str(info.value)
     assert session.conversation.messages == []
     assert session.retry_text() == f"question @fault:{fault}"
@@ -421,6 +423,25 @@ def test_a_message_that_is_not_utf8_never_enters_the_history(
 
 
 # -- timeouts: a stall is silence mid-stream, not a long answer (item 4) -----------------
+@pytest.mark.parametrize("connection_close", [False, True], ids=["keep-alive", "close"])
+@pytest.mark.parametrize(("stall", "deadline"), [(1.0, 30.0), (2.0, 0.5)])
+def test_a_stall_ends_at_the_stall_timeout_and_says_so(
+    fake: FakeServer, connection_close: bool, stall: float, deadline: float
+) -> None:
+    """http.client lets go of the socket of a `Connection: close` answer: the stall timeout
+    must still be set on it, and the message must name the limit that ran out."""
+    fake.state.connection_close = connection_close
+    client = ChatClient(fake.url + "/v1", None, stall, deadline=deadline)
+    session = Session(client, Conversation(), Sampling(MODEL))
+    started = time.monotonic()
+    with pytest.raises(errors.StreamFailed) as info:
+        session.ask("question @fault:stall", Collect())
+    took = time.monotonic() - started
+    fake.state.release.set()
+    assert f"sent nothing for {stall:g} s (stall timeout)" in str(info.value)
+    assert stall - 0.05 <= took < stall + 1.5
+
+
 def test_no_stream_waits_for_an_answer_longer_than_the_stall_timeout(fake: FakeServer) -> None:
     fake.state.token_delay = 0.1  # about 1.2 s for the whole answer
     session = make_session(fake, timeout=0.3)
@@ -446,7 +467,9 @@ def test_a_long_wait_for_the_first_token_is_not_a_stall(fake: FakeServer) -> Non
     assert session.ask("long prompt @fault:hang", Collect()).text == DEFAULT_ANSWER
 
 
-def test_no_first_token_by_the_deadline(fake: FakeServer) -> None:
+@pytest.mark.parametrize("connection_close", [False, True], ids=["keep-alive", "close"])
+def test_no_first_token_by_the_deadline(fake: FakeServer, connection_close: bool) -> None:
+    fake.state.connection_close = connection_close
     client = ChatClient(fake.url + "/v1", None, 0.3, deadline=0.6)
     session = Session(client, Conversation(), Sampling(MODEL))
     with pytest.raises(errors.TimedOut, match=r"has not started to answer after 0.6 s"):

@@ -90,8 +90,12 @@ def test_help_fits_the_terminal_it_is_shown_in_without_breaking_a_word(
 
 def test_unknown_and_prefix_commands(setup: tuple[Session, Commands, io.StringIO]) -> None:
     _, commands, _ = setup
-    with pytest.raises(ChatError, match="unknown command /nope"):
+    with pytest.raises(ChatError, match=r"^unknown command /nope; /help lists them$"):
         commands.run("/nope")
+    with pytest.raises(ChatError, match=r"^unknown command /sve; did you mean /save\? "):
+        commands.run("/sve trip")
+    with pytest.raises(ChatError, match=r"did you mean /exit\?"):
+        commands.run("/exti")
     assert isinstance(commands.run("/ex"), Exit)  # unique prefix
 
 

@@ -214,6 +214,16 @@ def test_footer_shows_ttft_speed_and_tokens() -> None:
     )
 
 
+def test_a_tiny_answer_has_no_token_rate() -> None:
+    """3 tokens in 0.1 ms would be 30000 tok/s: too short a time to tell a rate."""
+    answer = Answer(started=10.0, first_token_at=10.2, ended_at=10.2001)
+    answer.usage = Usage(5, 3, False)
+    assert answer.tokens_per_s is None
+    assert footer_text(answer) == (
+        "TTFT 0.20 s · \N{EN DASH} tok/s · 5 prompt + 3 completion tokens · 0.2 s"
+    )
+
+
 class Terminal:
     """A console whose output lands on an xterm.js-like screen; both resize together, the way
     a PTY's size follows the browser terminal's."""

@@ -294,6 +294,17 @@ def test_a_line_typed_while_chat_waits_for_the_model_is_sent_at_the_prompt(
     assert exit_with_ctrl_d(child) == 0
 
 
+@pytest.mark.parametrize("word", ["exit", "quit", " Exit "])
+def test_exit_or_quit_alone_on_a_line_exits(
+    word: str, fake: FakeServer, chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = chat()
+    child.send(word + "\r")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+    assert fake.state.requests == []  # not sent to the model
+
+
 def test_named_conversation_survives_a_restart_and_quit_works(
     tmp_path: Path, fake: FakeServer, chat: Callable[..., pexpect.spawn]
 ) -> None:

@@ -154,6 +154,10 @@ def test_the_round_limit_ends_with_one_line_and_a_usable_conversation(
     assert setup.session.last_note == ROUND_LIMIT
     lines = [line for line in setup.shown.getvalue().splitlines() if "stopped" in line]
     assert lines == ["stopped: the model still called tools after 2 rounds (--max-tool-rounds)"]
+    setup.session.tools.max_rounds = 1
+    setup.ask('@fault:loop echo {"text": "again"}')
+    lines = [line for line in setup.shown.getvalue().splitlines() if "stopped" in line]
+    assert lines[-1] == "stopped: the model still called tools after 1 round (--max-tool-rounds)"
     last = setup.session.conversation.messages[-1]
     assert last.role == "tool" and "not run" in last.content
     setup.ask("hello")  # every call of the conversation has its answer: the server takes it

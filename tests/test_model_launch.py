@@ -172,6 +172,7 @@ def test_missing_model_dir_is_a_warning_in_dry_run(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch, "PROJECT_ROOT", tmp_path)  # not the checkout's .models
     argv, err = dry_run(capsys, "--profile", "cpu-vllm")
     assert argv[2] == "<.models/smollm2-135m-instruct-hf>"
     assert "# warning: model path" in err
@@ -182,10 +183,24 @@ def test_missing_model_dir_fails_a_real_start(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch, "PROJECT_ROOT", tmp_path)
     assert main(["--profile", "cpu-vllm"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mixvllm-serve: error: model path ")
     assert err.count("\n") == 1
+
+
+def test_the_checkouts_models_are_found_from_any_directory(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "checkout"
+    (checkout / ".models" / "smollm2-135m-instruct-hf").mkdir(parents=True)
+    monkeypatch.setattr(launch, "PROJECT_ROOT", checkout)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    argv, err = dry_run(capsys, "--profile", "cpu-vllm")
+    assert argv[2] == str(checkout / ".models" / "smollm2-135m-instruct-hf")
+    assert "warning" not in err
 
 
 def test_list_shows_every_profile(capsys: pytest.CaptureFixture[str]) -> None:

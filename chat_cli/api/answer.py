@@ -20,6 +20,7 @@ from chat_cli.api.events import (
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+MIN_RATE_SPAN_S = 0.5  # a token rate needs at least this much generation time to mean much
 
 
 def has_surrogates(text: str) -> bool:
@@ -145,4 +146,5 @@ class Answer:
         if self.usage is None or self.first_token_at is None:
             return None
         span = (self.ended_at or time.monotonic()) - self.first_token_at
-        return self.usage.completion_tokens / span if span > 0 else None
+        # A few tokens in a few milliseconds make a rate of thousands: no rate, rather.
+        return self.usage.completion_tokens / span if span >= MIN_RATE_SPAN_S else None

@@ -10,6 +10,7 @@ from chat_cli.api.answer import Answer
 DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"
 RESET = "\x1b[0m"
+NO_VALUE = "\N{EN DASH}"
 
 
 def footer_text(answer: Answer) -> str:
@@ -19,6 +20,8 @@ def footer_text(answer: Answer) -> str:
     rate = answer.tokens_per_s
     if rate is not None:
         parts.append(f"{rate:.1f} tok/s")
+    elif answer.first_token_at is not None:
+        parts.append(f"{NO_VALUE} tok/s")  # too short an answer to tell a rate
     if answer.usage is not None:
         approx = "~" if answer.usage.estimated else ""
         parts.append(

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from chat_cli.errors import short
+from chat_cli.tools import mcp_process
 from chat_cli.tools.mcp_config import ServerSpec
 from chat_cli.tools.toolbox import Tool, ToolError, result_text
 
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
+STDIN_GRACE_S = 0.5  # a server may end by itself when its stdin closes; then TERM, KILL
+STOP_TIMEOUT_S = 2.0  # for the SDK to wind down once its servers are gone
 
 
 @dataclass
@@ -34,7 +36,7 @@ class ServerState:
     detail: str = ""
     tools: list[Tool] = field(default_factory=list)
     session: Any = None
-    stop: asyncio.Event | None = None
+    scope: Any = None  # the anyio cancel scope its task runs in: cancelled to stop it
     errlog: IO[str] | None = None
 
     def last_words(self) -> str:
@@ -56,7 +58,9 @@ class McpHub:
         self.report = report  # one line per server that fails or dies
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._thread_id = 0  # the loop thread's: the servers are its children
         self._tasks: list[concurrent.futures.Future[None]] = []
+        self._closing = False
 
     def start(self) -> None:
         """Start every server not started yet; wait until each is ready or has failed."""
@@ -66,6 +70,7 @@ class McpHub:
                 target=self._loop.run_forever, name="chat-mcp", daemon=True
             )
             self._thread.start()
+            self._thread_id = self._thread.native_id or 0
         waiting = []
         for state in self.servers.values():
             if state.status == "not started":
@@ -100,12 +105,20 @@ class McpHub:
         )
 
     def close(self) -> None:
+        """Stop every server, however far it got: ask (close its stdin), then TERM and KILL
+        its process group, and wait until it is gone. Bounded: a few seconds at worst."""
         loop = self._loop
         if loop is None:
             return
-        for state in self.servers.values():
-            if state.stop is not None:
-                loop.call_soon_threadsafe(state.stop.set)
+        self._closing = True
+        groups = mcp_process.started_by(self._thread_id)
+        loop.call_soon_threadsafe(self._cancel_all)
+
+        def done() -> bool:
+            return all(task.done() for task in self._tasks)
+
+        if not mcp_process.wait_gone(groups, STDIN_GRACE_S, done):
+            mcp_process.end(groups, done)
         with contextlib.suppress(
             concurrent.futures.TimeoutError, concurrent.futures.CancelledError
         ):
@@ -121,31 +134,42 @@ class McpHub:
                 state.errlog.close()
 
     # -- in the event loop -----------------------------------------------------------------
+    def _cancel_all(self) -> None:
+        for state in self.servers.values():
+            if state.scope is not None:
+                state.scope.cancel()
+
     async def _serve(self, state: ServerState, ready: concurrent.futures.Future[None]) -> None:
+        import anyio  # noqa: PLC0415 (the SDK's own dependency)
         from mcp import ClientSession  # noqa: PLC0415 (only with MCP servers configured)
 
-        state.stop = asyncio.Event()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                transport = await self._transport(state, stack)
-                read, write = await stack.enter_async_context(transport)
-                session = await stack.enter_async_context(ClientSession(read, write))
-                await asyncio.wait_for(session.initialize(), START_TIMEOUT_S)
-                state.tools = await _list_tools(session, state.spec.name)
-                state.session, state.status = session, "ready"
-                ready.set_result(None)
-                await state.stop.wait()
-                state.status = "stopped"
-        except Exception as err:  # any failure of a server: one line, and chat goes on
-            self._failed(state, err, during_start=not ready.done())
-        finally:
-            state.session = None
-            if not ready.done():
-                ready.set_result(None)
+        # A cancelled scope, not a cancelled task: the SDK shields its own shutdown (stdin
+        # closed, then TERM and KILL) from the scope's cancellation only.
+        with anyio.CancelScope() as state.scope:
+            if self._closing:
+                state.scope.cancel()
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    transport = await self._transport(state, stack)
+                    read, write = await stack.enter_async_context(transport)
+                    session = await stack.enter_async_context(ClientSession(read, write))
+                    await asyncio.wait_for(session.initialize(), START_TIMEOUT_S)
+                    state.tools = await _list_tools(session, state.spec.name)
+                    state.session, state.status = session, "ready"
+                    ready.set_result(None)
+                    await anyio.sleep_forever()
+            except Exception as err:  # any failure of a server: one line, and chat goes on
+                self._failed(state, err, during_start=not ready.done())
+            finally:
+                state.session = None
+                if not ready.done():
+                    ready.set_result(None)
+        if self._closing:
+            state.status = "stopped"
 
     def _failed(self, state: ServerState, err: BaseException, *, during_start: bool) -> None:
-        if state.status == "failed":
-            return
+        if state.status == "failed" or self._closing:
+            return  # closing: the terminal may be gone, and nobody needs the line
         reason = state.last_words() or _reason(err)
         state.status, state.detail, state.session = "failed", reason, None
         what = "failed to start" if during_start else "stopped"
@@ -168,8 +192,9 @@ class McpHub:
         # Its stderr goes to a file: logs must not scribble over the chat; its last line
         # says why a server failed.
         state.errlog = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        command, args = mcp_process.launch(spec.command, spec.args)
         params = StdioServerParameters(
-            command=spec.command, args=list(spec.args), env=dict(spec.env) or None, cwd=os.getcwd()
+            command=command, args=args, env=dict(spec.env) or None, cwd=os.getcwd()
         )
         return stdio_client(params, errlog=state.errlog)
 

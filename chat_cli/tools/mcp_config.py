@@ -52,7 +52,9 @@ def parse_table(table: object, where: str) -> list[ServerSpec]:
     """The `[mcp]` table of a config file: `servers.NAME = {command, args, env}` or
     `{url, headers}`. Raises ValueError naming the key at fault."""
     if not isinstance(table, dict) or set(table) - {"servers"}:
-        raise ValueError(f"{where}: [mcp] holds only [mcp.servers.NAME] tables")
+        raise ValueError(
+            f"{where}: mcp holds only [mcp.servers.NAME] tables (--mcp adds one server for a chat)"
+        )
     servers = table.get("servers", {})
     if not isinstance(servers, dict):
         raise ValueError(f"{where}: mcp.servers must be a table of servers")
