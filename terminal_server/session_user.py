@@ -16,6 +16,9 @@ from pathlib import Path
 CAPABILITIES = {"CHOWN": 0, "KILL": 5, "SETGID": 6, "SETUID": 7}
 
 
+NOBODY_UID = 65534  # the overflow uid (as identity.py): no one's account
+
+
 class SessionUserError(ValueError):
     """The session user cannot be used; the message is one line for the operator."""
 
@@ -26,17 +29,29 @@ class SessionUser:
     uid: int
     gid: int
     home: str
+    shell: str = "/bin/sh"
+    groups: tuple[int, ...] = ()  # supplementary groups, as login sets them
 
     def env(self) -> dict[str, str]:
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": self.shell}
 
 
-def lookup(name: str) -> SessionUser:
+def lookup(name: str, what: str = "--session-user") -> SessionUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise SessionUserError(f"--session-user {name}: no such user") from None
-    return SessionUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+        raise SessionUserError(f"{what} {name}: no such user") from None
+    groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
+    shell = entry.pw_shell or "/bin/sh"
+    return SessionUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, shell, groups)
+
+
+def login(name: str, min_uid: int) -> SessionUser:
+    """The account a team user's sessions run as: it must exist and not be a system one."""
+    user = lookup(name, "user")
+    if user.uid < min_uid or user.uid == NOBODY_UID:
+        raise SessionUserError(f"user {name}: a system account (uid < {min_uid}) never logs in")
+    return user
 
 
 def _effective_capabilities() -> int:
