@@ -6,6 +6,7 @@ model's key) from /proc and signal it; another uid can do neither.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 from dataclasses import dataclass
@@ -29,11 +30,16 @@ class SessionUser:
     uid: int
     gid: int
     home: str
-    shell: str = "/bin/sh"
-    groups: tuple[int, ...] = ()  # supplementary groups, as login sets them
+    # A team user's login (login()): their shell and supplementary groups, as login sets them.
+    # --session-user keeps neither: the server's SHELL, no supplementary groups.
+    shell: str | None = None
+    groups: tuple[int, ...] = ()
 
     def env(self) -> dict[str, str]:
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": self.shell}
+        env = {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        if self.shell is not None:
+            env["SHELL"] = self.shell
+        return env
 
 
 def lookup(name: str, what: str = "--session-user") -> SessionUser:
@@ -41,9 +47,7 @@ def lookup(name: str, what: str = "--session-user") -> SessionUser:
         entry = pwd.getpwnam(name)
     except KeyError:
         raise SessionUserError(f"{what} {name}: no such user") from None
-    groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
-    shell = entry.pw_shell or "/bin/sh"
-    return SessionUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, shell, groups)
+    return SessionUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
 def login(name: str, min_uid: int) -> SessionUser:
@@ -51,7 +55,9 @@ def login(name: str, min_uid: int) -> SessionUser:
     user = lookup(name, "user")
     if user.uid < min_uid or user.uid == NOBODY_UID:
         raise SessionUserError(f"user {name}: a system account (uid < {min_uid}) never logs in")
-    return user
+    groups = tuple(g for g in os.getgrouplist(user.name, user.gid) if g != user.gid)
+    shell = pwd.getpwnam(name).pw_shell or "/bin/sh"
+    return dataclasses.replace(user, shell=shell, groups=groups)
 
 
 def _effective_capabilities() -> int:
