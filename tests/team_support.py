@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tests.conftest import require
 from tests.support import free_port, wait_for
+from tests.terminal_support import server_process
 
 NGINX = "/usr/sbin/nginx"
 PROXY_SOURCE = "127.0.0.2"  # nginx connects from here: the one trusted proxy address
@@ -127,6 +128,41 @@ def nginx_proxy(backend_port: int, token: str, accounts: Sequence[Account]) -> I
                 proc.stderr.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TeamStack:
+    proxy_port: int  # nginx: what users open
+    server_port: int
+    server_pid: int
+    alice: Account
+    bob: Account
+    log: Path  # the server's stderr
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}/"
+
+
+@contextlib.contextmanager
+def team_stack(token: str, *args: str) -> Iterator[TeamStack]:
+    """alice and bob (throwaway accounts), the server in team mode as root in their
+    namespace, trusting only nginx's source address, and nginx in front of it."""
+    with (
+        throwaway_accounts(["alice", "bob"]) as (accounts, in_namespace),
+        tempfile.NamedTemporaryFile(prefix="mixvllm-team-log-") as log,
+    ):
+        env = {"MIXVLLM_TERMINAL_TOKEN": token, "VLLM_API_KEY": "sk-server-secret-0123"}
+        argv = ["--auth", "proxy", "--trusted-proxies", f"{PROXY_SOURCE}/32",
+                "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
+                *args]  # fmt: skip
+        with server_process(*argv, env=env, prefix=in_namespace, stderr=log.fileno()) as (
+            proc,
+            url,
+        ):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            with nginx_proxy(port, token, accounts) as proxy_port:
+                yield TeamStack(proxy_port, port, proc.pid, *accounts, Path(log.name))
 
 
 NGINX_CONF = """

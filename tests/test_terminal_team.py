@@ -14,9 +14,8 @@ import ipaddress
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado import httpclient, websocket
@@ -26,8 +25,8 @@ from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
 from terminal_server.identity import OWNER
 from tests.support import wait_for_async
-from tests.team_support import PROXY_SOURCE, Account, nginx_proxy, throwaway_accounts
-from tests.terminal_support import TOKEN, Client, run, running_server, server_process
+from tests.team_support import Account, TeamStack, team_stack
+from tests.terminal_support import TOKEN, Client, run, running_server
 
 HEADER = "X-Forwarded-User"
 TOKEN_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -137,13 +136,13 @@ def test_token_mode_ignores_the_header_and_has_one_owner() -> None:
 # -- two users behind nginx, as their own Unix accounts --------------------------------------
 @dataclasses.dataclass
 class Stack:
-    proxy_port: int
-    server_port: int
-    server_pid: int
-    alice: Account
-    bob: Account
-    log: Path
+    """The team stack (team_support.py) and the clients a test opened through it."""
+
+    parts: TeamStack
     clients: list[Client] = dataclasses.field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parts, name)
 
     def http(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.proxy_port}/{path}"
@@ -177,21 +176,8 @@ def _basic(who: Account) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with (
-        throwaway_accounts(["alice", "bob"]) as (accounts, in_namespace),
-        tempfile.NamedTemporaryFile(prefix="mixvllm-team-log-") as log,
-    ):
-        env = {"MIXVLLM_TERMINAL_TOKEN": TOKEN, "VLLM_API_KEY": "sk-server-secret-0123"}
-        argv = ["--auth", "proxy", "--trusted-proxies", f"{PROXY_SOURCE}/32",
-                "--max-user-sessions", "2", "--no-autostart-chat",
-                "--shell", "/bin/bash --norc --noprofile"]  # fmt: skip
-        with server_process(*argv, env=env, prefix=in_namespace, stderr=log.fileno()) as (
-            proc,
-            url,
-        ):
-            port = int(url.rsplit(":", 1)[1].split("/")[0])
-            with nginx_proxy(port, TOKEN, accounts) as proxy_port:
-                yield Stack(proxy_port, port, proc.pid, accounts[0], accounts[1], Path(log.name))
+    with team_stack(TOKEN, "--max-user-sessions", "2") as parts:
+        yield Stack(parts)
 
 
 async def _say(client: Client, command: str, marker: str) -> str:
