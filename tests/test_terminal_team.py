@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
 from terminal_server.identity import OWNER
+from tests.conftest import require
 from tests.support import wait_for_async
 from tests.team_support import Account, TeamStack, team_stack
 from tests.terminal_support import TOKEN, Client, run, running_server
@@ -118,6 +120,20 @@ def test_proxy_mode_still_needs_the_token_and_never_swaps_a_link_for_a_cookie() 
             resp = await srv.fetch(f"?token={TOKEN}", {HEADER: "carol"})
             assert resp.code == 403 and "Set-Cookie" not in resp.headers
             assert (await srv.fetch("", {HEADER: "carol", **TOKEN_HEADERS})).code == 200
+
+    run(body)
+
+
+def test_a_user_without_an_account_gets_one_line_and_no_session() -> None:
+    require(os.geteuid() == 0, "root: only a root server runs sessions as the user's account")
+
+    async def body() -> None:
+        async with running_server(auth="proxy") as srv:
+            headers = {HEADER: "carol", **TOKEN_HEADERS}
+            client = await srv.connect(headers=headers, auth=False)
+            assert await client.wait_closed() == protocol.CLOSE_POLICY
+            assert client.frames == [[protocol.ERROR, "no Unix account on this server may run it"]]
+            assert srv.ctx.manager.sessions == {}
 
     run(body)
 
@@ -217,6 +233,11 @@ def test_a_session_runs_as_the_users_account_with_a_clean_environment(stack: Sta
             "PEEK",
         )  # fmt: skip
         # A job of the shell (not a $(...) subshell, which keeps the shell's own ignores).
+        # The chat export folder is hers: what she writes there, she (only) downloads.
+        folder = await _say(alice, 'echo "DIR<$MIXVLLM_CHAT_EXPORT>"', "DIR")
+        wrote = await _say(alice, f'echo "# hers" > {folder}/chat.md; echo "W<$?>"', "W")
+        export = await stack.fetch(stack.alice, f"api/chat?session={alice.session_id}")
+        theirs = await stack.fetch(stack.bob, f"api/chat?session={alice.session_id}")
         sigs = await _say(alice, "sed -n 's/^SigIgn:.\\(.*\\)/SIG<\\1>/p' /proc/self/status", "SIG")
         assert uid == str(stack.alice.uid)
         assert groups.split() == ["alice", "team"]
@@ -224,6 +245,9 @@ def test_a_session_runs_as_the_users_account_with_a_clean_environment(stack: Sta
         assert leaks == "0"
         assert peek.split() == ["1", "2", "1"]  # no server env, no other home, no signalling
         assert sigs == "0000000000000000"
+        assert wrote == "0"
+        assert (export.code, export.body) == (200, b"# hers\n")
+        assert theirs.code == 404
 
     run(lambda: _closing(stack, body))
 
