@@ -105,8 +105,7 @@ def guard(handler: web.RequestHandler, ctx: Context) -> bool:
     if not host_allowed(ctx, request):
         refuse(handler, ctx, "host")
         return False
-    team = ctx.team
-    if team and not identity.peer_trusted(ctx.config, request.remote_ip):
+    if ctx.team and not identity.peer_trusted(ctx.config, request.remote_ip):
         sent = ctx.config.proxy_user_header in request.headers
         log.warning(
             "%s from %s, not a trusted proxy%s",
@@ -118,7 +117,9 @@ def guard(handler: web.RequestHandler, ctx: Context) -> bool:
         refuse(handler, ctx, "token")
         return False
     try:
-        handler.current_user = identity.proxy_user(ctx.config, request) if team else identity.OWNER
+        handler.current_user = (
+            identity.proxy_user(ctx.config, request) if ctx.team else identity.OWNER
+        )
     except identity.Refusal as exc:
         log.warning("%s from %s: %s", request.path, request.remote_ip, exc.detail)
         refuse(handler, ctx, exc.reason)

@@ -131,8 +131,7 @@ class PageHandler(GuardedHandler):
         # A ?token= is swapped for a cookie and dropped from the address bar (not behind a
         # proxy: there the proxy sends the token, users never see it).
         valid = functools.partial(token_ok, self.ctx)
-        team = self.ctx.config.auth == "proxy"
-        if not team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
+        if not self.ctx.team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
             return False
         return super().authorized()
 
