@@ -253,9 +253,9 @@ def start_mixvllm(root: Path = ROOT, name: str = "mixvllm", team_user: str | Non
     team = ["--auth", "proxy", "--max-user-sessions", "260"] if team_user else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
-         "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260", *team],
+         "--shell", SHELL, "--max-sessions", "260", *team],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, "MIXVLLM_TERMINAL_TOKEN": TOKEN},
     )  # fmt: skip
     assert proc.stdout is not None
     m = re.search(r"open (http://\S+)", proc.stdout.readline())

@@ -266,6 +266,12 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         v = resolve(OPTIONS, env, args)
     except OptionError as exc:
         raise ConfigError(str(exc)) from exc
+    if v["auth"] == "proxy" and args.token is not None:
+        # Every team user can read the server's command line in /proc.
+        raise ConfigError(
+            "with --auth proxy, set the token through MIXVLLM_TERMINAL_TOKEN: a --token flag "
+            "shows in `ps` to every user"
+        )
     try:
         shell = tuple(shlex.split(v["shell"] or _default_shell(env)))
         chat_cmd = tuple(shlex.split(v["chat_command"] or _default_chat()))

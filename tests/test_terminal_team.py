@@ -24,7 +24,7 @@ from tornado import httpclient, websocket
 from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
-from terminal_server.identity import OWNER
+from terminal_server.identity import OWNER, peer_trusted
 from tests.conftest import require
 from tests.support import wait_for_async
 from tests.team_support import Account, TeamStack, team_stack
@@ -55,16 +55,18 @@ def test_token_mode_is_the_default_and_proxy_mode_is_built_from_the_option_table
     ("argv", "message"),
     [
         (["--auth", "proxy"], "needs a configured token"),
-        (["--auth", "pam", "--token", TOKEN], "must be one of token, proxy"),
-        (["--auth", "proxy", "--token", TOKEN, "--trusted-proxies", "10.0.0.300/8"], "CIDR"),
-        (["--auth", "proxy", "--token", TOKEN, "--trusted-proxies", " , "], "at least one"),
-        (["--auth", "proxy", "--token", TOKEN, "--proxy-user-header", "X: y"], "header name"),
+        (["--auth", "pam"], "must be one of token, proxy"),
+        (["--auth", "proxy", "--trusted-proxies", "10.0.0.300/8"], "CIDR"),
+        (["--auth", "proxy", "--trusted-proxies", " , "], "at least one"),
+        (["--auth", "proxy", "--proxy-user-header", "X: y"], "header name"),
         (["--auth", "proxy", "--no-auth"], "exclude each other"),
+        (["--auth", "proxy", "--token", TOKEN], "shows in `ps` to every user"),
     ],
 )
 def test_bad_team_settings_get_one_line(argv: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        load_config(argv, {})
+    env = {} if "needs a" in message else {"MIXVLLM_TERMINAL_TOKEN": TOKEN}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(argv, env)
 
 
 # -- the guard, in process ------------------------------------------------------------------
@@ -83,6 +85,27 @@ def test_the_header_from_an_untrusted_address_is_refused_and_logged(
             assert srv.ctx.metrics.rejected["proxy"] == 1
 
     run(body)
+
+
+def test_the_view_pages_too_answer_only_the_proxy() -> None:
+    async def body() -> None:
+        nets = (ipaddress.ip_network("10.9.0.0/16"),)
+        async with running_server(auth="proxy", trusted_proxies=nets) as srv:
+            for path in ("view/", "view/ws", "view/static/terminal.js"):
+                resp = await srv.fetch(path, {HEADER: "alice", **TOKEN_HEADERS})
+                assert (resp.code, resp.body.decode().strip()) == (403, REFUSALS["proxy"]), path
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True), ("10.0.0.1", False),
+     ("fe80::1%eth0", False), ("", False), (None, False)],
+)  # fmt: skip
+def test_trusted_proxies_are_matched_by_address(peer: str | None, trusted: bool) -> None:
+    cfg = load_config(["--auth", "proxy"], {"MIXVLLM_TERMINAL_TOKEN": TOKEN})
+    assert peer_trusted(cfg, peer) is trusted
 
 
 @pytest.mark.parametrize(
