@@ -56,6 +56,7 @@ system-packages:
 	test -x /usr/bin/chromium || missing="chromium fonts-dejavu-core"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

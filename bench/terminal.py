@@ -39,7 +39,9 @@ elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % o
 (the typing row: 2,000 keys/s in all, a rate that does not depend on this client's speed);
 <= 20 KB RSS per session; throughput and CPU per MB no worse than before. Issue 19: echo while
 100 sessions end far below 1 s (it was 1.7 s), stop with 200 sessions < 2 s (it was 8.5-9.8 s).
-Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--only echo ...]
+  team             with --team USER: the same server in team mode (--auth proxy), every request
+                   naming USER as a proxy on loopback would; as root its sessions run as USER
+Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--team USER] [--only echo ...]
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +232,7 @@ class Target:
     ws_url: str
     kind: str  # "mixvllm", "terminado" or "wetty": which protocol its client speaks
     root: Path = ROOT
+    headers: dict[str, str] = field(default_factory=dict)  # what a proxy in front would add
 
     @property
     def ps(self) -> psutil.Process:
@@ -243,20 +246,24 @@ class Target:
         return self.ps.memory_info().rss
 
 
-def start_mixvllm(root: Path = ROOT, name: str = "mixvllm") -> Target:
+def start_mixvllm(root: Path = ROOT, name: str = "mixvllm", team_user: str | None = None) -> Target:
+    """With `team_user`: team mode (--auth proxy), each request naming that user as a proxy
+    on loopback would (as root, sessions run as that account: it must have uid >= 1000)."""
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
+    team = ["--auth", "proxy", "--max-user-sessions", "260"] if team_user else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
-         "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260"],
+         "--shell", SHELL, "--max-sessions", "260", *team],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, "MIXVLLM_TERMINAL_TOKEN": TOKEN},
     )  # fmt: skip
     assert proc.stdout is not None
     m = re.search(r"open (http://\S+)", proc.stdout.readline())
     assert m, f"{name} did not start"
     # As the page asks: stdout as raw binary frames, acks by bytes where the server offers them
     url = m.group(1).replace("http://", "ws://") + "ws?binary=1&ack=bytes"
-    return Target(name, proc, url, "mixvllm", root)
+    headers = {"X-Forwarded-User": team_user} if team_user else {}
+    return Target(name, proc, url, "mixvllm", root, headers)
 
 
 def start_terminado() -> Target:
@@ -397,7 +404,9 @@ async def socketio_pump(ws: websocket.WebSocketClientConnection, queue: asyncio.
 @contextlib.asynccontextmanager
 async def connect(target: Target) -> AsyncIterator[Conn]:
     req = httpclient.HTTPRequest(
-        target.ws_url, headers={"Authorization": f"Bearer {TOKEN}"}, request_timeout=60
+        target.ws_url,
+        headers={"Authorization": f"Bearer {TOKEN}", **target.headers},
+        request_timeout=60,
     )
     ws = await websocket.websocket_connect(req)
     ws.protocol.set_nodelay(True)  # as browsers do
@@ -627,6 +636,8 @@ def start_targets(args: argparse.Namespace) -> list[Target]:
     starters = [start_mixvllm]
     if args.before:
         starters.append(lambda: start_mixvllm(Path(args.before).resolve(), "before"))
+    if args.team:
+        starters.append(lambda: start_mixvllm(ROOT, "team", args.team))
     starters.append(start_terminado)
     if WETTY_MAIN.exists():
         starters.append(start_wetty)
@@ -775,6 +786,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
+    parser.add_argument("--team", metavar="USER", help="also run it in team mode, as USER")
     args = parser.parse_args()
     if args.baseline_server:
         run_baseline()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -148,6 +149,12 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             session_user.check_can_switch(session_user.lookup(config.session_user))
         except session_user.SessionUserError as exc:
             raise StartupError(str(exc)) from exc
+    if config.auth == "proxy" and os.geteuid() != 0:
+        log.warning(
+            "--auth proxy without root: sessions run as %s, not as each user's account; only "
+            "the routes keep users apart (docs/team.md#what-is-isolated)",
+            config.session_user or "the server's user",
+        )
     ssl_ctx = _ssl_context(config)
     try:
         sockets = netutil.bind_sockets(config.port, config.host)

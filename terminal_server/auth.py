@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote, urlencode, urlparse
 
 from tornado import http1connection, httputil, web
 
+from . import identity
 from .config import is_loopback_host
 from .context import Context
 
@@ -24,6 +25,9 @@ REFUSALS = {
     "share": "This share link has ended or is not valid.",
     "origin": "Cross-origin request refused.",
     "body": "Request body too large for this address.",
+    "proxy": "Sign in through the team's proxy: this address may not reach the server directly.",
+    "user": "No valid user name from the proxy: sign in again.",
+    "account": "This account may not use the terminal.",
 }
 
 
@@ -95,15 +99,33 @@ def admit(handler: web.RequestHandler, ctx: Context) -> None:
 
 
 def guard(handler: web.RequestHandler, ctx: Context) -> bool:
-    """Refuse the request (403) unless Host and token are right; return whether it may go on."""
-    if not host_allowed(ctx, handler.request):
+    """Refuse the request (403) unless Host, proxy and token are right; return whether it may
+    go on. The request's user is then `handler.current_user` (identity.py)."""
+    request = handler.request
+    if not host_allowed(ctx, request):
         refuse(handler, ctx, "host")
-    elif not token_ok(ctx, presented_token(handler, ctx)):
+        return False
+    if ctx.team and not identity.peer_trusted(ctx.config, request.remote_ip):
+        sent = ctx.config.proxy_user_header in request.headers
+        log.warning(
+            "%s from %s, not a trusted proxy%s",
+            request.path, request.remote_ip, f" (it sent {ctx.config.proxy_user_header})" * sent
+        )  # fmt: skip
+        refuse(handler, ctx, "proxy")
+        return False
+    if not token_ok(ctx, presented_token(handler, ctx)):
         refuse(handler, ctx, "token")
-    else:
-        admit(handler, ctx)
-        return True
-    return False
+        return False
+    try:
+        handler.current_user = (
+            identity.proxy_user(ctx.config, request) if ctx.team else identity.OWNER
+        )
+    except identity.Refusal as exc:
+        log.warning("%s from %s: %s", request.path, request.remote_ip, exc.detail)
+        refuse(handler, ctx, exc.reason)
+        return False
+    admit(handler, ctx)
+    return True
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ class ChatExportHandler(GuardedHandler):
     """`api/chat?session=ID&format=markdown|json`: the conversation, as /save writes it."""
 
     def get(self) -> None:
-        session = self.ctx.manager.get(self.get_query_argument("session", None))
+        session = self.own_session()
         kind = FORMATS.get(self.get_query_argument("format", "markdown"))
         if kind is None:
             raise web.HTTPError(400)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -15,9 +16,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mixvllm_common import defaults
-from mixvllm_common.options import Kind, Option, OptionError, add_to_parser, boolean, resolve
+from mixvllm_common.options import (
+    Kind,
+    Option,
+    OptionError,
+    add_to_parser,
+    boolean,
+    integer,
+    resolve,
+)
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
+AUTH_MODES = ("token", "proxy")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 
 class ConfigError(ValueError):
@@ -49,6 +64,11 @@ class Config:
     model_server_url: str = defaults.DEFAULT_MODEL_SERVER_URL
     model_api_key: str | None = None
     session_user: str | None = None  # None: sessions run as the server's user
+    auth: str = "token"  # "token": one implicit owner; "proxy": users named by a proxy
+    proxy_user_header: str = "X-Forwarded-User"
+    trusted_proxies: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS
+    min_uid: int = 1000  # accounts below it (root, system accounts) never log in
+    max_user_sessions: int = 8  # per user, with --auth proxy
 
     @property
     def is_loopback(self) -> bool:
@@ -85,6 +105,28 @@ def _default_chat() -> str:
 
 def _default_shell(env: Mapping[str, str]) -> str:
     return env.get("SHELL") or shutil.which("bash") or "/bin/sh"
+
+
+def _auth_mode(text: str) -> str:
+    if text not in AUTH_MODES:
+        raise ValueError(f"must be one of {', '.join(AUTH_MODES)}")
+    return text
+
+
+def _header_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise ValueError("must be a header name (letters, digits, dashes)")
+    return text
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    try:
+        nets = tuple(ipaddress.ip_network(p.strip()) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-proxies: not an address or CIDR list ({exc})") from None
+    if not nets:
+        raise ConfigError("--trusted-proxies must name at least one address or CIDR")
+    return nets
 
 
 def _opt(dest: str, kind: Kind, default: object, help_: str, **more: Any) -> Option:
@@ -136,6 +178,19 @@ OPTIONS: tuple[Option, ...] = (
          "run sessions as this user (its uid, groups and home), so they cannot read the "
          "server's environment or signal it; needs root or the capabilities SETUID, SETGID, "
          "KILL and CHOWN", metavar="NAME", shown_default="the server's user"),
+    _opt("auth", _auth_mode, "token",
+         "who may log in: `token` (one owner holding the token) or `proxy` (users named by "
+         "a trusted reverse proxy's header; see docs/team.md)", metavar="MODE"),
+    _opt("proxy_user_header", _header_name, "X-Forwarded-User",
+         "with `--auth proxy`: the header that carries the user name", metavar="NAME"),
+    _opt("trusted_proxies", str, "127.0.0.0/8,::1/128",
+         "with `--auth proxy`: comma-separated addresses or CIDRs the user header is "
+         "accepted from; from any other address it is refused and logged", metavar="CIDRS"),
+    _opt("min_uid", integer(0, 2**31, "a uid"), 1000,
+         "with `--auth proxy`: accounts below this uid (root, system accounts) never log in",
+         metavar="UID"),
+    _opt("max_user_sessions", integer(1, 10_000, "a number"), 8,
+         "with `--auth proxy`: sessions per user at most", metavar="N"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -181,6 +236,18 @@ def _check(v: Mapping[str, Any]) -> None:
         raise ConfigError("--public-url must start with http:// or https://")
     if v["token"] is not None:
         check_token(v["token"])
+    _check_auth(v)
+
+
+def _check_auth(v: Mapping[str, Any]) -> None:
+    if v["auth"] == "proxy" and v["no_auth"]:
+        raise ConfigError("--auth proxy and --no-auth exclude each other")
+    if v["auth"] == "proxy" and not v["token"]:
+        # Any local process can reach a loopback proxy address: the proxy proves itself.
+        raise ConfigError(
+            "--auth proxy needs a configured token (MIXVLLM_TERMINAL_TOKEN) that the proxy "
+            "sends as `Authorization: Bearer`"
+        )
 
 
 def check_token(token: str) -> None:
@@ -199,6 +266,12 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         v = resolve(OPTIONS, env, args)
     except OptionError as exc:
         raise ConfigError(str(exc)) from exc
+    if v["auth"] == "proxy" and args.token is not None:
+        # Every team user can read the server's command line in /proc.
+        raise ConfigError(
+            "with --auth proxy, set the token through MIXVLLM_TERMINAL_TOKEN: a --token flag "
+            "shows in `ps` to every user"
+        )
     try:
         shell = tuple(shlex.split(v["shell"] or _default_shell(env)))
         chat_cmd = tuple(shlex.split(v["chat_command"] or _default_chat()))
@@ -230,4 +303,9 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         model_server_url=v["model_server_url"],
         model_api_key=v["model_api_key"],
         session_user=v["session_user"] or None,
+        auth=v["auth"],
+        proxy_user_header=v["proxy_user_header"],
+        trusted_proxies=_networks(v["trusted_proxies"]),
+        min_uid=v["min_uid"],
+        max_user_sessions=v["max_user_sessions"],
     )

@@ -30,6 +30,12 @@ class Context:
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
 
     @property
+    def team(self) -> bool:
+        """Users named by a trusted proxy (`--auth proxy`); a handler's `current_user` is the
+        request's user (auth.guard sets it), and only the session's owner reaches a session."""
+        return self.config.auth == "proxy"
+
+    @property
     def cookie_name(self) -> str:
         # Two servers on one host (say two compose stacks) must not overwrite each other's.
         return f"mixvllm_token_{self.config.public_port}"

@@ -26,17 +26,20 @@ class ChatExports:
 
     def __init__(self, user: SessionUser | None = None) -> None:
         self._root: Path | None = None
-        self._user = user
+        self._user = user  # --session-user: chmod the root at once (tests check its mode)
+        self._owners: dict[str, int] = {}  # session id -> the uid its files must have
 
-    def folder(self, session_id: str) -> Path:
+    def folder(self, session_id: str, user: SessionUser | None = None) -> Path:
+        """The session's folder, made for `user` (the session's account; None: ours)."""
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="mixvllm-chats-"))  # mode 0700
-            if self._user is not None:  # the session user reaches its folder, lists none
-                self._root.chmod(0o711)
+        if user is not None or self._user is not None:
+            self._root.chmod(0o711)  # a session user reaches its folder, lists none
         path = self._root / session_id
         path.mkdir(mode=0o700)
-        if self._user is not None:
-            hand_over_folder(path, self._user)
+        if user is not None:
+            hand_over_folder(path, user)
+        self._owners[session_id] = os.geteuid() if user is None else user.uid
         return path
 
     def read(self, session_id: str, name: str) -> bytes | None:
@@ -47,9 +50,9 @@ class ChatExports:
         then checked on the descriptor (no window for a swap): a regular file, the session
         user's, with no other name (a hard link to someone else's file has two).
         """
-        if self._root is None:
+        owner = self._owners.get(session_id)
+        if self._root is None or owner is None:
             return None
-        owner = os.geteuid() if self._user is None else self._user.uid
         try:
             folder = os.open(self._root / session_id, _OPEN_FLAGS | os.O_DIRECTORY)
         except OSError:
@@ -70,7 +73,11 @@ class ChatExports:
                 return None
         return data if len(data) <= MAX_BYTES else None
 
-    def remove(self, session_id: str) -> None:
+    def forget(self, session_id: str) -> None:
+        """The session has ended: its files are no one's to read (on the event loop)."""
+        self._owners.pop(session_id, None)
+
+    def remove(self, session_id: str) -> None:  # in the reaper's worker
         if self._root is not None:
             shutil.rmtree(self._root / session_id, ignore_errors=True)
 

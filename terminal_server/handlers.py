@@ -28,6 +28,7 @@ from .auth import (
 from .context import Context
 from .metrics import Metrics
 from .processes import SessionStartError
+from .session_user import SessionUserError
 from .terminals import InputOverflowError, Session, SessionLimitError
 from .wsupgrade import WebSocketHandler
 
@@ -116,6 +117,10 @@ class GuardedHandler(_Guarded):
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    def own_session(self) -> Session | None:
+        """The `?session=` the request's user owns; another user's is as good as none."""
+        return self.ctx.manager.get(self.get_query_argument("session", None), self.current_user)
+
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
@@ -123,9 +128,10 @@ class GuardedHandler(_Guarded):
 
 class PageHandler(GuardedHandler):
     def authorized(self) -> bool:
-        # A ?token= is swapped for a cookie and dropped from the address bar.
+        # A ?token= is swapped for a cookie and dropped from the address bar (not behind a
+        # proxy: there the proxy sends the token, users never see it).
         valid = functools.partial(token_ok, self.ctx)
-        if swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
+        if not self.ctx.team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
             return False
         return super().authorized()
 
@@ -251,7 +257,8 @@ class TermSocket(_Guarded, WebSocketHandler):
             self._frame_sizes = None
         self.echo_sizes = self.get_query_argument(protocol.SIZES_PARAM, "0") == "1"
         self.ctx.sockets.add(self)
-        session = self.ctx.manager.get(self.get_query_argument("session", None))
+        user = self.current_user
+        session = self.ctx.manager.get(self.get_query_argument("session", None), user)
         if session is not None and self.get_query_argument("restart", "0") == "1":
             # "Restart": end the session (chat, shell and all) and start a fresh one.
             await session.close()
@@ -260,11 +267,15 @@ class TermSocket(_Guarded, WebSocketHandler):
         if session is None:
             rows, cols = self._size()
             try:
-                session = self.ctx.manager.create(self._chat_args(), rows, cols)
+                session = self.ctx.manager.create(self._chat_args(), rows, cols, user)
             except SessionLimitError as exc:
                 self.ctx.metrics.rejected["session_limit"] += 1
                 log.warning("refused a new session from %s: %s", self.peer, exc)
                 self._fail(protocol.CLOSE_TRY_LATER, str(exc))
+                return
+            except SessionUserError as exc:
+                log.warning("refused a new session from %s: %s", self.peer, exc)
+                self._fail(protocol.CLOSE_POLICY, "no Unix account on this server may run it")
                 return
             except SessionStartError as exc:
                 log.error("%s", exc)

@@ -17,6 +17,7 @@ import termios
 from collections.abc import Sequence
 from pathlib import Path
 
+from mixvllm_common.defaults import MODEL_SERVER_URL_ENV
 from mixvllm_common.names import EXPORT_ENV, SESSION_ENV
 
 from .config import ENV_PREFIX, Config
@@ -26,6 +27,12 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load it
 _RESETTABLE_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+
+# What a team user's session keeps of the server's environment (with LC_*): nothing secret.
+CLEAN_ENV = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", MODEL_SERVER_URL_ENV})
+LOGIN_ENV = frozenset({"HOME", "USER", "LOGNAME", "SHELL"})
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class SessionStartError(RuntimeError):
@@ -49,8 +56,17 @@ def session_env(
     config: Config,
     chat_export: Path | None = None,
     user: SessionUser | None = None,
+    *,
+    clean: bool = False,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    """The session's environment: the server's without its own settings or, `clean` (a team
+    user's session), only what a login gives plus the model's address: no keys, no token."""
+    if clean:
+        keep = CLEAN_ENV if user is not None else CLEAN_ENV | LOGIN_ENV  # None: the server's
+        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
+        env.setdefault("PATH", DEFAULT_PATH)
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     if user is not None:
         env.update(user.env())
     env.update({"TERM": "xterm-256color", "COLORTERM": "truecolor", SESSION_ENV: session_id})
@@ -125,7 +141,7 @@ def spawn(
             preexec_fn=_session_user_child if user else _session_child,  # noqa: PLW1509 - signals, an ioctl, a prctl
             user=user.uid if user else None,
             group=user.gid if user else None,
-            extra_groups=[] if user else None,
+            extra_groups=list(user.groups) if user else None,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(master)

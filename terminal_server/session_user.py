@@ -6,6 +6,7 @@ model's key) from /proc and signal it; another uid can do neither.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from pathlib import Path
 # Capability bits (linux/capability.h): switch to the user, chown its PTY and export
 # folder, and signal its processes on close.
 CAPABILITIES = {"CHOWN": 0, "KILL": 5, "SETGID": 6, "SETUID": 7}
+
+
+NOBODY_UID = 65534  # the overflow uid (as identity.py): no one's account
 
 
 class SessionUserError(ValueError):
@@ -26,17 +30,34 @@ class SessionUser:
     uid: int
     gid: int
     home: str
+    # A team user's login (login()): their shell and supplementary groups, as login sets them.
+    # --session-user keeps neither: the server's SHELL, no supplementary groups.
+    shell: str | None = None
+    groups: tuple[int, ...] = ()
 
     def env(self) -> dict[str, str]:
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        env = {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        if self.shell is not None:
+            env["SHELL"] = self.shell
+        return env
 
 
-def lookup(name: str) -> SessionUser:
+def lookup(name: str, what: str = "--session-user") -> SessionUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise SessionUserError(f"--session-user {name}: no such user") from None
+        raise SessionUserError(f"{what} {name}: no such user") from None
     return SessionUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def login(name: str, min_uid: int) -> SessionUser:
+    """The account a team user's sessions run as: it must exist and not be a system one."""
+    user = lookup(name, "user")
+    if user.uid < min_uid or user.uid == NOBODY_UID:
+        raise SessionUserError(f"user {name}: a system account (uid < {min_uid}) never logs in")
+    groups = tuple(g for g in os.getgrouplist(user.name, user.gid) if g != user.gid)
+    shell = pwd.getpwnam(name).pw_shell or "/bin/sh"
+    return dataclasses.replace(user, shell=shell, groups=groups)
 
 
 def _effective_capabilities() -> int:

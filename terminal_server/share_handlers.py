@@ -14,7 +14,7 @@ from typing import Any
 
 from tornado import web
 
-from . import processes, protocol
+from . import identity, processes, protocol
 from .auth import LinkCookie, admit, guard, host_allowed, refuse, same_origin, swap_link_for_cookie
 from .context import Context
 from .handlers import GuardedHandler, GuardedStaticHandler, TermSocket
@@ -59,6 +59,9 @@ def share_guard(handler: web.RequestHandler, ctx: Context) -> Share | None:
     if not host_allowed(ctx, handler.request):
         refuse(handler, ctx, "host")
         return None
+    if ctx.team and not identity.peer_trusted(ctx.config, handler.request.remote_ip):
+        refuse(handler, ctx, "proxy")  # in team mode everyone comes through the proxy
+        return None
     share = ctx.shares.find(handler.get_cookie(cookie_name(ctx)))
     if share is None:
         refuse(handler, ctx, "share")
@@ -82,7 +85,7 @@ class ShareApiHandler(GuardedHandler):
         return True
 
     def _session(self) -> Session:
-        session = self.ctx.manager.get(self.get_query_argument("session", None))
+        session = self.own_session()
         if session is None:
             raise web.HTTPError(404)
         return session

@@ -23,6 +23,7 @@ from typing import Protocol
 from . import processes, session_user
 from .config import Config
 from .exports import ChatExports
+from .identity import OWNER
 from .metrics import Metrics
 from .reaper import Reaper
 from .scrollback import Scrollback
@@ -79,8 +80,10 @@ class Session:
         read_buffer: memoryview,
         end: Callable[[subprocess.Popen[bytes]], Awaitable[bool]],
         on_closed: Callable[[Session], None],
+        owner: str = OWNER,
     ) -> None:
         self.id = session_id
+        self.owner = owner  # the user (identity.py) it belongs to; only they may reach it
         self.proc = proc
         self.fd = fd
         self.client: Client | None = None
@@ -340,29 +343,48 @@ class SessionManager:
         if self._cull_task is None:
             self._cull_task = asyncio.ensure_future(self._cull_loop())
 
-    def get(self, session_id: str | None) -> Session | None:
+    def get(self, session_id: str | None, owner: str = OWNER) -> Session | None:
+        """The live session of that id if `owner` owns it; another user's is not found."""
         if not session_id or not SESSION_ID_RE.match(session_id):
             return None
         session = self.sessions.get(session_id)
-        return session if session is not None and not session.closed else None
+        if session is None or session.closed or session.owner != owner:
+            return None
+        return session
 
-    def create(self, chat_args: Sequence[str] = (), rows: int = 24, cols: int = 80) -> Session:
+    def user_for(self, owner: str) -> session_user.SessionUser | None:
+        """The account `owner`'s sessions run as: their own with --auth proxy when the server
+        may switch users (root), else --session-user's, else the server's (None)."""
+        if self.config.auth == "proxy" and os.geteuid() == 0:
+            return session_user.login(owner, self.config.min_uid)
+        return self.user
+
+    def create(
+        self, chat_args: Sequence[str] = (), rows: int = 24, cols: int = 80, owner: str = OWNER
+    ) -> Session:
+        """Raises SessionLimitError, SessionUserError or SessionStartError."""
         if len(self.sessions) >= self.config.max_sessions:
             raise SessionLimitError(
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
+        team = self.config.auth == "proxy"
+        cap = self.config.max_user_sessions
+        if team and sum(s.owner == owner for s in self.sessions.values()) >= cap:
+            raise SessionLimitError(f"you have {cap} sessions already; close one and retry")
+        user = self.user_for(owner)
         session_id = secrets.token_urlsafe(12)
         with self.reaper.spawning() as leaders:
             proc, master = processes.spawn(
                 processes.session_argv(self.config, chat_args),
                 processes.session_env(
-                    session_id, self.config, self.exports.folder(session_id), self.user
+                    session_id, self.config, self.exports.folder(session_id, user), user,
+                    clean=team,
                 ),
-                self.user.home if self.user else self.config.cwd,
+                user.home if user else self.config.cwd,
                 rows,
                 cols,
-                user=self.user,
-            )
+                user=user,
+            )  # fmt: skip
             leaders.add(proc.pid)
         session = Session(
             session_id,
@@ -377,14 +399,16 @@ class SessionManager:
                 self.reaper.end, then=functools.partial(self.exports.remove, session_id)
             ),
             on_closed=self._forget,
+            owner=owner,
         )
         self.sessions[session_id] = session
         self.metrics.sessions_started += 1
-        log.info("session %s started (pid %d)", session_id, proc.pid)
+        log.info("session %s of %s started (pid %d)", session_id, owner, proc.pid)
         return session
 
     def _forget(self, session: Session) -> None:
         self.reaper.forget(session.proc.pid)
+        self.exports.forget(session.id)
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
             log.info("session %s ended (exit %s)", session.id, session.exit_code)
