@@ -22,6 +22,7 @@ from chat_cli.errors import ChatError, ConfigError, ModelNotFound, NoModels, Ser
 from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import PlainRenderer, Renderer
+from chat_cli.render.safe import json_safe, visible
 from chat_cli.session import INTERRUPTED, Session
 from chat_cli.tty import typeahead_quiet
 
@@ -51,6 +52,7 @@ def _progress(stream: TextIO) -> Callable[[str], None]:
     last = [0.0]
 
     def show(line: str) -> None:
+        line = visible(line)  # it quotes what the server said
         if stream.isatty():
             stream.write("\r\x1b[K" + _fit(line, stream))
             stream.flush()
@@ -167,7 +169,7 @@ def _converse(
                 return one_shot(session, config, question, out)
             finally:
                 if session.conversation.autosave_failure:
-                    err.write(f"chat: {session.conversation.autosave_failure}\n")
+                    err.write(f"chat: {visible(session.conversation.autosave_failure)}\n")
         return _repl(config, session, base_url, resumed_from)
     finally:
         if hub is not None:
@@ -205,10 +207,11 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
     from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
 
     console = _make_console(out)
-    console.print(f"Connected to {base_url} · model {model}", style="bold", markup=False)
+    # The model's id is the server's; a conversation's name is a file's: shown, not run.
+    console.print(f"Connected to {base_url} · model {visible(model)}", style="bold", markup=False)
     if resumed_from is not None:
         console.print(
-            f"Resumed {resumed_from.stem} ({len(conversation.messages)} messages)",
+            f"Resumed {visible(resumed_from.stem)} ({len(conversation.messages)} messages)",
             style="dim",
             markup=False,
         )
@@ -247,7 +250,7 @@ def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] 
         return path, conv_mod.load(path)
 
     def warn(line: str) -> None:
-        err.write(f"chat: {line}\n")
+        err.write(f"chat: {visible(line)}\n")
 
     found = chats.latest(directory, warn)
     if found is None:
@@ -287,7 +290,9 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
         except ChatError as error:
             failure = error
             answer = session.last_answer or Answer()
-        out.write(json.dumps(_answer_json(session, answer, failure), ensure_ascii=False) + "\n")
+        # Exact text: JSON escapes C0 controls, json_safe DEL and C1 (a terminal may run them).
+        document = json.dumps(_answer_json(session, answer, failure), ensure_ascii=False)
+        out.write(json_safe(document) + "\n")
         if failure is not None:
             raise failure
         return 0 if not _interrupted(session) else EXIT_INTERRUPTED
@@ -345,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(sys.argv[1:] if argv is None else argv)
     except ChatError as err:
-        print(f"chat: {err}", file=sys.stderr)
+        print(f"chat: {visible(str(err))}", file=sys.stderr)
         return err.exit_code
     try:
         return run(config)
@@ -355,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         sys.stdout.flush()
-        print(f"chat: {err.one_shot()}", file=sys.stderr)
+        # Errors quote servers, tools and files: their controls are shown, not run.
+        print(f"chat: {visible(err.one_shot())}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("chat: interrupted", file=sys.stderr)
@@ -369,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.debug:
             raise
         print(
-            f"chat: internal error: {type(err).__name__}: {err} (run with --debug for details)",
+            f"chat: internal error: {type(err).__name__}: {visible(str(err))} "
+            "(run with --debug for details)",
             file=sys.stderr,
         )
         return 1

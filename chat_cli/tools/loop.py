@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING
 
 from chat_cli.api.answer import ToolCall
 from chat_cli.conversation import Message
+from chat_cli.render.safe import visible
 from chat_cli.tools.toolbox import (
     CANCELLED,
     REFUSED,
@@ -44,6 +45,7 @@ class ToolView:
         self.styled = styled
 
     def _line(self, text: str, style: str = "") -> None:
+        text = visible(text)  # names, arguments, results and errors come from the model or tools
         self.out.write(f"{style}{text}{RESET}\n" if style and self.styled else text + "\n")
         self.out.flush()
 
@@ -59,6 +61,7 @@ class ToolView:
     def ask(self, name: str) -> str:
         """y, n or a (always); KeyboardInterrupt on Ctrl-C."""
         assert self.stdin is not None
+        name = visible(name)
         prompt = f"  run {name}? [y]es / [n]o / [a]lways for {name} in this chat: "
         key = _read_key(self.stdin, self.out, f"{YELLOW}{prompt}{RESET}" if self.styled else prompt)
         key = key.lower()
