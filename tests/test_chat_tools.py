@@ -144,11 +144,10 @@ def test_the_round_limit_ends_with_one_line_and_a_usable_conversation(
 ) -> None:
     assert setup.session.tools is not None
     setup.session.tools.max_rounds = 2
-    setup.ask('@fault:loop echo {"text": "again"}')
+    with pytest.raises(ChatError, match=r"^stopped: the model still called tools after 2 rounds"):
+        setup.ask('@fault:loop echo {"text": "again"}')
     assert len(fake.state.requests) == 3
     assert setup.session.last_note == ROUND_LIMIT
-    lines = [line for line in setup.shown.getvalue().splitlines() if "stopped" in line]
-    assert lines == ["stopped: the model still called tools after 2 rounds (--max-tool-rounds)"]
     last = setup.session.conversation.messages[-1]
     assert last.role == "tool" and "not run" in last.content
     setup.ask("hello")  # every call of the conversation has its answer: the server takes it
@@ -400,3 +399,67 @@ def test_the_readme_example_config_works(tmp_path: Path, fake: FakeServer) -> No
     finally:
         made.client.close()
         hub.close()
+
+
+def test_a_bare_value_for_arguments_follows_one_rule(fake: FakeServer, setup: Setup) -> None:
+    """Taken where it can mean only one thing (no parameter, or one), refused elsewhere."""
+    assert setup.ask('@fault:call echo "Paris"') == "tool said: Paris"
+    # The value's type is the tool's to check, as for any argument.
+    assert "Input should be a valid string" in setup.ask("@fault:call echo 42")
+    assert setup.ask('@fault:call secret_word "Paris"').endswith(SECRET + ".")
+    refused = setup.ask('@fault:call add "Paris"')
+    assert (
+        refused == 'tool said: error: the arguments must be a JSON object with a, b, got: "Paris"'
+    )
+
+
+def test_the_round_limit_in_one_shot_is_exit_1_and_one_line(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    args = ("--yes", "--max-tool-rounds", "1", "--mcp", MCP_FLAG, '@fault:loop echo {"text": "a"}')
+    result = run_chat(fake, tmp_path, *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("⚙", "  "))]
+    assert errors == [
+        "chat: stopped: the model still called tools after 1 rounds (--max-tool-rounds); "
+        "its last calls were not run"
+    ]
+    report = run_chat(fake, tmp_path, "--json", *args)
+    assert report.returncode == 1
+    assert json.loads(report.stdout)["error"].startswith("stopped: the model still called tools")
+
+
+@pytest.mark.parametrize(
+    ("where", "choice", "message"),
+    [
+        ("flag", "no such", "invalid value 'no such' for --tool-choice: needs auto, required"),
+        ("file", "some times", "invalid value 'some times' for tool_choice in"),
+        (
+            "flag",
+            "nosuchtool",
+            "tool_choice 'nosuchtool' is not an enabled tool (the tools are: echo",
+        ),
+        ("file", "sometimes", "tool_choice 'sometimes' is not an enabled tool"),
+    ],
+)
+def test_a_tool_choice_that_names_no_enabled_tool_is_exit_2_before_asking(
+    fake: FakeServer, tmp_path: Path, where: str, choice: str, message: str
+) -> None:
+    if where == "file":
+        config = tmp_path / "chat.toml"
+        config.write_text(f"tool_choice = {json.dumps(choice)}\n")
+        flags = ["--config", str(config)]
+    else:
+        flags = ["--tool-choice", choice]
+    result = run_chat(fake, tmp_path, *flags, "--mcp", MCP_FLAG, "hi")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("chat: ") and message in line, line
+    assert fake.state.requests == []  # nothing was sent
+    chosen = run_chat(fake, tmp_path, "--tool-choice", "echo", "--mcp", MCP_FLAG, "hi")
+    assert chosen.returncode == 0, chosen.stderr
+    assert fake.state.requests[-1]["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "echo"},
+    }

@@ -83,9 +83,6 @@ class ToolView:
     def problem(self, text: str) -> None:
         self._line(f"✗ {text}", RED)
 
-    def note(self, text: str) -> None:
-        self._line(text, YELLOW)
-
 
 def _read_key(stdin: IO[str], out: IO[str], prompt: str) -> str:
     """Show `prompt`, read one key without waiting for Enter; Ctrl-C still interrupts (cbreak
