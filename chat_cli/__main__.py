@@ -187,7 +187,8 @@ def _tools(session: Session, config: Config, out: TextIO) -> McpHub | None:
     view = ToolView(
         out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
     )
-    hub = McpHub(list(config.mcp), view.problem)
+    # Which servers are still starting: for a person waiting at a terminal, not for a log.
+    hub = McpHub(list(config.mcp), view.problem, view.notice if out.isatty() else None)
     session.tools = Toolbox(
         hub,
         choice=config.tool_choice,

@@ -83,6 +83,9 @@ class ToolView:
     def problem(self, text: str) -> None:
         self._line(f"✗ {text}", RED)
 
+    def notice(self, text: str) -> None:
+        self._line(text, DIM)
+
 
 def _read_key(stdin: IO[str], out: IO[str], prompt: str) -> str:
     """Show `prompt`, read one key without waiting for Enter; Ctrl-C still interrupts (cbreak

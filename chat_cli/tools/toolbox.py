@@ -50,6 +50,9 @@ class Source(Protocol):
     def describe(self) -> list[tuple[str, str, list[Tool]]]:
         """(server name, its state and where it runs, its tools) for each server."""
 
+    def revive(self, server: str) -> bool:
+        """Start a server that is down again (False: it was not down)."""
+
 
 def result_text(content: Iterable[Any], structured: object = None) -> str:
     """An MCP result's content as text: text parts joined, other parts named."""
@@ -191,6 +194,9 @@ class Toolbox:
             raise ValueError(f"no server or tool named {name!r}; /tools lists them")
         if on:
             self.disabled.discard(name)
+            if what.startswith("server") and self.source is not None and self.source.revive(name):
+                state = next(s for n, s, _ in self.source.describe() if n == name)
+                return f"{what} on, started again: {state.split(' · ')[0]}"
         else:
             self.disabled.add(name)
         return f"{what} {'on' if on else 'off'}"
