@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import IO
 
 from chat_cli.errors import ChatError
+from mixvllm_common.names import SESSION_ENV
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 TOOL_TIMEOUT_S = 5.0
@@ -67,7 +68,7 @@ def _blocks(count: int) -> str:
 
 def tool(env: Mapping[str, str]) -> list[str] | None:
     """A clipboard command for this desktop, or None (browser terminal, SSH, none installed)."""
-    if env.get("MIXVLLM_SESSION"):
+    if env.get(SESSION_ENV):
         return None
     path = env.get("PATH")
     if env.get("WAYLAND_DISPLAY") and shutil.which("wl-copy", path=path):
@@ -102,7 +103,7 @@ def copy(text: str, what: str, out: IO[str], env: Mapping[str, str]) -> str:
             return f"Copied {size} with {command[0]}."
     payload = base64.b64encode(text.encode("utf-8", "replace")).decode("ascii")
     out.write(f"\x1b]52;c;{payload}\x07")
-    if env.get("MIXVLLM_SESSION"):
+    if env.get(SESSION_ENV):
         return f"Sent {size} to the browser's clipboard (OSC 52)."
     return (
         f"{failed}Sent {size} to the terminal as an OSC 52 clipboard request; "

@@ -15,9 +15,9 @@ from chat_cli import conversation as conv_mod
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
 from chat_cli.render.plain import footer_text
-from chat_cli.render.safe import visible
 from chat_cli.session import Session
 from mixvllm_common.options import Kind
+from mixvllm_common.terminal_text import visible
 
 
 @dataclass(frozen=True)

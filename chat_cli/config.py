@@ -17,9 +17,7 @@ from typing import Any
 from chat_cli import chats
 from chat_cli.errors import ConfigError
 from chat_cli.tools import mcp_config
-from chat_cli.tools.mcp_config import ServerSpec
-from chat_cli.tools.toolbox import CHOICES as TOOL_CHOICES
-from chat_cli.tools.toolbox import TOOL_NAME
+from chat_cli.tools.mcp_config import TOOL_CHOICES, TOOL_NAME, ServerSpec
 from mixvllm_common import defaults
 from mixvllm_common.options import (
     Kind,

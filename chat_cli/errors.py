@@ -6,6 +6,8 @@ import contextlib
 import re
 from http import HTTPStatus
 
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+
 
 class ChatError(Exception):
     """Base class: `str(err)` is the line the REPL shows, `err.one_shot()` the line a one-shot

@@ -19,14 +19,14 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import chats
+from chat_cli import chats, export
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
 from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import Renderer
-from chat_cli.render.safe import visible
 from chat_cli.session import Session
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -210,7 +210,7 @@ class Repl:
 
     def run(self) -> int:
         _warm_up(self.session)
-        page.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
+        export.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
         while True:
             try:
                 text = self.pastes.expand(self.prompt.prompt(PROMPT))
@@ -242,7 +242,7 @@ class Repl:
             self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
         finally:
             conversation = self.session.conversation
-            page.export(conversation, os.environ)
+            export.export(conversation, os.environ)
             if conversation.autosave_failure:
                 self.error(conversation.autosave_failure)
                 conversation.autosave_failure = None

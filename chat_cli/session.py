@@ -6,7 +6,6 @@ conversation, marked incomplete, and the conversation is autosaved after every c
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -60,7 +59,12 @@ class Session:
         *,
         stream: bool = True,
         completions: bool = False,
+        tools: Toolbox | None = None,
+        tool_view: ToolView | None = None,
     ) -> None:
+        """`tools`: None when no tools are configured; they need a `tool_view` to show them."""
+        if tools is not None and tool_view is None:
+            raise ValueError("a session with tools needs a tool view")
         self.client = client
         self.conversation = conversation
         self.sampling = sampling
@@ -70,8 +74,8 @@ class Session:
         self.unsent: str | None = None  # a message whose request failed before any answer
         self.last_answer: Answer | None = None
         self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE, ROUND_LIMIT or None
-        self.tools: Toolbox | None = None  # None: no tools configured
-        self.tool_view: ToolView | None = None
+        self.tools = tools
+        self.tool_view = tool_view
 
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)
@@ -128,14 +132,13 @@ class Session:
         tools = None
         if self.tools is not None and not self.completions:
             tools = self.tools.request_params(first_round)
-        answer = Answer()
+        answer = Answer()  # this thread's: the loop applies the reader's events to it
         note: str | None = None
         failure: ChatError | None = None
-        loop = StreamLoop(renderer)
-        pieces = self.client.stream(
+        loop = StreamLoop(renderer, answer)
+        events = self.client.stream(
             messages,
             self.sampling,
-            answer,
             stream=self.stream,
             completions=self.completions,
             cancel=loop.cancel,
@@ -151,7 +154,7 @@ class Session:
 
         with loop.installed():
             try:
-                loop.run(pieces, autosave)
+                loop.run(events, autosave)
             except KeyboardInterrupt:
                 note = INTERRUPTED
             except errors.StreamFailed as err:
@@ -159,11 +162,10 @@ class Session:
                 note = INCOMPLETE
             except ChatError as err:
                 failure = err
-            if loop.abandoned:
-                answer = answer.detached(prompt_chars(messages))
-            if loop.undrawn:
-                # Keep what the screen shows: the end of the answer was left undrawn.
-                answer.content = [answer.text[: len(answer.text) - loop.undrawn]]
+            # A reader abandoned after Ctrl-C may still run, but it writes to nothing of ours.
+            answer.end(prompt_chars(messages), loop.ended_at)
+            # Keep what the screen shows: the end of the answer may have been left undrawn.
+            answer.drop_text_tail(loop.undrawn)
             if note is None and failure is None and answer.finish_reason == "length":
                 note = TRUNCATED
             kept_calls = self._keep(question, answer, note)
@@ -177,7 +179,7 @@ class Session:
                 raise errors.StreamFailed(failure.reason, partial=False) from failure
             raise failure
         if not kept_calls:
-            answer.calls.clear()  # cut short: the calls are not whole, nothing is run
+            answer.drop_calls()  # cut short: the calls are not whole, nothing is run
         return answer
 
     def _save_in_progress(self, answer: Answer) -> None:
@@ -196,9 +198,7 @@ class Session:
         self.last_answer = answer
         self.last_note = note
         self.stats.add(answer)
-        calls = answer.tool_calls if note is None and self.tools is not None else []
-        for call in calls:
-            call.id = call.id or f"call_{os.urandom(6).hex()}"
+        calls = answer.name_calls() if note is None and self.tools is not None else []
         if answer.text or calls:
             self.unsent = None
             self.conversation.messages.append(

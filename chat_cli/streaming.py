@@ -1,7 +1,9 @@
 """One answer's stream loop, with the main thread as the only caller into the renderer.
 
-A reader thread runs the request and puts its pieces on a queue. Signal handlers only set a
-flag and put a marker there to wake the loop (SimpleQueue.put is safe in a signal handler).
+A reader thread runs the request and puts its events on a queue: frozen values, so nothing
+the two threads share changes; the main thread alone applies them to its answer. Signal
+handlers only set a flag and put a marker there to wake the loop (SimpleQueue.put is safe in
+a signal handler).
 The main thread waits on the queue with the renderer's next redraw as timeout: words that
 arrive just before a pause show when their redraw falls due, a resize redraws the live region
 at once, and Ctrl-C is acted on between two drawing steps, never inside an escape sequence.
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO
 
-from chat_cli.api.client import Cancel
-from chat_cli.api.sse import Piece
+from chat_cli.api.answer import Answer
+from chat_cli.api.events import Event, Reasoning, Text
+from chat_cli.api.transport import Cancel
 from chat_cli.render.plain import Renderer
 from chat_cli.tty import typeahead_quiet
 
@@ -46,12 +49,13 @@ class Marker(enum.Enum):
 
 @dataclass(frozen=True)
 class End:
-    """The reader's last item: the request ended, with `error` if it failed."""
+    """The reader's last item: the request ended at `at`, with `error` if it failed."""
 
+    at: float
     error: BaseException | None = None
 
 
-Item = Piece | Marker | End
+Item = Event | Marker | End
 
 
 @contextmanager
@@ -64,8 +68,10 @@ def _handler(signum: int, handler: Callable[[int, FrameType | None], None]) -> I
 
 
 class StreamLoop:
-    def __init__(self, renderer: Renderer, stdin: IO[str] | None = None) -> None:
+    def __init__(self, renderer: Renderer, answer: Answer, stdin: IO[str] | None = None) -> None:
         self.renderer = renderer
+        self.answer = answer  # written here, in the main thread, from the reader's events
+        self.ended_at: float | None = None  # when the reader saw the request end
         self.stdin = sys.stdin if stdin is None else stdin
         self.cancel = Cancel()
         self.abandoned = False  # the reader was left running after Ctrl-C (see the docstring)
@@ -89,34 +95,35 @@ class StreamLoop:
                     stack.enter_context(_handler(signal.SIGWINCH, self._on_resize))
             yield
 
-    def run(self, pieces: Iterator[Piece], on_piece: Callable[[], None]) -> None:
-        """Draw `pieces` as a reader thread pulls them. Raises what the reader raised, or
-        KeyboardInterrupt (Ctrl-C) once the reader is stopped and what it read is drawn."""
+    def run(self, events: Iterator[Event], on_event: Callable[[], None]) -> None:
+        """Apply and draw `events` as a reader thread pulls them; `on_event` after each. Raises
+        what the reader raised, or KeyboardInterrupt (Ctrl-C) once the reader is stopped and
+        what it read is drawn."""
         reader = threading.Thread(
-            target=self._read, args=(pieces,), name="chat-reader", daemon=True
+            target=self._read, args=(events,), name="chat-reader", daemon=True
         )
         reader.start()
         try:
             self.renderer.begin()
-            self._drive(on_piece)
+            self._drive(on_event)
         except BaseException:
             self._stop(reader)
             raise
         reader.join()  # End was its last act
 
-    def _read(self, pieces: Iterator[Piece]) -> None:
+    def _read(self, events: Iterator[Event]) -> None:
         if sys.platform != "win32":
             # Signals go to the main thread, whose wait on the queue they wake.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGWINCH})
         try:
-            for piece in pieces:
-                self._queue.put(piece)
+            for event in events:
+                self._queue.put(event)
         except BaseException as err:  # the main thread raises it
-            self._queue.put(End(err))
+            self._queue.put(End(time.monotonic(), err))
         else:
-            self._queue.put(End())
+            self._queue.put(End(time.monotonic()))
 
-    def _drive(self, on_piece: Callable[[], None]) -> None:
+    def _drive(self, on_event: Callable[[], None]) -> None:
         renderer = self.renderer
         while True:
             item = self._next()
@@ -126,14 +133,15 @@ class StreamLoop:
                 self._resized = False
                 renderer.resized()
             if isinstance(item, End):
+                self.ended_at = item.at
                 if item.error is not None:
                     raise item.error
                 return
-            if isinstance(item, tuple):
-                self._draw(item)
-                on_piece()
-            elif item is None:
+            if item is None:
                 renderer.tick()
+            elif not isinstance(item, Marker):
+                self._take(item)
+                on_event()
 
     def _next(self) -> Item | None:
         """The next item, or None when the renderer's redraw falls due first."""
@@ -143,11 +151,15 @@ class StreamLoop:
         except queue.Empty:
             return None
 
-    def _draw(self, piece: Piece) -> None:
-        kind, text = piece
-        if kind != "content":
-            self.renderer.reasoning(text)
-            return
+    def _take(self, event: Event) -> None:
+        """Apply the event to the answer and draw what it shows."""
+        self.answer.apply(event)
+        if isinstance(event, Reasoning):
+            self.renderer.reasoning(event.text)
+        elif isinstance(event, Text):
+            self._draw(event.text)
+
+    def _draw(self, text: str) -> None:
         while text:
             # After a Ctrl-C, what was read is drawn up to one slice more, and the rest is
             # left out (of the screen and the conversation alike).
@@ -171,10 +183,11 @@ class StreamLoop:
                 self.abandoned = True
                 return
             if isinstance(item, End):
+                self.ended_at = item.at
                 reader.join()
                 return
-            if isinstance(item, tuple):
-                self._draw(item)
+            if not isinstance(item, Marker):
+                self._take(item)
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         self._interrupted = True

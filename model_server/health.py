@@ -7,9 +7,10 @@ vLLM answers `GET /health` with 200 once the engine is up; llama.cpp's server ha
 still downloading or loading its model (healthy, however long that takes); one that
 answers with an error, or stops answering after it was ready, is broken.
 
-HTTP goes through the standard library, straight to the server (no proxy): the health check
-runs every few seconds in the model container, where importing an HTTP client package
-would cost more than the check itself.
+HTTP goes through mixvllm_common.http_client, chat's client too (standard library: the health
+check runs every few seconds in the model container, where importing an HTTP client package
+would cost more than the check itself): the environment's proxy settings apply ($no_proxy
+names a server to reach directly) and a body is read up to a bound.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from mixvllm_common import http_client
 from mixvllm_common.urls import server_root
 from model_server.errors import LauncherError
 
 CONNECT_TIMEOUT_S = 2.0
-# What cannot be sent or read: the server is not (yet) answering HTTP.
-TransportError = (OSError, http.client.HTTPException)
+# What cannot be sent or read in time: the server is not (yet) answering HTTP.
+TransportError = (*http_client.TransportError, http_client.Timeout)
 
 
 class NotReady(LauncherError):
@@ -56,30 +57,16 @@ def request(
     body: object = None,
 ) -> tuple[int, bytes]:
     """GET `url`, or POST `body` as JSON; (status, body). Raises TransportError."""
-    parts = urlsplit(url)
-    connection = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return http_client.request(
+        url, timeout=timeout, headers=headers, body=body, connect_timeout=CONNECT_TIMEOUT_S
     )
-    conn = connection(parts.hostname or "", parts.port, timeout=min(timeout, CONNECT_TIMEOUT_S))
-    try:
-        conn.connect()
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        data = None if body is None else json.dumps(body).encode()
-        sent = {**(headers or {}), **({"Content-Type": "application/json"} if data else {})}
-        conn.request("GET" if data is None else "POST", path, body=data, headers=sent)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def transport_detail(exc: BaseException) -> str:
     """A few words for why nothing answered."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | http_client.Timeout):
         return "timed out"
     if isinstance(exc, socket.gaierror):
         return "unknown host"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from tornado import web
 
+from mixvllm_common.names import EXPORT_JSON, EXPORT_MARKDOWN
+
 from .handlers import GuardedHandler
 
 FORMATS = {
-    "json": ("chat.json", "application/json; charset=utf-8"),
-    "markdown": ("chat.md", "text/markdown; charset=utf-8"),
+    "json": (EXPORT_JSON, "application/json; charset=utf-8"),
+    "markdown": (EXPORT_MARKDOWN, "text/markdown; charset=utf-8"),
 }
 
 

@@ -1,9 +1,9 @@
 """The session's chat export folders: one owner-only folder per session that `chat` keeps up
-to date (chat.json and chat.md, as /save writes them; chat_cli/render/page.py), read by `api/chat`
-(chat_export.py).
+to date (the files of mixvllm_common.names, as /save writes them; chat_cli/export.py), read by
+`api/chat` (chat_export.py).
 
-Its path reaches the session as MIXVLLM_CHAT_EXPORT. Nothing travels through the terminal
-stream, so a share link's viewer cannot read it.
+Its path reaches the session in names.EXPORT_ENV. Nothing travels through the terminal stream,
+so a share link's viewer cannot read it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .session_user import SessionUser, hand_over_folder
 
-ENV = "MIXVLLM_CHAT_EXPORT"  # as chat_cli/render/page.py (processes.session_env sets it)
 MAX_BYTES = 64 * 1024 * 1024
 
 

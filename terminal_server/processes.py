@@ -21,8 +21,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mixvllm_common.names import EXPORT_ENV, SESSION_ENV
+
 from .config import ENV_PREFIX, Config
-from .exports import ENV as EXPORT_ENV
 from .session_user import SessionUser
 
 # (signal, seconds to wait for the session's processes to go) — HUP first, like a hangup.
@@ -57,7 +58,7 @@ def session_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     if user is not None:
         env.update(user.env())
-    env.update(TERM="xterm-256color", COLORTERM="truecolor", MIXVLLM_SESSION=session_id)
+    env.update({"TERM": "xterm-256color", "COLORTERM": "truecolor", SESSION_ENV: session_id})
     env.pop(EXPORT_ENV, None)  # inherited from a session this server runs in: not its folder
     if chat_export is not None:
         env[EXPORT_ENV] = str(chat_export)

@@ -462,8 +462,9 @@ def test_ttft_counts_from_the_request_leaving(fake: FakeServer) -> None:
     client = make_session(fake).client
     answer = Answer()
     time.sleep(0.3)  # work done before the request (imports, setup) is not the server's
-    pieces = list(client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL), answer))
-    assert pieces and answer.ttft is not None and answer.ttft < 0.25
+    for event in client.stream([{"role": "user", "content": "hi"}], Sampling(MODEL)):
+        answer.apply(event)
+    assert answer.text and answer.ttft is not None and answer.ttft < 0.25
 
 
 # -- an HTTP proxy from the environment is still used (the SDK and urllib honoured it) ------

@@ -31,7 +31,7 @@ from chat_cli.api.answer import Answer
 from chat_cli.render.markdown import MarkdownRenderer
 from chat_cli.render.page import OSC
 from chat_cli.render.plain import PlainRenderer, Renderer
-from chat_cli.render.safe import json_safe, visible
+from mixvllm_common.terminal_text import json_safe, visible
 from tests.chat_support import ANSI, CHAT, PROMPT_READY, ROOT, chat_env, fake_server
 from tests.fake_openai import FakeServer
 from tests.hostile import PAYLOAD, SEQUENCES

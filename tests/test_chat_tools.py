@@ -54,10 +54,14 @@ def hub() -> Iterator[McpHub]:
 class Setup:
     def __init__(self, fake: FakeServer, hub: McpHub, **toolbox: object) -> None:
         self.client = ChatClient(fake.url + "/v1", None, 10.0)
-        self.session = Session(self.client, Conversation(), Sampling(MODEL))
         self.shown = io.StringIO()
-        self.session.tools = Toolbox(hub, **{"yes": True, **toolbox})  # type: ignore[arg-type]
-        self.session.tool_view = ToolView(self.shown, None, styled=False)
+        self.session = Session(
+            self.client,
+            Conversation(),
+            Sampling(MODEL),
+            tools=Toolbox(hub, **{"yes": True, **toolbox}),  # type: ignore[arg-type]
+            tool_view=ToolView(self.shown, None, styled=False),
+        )
 
     def ask(self, text: str) -> str:
         return self.session.ask(text, Collect()).text
@@ -556,3 +560,12 @@ def test_the_start_notice_comes_within_a_third_of_a_second(tmp_path: Path) -> No
         assert hub.servers["hangs"].status == "ready"  # it was waited for
     finally:
         hub.close()
+
+
+def test_a_session_gets_its_tools_with_a_view_to_show_them_when_it_is_built() -> None:
+    client = ChatClient("http://127.0.0.1:9/v1", None, 10.0)
+    with pytest.raises(ValueError, match="needs a tool view"):
+        Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None))
+    view = ToolView(io.StringIO(), None, styled=False)
+    session = Session(client, Conversation(), Sampling(MODEL), tools=Toolbox(None), tool_view=view)
+    assert session.tools is not None and session.tool_view is view

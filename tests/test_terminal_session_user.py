@@ -90,12 +90,12 @@ def test_sessions_run_as_the_session_user_and_cannot_reach_the_server() -> None:
             assert folder.endswith(f"{session_uid} 2770\r")
             # chat's own export code, run as the session user, writes what the server serves.
             export = (
-                "import os; from chat_cli.render import page; from chat_cli.conversation import "
-                "Conversation, Message; page.export(Conversation(messages=[Message('user', "
+                "import os; from chat_cli.export import export; from chat_cli.conversation import "
+                "Conversation, Message; export(Conversation(messages=[Message('user', "
                 "'hello from the session user')]), os.environ)"
             )
             # The system's python: the session user cannot reach the test venv's interpreter
-            # (under /root here); chat_cli.render.page needs only the standard library.
+            # (under /root here); chat_cli.export needs only the standard library.
             run_export = f"cd {ROOT} && {SYSTEM_PYTHON} -c {shlex.quote(export)}"
             assert (await shell.run(run_export, "chat"))[1] == 0
             sid = (await shell.run('basename "$MIXVLLM_CHAT_EXPORT"', "sid"))[0].split()[-1]

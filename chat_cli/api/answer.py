@@ -1,12 +1,23 @@
-"""What came back for one request: the values the client fills in and the renderer shows."""
+"""What came back for one request, built from its events; what the renderer shows."""
 
 from __future__ import annotations
 
-import copy
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
+
+from chat_cli.api.events import (
+    CallDelta,
+    Done,
+    Event,
+    Finish,
+    Reasoning,
+    Sent,
+    Text,
+    UsageReport,
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -52,7 +63,8 @@ class ToolCall:
 
 @dataclass
 class Answer:
-    """What came back for one request, filled in as the stream goes."""
+    """What came back for one request. Only `apply` (and the named edits below it) write its
+    fields: build one from the events of one request, in one thread."""
 
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
@@ -63,8 +75,50 @@ class Answer:
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False  # [DONE] seen
-    events: int = 0  # server-sent events received
     calls: dict[int, ToolCall] = field(default_factory=dict)  # by the stream's index
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Text | Reasoning):  # the hot path first
+            if self.first_token_at is None:
+                self.first_token_at = event.at
+            (self.content if isinstance(event, Text) else self.reasoning).append(event.text)
+            self.chunks += event.tokens
+        elif isinstance(event, CallDelta):
+            call = self.calls.setdefault(event.slot, ToolCall(event.slot))
+            call.id = call.id or event.id
+            call.name = call.name or event.name
+            call.arguments += event.arguments
+        elif isinstance(event, UsageReport):
+            self.usage = Usage(event.prompt_tokens, event.completion_tokens, False)
+        elif isinstance(event, Finish):
+            self.finish_reason = event.reason
+        elif isinstance(event, Sent):
+            self.started = event.at
+        elif isinstance(event, Done):
+            self.done = True
+        # ServerError: the client raises it; the answer keeps what came before
+
+    def end(self, prompt_chars: int, at: float | None = None) -> None:
+        """Stamp the end; estimate the usage if the server sent none."""
+        self.ended_at = time.monotonic() if at is None else at
+        if self.usage is None:
+            self.usage = Usage(estimate_tokens(prompt_chars), self.chunks, True)
+
+    def drop_text_tail(self, chars: int) -> None:
+        """Forget the last `chars` characters of the text (they were never drawn)."""
+        if chars > 0:
+            text = self.text
+            self.content = [text[: max(0, len(text) - chars)]]
+
+    def name_calls(self) -> list[ToolCall]:
+        """The calls, each with an id (a server may send none: the result must name one)."""
+        for call in self.calls.values():
+            call.id = call.id or f"call_{os.urandom(6).hex()}"
+        return self.tool_calls
+
+    def drop_calls(self) -> None:
+        """Forget the calls: the answer was cut short, they may not be whole."""
+        self.calls.clear()
 
     @property
     def tool_calls(self) -> list[ToolCall]:
@@ -92,17 +146,3 @@ class Answer:
             return None
         span = (self.ended_at or time.monotonic()) - self.first_token_at
         return self.usage.completion_tokens / span if span > 0 else None
-
-    def end(self, prompt_chars: int) -> None:
-        """Stamp the end; estimate the usage if the server sent none."""
-        self.ended_at = time.monotonic()
-        if self.usage is None:
-            self.usage = Usage(estimate_tokens(prompt_chars), self.chunks, True)
-
-    def detached(self, prompt_chars: int) -> Answer:
-        """An ended copy that a request still running elsewhere can no longer change."""
-        twin = copy.copy(self)
-        twin.content, twin.reasoning = list(self.content), list(self.reasoning)
-        twin.calls = {i: copy.copy(c) for i, c in self.calls.items()}
-        twin.end(prompt_chars)
-        return twin

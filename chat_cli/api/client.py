@@ -1,5 +1,5 @@
 """Talking to the model server: discovery, and one request per answer (stdlib HTTP, see
-chat_cli.transport; the SSE stream is parsed in chat_cli.sse)."""
+chat_cli.api.transport; the response is parsed into events in chat_cli.api.sse)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from chat_cli import errors
 from chat_cli.api import sse, transport
-from chat_cli.api.answer import Answer, Usage, estimate_tokens, repair
-from chat_cli.api.sse import Piece
+from chat_cli.api.answer import Answer
+from chat_cli.api.events import Event, Sent, ServerError
 from chat_cli.api.transport import Cancel, Target, Timeout
 from chat_cli.errors import ChatError
 
@@ -119,14 +119,14 @@ class ChatClient:
         self,
         messages: list[dict[str, Any]],
         sampling: Sampling,
-        answer: Answer,
         *,
         stream: bool = True,
         completions: bool = False,
         cancel: Cancel | None = None,
         tools: dict[str, Any] | None = None,
-    ) -> Iterator[Piece]:
-        """Yield ("content" | "reasoning", text) pieces, filling `answer` as they come.
+    ) -> Iterator[Event]:
+        """Yield the answer's events (chat_cli.api.events); the caller builds its answer from
+        them with Answer.apply.
 
         `tools` holds the request's `tools` and `tool_choice`. Raises ChatError subclasses
         only; NothingAnswered when the request brought no text (nor tool calls it offered
@@ -139,28 +139,26 @@ class ChatClient:
         else:
             params["messages"] = messages
             params.update(tools or {})
-        try:
-            if stream:
-                yield from self._streamed(params, answer, completions, cancel)
-            else:
-                yield from self._whole(params, answer, completions, cancel)
-        finally:
-            answer.end(prompt_chars(messages))
-        if cancel.cancelled or answer.text or (answer.calls and tools):
+        # The client's own answer, built from the same events, to decide on; nobody else sees it.
+        seen = Answer()
+        request = self._streamed if stream else self._whole
+        for event in request(params, seen, completions, cancel):
+            if isinstance(event, ServerError):
+                raise errors.error_event(event.message)
+            seen.apply(event)
+            yield event
+        if cancel.cancelled or seen.text or (seen.calls and tools):
             return
         raise errors.nothing_answered(
-            answer.finish_reason,
-            [c.name for c in answer.tool_calls],
-            bool(answer.reasoning_text),
+            seen.finish_reason, [c.name for c in seen.tool_calls], bool(seen.reasoning_text)
         )
 
     def _post(
-        self, completions: bool, params: dict[str, Any], answer: Answer, cancel: Cancel
+        self, completions: bool, params: dict[str, Any], cancel: Cancel
     ) -> tuple[Any, Any] | None:
         """Send the request; (connection, response) for a 2xx answer, None if cancelled."""
         endpoint = "/completions" if completions else "/chat/completions"
         body = json.dumps(params, ensure_ascii=False).encode("utf-8")
-        answer.started = time.monotonic()  # TTFT counts from the request leaving
         try:
             conn = self.target.connect(transport.CONNECT_TIMEOUT_S)
         except OSError as err:
@@ -188,63 +186,66 @@ class ChatClient:
         return conn, response
 
     def _streamed(
-        self, params: dict[str, Any], answer: Answer, completions: bool, cancel: Cancel
-    ) -> Iterator[Piece]:
+        self, params: dict[str, Any], seen: Answer, completions: bool, cancel: Cancel
+    ) -> Iterator[Event]:
         streaming = {**params, "stream": True, "stream_options": {"include_usage": True}}
-        sent = self._post(completions, streaming, answer, cancel)
+        yield Sent(time.monotonic())  # TTFT counts from the request leaving
+        sent = self._post(completions, streaming, cancel)
         if sent is None:
             return
         conn, response = sent
+        parser = sse.Parser(completions)
         try:
             content_type = (response.getheader("Content-Type") or "").lower()
             if content_type and "event-stream" not in content_type:
                 body = transport.read_body(response, conn.sock, time.monotonic() + self.deadline)
-                yield from _parsed_whole(body, content_type, answer, completions)
+                yield from sse.whole(body, content_type, completions)
                 return
-            yield from self._read(conn, response, answer, completions)
+            yield from self._read(conn, response, seen, parser)
         finally:
             cancel.detach()
             conn.close()
         # finish_reason, not [DONE], says the answer ended: vLLM and llama.cpp always send it;
         # llama-cpp-python sends [DONE] without it when it drops an answer for another request.
-        if cancel.cancelled or answer.finish_reason is not None:
+        if cancel.cancelled or seen.finish_reason is not None:
             return
-        if answer.events:
-            raise errors.incomplete_stream(answer.done)
+        if parser.frames:
+            raise errors.incomplete_stream(seen.done)
         # llama.cpp ends (or drops) the stream without a word when the request cannot run,
         # e.g. a prompt over the context size; asked without streaming, it says why.
         try:
-            yield from self._whole(params, answer, completions, cancel)
+            yield from self._whole(params, seen, completions, cancel)
         except errors.ServerUnreachable as err:
             raise errors.connection_cut() from err
 
-    def _read(self, conn: Any, response: Any, answer: Answer, completions: bool) -> Iterator[Piece]:
-        first_wait = max(0.001, answer.started + self.deadline - time.monotonic())
+    def _read(self, conn: Any, response: Any, seen: Answer, parser: sse.Parser) -> Iterator[Event]:
+        first_wait = max(0.001, seen.started + self.deadline - time.monotonic())
         lines = transport.Lines(
             response, conn.sock, first_wait=first_wait, stall=self.stall_timeout
         )
         try:
-            yield from sse.pieces(sse.events(lines), answer, completions)
+            yield from parser.parse(lines)
         except Timeout as err:
-            if answer.finish_reason is None:
+            if seen.finish_reason is None:
                 if not err.started:
                     raise errors.TimedOut(self.deadline, whole=False) from err
                 raise errors.stalled(self.stall_timeout) from err
         except transport.TransportError as err:
             # After finish_reason only [DONE] (and vLLM's usage chunk) can be lost: the answer
             # is whole. Before it, it is not, however much text came.
-            if answer.events and answer.finish_reason is None:
+            if parser.frames and seen.finish_reason is None:
                 raise errors.connection_cut() from err
 
     def _whole(
-        self, params: dict[str, Any], answer: Answer, completions: bool, cancel: Cancel
-    ) -> Iterator[Piece]:
-        sent = self._post(completions, params, answer, cancel)
+        self, params: dict[str, Any], seen: Answer, completions: bool, cancel: Cancel
+    ) -> Iterator[Event]:
+        yield Sent(time.monotonic())
+        sent = self._post(completions, params, cancel)
         if sent is None:
             return
         conn, response = sent
         try:
-            body = transport.read_body(response, conn.sock, answer.started + self.deadline)
+            body = transport.read_body(response, conn.sock, seen.started + self.deadline)
         except Timeout as err:
             if cancel.cancelled:
                 return
@@ -257,7 +258,7 @@ class ChatClient:
             cancel.detach()
             conn.close()
         content_type = (response.getheader("Content-Type") or "").lower()
-        yield from _parsed_whole(body, content_type, answer, completions)
+        yield from sse.whole(body, content_type, completions)
 
     def _status_error(
         self, status: int, body: bytes, reason: str, params: dict[str, Any]
@@ -283,51 +284,6 @@ class ChatClient:
 
 def prompt_chars(messages: list[dict[str, Any]]) -> int:
     return sum(len(m.get("content") or "") for m in messages)
-
-
-def _parsed_whole(
-    body: bytes, content_type: str, answer: Answer, completions: bool
-) -> Iterator[Piece]:
-    """A whole (non-streamed) completion; also what a server that ignores `stream` sends."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or "choices" not in data:
-        raise errors.not_an_event_stream(content_type, body)
-    try:
-        yield from _whole_pieces(data, answer, completions)
-    except (AttributeError, TypeError, ValueError, IndexError) as err:
-        raise errors.malformed_stream("unexpected response shape") from err
-
-
-def _whole_pieces(data: dict[str, Any], answer: Answer, completions: bool) -> Iterator[Piece]:
-    answer.first_token_at = time.monotonic()
-    usage = data.get("usage")
-    if usage:
-        answer.usage = Usage(
-            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
-        )
-    if not data["choices"]:
-        raise errors.malformed_stream("no choices in the response")
-    choice = data["choices"][0]
-    answer.finish_reason = str(choice.get("finish_reason") or "stop")
-    if completions:
-        text = choice.get("text") or ""
-    else:
-        message = choice.get("message") or {}
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
-        sse.add_tool_calls(answer, message.get("tool_calls") or [])
-        if reasoning:
-            reasoning = repair(str(reasoning))
-            answer.reasoning.append(reasoning)
-            yield "reasoning", reasoning
-        text = message.get("content") or ""
-    text = repair(str(text))
-    answer.chunks = estimate_tokens(len(text))
-    if text:
-        answer.content.append(text)
-        yield "content", text
 
 
 def _body_message(body: bytes) -> str:

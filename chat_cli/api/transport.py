@@ -11,84 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-CONNECT_TIMEOUT_S = 10.0
-BODY_LIMIT = 1 << 20  # an error page or a whole answer; more is not read
-TransportError = (OSError, http.client.HTTPException)
+# Shared with the launcher's health checks: one stdlib client for the same servers.
+from mixvllm_common.http_client import (
+    BODY_LIMIT,
+    CONNECT_TIMEOUT_S,
+    Target,
+    Timeout,
+    TransportError,
+    read_body,
+)
 
-
-class Timeout(Exception):
-    """No byte within the time allowed; `started` says whether any body byte had come."""
-
-    def __init__(self, started: bool) -> None:
-        super().__init__("timed out")
-        self.started = started
-
-
-@dataclass(frozen=True)
-class Target:
-    https: bool
-    host: str
-    port: int | None
-    prefix: str  # the API base's path, e.g. /v1
-
-    @classmethod
-    def parse(cls, base_url: str) -> Target:
-        scheme, _, rest = base_url.partition("://")
-        netloc, _, path = rest.partition("/")
-        host, port = netloc.rsplit("@", 1)[-1], None
-        if host.startswith("["):
-            host, _, tail = host[1:].partition("]")
-            port = int(tail[1:]) if tail.startswith(":") else None
-        elif ":" in host:
-            host, _, digits = host.rpartition(":")
-            port = int(digits)
-        return cls(scheme.lower() == "https", host, port, "/" + path.strip("/"))
-
-    def path(self, endpoint: str) -> str:
-        """The request target: a plain-HTTP proxy takes the absolute URL."""
-        path = self.prefix.rstrip("/") + endpoint
-        if self.https or self.proxy() is None:
-            return path
-        port = f":{self.port}" if self.port else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}{port}{path}"
-
-    def proxy(self) -> tuple[str, int | None] | None:
-        """The $http_proxy / $https_proxy that applies (urllib's rules, $no_proxy included)."""
-        if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
-            return None
-        import urllib.request  # noqa: PLC0415 (only with a proxy set: 20 ms of imports)
-
-        url = urllib.request.getproxies().get("https" if self.https else "http")
-        if not url or urllib.request.proxy_bypass(self.host):
-            return None
-        proxy = Target.parse(url if "://" in url else "http://" + url)
-        return proxy.host, proxy.port
-
-    def connect(self, timeout: float) -> http.client.HTTPConnection:
-        """A connected HTTP(S) connection; raises OSError when the server cannot be reached."""
-        conn: http.client.HTTPConnection
-        proxy = self.proxy()
-        host, port = proxy or (self.host, self.port)
-        if self.https:
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
-            if proxy:
-                conn.set_tunnel(self.host, self.port)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.connect()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+__all__ = [
+    "BODY_LIMIT",
+    "CONNECT_TIMEOUT_S",
+    "Cancel",
+    "Lines",
+    "Target",
+    "Timeout",
+    "TransportError",
+    "headers",
+    "read_body",
+]
 
 
 def headers(api_key: str | None, body: bool) -> dict[str, str]:
@@ -98,26 +45,6 @@ def headers(api_key: str | None, body: bool) -> dict[str, str]:
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
     return out
-
-
-def read_body(
-    response: http.client.HTTPResponse, sock: socket.socket | None, deadline: float
-) -> bytes:
-    """The whole body (up to BODY_LIMIT), by the deadline; raises Timeout after it."""
-    parts: list[bytes] = []
-    size = 0
-    while size < BODY_LIMIT:
-        if sock is not None:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-        try:
-            data = response.read1(BODY_LIMIT - size)
-        except TimeoutError as err:
-            raise Timeout(started=size > 0) from err
-        if not data:
-            break
-        parts.append(data)
-        size += len(data)
-    return b"".join(parts)
 
 
 class Lines:

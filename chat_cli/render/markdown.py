@@ -24,7 +24,7 @@ from rich.cells import cell_len, get_character_cell_size
 from chat_cli.api.answer import Answer
 from chat_cli.render.blocks import Blocks
 from chat_cli.render.plain import PlainRenderer, Renderer, footer_text, reasoning_summary
-from chat_cli.render.safe import visible
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult

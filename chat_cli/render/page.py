@@ -1,38 +1,30 @@
 """What `chat` tells the browser page (static/terminal.js) that it cannot see in the text.
 
-A private OSC sequence (number OSC) marks each code block: `block` at its first row (the
-page pins a copy button there) and, once the block is complete, `code;BASE64` with its exact
-text, so the page never scrapes its buffer (which holds wrapped, highlighted rows). Terminals
-ignore OSC numbers they do not know (xterm, VTE, tmux, xterm.js without the handler); still,
-they go out only to the browser terminal (MIXVLLM_SESSION set) and only to a TTY.
+A private OSC sequence (number names.PAGE_OSC) marks each code block: `block` at its first row
+(the page pins a copy button there) and, once the block is complete, `code;BASE64` with its
+exact text, so the page never scrapes its buffer (which holds wrapped, highlighted rows).
+Terminals ignore OSC numbers they do not know (xterm, VTE, tmux, xterm.js without the handler);
+still, they go out only to the browser terminal (names.SESSION_ENV set) and only to a TTY.
 
-The conversation export goes another way: chat keeps a copy of the conversation (JSON and
-markdown, as /save writes them) in the folder the terminal server gives each session
-(MIXVLLM_CHAT_EXPORT), and the page asks the server for it with the owner's token. Nothing
-in the terminal stream carries it, so a share link's viewer cannot read it.
+The conversation export goes another way: chat_cli/export.py.
 """
 
 from __future__ import annotations
 
 import base64
-import stat
 from collections.abc import Mapping
-from pathlib import Path
 
-from chat_cli.conversation import Conversation, write_atomic
+from mixvllm_common.names import PAGE_OSC, SESSION_ENV
 
-OSC = 7337
+OSC = PAGE_OSC
 BLOCK = f"\x1b]{OSC};block\x07"
 # A bigger block gets no copy button (the page's OSC parser and the replay stay small);
 # /copy N still copies it.
 MAX_COPY_BYTES = 256 * 1024
-EXPORT_ENV = "MIXVLLM_CHAT_EXPORT"
-EXPORT_JSON = "chat.json"
-EXPORT_MARKDOWN = "chat.md"
 
 
 def enabled(env: Mapping[str, str], is_tty: bool) -> bool:
-    return is_tty and bool(env.get("MIXVLLM_SESSION"))
+    return is_tty and bool(env.get(SESSION_ENV))
 
 
 def code(text: str) -> str:
@@ -41,17 +33,3 @@ def code(text: str) -> str:
     if not data or len(data) > MAX_COPY_BYTES:
         return ""
     return f"\x1b]{OSC};code;{base64.b64encode(data).decode('ascii')}\x07"
-
-
-def export(conversation: Conversation, env: Mapping[str, str]) -> None:
-    """Keep the session's export folder up to date (when the terminal server made one)."""
-    folder = env.get(EXPORT_ENV)
-    if not folder or not Path(folder).is_dir():
-        return
-    try:
-        # A setgid folder is a --session-user's: its group is the server's, which reads it.
-        mode = 0o640 if Path(folder).stat().st_mode & stat.S_ISGID else 0o600
-        write_atomic(Path(folder, EXPORT_JSON), conversation.json_text(), False, mode)
-        write_atomic(Path(folder, EXPORT_MARKDOWN), conversation.to_markdown(), False, mode)
-    except OSError:
-        pass  # the page's export then offers the previous state; the chat goes on

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import IO, Protocol
 
 from chat_cli.api.answer import Answer
-from chat_cli.render.safe import visible
+from mixvllm_common.terminal_text import visible
 
 DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"

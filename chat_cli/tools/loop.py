@@ -13,7 +13,6 @@ from typing import IO, TYPE_CHECKING
 
 from chat_cli.api.answer import ToolCall
 from chat_cli.conversation import Message
-from chat_cli.render.safe import visible
 from chat_cli.tools.toolbox import (
     CANCELLED,
     REFUSED,
@@ -26,6 +25,7 @@ from chat_cli.tools.toolbox import (
     size_text,
     truncate,
 )
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

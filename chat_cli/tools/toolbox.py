@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chat_cli.errors import ConfigError
+from chat_cli.tools.mcp_config import TOOL_CHOICES as CHOICES
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -20,9 +21,7 @@ if TYPE_CHECKING:
 RESULT_LIMIT = 16_000  # characters of a result sent back to the model
 CANCELLED = "cancelled by the user"
 REFUSED = "the user did not allow this call"
-CHOICES = ("auto", "required", "none")
 _NAME = re.compile(r"[^a-zA-Z0-9_-]")
-TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # a name as the model sees it (the API's rule)
 
 
 class ToolError(Exception):

@@ -1,4 +1,5 @@
-"""Untrusted text made safe to show on a terminal.
+"""Untrusted text made safe to show on a terminal (chat's every output; shared, so that the
+terminal server's own messages can use it too).
 
 Everything chat did not write itself (answers, reasoning, tool arguments and results, tool,
 server and model names, error bodies, file and conversation names) goes through `visible`

@@ -1,0 +1,362 @@
+"""What `chat` does once its configuration is read: connect, then one question or the REPL.
+
+chat_cli.__main__ reads the configuration first and imports this only then: `chat --help` and
+a bad flag need none of it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from chat_cli import chats
+from chat_cli import conversation as conv_mod
+from chat_cli.api import client as client_mod
+from chat_cli.api.answer import Answer, has_surrogates
+from chat_cli.api.client import ChatClient, Sampling
+from chat_cli.config import Config
+from chat_cli.errors import (
+    EXIT_INTERRUPTED,
+    ChatError,
+    ConfigError,
+    ModelNotFound,
+    NoModels,
+    ServerUnreachable,
+)
+from chat_cli.render import page
+from chat_cli.render.markdown import make_renderer
+from chat_cli.render.plain import PlainRenderer, Renderer
+from chat_cli.session import INTERRUPTED, Session
+from chat_cli.tty import typeahead_quiet
+from mixvllm_common.terminal_text import json_safe, visible
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from chat_cli.tools.loop import ToolView
+    from chat_cli.tools.mcp_client import McpHub
+    from chat_cli.tools.toolbox import Toolbox
+
+
+def _fit(line: str, stream: TextIO) -> str:
+    """`line` cut to one row of the terminal: a line that wraps would leave its first row
+    behind at each rewrite, as \r only returns to the start of the last row."""
+    from rich.cells import cell_len, set_cell_size  # noqa: PLC0415 (slow import)
+
+    try:
+        width = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        width = 80
+    # One column spare: some terminals wrap as soon as the last column is written.
+    room = max(1, width - 1)
+    return line if cell_len(line) <= room else set_cell_size(line, room - 1) + "…"
+
+
+def _progress(stream: TextIO) -> Callable[[str], None]:
+    last = [0.0]
+
+    def show(line: str) -> None:
+        line = visible(line)  # it quotes what the server said
+        if stream.isatty():
+            stream.write("\r\x1b[K" + _fit(line, stream))
+            stream.flush()
+            return
+        # Not a terminal: one line every 5 s, not a flood.
+        now = time.monotonic()
+        if now - last[0] >= 5.0:
+            last[0] = now
+            stream.write(line + "\n")
+            stream.flush()
+
+    return show
+
+
+def connect(config: Config, err: TextIO) -> tuple[str, list[str]]:
+    """Find a server that answers /v1/models: the primary, else the fallback."""
+    urls = [config.url] + ([config.fallback_url] if config.fallback_url else [])
+    failure: ServerUnreachable | None = None
+    for url in urls:
+        try:
+            if config.wait > 0:
+                models = client_mod.wait_for_models(
+                    url, config.api_key, config.wait, _progress(err)
+                )
+            else:
+                models = client_mod.fetch_models(url, config.api_key)
+        except ServerUnreachable as unreachable:
+            failure = failure or unreachable
+            continue
+        finally:
+            if config.wait > 0 and err.isatty():
+                err.write("\r\x1b[K")  # the progress line gives way to what follows
+        if not models:
+            raise NoModels(url)
+        if url != config.url:
+            err.write(f"chat: {config.url} is unreachable; using fallback {url}\n")
+        return url, models
+    assert failure is not None
+    raise ServerUnreachable(config.url, failure.reason, config.fallback_url)
+
+
+def _read_stdin() -> str:
+    # The bytes, decoded strictly: the text layer may smuggle bad bytes in as surrogates.
+    stdin = sys.stdin
+    try:
+        buffer = getattr(stdin, "buffer", None)
+        text = buffer.read().decode("utf-8") if buffer is not None else stdin.read()
+    except UnicodeDecodeError as err:
+        raise ChatError("stdin is not UTF-8 text") from err
+    if has_surrogates(text):
+        raise ChatError("stdin is not UTF-8 text")
+    return text
+
+
+def _make_console(out: TextIO) -> Console:
+    from rich.console import Console  # noqa: PLC0415 (slow import)
+
+    return Console(file=out, highlight=False, soft_wrap=False)
+
+
+def run(config: Config) -> int:
+    out, err = sys.stdout, sys.stderr
+    interactive = config.prompt is None and sys.stdin.isatty()
+    if interactive and not out.isatty():
+        raise ChatError("nothing to ask: give a question (the interactive mode needs a terminal)")
+    question = config.prompt or ""
+    if has_surrogates(question):
+        raise ChatError("the question on the command line is not UTF-8 text")
+    if not sys.stdin.isatty():
+        piped = _read_stdin()
+        if piped.strip():
+            question = f"{question}\n\n{piped}" if question else piped
+        if not question.strip():
+            raise ChatError("nothing to ask: give a question, or pipe text into chat")
+
+    if isinstance(config.resume, str):
+        _named(config, config.resume)  # a wrong name fails before the server is asked
+    # Keys typed while chat connects (or waits for a loading model) wait for the prompt.
+    with typeahead_quiet(sys.stdin) if interactive else nullcontext():
+        base_url, models = connect(config, err)
+        model = config.model or models[0]
+        if model not in models:
+            raise ModelNotFound(model, models)
+        client = ChatClient(base_url, config.api_key, config.timeout, config.deadline)
+        try:
+            return _converse(
+                config, client, base_url, model, question=question, interactive=interactive
+            )
+        finally:
+            client.close()
+
+
+def _converse(
+    config: Config,
+    client: ChatClient,
+    base_url: str,
+    model: str,
+    *,
+    question: str,
+    interactive: bool,
+) -> int:
+    """Ask one question (one-shot, pipe) or run the REPL on a connected client."""
+    out, err = sys.stdout, sys.stderr
+
+    conversation, resumed_from = open_conversation(config, model, err, interactive=interactive)
+    sampling = Sampling(model, config.temperature, config.top_p, config.max_tokens, config.seed)
+    hub, toolbox, view = _tools(config, out if interactive else err)
+    session = Session(
+        client,
+        conversation,
+        sampling,
+        stream=config.stream,
+        completions=config.completions,
+        tools=toolbox,
+        tool_view=view,
+    )
+    try:
+        if not interactive:
+            try:
+                return one_shot(session, config, question, out)
+            finally:
+                if session.conversation.autosave_failure:
+                    err.write(f"chat: {visible(session.conversation.autosave_failure)}\n")
+        return _repl(config, session, base_url, resumed_from)
+    finally:
+        if hub is not None:
+            hub.close()
+
+
+def _tools(config: Config, out: TextIO) -> tuple[McpHub | None, Toolbox | None, ToolView | None]:
+    """Tools for the session when MCP servers are configured; the hub starts them lazily."""
+    if not config.mcp:
+        return None, None, None
+    from chat_cli.tools.loop import ToolView, terminal_stdin  # noqa: PLC0415
+    from chat_cli.tools.mcp_client import McpHub  # noqa: PLC0415 (asyncio: only with tools)
+    from chat_cli.tools.toolbox import Toolbox  # noqa: PLC0415
+
+    view = ToolView(
+        out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
+    )
+    # Which servers are still starting: for a person waiting at a terminal, not for a log.
+    hub = McpHub(list(config.mcp), view.problem, view.notice if out.isatty() else None)
+    toolbox = Toolbox(
+        hub,
+        choice=config.tool_choice,
+        yes=config.yes,
+        max_rounds=config.max_tool_rounds,
+        timeout=config.tool_timeout,
+    )
+    return hub, toolbox, view
+
+
+def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | None) -> int:
+    out = sys.stdout
+    conversation = session.conversation
+    model = session.sampling.model
+
+    from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
+
+    console = _make_console(out)
+    # The model's id is the server's; a conversation's name is a file's: shown, not run.
+    console.print(f"Connected to {base_url} · model {visible(model)}", style="bold", markup=False)
+    if resumed_from is not None:
+        console.print(
+            f"Resumed {visible(resumed_from.stem)} ({len(conversation.messages)} messages)",
+            style="dim",
+            markup=False,
+        )
+    console.print(
+        "/help for commands · Alt-Enter or Ctrl-J for a newline · Ctrl-D to exit",
+        style="dim",
+        markup=False,
+    )
+    repl = Repl(
+        session,
+        console,
+        history_file=config.paths.history_file,
+        conversations_dir=config.paths.conversations_dir,
+        markdown=not config.plain,
+        show_reasoning=not config.hide_reasoning,
+        debug=config.debug,
+    )
+    return repl.run()
+
+
+def _named(config: Config, name: str) -> Path:
+    directory = config.paths.conversations_dir
+    path = chats.find(directory, name)
+    if path is None:
+        raise ConfigError(
+            f"no saved conversation named {name!r} in {directory} (/chats lists "
+            "them); to continue the last one with a question, write: chat QUESTION --resume"
+        )
+    return path
+
+
+def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] | None:
+    directory = config.paths.conversations_dir
+    if isinstance(config.resume, str):
+        path = _named(config, config.resume)
+        return path, conv_mod.load(path)
+
+    def warn(line: str) -> None:
+        err.write(f"chat: {visible(line)}\n")
+
+    found = chats.latest(directory, warn)
+    if found is None:
+        err.write("chat: no saved conversation to resume; starting a new one\n")
+    return found
+
+
+def open_conversation(
+    config: Config, model: str, err: TextIO, *, interactive: bool
+) -> tuple[conv_mod.Conversation, Path | None]:
+    """The conversation to continue (--resume) or a new one, and the file it came from.
+
+    REPL chats are autosaved; a one-shot question only with --resume, so scripts and pipes
+    do not fill the folder. Starting a REPL prunes old unnamed chats."""
+    directory = config.paths.conversations_dir
+    found = _resumed(config, err) if config.resume else None
+    if found is None:
+        conversation = conv_mod.Conversation(system=config.system, model=model)
+        if interactive or config.resume:
+            conversation.path = chats.new_autosave_path(directory)
+    else:
+        conversation = found[1]
+        conversation.path = found[0]
+        conversation.system = config.system or conversation.system
+        conversation.model = model
+    if interactive:
+        chats.prune(directory, current=conversation.path)
+    return conversation, found[0] if found else None
+
+
+def one_shot(session: Session, config: Config, question: str, out: TextIO) -> int:
+    if config.json:
+        renderer: Renderer = PlainRenderer(io.StringIO(), footer=False, styled=False)
+        failure: ChatError | None = None
+        try:
+            answer = session.ask(question, renderer)
+        except ChatError as error:
+            failure = error
+            answer = session.last_answer or Answer()
+        # Exact text: JSON escapes C0 controls, json_safe DEL and C1 (a terminal may run them).
+        document = json.dumps(_answer_json(session, answer, failure), ensure_ascii=False)
+        out.write(json_safe(document) + "\n")
+        if failure is not None:
+            raise failure
+        return 0 if not _interrupted(session) else EXIT_INTERRUPTED
+    tty = out.isatty()
+
+    def fresh() -> Renderer:
+        if tty and not config.plain:
+            return make_renderer(
+                _make_console(out),
+                out,
+                markdown=True,
+                show_reasoning=not config.hide_reasoning,
+                footer=True,
+                page_marks=page.enabled(os.environ, tty),
+            )
+        # plain text needs no rich console (and not its import time)
+        return PlainRenderer(out, footer=tty, styled=tty)
+
+    session.ask(question, fresh(), fresh)
+    return 0 if not _interrupted(session) else EXIT_INTERRUPTED
+
+
+def _interrupted(session: Session) -> bool:
+    return session.last_note == INTERRUPTED
+
+
+def _answer_json(session: Session, answer: Answer, failure: ChatError | None) -> dict[str, object]:
+    usage = answer.usage
+    return {
+        "model": session.sampling.model,
+        "content": answer.text,
+        "reasoning": answer.reasoning_text or None,
+        "finish_reason": answer.finish_reason,
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "estimated": usage.estimated,
+        },
+        "timings": {
+            "ttft_s": answer.ttft,
+            "total_s": answer.elapsed,
+            "tokens_per_s": answer.tokens_per_s,
+        },
+        "tool_calls": [
+            {"name": r.name, "arguments": r.arguments, "result": r.result, "error": r.error}
+            for r in (session.tools.records if session.tools is not None else [])
+        ],
+        "error": None if failure is None else failure.one_shot(),
+    }
