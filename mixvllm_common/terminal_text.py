@@ -10,7 +10,8 @@ and the 8-bit C1 controls (U+0080-U+009F, CSI is U+009B) as `<U+009B>`. Newline 
 
 Linear and fast on a megabyte answer: ASCII text goes through one `str.translate` with a
 table built once (~1 GB/s); other text through one regex pass (~200 MB/s), as CPython's
-translate of non-ASCII text looks each character up in the table (~5 MB/s).
+translate of non-ASCII text looks each character up in the table (~5 MB/s). A short piece
+with nothing to show (most streamed tokens) is returned as it is.
 Saved conversations and `--json` keep the original text.
 """
 
@@ -29,6 +30,7 @@ def _table() -> dict[int, str]:
 
 
 _VISIBLE = _table()
+_SHORT = 256  # below this, one isprintable() scan beats building a copy; above, it costs more
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # For JSON, which escapes C0 itself: DEL and C1 as \u escapes, the same string once parsed.
 _JSON = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
@@ -36,6 +38,8 @@ _JSON = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
 
 def visible(text: str) -> str:
     """`text` with every control character but newline and tab shown, not executed."""
+    if len(text) < _SHORT and text.isprintable():
+        return text  # a streamed token: nothing to change, nothing to copy
     if text.isascii():
         return text.translate(_VISIBLE)
     return _CONTROL.sub(_shown, text)

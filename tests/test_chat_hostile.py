@@ -66,6 +66,8 @@ TOOLS_QUESTION = (
         ("\x00\x01\x1f\x7f\r", "^@^A^_^?^M"),
         ("a\tb\nc ü 日本 \xa0", "a\tb\nc ü 日本 \xa0"),  # kept: tab, newline, text
         ("ü\x1b[2J", "ü^[[2J"),  # the non-ASCII path
+        ("word ", "word "),  # a short piece with nothing to show
+        ("x" * 300 + "\x9b", "x" * 300 + "<U+009B>"),  # a long one
     ],
 )
 def test_visible_shows_every_control_but_newline_and_tab(raw: str, shown: str) -> None:
