@@ -518,6 +518,7 @@ def test_a_server_that_dies_between_calls_shows_down_and_on_starts_it_again(
         wait_for(lambda: "down" in toolbox.lines()[0], 10, "the server to show down")
         assert toolbox.lines()[0].startswith("  t: down (died on its own) · ")
         assert toolbox.lines()[0].endswith("/tools on t starts it again")
+        assert "    ✗ echo  Return the text unchanged." in toolbox.lines()
         assert reported == ["MCP server t stopped (died on its own); going on without its tools"]
         made.ask("hi")
         assert "tools" not in fake.state.requests[-1]  # its tools are not offered

@@ -208,7 +208,8 @@ class Toolbox:
             off = " (off)" if server in self.disabled else ""
             out.append(f"  {server}{off}: {state}")
             for tool in tools:
-                mark = "✗" if tool.name in self.disabled or off else "✓"
+                usable = not (tool.name in self.disabled or off or state.startswith("down"))
+                mark = "✓" if usable else "✗"
                 always = " · always allowed" if tool.name in self.always else ""
                 line = tool.description.strip().splitlines()[0] if tool.description else ""
                 out.append(f"    {mark} {tool.name}{always}  {_clip(line, 70)}")
