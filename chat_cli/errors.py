@@ -108,8 +108,8 @@ class RoundLimit(ChatError):
 
     def __init__(self, rounds: int) -> None:
         super().__init__(
-            f"stopped: the model still called tools after {rounds} rounds (--max-tool-rounds); "
-            "its last calls were not run"
+            f"stopped: the model still called tools after {rounds} round"
+            f"{'s' if rounds != 1 else ''} (--max-tool-rounds); its last calls were not run"
         )
 
 

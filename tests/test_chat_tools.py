@@ -426,7 +426,7 @@ def test_the_round_limit_in_one_shot_is_exit_1_and_one_line(
     assert result.stdout == ""
     errors = [line for line in result.stderr.splitlines() if not line.startswith(("⚙", "  "))]
     assert errors == [
-        "chat: stopped: the model still called tools after 1 rounds (--max-tool-rounds); "
+        "chat: stopped: the model still called tools after 1 round (--max-tool-rounds); "
         "its last calls were not run"
     ]
     report = run_chat(fake, tmp_path, "--json", *args)
