@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.debug:
             import traceback  # noqa: PLC0415 (only with --debug: 20 ms of imports)
 
-            traceback.print_exc()
+            sys.stderr.write(visible(traceback.format_exc()))  # it quotes the error's text
         sys.stdout.flush()
         # Errors quote servers, tools and files: their controls are shown, not run.
         print(f"chat: {visible(err.one_shot())}", file=sys.stderr)

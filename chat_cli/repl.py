@@ -238,7 +238,7 @@ class Repl:
             self.console.print("[cancelled]", style="yellow", markup=False)
         except Exception as err:  # a bug must not end the session and lose the chat
             if self.debug:
-                traceback.print_exc()
+                sys.stderr.write(visible(traceback.format_exc()))  # it quotes the error's text
             self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
         finally:
             conversation = self.session.conversation

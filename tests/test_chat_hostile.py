@@ -285,3 +285,21 @@ def test_the_repl_shows_untrusted_text_visibly(
     child.expect(pexpect.EOF)
     raw.append(child.before)
     _assert_shown("".join(raw), list(SOURCES))
+
+
+def test_debug_tracebacks_show_the_error_text_visibly(
+    hostile: tuple[FakeServer, dict[str, str]],
+) -> None:
+    _, env = hostile
+    result = subprocess.run(
+        [*CHAT, "--debug", "@fault:http500"],
+        capture_output=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" in err
+    _no_live_sequences(err)
+    assert err.count(f"HTTP{visible(PAYLOAD)}") == 2  # the traceback's last line, and chat's
