@@ -12,6 +12,7 @@ from types import FrameType
 
 from chat_cli.config import load_config
 from chat_cli.errors import EXIT_INTERRUPTED, ChatError
+from mixvllm_common.terminal_text import visible
 
 
 @contextlib.contextmanager
@@ -50,7 +51,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         config = load_config(sys.argv[1:] if argv is None else argv)
     except ChatError as err:
-        print(f"chat: {err}", file=sys.stderr)
+        print(f"chat: {visible(str(err))}", file=sys.stderr)
         return err.exit_code
     try:
         from chat_cli.cli import run  # noqa: PLC0415 (start-up: --help and bad flags skip it)
@@ -60,9 +61,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if config.debug:
             import traceback  # noqa: PLC0415 (only with --debug: 20 ms of imports)
 
-            traceback.print_exc()
+            sys.stderr.write(visible(traceback.format_exc()))  # it quotes the error's text
         sys.stdout.flush()
-        print(f"chat: {err.one_shot()}", file=sys.stderr)
+        # Errors quote servers, tools and files: their controls are shown, not run.
+        print(f"chat: {visible(err.one_shot())}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("chat: interrupted", file=sys.stderr)
@@ -76,7 +78,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if config.debug:
             raise
         print(
-            f"chat: internal error: {type(err).__name__}: {err} (run with --debug for details)",
+            f"chat: internal error: {type(err).__name__}: {visible(str(err))} "
+            "(run with --debug for details)",
             file=sys.stderr,
         )
         return 1

@@ -26,6 +26,7 @@ from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import Renderer
 from chat_cli.session import Session
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -206,7 +207,7 @@ class Repl:
         )
 
     def error(self, text: str) -> None:
-        self.console.print(f"✗ {text}", style="red", markup=False, highlight=False)
+        self.console.print(f"✗ {visible(text)}", style="red", markup=False, highlight=False)
 
     def run(self) -> int:
         _warm_up(self.session)
@@ -240,7 +241,7 @@ class Repl:
             self.console.print("[cancelled]", style="yellow", markup=False)
         except Exception as err:  # a bug must not end the session and lose the chat
             if self.debug:
-                traceback.print_exc()
+                sys.stderr.write(visible(traceback.format_exc()))  # it quotes the error's text
             self.error(f"internal error: {type(err).__name__}: {err} (--debug shows more)")
         finally:
             conversation = self.session.conversation
