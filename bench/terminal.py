@@ -73,6 +73,7 @@ SHELL = "/bin/bash --norc --noprofile"
 TOKEN = "bench-token-0123456789"
 LINE = "0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz"
 CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
+PROBE_DIR: Path | None = None  # --probe: mixvllm servers run under bench/loop_probe.py
 TYPING_RATE = 10.0  # keys/s per session in the typing run: a fast typist
 
 
@@ -263,8 +264,11 @@ class Target:
 
 def start_mixvllm(root: Path = ROOT, name: str = "mixvllm") -> Target:
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
+    entry = ["-m", "terminal_server"]
+    if PROBE_DIR is not None:  # diagnosis: the loop's stalls and GC pauses, into a report
+        entry = [str(ROOT / "bench" / "loop_probe.py"), str(PROBE_DIR / f"{name}.json")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
+        [sys.executable, *entry, "--port", "0", "--no-autostart-chat",
          "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": path},
@@ -942,6 +946,9 @@ def main() -> int:
     parser.add_argument("--ending", type=int, default=100, help="sessions that end together")
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
+    parser.add_argument(
+        "--probe", metavar="DIR", help="run mixvllm under loop_probe.py, reports into DIR"
+    )
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
     args = parser.parse_args()
     if args.baseline_server:
@@ -953,6 +960,10 @@ def main() -> int:
     if args.echo_floor:
         run_echo_floor()
         return 0
+    if args.probe:
+        global PROBE_DIR
+        PROBE_DIR = Path(args.probe).resolve()
+        PROBE_DIR.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1
         args.ending = 20
