@@ -60,6 +60,7 @@ class Probes:
                 for g, ps in by_gen.items()
             },
             "gc_objects_tracked_at_exit": len(gc.get_objects()),
+            "gc_objects_frozen": gc.get_freeze_count(),
             "lag_ms": {
                 "samples": len(self.lag),
                 "p50": pct(self.lag, 0.5) * 1e3,

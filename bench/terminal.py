@@ -73,7 +73,7 @@ SHELL = "/bin/bash --norc --noprofile"
 TOKEN = "bench-token-0123456789"
 LINE = "0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz"
 CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
-PROBE_DIR: Path | None = None  # --probe: mixvllm servers run under bench/loop_probe.py
+PROBE_ENV = "BENCH_LOOP_PROBE"  # --probe's folder: mixvllm servers run under loop_probe.py
 TYPING_RATE = 10.0  # keys/s per session in the typing run: a fast typist
 
 
@@ -265,8 +265,8 @@ class Target:
 def start_mixvllm(root: Path = ROOT, name: str = "mixvllm") -> Target:
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
     entry = ["-m", "terminal_server"]
-    if PROBE_DIR is not None:  # diagnosis: the loop's stalls and GC pauses, into a report
-        entry = [str(ROOT / "bench" / "loop_probe.py"), str(PROBE_DIR / f"{name}.json")]
+    if probe := os.environ.get(PROBE_ENV):  # diagnosis: the loop's stalls and GC pauses
+        entry = [str(ROOT / "bench" / "loop_probe.py"), str(Path(probe) / f"{name}.json")]
     proc = subprocess.Popen(
         [sys.executable, *entry, "--port", "0", "--no-autostart-chat",
          "--shell", SHELL, "--token", TOKEN, "--max-sessions", "260"],
@@ -961,9 +961,8 @@ def main() -> int:
         run_echo_floor()
         return 0
     if args.probe:
-        global PROBE_DIR
-        PROBE_DIR = Path(args.probe).resolve()
-        PROBE_DIR.mkdir(parents=True, exist_ok=True)
+        os.environ[PROBE_ENV] = str(Path(args.probe).resolve())
+        Path(args.probe).mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1
         args.ending = 20
