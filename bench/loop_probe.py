@@ -4,6 +4,7 @@ come from; the probes cost CPU, so their runs are for diagnosis, never for the f
   gc        every collection's generation and pause (gc.callbacks)
   lag       a task that asks to wake every 2 ms: how late the loop wakes it (a stall)
   slow      callbacks that ran longer than 5 ms (the loop's debug mode, asyncio or uvloop)
+  profile   with LOOP_PROBE_CPROFILE=1: cProfile of the whole run, into REPORT.prof
 
 Run: .venv/bin/python bench/loop_probe.py REPORT.json [terminal server flags...]
 bench/terminal.py --probe DIR runs its mixvllm server this way and prints the reports.
@@ -12,9 +13,11 @@ bench/terminal.py --probe DIR runs its mixvllm server this way and prints the re
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 import terminal_server.__main__ as entry
 
 LAG_TICK_S = 0.002
+CPROFILE_ENV = "LOOP_PROBE_CPROFILE"  # set: also profile the server, into REPORT.prof
 
 
 class Probes:
@@ -101,7 +105,13 @@ def main() -> int:
             out.write_text(json.dumps(probes.report(), indent=1))
 
     entry.serve = probed  # type: ignore[assignment]
-    return entry.main(sys.argv[2:])
+    if not os.environ.get(CPROFILE_ENV):
+        return entry.main(sys.argv[2:])
+    profiler = cProfile.Profile()  # where the loop's time goes, by function
+    try:
+        return profiler.runcall(entry.main, sys.argv[2:])
+    finally:
+        profiler.dump_stats(out.with_suffix(".prof"))
 
 
 if __name__ == "__main__":

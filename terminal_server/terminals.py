@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from . import processes, session_user
@@ -328,6 +329,11 @@ class SessionManager:
         self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
         self.reaper = Reaper()
         self._cull_task: asyncio.Task[None] | None = None
+        # One thread forks and execs new sessions, one at a time, off the event loop.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-spawn")
+        self._starting = 0  # sessions being spawned: they count against the cap
+        self._started = asyncio.Event()  # set while none is being spawned
+        self._started.set()
 
     def become_subreaper(self) -> None:
         """Adopt and reap orphans of our sessions (daemons started from a shell, say).
@@ -346,24 +352,26 @@ class SessionManager:
         session = self.sessions.get(session_id)
         return session if session is not None and not session.closed else None
 
-    def create(self, chat_args: Sequence[str] = (), rows: int = 24, cols: int = 80) -> Session:
-        if len(self.sessions) >= self.config.max_sessions:
+    async def create(
+        self, chat_args: Sequence[str] = (), rows: int = 24, cols: int = 80
+    ) -> Session:
+        """Start a session. Its fork and exec (and export folder) happen in a worker thread:
+        on the loop they stopped every other session for 10-30 ms per new tab under load."""
+        if len(self.sessions) + self._starting >= self.config.max_sessions:
             raise SessionLimitError(
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
         session_id = secrets.token_urlsafe(12)
-        with self.reaper.spawning() as leaders:
-            proc, master = processes.spawn(
-                processes.session_argv(self.config, chat_args),
-                processes.session_env(
-                    session_id, self.config, self.exports.folder(session_id), self.user
-                ),
-                self.user.home if self.user else self.config.cwd,
-                rows,
-                cols,
-                user=self.user,
+        self._starting += 1
+        self._started.clear()
+        try:
+            proc, master = await asyncio.get_running_loop().run_in_executor(
+                self._spawner, self._spawn, session_id, chat_args, rows, cols
             )
-            leaders.add(proc.pid)
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._started.set()
         session = Session(
             session_id,
             proc,
@@ -382,6 +390,23 @@ class SessionManager:
         self.metrics.sessions_started += 1
         log.info("session %s started (pid %d)", session_id, proc.pid)
         return session
+
+    def _spawn(
+        self, session_id: str, chat_args: Sequence[str], rows: int, cols: int
+    ) -> tuple[subprocess.Popen[bytes], int]:  # runs in the spawner thread
+        with self.reaper.spawning() as leaders:
+            proc, master = processes.spawn(
+                processes.session_argv(self.config, chat_args),
+                processes.session_env(
+                    session_id, self.config, self.exports.folder(session_id), self.user
+                ),
+                self.user.home if self.user else self.config.cwd,
+                rows,
+                cols,
+                user=self.user,
+            )
+            leaders.add(proc.pid)
+        return proc, master
 
     def _forget(self, session: Session) -> None:
         self.reaper.forget(session.proc.pid)
@@ -421,8 +446,10 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cull_task
             self._cull_task = None
+        await self._started.wait()  # a session being spawned registers, then ends with the rest
         tasks = [s.close() for s in list(self.sessions.values())]
         if tasks:
             await asyncio.gather(*tasks)
         await self.reaper.stop()
+        self._spawner.shutdown()
         self.exports.close()
