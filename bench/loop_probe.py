@@ -94,8 +94,9 @@ def main() -> int:
 
     async def probed(*args: Any, **kwargs: Any) -> int:
         loop = asyncio.get_running_loop()
-        loop.set_debug(True)
-        loop.slow_callback_duration = 0.005
+        if not os.environ.get(CPROFILE_ENV):  # debug mode's tracebacks would fill a profile
+            loop.set_debug(True)
+            loop.slow_callback_duration = 0.005
         logging.getLogger("asyncio").addHandler(SlowHandler(probes))
         sampler = asyncio.ensure_future(probes.sample_lag())
         try:

@@ -24,14 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +176,73 @@ async def streamed(target: tb.Target, n: int, url: str, home: str) -> dict[str, 
         }
 
 
+class PtyPage:
+    """A chat on a bare PTY the bench reads itself (no terminal server): the floor."""
+
+    def __init__(self, fd: int, proc: subprocess.Popen[bytes]) -> None:
+        self.fd, self.proc = fd, proc
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.fd)
+        self.chunks.put_nowait(data)
+
+    async def frame(self, timeout: float = tb.CAP_S) -> str | None:
+        data = await asyncio.wait_for(self.chunks.get(), timeout)
+        return data.decode("utf-8", "replace") if data else None
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def ack(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            asyncio.get_running_loop().remove_reader(self.fd)
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.fd)
+
+
+async def streamed_floor(n: int, url: str, home: str) -> dict[str, Any]:
+    """The same chats and question on bare PTYs read by this process: the delay no terminal
+    server can go below on this machine at this moment (chat's rendering and the load)."""
+    env = {**os.environ, "TERM": "xterm-256color", "XDG_CONFIG_HOME": home}
+    env.update(XDG_STATE_HOME=home, XDG_DATA_HOME=home)
+    pages = []
+    for _ in range(n):
+        master, slave = os.openpty()
+        set_size(slave)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chat_cli", "--url", f"{url}/v1", "--model", "fake-model"],
+            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        pages.append(PtyPage(master, proc))
+    try:
+        await asyncio.gather(*(read_until_prompt(p, None, 120) for p in pages))  # type: ignore[arg-type]
+        seen: dict[str, float] = {}
+        t0 = time.monotonic()
+        for p in pages:
+            p.send("go\r")
+        await asyncio.gather(*(read_until_prompt(p, seen, 300) for p in pages))  # type: ignore[arg-type]
+        return {"server_cores": 0.0, "chat_cores": 0.0, "seen": seen, "wall": time.monotonic() - t0}
+    finally:
+        for p in pages:
+            p.close()
+
+
+def set_size(fd: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+
+
 def delays(seen: dict[str, float], sent: dict[str, float]) -> tuple[float, float, int]:
     """(p50, p99 of token -> socket, markers lost) for the markers of requests in `seen`."""
     reqs = {k[:5] for k in seen}
@@ -195,12 +265,15 @@ async def run_all(args: argparse.Namespace) -> int:
     targets = tb.start_targets(args)
     names = [t.name for t in targets if t.name != "wetty"]
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    floor: list[dict[str, Any]] = []
     try:
         for _ in range(args.repeat):
             for t in targets:
                 if t.name in names:
                     print(f"... {args.sessions} streamed answers: {t.name}", file=sys.stderr)
                     results[t.name].append(await streamed(t, args.sessions, url, str(work)))
+            print(f"... {args.sessions} streamed answers: bare PTYs", file=sys.stderr)
+            floor.append(await streamed_floor(args.sessions, url, str(work)))
     finally:
         for t in targets:
             tb.stop(t)
@@ -230,6 +303,11 @@ async def run_all(args: argparse.Namespace) -> int:
         values = [unit.format(rows[n][i] * scale) for n in names]
         ratios = [tb.ratio(ours, rows[p][i]) for p in peers]
         print("| " + " | ".join([f"{label}: {row}", *values, *ratios]) + " |")
+    p50, p99, lost = tb.median_of([delays(r["seen"], sent) for r in floor])
+    print(
+        f"| {label}, floor (chat on a bare PTY, no server): token -> PTY p50 / p99 (ms), lost "
+        f"| {p50 * 1e3:.1f} / {p99 * 1e3:.1f}, {lost:.0f} | |"
+    )
     load1 = os.getloadavg()
     print(
         f"load average (1 min): {load0[0]:.1f} at start, {load1[0]:.1f} at end; "
