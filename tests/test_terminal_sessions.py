@@ -451,3 +451,18 @@ def test_a_session_starting_does_not_stall_the_others(monkeypatch: pytest.Monkey
             assert max(echoes) < slow_s / 2, f"an echo waited {max(echoes):.3f} s"
 
     run(body)
+
+
+def test_sessions_started_together_stay_within_the_cap() -> None:
+    # Starts run in a thread now: one still forking must count against the cap, or six
+    # tabs opened together on a cap of four would all get a session.
+    async def body() -> None:
+        async with running_server(max_sessions=4) as srv:
+            results = await asyncio.gather(
+                *(srv.ctx.manager.create() for _ in range(6)), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, terminals.SessionLimitError)]
+            assert len(refused) == 2, results
+            assert len(srv.ctx.manager.sessions) == 4
+
+    run(body)
