@@ -27,6 +27,10 @@ Measured, with ratios mixvllm / each peer:
   200 sessions     server RSS per session; one key each in turn (echo p99, server CPU share
                    of that loop's wall time, which depends on how fast this client is); then all
                    typing 10 keys/s at once for --typing seconds (server cores, echo p99)
+  closed loop      200 sessions, each a person: type a key, wait for its echo, think 50-150 ms,
+                   all at once for --closed s (echo p50/p99, server cores, CPU per key); then
+                   the same while new sessions open one after another (echo p99, open p50).
+                   The keystroke floor relay serves the same 200 connections in the same run
   while 100 sessions end
                    one session types a key every 10 ms while 100 others `exit` at once: its
                    worst and median echo (cleaning up a session must not stall the others)
@@ -39,6 +43,9 @@ elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % o
 (the typing row: 2,000 keys/s in all, a rate that does not depend on this client's speed);
 <= 20 KB RSS per session; throughput and CPU per MB no worse than before. Issue 19: echo while
 100 sessions end far below 1 s (it was 1.7 s), stop with 200 sessions < 2 s (it was 8.5-9.8 s).
+Issue 23 (closed loop, 200 sessions): echo p99 <= terminado's in the same run (< 10 ms on a
+quiet machine), server CPU per key <= 1.5x the floor relay's. --probe DIR runs the mixvllm
+servers under bench/loop_probe.py (GC pauses, event-loop lag, slow callbacks) for diagnosis.
 Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--only echo ...]
 """
 
