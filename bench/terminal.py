@@ -27,6 +27,10 @@ Measured, with ratios mixvllm / each peer:
   200 sessions     server RSS per session; one key each in turn (echo p99, server CPU share
                    of that loop's wall time, which depends on how fast this client is); then all
                    typing 10 keys/s at once for --typing seconds (server cores, echo p99)
+  closed loop      200 sessions, each a person: type a key, wait for its echo, think 50-150 ms,
+                   all at once for --closed s (echo p50/p99, server cores, CPU per key); then
+                   the same while new sessions open one after another (echo p99, open p50).
+                   The keystroke floor relay serves the same 200 connections in the same run
   while 100 sessions end
                    one session types a key every 10 ms while 100 others `exit` at once: its
                    worst and median echo (cleaning up a session must not stall the others)
@@ -39,6 +43,9 @@ elsewhere): echo p50 <= 0.35 ms, p99 <= 0.7 ms; 200 typing sessions at <= 16 % o
 (the typing row: 2,000 keys/s in all, a rate that does not depend on this client's speed);
 <= 20 KB RSS per session; throughput and CPU per MB no worse than before. Issue 19: echo while
 100 sessions end far below 1 s (it was 1.7 s), stop with 200 sessions < 2 s (it was 8.5-9.8 s).
+Issue 23 (closed loop, 200 sessions): echo p99 <= terminado's in the same run (< 10 ms on a
+quiet machine), server CPU per key <= 1.5x the floor relay's. --probe DIR runs the mixvllm
+servers under bench/loop_probe.py (GC pauses, event-loop lag, slow callbacks) for diagnosis.
   team             with --team USER: the same server in team mode (--auth proxy), every request
                    naming USER as a proxy on loopback would; as root its sessions run as USER
 Run: .venv/bin/python bench/terminal.py [--quick] [--before DIR] [--team USER] [--only echo ...]
@@ -51,6 +58,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import resource
 import select
@@ -74,6 +82,7 @@ SHELL = "/bin/bash --norc --noprofile"
 TOKEN = "bench-token-0123456789"
 LINE = "0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz"
 CAP_S = 30.0  # give up waiting after this long and report ">= CAP_S"
+PROBE_ENV = "BENCH_LOOP_PROBE"  # --probe's folder: mixvllm servers run under loop_probe.py
 TYPING_RATE = 10.0  # keys/s per session in the typing run: a fast typist
 
 
@@ -139,39 +148,56 @@ async def pty_floor(megabytes: int) -> tuple[float, float]:
 
 # -- the floor of a keystroke: a bare relay between a socket and a PTY ------------------------
 def run_echo_floor() -> None:
-    """Relay raw bytes between one TCP connection and a shell's PTY with epoll: per keystroke
-    the six system calls every terminal server makes (two waits, socket read, PTY write, PTY
-    read, socket send) and nothing else. Its kernel time is what no server, in C or Python,
-    can go below; it prints its port, then relays until the client hangs up."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    """Relay raw bytes between TCP connections and a shell's PTY each, with epoll: per
+    keystroke the six system calls every terminal server makes (two waits, socket read, PTY
+    write, PTY read, socket send) and nothing else. Its kernel time is what no server, in C
+    or Python, can go below; it prints its port, then relays until every client hung up."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
     print(f"PORT {listener.getsockname()[1]}", flush=True)
-    conn, _ = listener.accept()
-    listener.close()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    master, slave = os.openpty()
-    shell = subprocess.Popen(
-        SHELL.split(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
-    )
-    os.close(slave)
-    os.set_blocking(master, False)
     poller = select.epoll()
-    poller.register(conn.fileno(), select.EPOLLIN)
-    poller.register(master, select.EPOLLIN)
+    poller.register(listener.fileno(), select.EPOLLIN)
+    conns: dict[int, tuple[socket.socket, int, subprocess.Popen[bytes]]] = {}  # by both fds
     buf = bytearray(64 * 1024)
-    try:
-        while True:
-            for fd, _ in poller.poll():
+
+    def drop(fd: int) -> None:
+        conn, master, shell = conns.pop(fd)
+        conns.pop(master if fd == conn.fileno() else conn.fileno(), None)
+        poller.unregister(conn.fileno())
+        poller.unregister(master)
+        conn.close()
+        os.close(master)
+        shell.kill()
+        shell.wait()
+
+    served = False
+    while conns or not served:
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                conn, _ = listener.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                master, slave = os.openpty()
+                shell = subprocess.Popen(
+                    SHELL.split(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+                )
+                os.close(slave)
+                os.set_blocking(master, False)
+                conns[conn.fileno()] = conns[master] = (conn, master, shell)
+                poller.register(conn.fileno(), select.EPOLLIN)
+                poller.register(master, select.EPOLLIN)
+                served = True
+                continue
+            if fd not in conns:
+                continue
+            conn, master, _ = conns[fd]
+            try:
                 if fd == master:
                     conn.sendall(buf[: os.readv(master, [buf])])
                 elif (n := conn.recv_into(buf)) == 0:
-                    return
+                    drop(fd)
                 else:
                     os.write(master, buf[:n])
-    except OSError:  # the client hung up hard, or the shell exited
-        pass
-    finally:
-        shell.kill()
-        shell.wait()
+            except OSError:  # the client hung up hard, or the shell exited
+                drop(fd)
 
 
 async def echo_floor(count: int) -> tuple[float, float, float]:
@@ -251,8 +277,11 @@ def start_mixvllm(root: Path = ROOT, name: str = "mixvllm", team_user: str | Non
     on loopback would (as root, sessions run as that account: it must have uid >= 1000)."""
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
     team = ["--auth", "proxy", "--max-user-sessions", "260"] if team_user else []
+    entry = ["-m", "terminal_server"]
+    if probe := os.environ.get(PROBE_ENV):  # diagnosis: the loop's stalls and GC pauses
+        entry = [str(ROOT / "bench" / "loop_probe.py"), str(Path(probe) / f"{name}.json")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal_server", "--port", "0", "--no-autostart-chat",
+        [sys.executable, *entry, "--port", "0", "--no-autostart-chat",
          "--shell", SHELL, "--max-sessions", "260", *team],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": path, "MIXVLLM_TERMINAL_TOKEN": TOKEN},
@@ -621,6 +650,126 @@ async def stop_time(target: Target, n: int) -> float:
         return took
 
 
+# -- closed loop: people typing, each waiting for the echo and thinking ----------------------
+THINK_S = (0.05, 0.15)  # a person's pause between keys, uniform
+
+
+class RawConn:
+    """A client of the keystroke floor relay, with the calls of Conn the closed loop uses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def send(self, text: str) -> None:
+        self.writer.write(text.encode())
+
+    async def frame(self, timeout: float = CAP_S) -> str | None:
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        return data.decode("utf-8", "replace") if data else None
+
+    def ack(self) -> None:
+        pass
+
+
+async def raw_connect(port: int) -> RawConn:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c, seen = RawConn(reader, writer), ""
+    c.send("PS1='$ '; stty -echoctl; echo READY-$((40+2))\r")
+    while "READY-42" not in seen:
+        seen = (seen + (await c.frame() or "READY-42"))[-4096:]
+    return c
+
+
+async def closed_loop(
+    conns: list[Any], seconds: float, cpu: Any, side: Any = None
+) -> tuple[list[float], float, float]:
+    """Every connection types a key, waits for its echo, thinks THINK_S, for `seconds`, all at
+    once; `side` (a coroutine function) runs beside them. (echo samples, server cores, server
+    CPU s per key), the CPU read by `cpu()`."""
+    rng = random.Random(23)
+    samples: list[float] = []
+    begin = time.monotonic() + 0.2
+    end = begin + seconds
+    keys = 0
+
+    async def person(c: Any, start: float) -> None:
+        nonlocal keys
+        await asyncio.sleep(start - time.monotonic())
+        typed = 0
+        while time.monotonic() < end:
+            ch = "abcdefghij"[typed % 10]
+            t0 = time.monotonic()
+            c.send(ch)
+            while ch not in (await c.frame() or ch):
+                c.ack()
+            c.ack()
+            samples.append(time.monotonic() - t0)
+            typed += 1
+            if typed % 50 == 0:
+                c.send("\x15")  # clear the line (its erase output has no letters)
+                keys += 1
+            keys += 1
+            await asyncio.sleep(rng.uniform(*THINK_S))
+
+    async def beside() -> None:
+        await asyncio.sleep(begin - time.monotonic())
+        while side is not None and time.monotonic() < end:
+            await side()
+
+    await asyncio.sleep(0.2)
+    cpu0 = cpu()
+    people = [person(c, begin + rng.uniform(0, THINK_S[1])) for c in conns]
+    await asyncio.gather(*people, beside())
+    used = cpu() - cpu0
+    return samples, used / (time.monotonic() - begin), used / max(1, keys)
+
+
+async def closed_loop_server(
+    target: Target, n: int, seconds: float
+) -> tuple[float, float, float, float, float, float]:
+    """(echo p50, p99, server cores, CPU s per key) of `n` people typing in a closed loop;
+    then (echo p99, session open p50) of the same while new sessions open one after another."""
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(connect(target)) for _ in range(n)]
+        s, cores, per_key = await closed_loop(conns, seconds, target.cpu)
+        opened: list[float] = []
+
+        async def open_one() -> None:
+            t0 = time.monotonic()
+            async with connect(target):
+                opened.append(time.monotonic() - t0)
+
+        s2, _, _ = await closed_loop(conns, seconds, target.cpu, open_one)
+        return pct(s, 0.5), pct(s, 0.99), cores, per_key, pct(s2, 0.99), pct(opened, 0.5)
+
+
+async def closed_loop_floor(n: int, seconds: float) -> tuple[float, float, float, float]:
+    """(echo p50, p99, cores, CPU s per key) of the bare relay under the same closed loop."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--echo-floor"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        conns = [await raw_connect(port) for _ in range(n)]
+        relay = psutil.Process(proc.pid)
+
+        def cpu() -> float:
+            t = relay.cpu_times()
+            return t.user + t.system
+
+        s, cores, per_key = await closed_loop(conns, seconds, cpu)
+        for c in conns:
+            c.writer.close()
+        await asyncio.gather(*(c.writer.wait_closed() for c in conns))  # the relay then exits
+        return pct(s, 0.5), pct(s, 0.99), cores, per_key
+    finally:
+        proc.wait(30)
+        if proc.stdout:
+            proc.stdout.close()
+
+
 # -- report ---------------------------------------------------------------------------------
 def fmt(v: float, unit: str) -> str:
     return f">= {CAP_S:.0f} s" if v == float("inf") else f"{v:.3f} {unit}".rstrip()
@@ -665,6 +814,16 @@ def cells(label: str, unit: str, value: Any) -> list[tuple[str, str, float]]:
             ("echo p99 (ms)", f"{value[1] * 1e3:.2f}", value[1]),
             ("server CPU per keystroke (µs)", f"{value[2] * 1e6:.0f}", value[2]),
         ]
+    if label.startswith("closed loop"):
+        opening = f"{label}, new sessions opening"
+        return [
+            (f"{label}: echo p50 (ms)", f"{value[0] * 1e3:.2f}", value[0]),
+            (f"{label}: echo p99 (ms)", f"{value[1] * 1e3:.2f}", value[1]),
+            (f"{label}: server cores", f"{value[2]:.3f}", value[2]),
+            (f"{label}: server CPU per key (µs)", f"{value[3] * 1e6:.0f}", value[3]),
+            (f"{opening}: echo p99 (ms)", f"{value[4] * 1e3:.2f}", value[4]),
+            (f"{opening}: open p50 (ms)", f"{value[5] * 1e3:.1f}", value[5]),
+        ]
     if label.endswith("sessions"):
         typing = f"{label} typing {TYPING_RATE:g} keys/s"
         return [
@@ -693,6 +852,7 @@ async def run_all(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, dict[str, Any]]] = []
     floor: list[tuple[float, float]] = []
     key_floor: list[tuple[float, float, float]] = []
+    loop_floor: list[tuple[float, float, float, float]] = []
     try:
         for label, unit, fn in [
             ("throughput MB/s", "MB/s", lambda t: throughput(t, args.megabytes)),
@@ -704,6 +864,11 @@ async def run_all(args: argparse.Namespace) -> int:
                 f"{args.sessions} sessions",
                 "",
                 lambda t: many_sessions(t, args.sessions, TYPING_RATE, args.typing),
+            ),
+            (
+                f"closed loop, {args.sessions} sessions",
+                "",
+                lambda t: closed_loop_server(t, args.sessions, args.closed),
             ),
             (
                 f"while {args.ending} sessions end, another's echo",
@@ -726,7 +891,7 @@ async def run_all(args: argparse.Namespace) -> int:
                 targets = start_targets(args)
             # The machine is shared and noisy: the cheap measures alternate the servers
             # `repeat` times and keep the median of each figure.
-            runs = args.repeat if label.startswith(("throughput", "echo")) else 1
+            runs = args.repeat if label.startswith(("throughput", "echo", "closed")) else 1
             samples: dict[str, list[Any]] = {t.name: [] for t in targets}
             for _ in range(runs):
                 for t in targets:
@@ -738,6 +903,9 @@ async def run_all(args: argparse.Namespace) -> int:
                 if label.startswith("echo"):
                     print("... echo: keystroke floor", file=sys.stderr, flush=True)
                     key_floor.append(await echo_floor(args.keys))
+                if label.startswith("closed"):
+                    print("... closed loop: keystroke floor", file=sys.stderr, flush=True)
+                    loop_floor.append(await closed_loop_floor(args.sessions, args.closed))
             rows.append((label, unit, {n: median_of(v) for n, v in samples.items()}))
     finally:
         for t in targets:
@@ -765,6 +933,14 @@ async def run_all(args: argparse.Namespace) -> int:
                 f"{kernel * 1e6:.0f} | (a bare relay: the limit) |"
             )
             print(f"| keystroke floor: echo p50 (ms) | {p50 * 1e3:.2f} | |")
+        if label.startswith("closed"):
+            p50, p99, cores, per_key = median_of(loop_floor)
+            ours = results["mixvllm"][3]
+            print(
+                f"| {label}, keystroke floor: echo p50 / p99 (ms), cores, CPU per key (µs) "
+                f"| {p50 * 1e3:.2f} / {p99 * 1e3:.2f}, {cores:.3f}, {per_key * 1e6:.0f} "
+                f"| mixvllm CPU per key / floor's: {ours / per_key:.2f}x |"
+            )
     load1 = os.getloadavg()
     cpus = os.cpu_count()
     print(f"load average (1 min): {load0[0]:.1f} at start, {load1[0]:.1f} at end; {cpus} CPUs")
@@ -782,9 +958,15 @@ def main() -> int:
     parser.add_argument("--stall", type=float, default=20.0)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--typing", type=float, default=10.0, help="seconds the sessions type")
+    parser.add_argument(
+        "--closed", type=float, default=10.0, help="seconds of each closed-loop window"
+    )
     parser.add_argument("--ending", type=int, default=100, help="sessions that end together")
     parser.add_argument("--repeat", type=int, default=3, help="runs of throughput and echo")
     parser.add_argument("--only", action="append", help="run measures whose label has this")
+    parser.add_argument(
+        "--probe", metavar="DIR", help="run mixvllm under loop_probe.py, reports into DIR"
+    )
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
     parser.add_argument("--team", metavar="USER", help="also run it in team mode, as USER")
     args = parser.parse_args()
@@ -797,10 +979,14 @@ def main() -> int:
     if args.echo_floor:
         run_echo_floor()
         return 0
+    if args.probe:
+        os.environ[PROBE_ENV] = str(Path(args.probe).resolve())
+        Path(args.probe).mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.megabytes, args.keys, args.stall, args.sessions, args.repeat = 10, 50, 3.0, 20, 1
         args.ending = 20
         args.typing = 2.0
+        args.closed = 3.0
     return asyncio.run(run_all(args))
 
 

@@ -267,7 +267,7 @@ class TermSocket(_Guarded, WebSocketHandler):
         if session is None:
             rows, cols = self._size()
             try:
-                session = self.ctx.manager.create(self._chat_args(), rows, cols, user)
+                session = await self.ctx.manager.create(self._chat_args(), rows, cols, user)
             except SessionLimitError as exc:
                 self.ctx.metrics.rejected["session_limit"] += 1
                 log.warning("refused a new session from %s: %s", self.peer, exc)

@@ -44,7 +44,7 @@ def test_sessions_ending_together_do_not_stall_another_sessions_echo() -> None:
             assert c.conn.protocol is not None
             c.conn.protocol.set_nodelay(True)  # as browsers do: no Nagle delay on each key
             manager = srv.ctx.manager
-            ending = [manager.create() for _ in range(ENDING)]
+            ending = [await manager.create() for _ in range(ENDING)]
             await wait_for_async(lambda: all(s.replay() for s in ending), 60, "every prompt")
             echoes: list[float] = []
             done = asyncio.Event()

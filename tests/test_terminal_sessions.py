@@ -7,7 +7,9 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -413,5 +415,54 @@ def test_a_size_change_is_confirmed_behind_the_output_drawn_before_it(
             plain.type("stty size\r")
             await plain.expect("30 90")
             assert all(f[0] != protocol.SIZE for f in plain.frames)
+
+    run(body)
+
+
+def test_a_session_starting_does_not_stall_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fork and exec took 10-30 ms on a loaded machine, every other session's echo stopped
+    # meanwhile: they run in a worker thread. Here each start is made slow on purpose.
+    slow_s = 0.5
+    spawn = terminals.processes.spawn
+
+    def slow_spawn(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(slow_s)
+        return spawn(*args, **kwargs)
+
+    monkeypatch.setattr(terminals.processes, "spawn", slow_spawn)
+
+    async def body() -> None:
+        async with running_server() as srv:
+            c = await srv.connect()
+            await wait_for_async(lambda: c.output, 10, "a prompt")
+            echoes: list[float] = []
+            opening = asyncio.ensure_future(srv.connect())
+            while not opening.done():
+                for ch in "abcdefghij":
+                    seen, start = len(c.output), time.monotonic()
+                    c.type(ch)
+                    while ch not in c.output[seen:]:
+                        assert time.monotonic() - start < 10, f"no echo of {ch!r}"
+                        await asyncio.sleep(0.001)
+                    echoes.append(time.monotonic() - start)
+                c.type("\x15")
+            await opening
+            assert echoes
+            assert max(echoes) < slow_s / 2, f"an echo waited {max(echoes):.3f} s"
+
+    run(body)
+
+
+def test_sessions_started_together_stay_within_the_cap() -> None:
+    # Starts run in a thread now: one still forking must count against the cap, or six
+    # tabs opened together on a cap of four would all get a session.
+    async def body() -> None:
+        async with running_server(max_sessions=4) as srv:
+            results = await asyncio.gather(
+                *(srv.ctx.manager.create() for _ in range(6)), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, terminals.SessionLimitError)]
+            assert len(refused) == 2, results
+            assert len(srv.ctx.manager.sessions) == 4
 
     run(body)
