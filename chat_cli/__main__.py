@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 from chat_cli.config import load_config
 from chat_cli.errors import EXIT_INTERRUPTED, ChatError
+from mixvllm_common.terminal_text import visible
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(sys.argv[1:] if argv is None else argv)
     except ChatError as err:
-        print(f"chat: {err}", file=sys.stderr)
+        print(f"chat: {visible(str(err))}", file=sys.stderr)
         return err.exit_code
     try:
         from chat_cli.cli import run  # noqa: PLC0415 (start-up: --help and bad flags skip it)
@@ -26,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         sys.stdout.flush()
-        print(f"chat: {err.one_shot()}", file=sys.stderr)
+        # Errors quote servers, tools and files: their controls are shown, not run.
+        print(f"chat: {visible(err.one_shot())}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("chat: interrupted", file=sys.stderr)
@@ -40,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.debug:
             raise
         print(
-            f"chat: internal error: {type(err).__name__}: {err} (run with --debug for details)",
+            f"chat: internal error: {type(err).__name__}: {visible(str(err))} "
+            "(run with --debug for details)",
             file=sys.stderr,
         )
         return 1

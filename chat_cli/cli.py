@@ -34,6 +34,7 @@ from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import PlainRenderer, Renderer
 from chat_cli.session import INTERRUPTED, Session
 from chat_cli.tty import typeahead_quiet
+from mixvllm_common.terminal_text import json_safe, visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -61,6 +62,7 @@ def _progress(stream: TextIO) -> Callable[[str], None]:
     last = [0.0]
 
     def show(line: str) -> None:
+        line = visible(line)  # it quotes what the server said
         if stream.isatty():
             stream.write("\r\x1b[K" + _fit(line, stream))
             stream.flush()
@@ -183,7 +185,7 @@ def _converse(
                 return one_shot(session, config, question, out)
             finally:
                 if session.conversation.autosave_failure:
-                    err.write(f"chat: {session.conversation.autosave_failure}\n")
+                    err.write(f"chat: {visible(session.conversation.autosave_failure)}\n")
         return _repl(config, session, base_url, resumed_from)
     finally:
         if hub is not None:
@@ -201,7 +203,8 @@ def _tools(config: Config, out: TextIO) -> tuple[McpHub | None, Toolbox | None, 
     view = ToolView(
         out, terminal_stdin(), styled=out.isatty() and not (config.plain or config.json)
     )
-    hub = McpHub(list(config.mcp), view.problem)
+    # Which servers are still starting: for a person waiting at a terminal, not for a log.
+    hub = McpHub(list(config.mcp), view.problem, view.notice if out.isatty() else None)
     toolbox = Toolbox(
         hub,
         choice=config.tool_choice,
@@ -220,10 +223,11 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
     from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
 
     console = _make_console(out)
-    console.print(f"Connected to {base_url} · model {model}", style="bold", markup=False)
+    # The model's id is the server's; a conversation's name is a file's: shown, not run.
+    console.print(f"Connected to {base_url} · model {visible(model)}", style="bold", markup=False)
     if resumed_from is not None:
         console.print(
-            f"Resumed {resumed_from.stem} ({len(conversation.messages)} messages)",
+            f"Resumed {visible(resumed_from.stem)} ({len(conversation.messages)} messages)",
             style="dim",
             markup=False,
         )
@@ -262,7 +266,7 @@ def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] 
         return path, conv_mod.load(path)
 
     def warn(line: str) -> None:
-        err.write(f"chat: {line}\n")
+        err.write(f"chat: {visible(line)}\n")
 
     found = chats.latest(directory, warn)
     if found is None:
@@ -302,7 +306,9 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
         except ChatError as error:
             failure = error
             answer = session.last_answer or Answer()
-        out.write(json.dumps(_answer_json(session, answer, failure), ensure_ascii=False) + "\n")
+        # Exact text: JSON escapes C0 controls, json_safe DEL and C1 (a terminal may run them).
+        document = json.dumps(_answer_json(session, answer, failure), ensure_ascii=False)
+        out.write(json_safe(document) + "\n")
         if failure is not None:
             raise failure
         return 0 if not _interrupted(session) else EXIT_INTERRUPTED

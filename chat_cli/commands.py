@@ -17,6 +17,7 @@ from chat_cli.errors import ChatError
 from chat_cli.render.plain import footer_text
 from chat_cli.session import Session
 from mixvllm_common.options import Kind
+from mixvllm_common.terminal_text import visible
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Commands:
         self.conversations_dir = conversations_dir
 
     def say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        # Commands show answers, tool results, model and file names: never live controls.
+        self.out.write(visible(text) + "\n")
         self.out.flush()
 
     def run(self, line: str) -> Outcome:

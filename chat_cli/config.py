@@ -17,7 +17,7 @@ from typing import Any
 from chat_cli import chats
 from chat_cli.errors import ConfigError
 from chat_cli.tools import mcp_config
-from chat_cli.tools.mcp_config import ServerSpec
+from chat_cli.tools.mcp_config import TOOL_CHOICES, TOOL_NAME, ServerSpec
 from mixvllm_common import defaults
 from mixvllm_common.options import (
     Kind,
@@ -64,6 +64,14 @@ def _real(low: float, high: float = math.inf) -> Kind:
         return number
 
     return parse
+
+
+def _tool_choice(text: str) -> str:
+    """auto, required, none, or what can be a tool's name (the tools are known only once
+    their servers run: Toolbox.check_choice tells then)."""
+    if text in TOOL_CHOICES or TOOL_NAME.fullmatch(text):
+        return text
+    raise ValueError("needs auto, required, none or a tool's name")
 
 
 def _resume(text: str) -> bool | str:
@@ -151,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
         "run the model's tool calls without asking (trusted tools only)",
     ),
     Option(
-        "tool_choice", ("--tool-choice",), ("CHAT_TOOL_CHOICE",), str, "auto",
+        "tool_choice", ("--tool-choice",), ("CHAT_TOOL_CHOICE",), _tool_choice, "auto",
         "`auto`, `required`, `none` or a tool's name: what the model must do with tools "
         "in its first answer to each question", "CHOICE",
     ),

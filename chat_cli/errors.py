@@ -103,6 +103,16 @@ class NothingAnswered(ChatError):
     limit reached before any text."""
 
 
+class RoundLimit(ChatError):
+    """The model still called tools after --max-tool-rounds rounds: there is no answer."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__(
+            f"stopped: the model still called tools after {rounds} rounds (--max-tool-rounds); "
+            "its last calls were not run"
+        )
+
+
 class StreamFailed(ChatError):
     """The answer stream broke after it started; what arrived (`partial`) is kept."""
 

@@ -26,6 +26,7 @@ from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import Renderer
 from chat_cli.session import Session
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -205,7 +206,7 @@ class Repl:
         )
 
     def error(self, text: str) -> None:
-        self.console.print(f"✗ {text}", style="red", markup=False, highlight=False)
+        self.console.print(f"✗ {visible(text)}", style="red", markup=False, highlight=False)
 
     def run(self) -> int:
         _warm_up(self.session)

@@ -90,6 +90,8 @@ class Session:
         if has_surrogates(text):
             # It could not be saved or sent: refuse it before it enters the history.
             raise ChatError("the message is not valid UTF-8 text; nothing was sent")
+        if self.tools is not None and not self.completions:
+            self.tools.check_choice()  # before the question joins the conversation
         self.conversation.messages.append(Message("user", text))
         self.conversation.autosave()
         if self.tools is not None:
@@ -103,11 +105,10 @@ class Session:
             view = self.tool_view
             assert view is not None
             if rounds >= self.tools.max_rounds:
+                # Every call keeps an answer, so the conversation goes on; no answer came.
                 self._answer_calls(calls, f"not run: {ROUND_LIMIT}")
-                view.note(f"stopped: the model still called tools after {rounds} rounds "
-                          "(--max-tool-rounds)")  # fmt: skip
                 self.last_note = ROUND_LIMIT
-                return answer
+                raise errors.RoundLimit(rounds)
             from chat_cli.tools.loop import run_calls  # noqa: PLC0415 (start-up: only with tools)
 
             results, cancelled = run_calls(self.tools, calls, view)

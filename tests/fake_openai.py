@@ -47,6 +47,8 @@ NGINX_502 = (
 class FakeState:
     scenario: str = "ok"
     answer: str = DEFAULT_ANSWER
+    reasoning: str = "Let me think about this carefully."  # the reasoning scenario's
+    error_message: str = "engine crashed: CUDA out of memory"  # http500's
     api_key: str | None = None
     models: list[str] = field(default_factory=lambda: [MODEL, "other-model"])
     token_delay: float = 0.0
@@ -216,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
         else:
-            self._json(500, {"error": {"message": "engine crashed: CUDA out of memory"}})
+            self._json(500, {"error": {"message": self.state.error_message}})
 
     def _whole(self, request: dict[str, Any], completions: bool, text: str = "") -> None:
         answer = text or self.state.answer
@@ -314,7 +316,7 @@ class Handler(BaseHTTPRequestHandler):
             self.state.release.wait(60)
             return
         if scenario == "reasoning":
-            for piece in tokens("Let me think about this carefully."):
+            for piece in tokens(self.state.reasoning):
                 self._send(chunk({"reasoning_content": piece}))
         if scenario == "slow":
             for _ in range(2000):  # until the client hangs up

@@ -149,11 +149,10 @@ def test_the_round_limit_ends_with_one_line_and_a_usable_conversation(
 ) -> None:
     assert setup.session.tools is not None
     setup.session.tools.max_rounds = 2
-    setup.ask('@fault:loop echo {"text": "again"}')
+    with pytest.raises(ChatError, match=r"^stopped: the model still called tools after 2 rounds"):
+        setup.ask('@fault:loop echo {"text": "again"}')
     assert len(fake.state.requests) == 3
     assert setup.session.last_note == ROUND_LIMIT
-    lines = [line for line in setup.shown.getvalue().splitlines() if "stopped" in line]
-    assert lines == ["stopped: the model still called tools after 2 rounds (--max-tool-rounds)"]
     last = setup.session.conversation.messages[-1]
     assert last.role == "tool" and "not run" in last.content
     setup.ask("hello")  # every call of the conversation has its answer: the server takes it
@@ -402,6 +401,163 @@ def test_the_docs_example_config_works(tmp_path: Path, fake: FakeServer) -> None
         assert made.ask("@fault:call secret_word {}") == f"tool said: The secret word is {SECRET}."
     finally:
         made.client.close()
+        hub.close()
+
+
+def test_a_bare_value_for_arguments_follows_one_rule(fake: FakeServer, setup: Setup) -> None:
+    """Taken where it can mean only one thing (no parameter, or one), refused elsewhere."""
+    assert setup.ask('@fault:call echo "Paris"') == "tool said: Paris"
+    # The value's type is the tool's to check, as for any argument.
+    assert "Input should be a valid string" in setup.ask("@fault:call echo 42")
+    assert setup.ask('@fault:call secret_word "Paris"').endswith(SECRET + ".")
+    refused = setup.ask('@fault:call add "Paris"')
+    assert (
+        refused == 'tool said: error: the arguments must be a JSON object with a, b, got: "Paris"'
+    )
+
+
+def test_the_round_limit_in_one_shot_is_exit_1_and_one_line(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    args = ("--yes", "--max-tool-rounds", "1", "--mcp", MCP_FLAG, '@fault:loop echo {"text": "a"}')
+    result = run_chat(fake, tmp_path, *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("⚙", "  "))]
+    assert errors == [
+        "chat: stopped: the model still called tools after 1 rounds (--max-tool-rounds); "
+        "its last calls were not run"
+    ]
+    report = run_chat(fake, tmp_path, "--json", *args)
+    assert report.returncode == 1
+    assert json.loads(report.stdout)["error"].startswith("stopped: the model still called tools")
+
+
+@pytest.mark.parametrize(
+    ("where", "choice", "message"),
+    [
+        ("flag", "no such", "invalid value 'no such' for --tool-choice: needs auto, required"),
+        ("file", "some times", "invalid value 'some times' for tool_choice in"),
+        (
+            "flag",
+            "nosuchtool",
+            "tool_choice 'nosuchtool' is not an enabled tool (the tools are: echo",
+        ),
+        ("file", "sometimes", "tool_choice 'sometimes' is not an enabled tool"),
+    ],
+)
+def test_a_tool_choice_that_names_no_enabled_tool_is_exit_2_before_asking(
+    fake: FakeServer, tmp_path: Path, where: str, choice: str, message: str
+) -> None:
+    if where == "file":
+        config = tmp_path / "chat.toml"
+        config.write_text(f"tool_choice = {json.dumps(choice)}\n")
+        flags = ["--config", str(config)]
+    else:
+        flags = ["--tool-choice", choice]
+    result = run_chat(fake, tmp_path, *flags, "--mcp", MCP_FLAG, "hi")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("chat: ") and message in line, line
+    assert fake.state.requests == []  # nothing was sent
+    chosen = run_chat(fake, tmp_path, "--tool-choice", "echo", "--mcp", MCP_FLAG, "hi")
+    assert chosen.returncode == 0, chosen.stderr
+    assert fake.state.requests[-1]["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "echo"},
+    }
+
+
+# -- MCP servers that misbehave -----------------------------------------------------------
+def _wrapped_server(tmp_path: Path, name: str, before: str) -> ServerSpec:
+    """tests/mcp_server.py, with `before` run first (Python statements)."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(
+        f"import runpy, sys, threading, os, time, pathlib\n{before}\n"
+        f"runpy.run_path({str(ROOT / 'tests' / 'mcp_server.py')!r}, run_name='__main__')\n"
+    )
+    return ServerSpec(name, command=sys.executable, args=(str(script),))
+
+
+def test_a_server_that_prints_to_stdout_is_one_line_and_its_tools_work(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    noisy = _wrapped_server(tmp_path, "noisy", "print('Starting noisy server v1.0', flush=True)")
+    flag = f"noisy={noisy.command} {noisy.args[0]}"
+    result = run_chat(fake, tmp_path, "--yes", "--mcp", flag, '@fault:call echo {"text": "hi"}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "tool said: hi\n"
+    problems = [line for line in result.stderr.splitlines() if line.startswith("✗")]
+    assert problems == [
+        "✗ MCP server noisy wrote to its stdout what is not MCP (Starting noisy server v1.0); "
+        "ignored: its logs belong on stderr"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_dies_between_calls_shows_down_and_on_starts_it_again(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    die = tmp_path / "die"
+    spec = _wrapped_server(
+        tmp_path,
+        "t",
+        f"def watch():\n    while not os.path.exists({str(die)!r}):\n        time.sleep(0.05)\n"
+        "    sys.stderr.write('died on its own\\n'); sys.stderr.flush(); os._exit(3)\n"
+        "threading.Thread(target=watch, daemon=True).start()",
+    )
+    reported: list[str] = []
+    hub = McpHub([spec], reported.append)
+    made = Setup(fake, hub)
+    toolbox = made.session.tools
+    assert toolbox is not None
+    try:
+        assert toolbox.lines()[0].startswith("  t: ready · ")
+        die.touch()
+        wait_for(lambda: "down" in toolbox.lines()[0], 10, "the server to show down")
+        assert toolbox.lines()[0].startswith("  t: down (died on its own) · ")
+        assert toolbox.lines()[0].endswith("/tools on t starts it again")
+        assert reported == ["MCP server t stopped (died on its own); going on without its tools"]
+        made.ask("hi")
+        assert "tools" not in fake.state.requests[-1]  # its tools are not offered
+        die.unlink()
+        assert toolbox.toggle("t", True) == "server t on, started again: ready"
+        assert toolbox.lines()[0].startswith("  t: ready · ")
+        assert made.ask('@fault:call echo {"text": "back"}') == "tool said: back"
+        assert len(reported) == 1
+    finally:
+        made.client.close()
+        hub.close()
+
+
+def test_servers_still_starting_are_named_at_once_and_ctrl_c_skips_them(
+    fake: FakeServer, tmp_path: Path, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    hang = _wrapped_server(tmp_path, "hangs", "time.sleep(60)")
+    flags = ["--plain", "--mcp", f"hangs={hang.command} {hang.args[0]}"]
+    child = spawn_chat(*flags, "hello", env=chat_env(tmp_path, fake.url), timeout=30)
+    child.expect(r"starting MCP servers: hangs… \(Ctrl-C skips them\)")
+    asked = time.monotonic()
+    child.sendintr()
+    child.expect(r"skipped MCP servers still starting \(hangs\)")
+    child.expect("Hello")
+    assert time.monotonic() - asked < 5.0  # not the 30 s a hung server takes to fail
+    assert "tools" not in fake.state.requests[-1]  # asked without the skipped server's tools
+    child.expect(pexpect.EOF)
+
+
+def test_the_start_notice_comes_within_a_third_of_a_second(tmp_path: Path) -> None:
+    hang = _wrapped_server(tmp_path, "hangs", "time.sleep(2)")
+    said: list[tuple[float, str]] = []
+    hub = McpHub([hang], print, lambda line: said.append((time.monotonic(), line)))
+    started = time.monotonic()
+    try:
+        hub.start()
+        [(when, line)] = said
+        assert line == "starting MCP servers: hangs… (Ctrl-C skips them)"
+        assert 0.25 <= when - started < 0.6
+        assert hub.servers["hangs"].status == "ready"  # it was waited for
+    finally:
         hub.close()
 
 

@@ -24,6 +24,7 @@ from rich.cells import cell_len, get_character_cell_size
 from chat_cli.api.answer import Answer
 from chat_cli.render.blocks import Blocks
 from chat_cli.render.plain import PlainRenderer, Renderer, footer_text, reasoning_summary
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -94,7 +95,7 @@ class MarkdownRenderer:
             self._emit()
 
     def reasoning(self, text: str) -> None:
-        self._reasoning.append(text)
+        self._reasoning.append(visible(text))
         if self.live:
             if self._due():
                 self._emit()
@@ -108,7 +109,10 @@ class MarkdownRenderer:
 
     def content(self, text: str) -> None:
         self._prefix += self._close_reasoning()
-        done = self._splitter.feed(text)
+        # Made visible before the markdown parser: only chat's own sequences (styles, the
+        # page's copy markers around code blocks) reach the terminal, and a code block's
+        # text, on screen and in its copy marker, shows what the model sent.
+        done = self._splitter.feed(visible(text))
         if done:
             self._ready.append(done)
             self._ready_chars += len(done)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import IO, Protocol
 
 from chat_cli.api.answer import Answer
+from mixvllm_common.terminal_text import visible
 
 DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"
@@ -52,7 +53,8 @@ class Renderer(Protocol):
 
 
 class PlainRenderer:
-    """Raw deltas: for pipes, --plain and --json. Reasoning never reaches `out`."""
+    """The deltas as they come, controls made visible: for pipes, --plain and --json (whose
+    JSON has the exact text). Reasoning never reaches `out`."""
 
     def __init__(self, out: IO[str], *, footer: bool, styled: bool) -> None:
         self.out = out
@@ -77,7 +79,7 @@ class PlainRenderer:
         pass
 
     def content(self, text: str) -> None:
-        self.out.write(text)
+        self.out.write(visible(text))
         self.out.flush()
         self._ends_with_newline = text.endswith("\n")
 

@@ -25,6 +25,7 @@ from chat_cli.tools.toolbox import (
     size_text,
     truncate,
 )
+from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -44,6 +45,7 @@ class ToolView:
         self.styled = styled
 
     def _line(self, text: str, style: str = "") -> None:
+        text = visible(text)  # names, arguments, results and errors come from the model or tools
         self.out.write(f"{style}{text}{RESET}\n" if style and self.styled else text + "\n")
         self.out.flush()
 
@@ -59,6 +61,7 @@ class ToolView:
     def ask(self, name: str) -> str:
         """y, n or a (always); KeyboardInterrupt on Ctrl-C."""
         assert self.stdin is not None
+        name = visible(name)
         prompt = f"  run {name}? [y]es / [n]o / [a]lways for {name} in this chat: "
         key = _read_key(self.stdin, self.out, f"{YELLOW}{prompt}{RESET}" if self.styled else prompt)
         key = key.lower()
@@ -80,8 +83,8 @@ class ToolView:
     def problem(self, text: str) -> None:
         self._line(f"✗ {text}", RED)
 
-    def note(self, text: str) -> None:
-        self._line(text, YELLOW)
+    def notice(self, text: str) -> None:
+        self._line(text, DIM)
 
 
 def _read_key(stdin: IO[str], out: IO[str], prompt: str) -> str:

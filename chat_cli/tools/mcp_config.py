@@ -1,4 +1,5 @@
-"""MCP servers as configured: `[mcp.servers.NAME]` tables in chat.toml, `--mcp NAME=COMMAND`.
+"""MCP servers as configured: `[mcp.servers.NAME]` tables in chat.toml, `--mcp NAME=COMMAND`;
+and the forms a `tool_choice` may take (config.py checks it before any server runs).
 
 Only text handling here: the SDK is imported when a server starts (chat_cli.mcp_client).
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+TOOL_CHOICES = ("auto", "required", "none")
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # a tool's name as the model sees it (the API's)
 _KEYS = {"command", "args", "env", "url", "headers"}
 
 

@@ -12,13 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chat_cli.errors import ConfigError
+from chat_cli.tools.mcp_config import TOOL_CHOICES as CHOICES
+
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
 RESULT_LIMIT = 16_000  # characters of a result sent back to the model
 CANCELLED = "cancelled by the user"
 REFUSED = "the user did not allow this call"
-CHOICES = ("auto", "required", "none")
 _NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
@@ -47,6 +49,9 @@ class Source(Protocol):
     def describe(self) -> list[tuple[str, str, list[Tool]]]:
         """(server name, its state and where it runs, its tools) for each server."""
 
+    def revive(self, server: str) -> bool:
+        """Start a server that is down again (False: it was not down)."""
+
 
 def result_text(content: Iterable[Any], structured: object = None) -> str:
     """An MCP result's content as text: text parts joined, other parts named."""
@@ -65,19 +70,28 @@ def result_text(content: Iterable[Any], structured: object = None) -> str:
 
 
 def parse_arguments(text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The model's arguments: a JSON object (empty text counts as none). A tool that takes
-    no parameters gets none whatever JSON came: small models send a string there."""
+    """The model's arguments: a JSON object (empty text counts as none).
+
+    Small models send a bare value instead (SmolLM2 on vLLM sends `"Paris"`). One rule for
+    every tool: a bare value is taken where it can mean only one thing. A tool without
+    parameters gets none, a tool with exactly one gets the value as that one, and for any
+    other tool the call is refused with an error that names the parameters it takes.
+    """
     if not text.strip():
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise ToolError(f"the arguments are not valid JSON ({err.msg}): {_clip(text)}") from None
-    if not isinstance(value, dict) and schema is not None and not schema.get("properties"):
+    if isinstance(value, dict):
+        return value
+    properties = list((schema or {}).get("properties") or {})
+    if schema is not None and not properties:
         return {}
-    if not isinstance(value, dict):
-        raise ToolError(f"the arguments must be a JSON object, got: {_clip(text)}")
-    return value
+    if len(properties) == 1:
+        return {properties[0]: value}
+    expected = f" with {', '.join(properties)}" if properties else ""
+    raise ToolError(f"the arguments must be a JSON object{expected}, got: {_clip(text)}")
 
 
 def pretty_arguments(text: str) -> str:
@@ -179,6 +193,9 @@ class Toolbox:
             raise ValueError(f"no server or tool named {name!r}; /tools lists them")
         if on:
             self.disabled.discard(name)
+            if what.startswith("server") and self.source is not None and self.source.revive(name):
+                state = next(s for n, s, _ in self.source.describe() if n == name)
+                return f"{what} on, started again: {state.split(' · ')[0]}"
         else:
             self.disabled.add(name)
         return f"{what} {'on' if on else 'off'}"
@@ -203,3 +220,18 @@ class Toolbox:
         if choice not in CHOICES and choice not in self.exposed():
             raise ValueError(f"needs auto, required, none or a tool's name, got {choice!r}")
         self.choice = choice
+
+    def check_choice(self) -> None:
+        """Before a question: a tool named by --tool-choice must be an enabled one (a name
+        the server does not know gets a 400 at best, and is ignored at worst)."""
+        if self.choice in CHOICES:
+            return
+        exposed = self.exposed()
+        if self.choice not in exposed:
+            names = ", ".join(exposed) or "none"
+            raise ConfigError(
+                f"tool_choice {self.choice!r} is not an enabled tool (the tools are: {names}); "
+                "use auto, required, none or one of them",
+                "/tools choice sets it",
+                "--tool-choice sets it",
+            )
