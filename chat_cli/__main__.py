@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chat_cli.config import load_config
 from chat_cli.errors import EXIT_INTERRUPTED, ChatError
@@ -12,8 +12,15 @@ from mixvllm_common.terminal_text import visible
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["logs"] and (logs := _logs_command(args)) is not None:
+        return _logs(logs, args[1:])
+    return _chat(args)
+
+
+def _chat(args: list[str]) -> int:
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv)
+        config = load_config(args)
     except ChatError as err:
         print(f"chat: {visible(str(err))}", file=sys.stderr)
         return err.exit_code
@@ -47,6 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _logs_command(args: list[str]) -> Callable[[list[str]], int] | None:
+    from chat_cli.history import logs  # noqa: PLC0415 (only for `chat logs`)
+
+    return logs.main if logs.is_logs_command(args) else None
+
+
+def _logs(command: Callable[[list[str]], int], args: list[str]) -> int:
+    try:
+        return command(args)
+    except ChatError as err:
+        print(f"chat: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
