@@ -120,7 +120,7 @@ class Hit:
 def describe(err: BaseException) -> str:
     text = str(err)
     if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
-        return f"the database is damaged ({text})"
+        return f"the database is damaged ({text}; move it away and chat starts a new one)"
     if "locked" in text or "busy" in text:
         return "the database is locked by another process"
     return text
