@@ -274,7 +274,7 @@ def test_command_aliases_and_ambiguous_prefixes(
     assert isinstance(commands.run("/quit"), Exit)
     assert isinstance(commands.run("/bye"), Exit)
     assert isinstance(commands.run("/q"), Exit)
-    with pytest.raises(ChatError, match=r"^/s could be /save, /set, /stats, /system$"):
+    with pytest.raises(ChatError, match=r"^/s could be /save, /search, /set, /stats, /system$"):
         commands.run("/s")
 
 
