@@ -360,3 +360,17 @@ def test_json_conversations_are_imported_once_and_losslessly(
     assert len(store.recent(100)) == 5
     assert store.import_once(folder) == 0
     store.close()
+
+
+def test_start_up_and_the_first_prompt_load_no_sqlite(tmp_path: Path) -> None:
+    # The REPL's modules and the recorder are loaded before the first prompt; --help and the
+    # `logs` check run on every start.
+    code = (
+        "import sys; from chat_cli.__main__ import main\n"
+        "import chat_cli.cli, chat_cli.repl, chat_cli.commands, chat_cli.history.recorder\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('sqlite3' in sys.modules, file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=chat_env(tmp_path, "http://x"),
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.stderr == "False\n" and "--no-history" in result.stdout

@@ -1,9 +1,10 @@
 """Writes each exchange of a session to the history database, and opens a logged
 conversation again.
 
-The database is opened at the first exchange, not at start-up (`chat --help` and the first
-prompt never wait for SQLite), and the JSON conversations are imported then, once per
-database. A failure to write is said once, on one line; the exchange waits in the spool.
+The database is opened at the end of the first exchange, not at start-up: this module does
+not import sqlite3, so `chat --help` and the first prompt never wait for it. The JSON
+conversations are imported then, once per database. A failure to write is said once, on one
+line; the exchange waits in the spool.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from chat_cli import chats
 from chat_cli.conversation import Conversation
-from chat_cli.history.store import Exchange, HistoryError, Store, drain, spool, spool_path
 
 if TYPE_CHECKING:
+    from chat_cli.history.store import Exchange, Store
     from chat_cli.session import Exchanged
 
 
@@ -40,6 +41,8 @@ class Recorder:
         self.write(self.exchange(done), done)
 
     def exchange(self, done: Exchanged) -> Exchange:
+        from chat_cli.history.store import Exchange  # noqa: PLC0415 (sqlite3: not at start-up)
+
         session = done.session
         conversation = session.conversation
         if conversation is not self._conversation:
@@ -77,6 +80,8 @@ class Recorder:
         )
 
     def write(self, exchange: Exchange, done: Exchanged | None = None) -> None:
+        from chat_cli.history.store import HistoryError, drain  # noqa: PLC0415
+
         try:
             store = self._open(exchange, done)
             kept = drain(store)
@@ -90,6 +95,8 @@ class Recorder:
             self.warn(f"history: written again to {self.db} ({kept} kept exchanges with it)")
 
     def _open(self, exchange: Exchange, done: Exchanged | None) -> Store:
+        from chat_cli.history.store import HistoryError, Store  # noqa: PLC0415
+
         if self.store is None:
             store = Store(self.db)
             try:
@@ -106,6 +113,8 @@ class Recorder:
             self.store = None
 
     def _keep(self, exchange: Exchange, why: str) -> None:
+        from chat_cli.history.store import spool, spool_path  # noqa: PLC0415
+
         try:
             spool(self.db, exchange)
         except OSError as err:
@@ -135,6 +144,8 @@ def _before(done: Exchanged | None) -> tuple[Conversation, float] | None:
 def restore(db: Path, conversations_dir: Path, name: str) -> Path | None:
     """Write the logged conversation `name` into the conversation folder so it can be resumed
     like a saved one; None when the history has no such conversation."""
+    from chat_cli.history.store import HistoryError, Store  # noqa: PLC0415
+
     try:
         store = Store(db, create=False)
     except HistoryError:
