@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -374,3 +375,26 @@ def test_start_up_and_the_first_prompt_load_no_sqlite(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=chat_env(tmp_path, "http://x"),
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert result.stderr == "False\n" and "--no-history" in result.stdout
+
+
+@pytest.mark.embedded
+def test_the_real_model_s_exchange_is_logged_found_and_resumed(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    server = embedded_model_server
+    key = {"VLLM_API_KEY": server.api_key}
+    args = ("--max-tokens", "24", "--seed", "1", "--temperature", "0")
+    result = chat(tmp_path, server.base_url, *args, "Name a colour of the sky.", **key)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    (row,) = json.loads(chat(tmp_path, server.base_url, "logs", "--json", **key).stdout)
+    assert row["answer"].strip() and row["answer"].strip() in result.stdout
+    assert row["model"] == server.model and row["sampling"]["max_tokens"] == 24
+    assert 0 < row["completion_tokens"] <= 25 and row["prompt_tokens"] > 0
+    assert row["ttft_s"] > 0 and row["tokens_per_s"] > 0
+    found = chat(tmp_path, server.base_url, "logs", "-q", "colour sky", **key)
+    assert "[colour]" in found.stdout and "[sky]" in found.stdout
+    again = chat(tmp_path, server.base_url, *args, "--resume", row["conversation"],
+                 "Say it again.", **key)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    rows = json.loads(chat(tmp_path, server.base_url, "logs", "--json", **key).stdout)
+    assert [r["conversation"] for r in rows] == [row["conversation"]] * 2
