@@ -24,6 +24,7 @@ from chat_cli import chats
 from chat_cli import conversation as conv_mod
 from chat_cli.errors import ChatError
 
+SCHEMA_VERSION = 1  # the file's user_version once _SCHEMA is in it
 BUSY_TIMEOUT_S = 1.0
 SPOOL_SUFFIX = ".pending"
 
@@ -65,7 +66,7 @@ CREATE TRIGGER IF NOT EXISTS exchanges_fts_drop AFTER DELETE ON exchanges BEGIN
     INSERT INTO exchanges_fts(exchanges_fts, rowid, question, answer)
     VALUES ('delete', old.id, old.question, old.answer);
 END;
-INSERT OR IGNORE INTO meta VALUES ('schema', '1');
+PRAGMA user_version = 1;
 """
 # The snippet's highlight marks: split on them, never shown as they are.
 MARK_ON, MARK_OFF = "\x02", "\x03"
@@ -147,16 +148,15 @@ class Store:
                 _owner_only(path)
             elif not path.is_file():
                 raise HistoryError(f"no history yet ({path} does not exist)")
-            self.db = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as err:
             raise HistoryError(f"cannot open {path}: {describe(err)}") from err
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            # One transaction (executescript commits whatever is open before it runs).
-            self.db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                # Once per file. One transaction: executescript commits what is open first.
+                self.db.execute("PRAGMA journal_mode=WAL")  # stays with the file
+                self.db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         except sqlite3.Error as err:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
