@@ -224,8 +224,8 @@ class Commands:
         from chat_cli.history import logs  # noqa: PLC0415 (sqlite3: only when searching)
 
         hits = logs.search(self.history_db, arg, SEARCH_SHOWN)
-        styled = self.out.isatty()
-        for line in logs.lines(hits, self._columns() or 100, styled=styled, resume="/load"):
+        # Unstyled: say() shows every control character (the marks are `[...]` here).
+        for line in logs.lines(hits, self._columns() or 100, styled=False, resume="/load"):
             self.say(line)
         self.say("  /load ID continues one" if hits else "(nothing found)")
         return None

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from chat_cli import chats
@@ -26,7 +27,7 @@ from chat_cli.history.recorder import Recorder
 from chat_cli.history.store import MARK_OFF, MARK_ON, Exchange, Store, spool_path
 from chat_cli.render.plain import PlainRenderer
 from chat_cli.session import Session
-from tests.chat_support import CHAT, ROOT, chat_env, fake_server
+from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, exit_status, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer
 
 
@@ -82,6 +83,7 @@ def test_recent_and_search_ranked_with_snippets_and_filters(tmp_path: Path) -> N
     assert [h.question for h in hits] == ["how do I restart nginx", "tune postgres"]  # ranked
     assert f"{MARK_ON}nginx{MARK_OFF}" in (hits[0].snippet or "")
     assert [h.question for h in store.search("restart NGINX", 5)] == ["how do I restart nginx"]
+    assert [h.question for h in store.search("contain", 5)] == ["what is a pod"]  # prefixes
     # What a user types is words, never FTS5 syntax: none of this may raise.
     for text in ['"', "nginx -t", "a:b", "NOT", "(", "*", "nginx AND"]:
         store.search(text, 5)
@@ -398,3 +400,26 @@ def test_the_real_model_s_exchange_is_logged_found_and_resumed(
     assert again.returncode == 0, again.stderr
     rows = json.loads(chat(tmp_path, server.base_url, "logs", "--json", **key).stdout)
     assert [r["conversation"] for r in rows] == [row["conversation"]] * 2
+
+
+def test_the_repl_logs_and_searches_on_a_real_terminal(
+    tmp_path: Path, fake: FakeServer, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    folder = tmp_path / "data" / "mixvllm" / "conversations"
+    saved(folder, "older", [Message("user", "an older zebra"), Message("assistant", "ok")], 5.0)
+    child = spawn_chat(env=chat_env(tmp_path, fake.url))
+    child.expect(PROMPT_READY)
+    child.send("where do zebras live?\r")
+    child.expect("tok/s")
+    child.expect(PROMPT_READY)
+    child.send("/search zebra\r")
+    child.expect(r"/load ID continues one")
+    shown = child.before
+    assert "where do [zebras] live?" in shown  # a prefix matches, highlighted
+    assert "an older [zebra]" in shown and "/load older" in shown  # the JSON file imported
+    assert "\x1b[1;4m" not in shown
+    child.expect(PROMPT_READY)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+    assert questions(db_path(tmp_path)) == ["an older zebra", "where do zebras live?"]

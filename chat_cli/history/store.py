@@ -330,9 +330,9 @@ def _hit(row: tuple[Any, ...]) -> Hit:
 
 
 def fts_query(text: str) -> str:
-    """Each word a quoted phrase, all of them required: what a user types is never FTS5
-    syntax (a `-`, `:` or `"` in it is a syntax error there)."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    """Each word a quoted prefix, all of them required (`zebra` finds `zebras`): what a user
+    types is never FTS5 syntax (a `-`, `:` or `"` in it is a syntax error there)."""
+    return " ".join('"' + word.replace('"', '""') + '"*' for word in text.split())
 
 
 def _json(value: object) -> str | None:
