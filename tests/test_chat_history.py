@@ -423,3 +423,20 @@ def test_the_repl_logs_and_searches_on_a_real_terminal(
     child.expect(pexpect.EOF)
     assert exit_status(child) == 0
     assert questions(db_path(tmp_path)) == ["an older zebra", "where do zebras live?"]
+
+
+def test_tool_calls_and_results_are_logged_and_resumed(tmp_path: Path, fake: FakeServer) -> None:
+    server = f"t={sys.executable} {ROOT / 'tests' / 'mcp_server.py'}"
+    result = chat(tmp_path, fake.url, "--yes", "--mcp", server, '@fault:call echo {"text": "hi"}')
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(chat(tmp_path, fake.url, "logs", "--json").stdout)
+    (call,) = row["tool_calls"]
+    assert call["name"] == "echo" and "hi" in call["result"] and call["error"] is False
+    assert row["answer"].startswith("tool said: ")
+    store = Store(db_path(tmp_path), create=False)
+    conversation = store.conversation(row["conversation"])
+    store.close()
+    assert conversation is not None
+    roles = [m.role for m in conversation.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert conversation.messages[1].tool_calls and conversation.messages[2].name == "echo"
