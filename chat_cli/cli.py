@@ -258,7 +258,7 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
         console,
         history_file=config.paths.history_file,
         conversations_dir=config.paths.conversations_dir,
-        history_db=config.paths.history_db,
+        history_db=config.paths.history_db if config.history else None,
         markdown=not config.plain,
         show_reasoning=not config.hide_reasoning,
         debug=config.debug,

@@ -219,11 +219,11 @@ class Commands:
     def search(self, arg: str) -> Outcome:
         if not arg:
             raise ChatError("usage: /search TEXT (every word, in questions and answers)")
-        if self.history_db is None or not self.history_db.is_file():
-            raise ChatError("no history yet: exchanges are logged as they happen")
+        if self.history_db is None:
+            raise ChatError("no history: it is off (--no-history)")
         from chat_cli.history import logs  # noqa: PLC0415 (sqlite3: only when searching)
 
-        hits = logs.search(self.history_db, arg, SEARCH_SHOWN)
+        hits = logs.search(self.history_db, self.conversations_dir, arg, SEARCH_SHOWN)
         # Unstyled: say() shows every control character (the marks are `[...]` here).
         for line in logs.lines(hits, self._columns() or 100, styled=False, resume="/load"):
             self.say(line)

@@ -440,3 +440,16 @@ def test_tool_calls_and_results_are_logged_and_resumed(tmp_path: Path, fake: Fak
     roles = [m.role for m in conversation.messages]
     assert roles == ["user", "assistant", "tool", "assistant"]
     assert conversation.messages[1].tool_calls and conversation.messages[2].name == "echo"
+
+
+def test_chat_logs_imports_the_saved_conversations_first(tmp_path: Path) -> None:
+    env = chat_env(tmp_path, "http://127.0.0.1:9")
+    run = [*CHAT, "logs"]
+    empty = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert empty.returncode == 0 and "no history yet" in empty.stderr
+    assert not db_path(tmp_path).exists()
+    folder = tmp_path / "data" / "mixvllm" / "conversations"
+    saved(folder, "trip", [Message("user", "plan the trip"), Message("assistant", "ok")], 9.0)
+    listed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert "plan the trip" in listed.stdout and "chat --resume trip" in listed.stdout

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from chat_cli.config import default_paths
 from chat_cli.errors import ChatError, ConfigError
-from chat_cli.history.store import MARK_OFF, MARK_ON, HistoryError, Hit, Store
+from chat_cli.history.store import MARK_OFF, MARK_ON, HistoryError, Hit, Store, open_history
 from mixvllm_common.terminal_text import json_safe, visible
 
 DEFAULT_COUNT = 10
@@ -80,14 +80,12 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         after = None if args.since is None else since(args.since)
     except ValueError as err:
         raise ConfigError(f"--since {args.since!r}: {err}") from err
-    path = default_paths(os.environ).history_db
-    if not path.is_file():
-        sys.stderr.write(f"chat: no history yet ({visible(str(path))} does not exist)\n")
+    paths = default_paths(os.environ)
+    store = _open(paths.history_db, paths.conversations_dir)
+    if store is None:
+        path = visible(str(paths.history_db))
+        sys.stderr.write(f"chat: no history yet ({path} does not exist)\n")
         return 0
-    try:
-        store = Store(path, create=False)
-    except HistoryError as err:
-        raise ChatError(f"history: {err}") from err
     try:
         if args.query is not None:
             hits = store.search(args.query, args.n, model=args.model, since=after)
@@ -116,12 +114,18 @@ def _width(out: TextIO) -> int:
         return 100
 
 
-def search(path: Path, text: str, limit: int) -> list[Hit]:
-    """The best `limit` hits for `text`; raises ChatError when the history cannot be read."""
+def _open(path: Path, conversations_dir: Path) -> Store | None:
     try:
-        store = Store(path, create=False)
+        return open_history(path, conversations_dir)
     except HistoryError as err:
         raise ChatError(f"history: {err}") from err
+
+
+def search(path: Path, conversations_dir: Path, text: str, limit: int) -> list[Hit]:
+    """The best `limit` hits for `text`; raises ChatError when the history cannot be read."""
+    store = _open(path, conversations_dir)
+    if store is None:
+        return []
     try:
         return store.search(text, limit)
     except HistoryError as err:

@@ -206,10 +206,12 @@ class Store:
         The file of conversation `current` also holds the exchange being written: `before`
         (that conversation without it, and when it was left) is imported in its place.
         Returns how many conversations were imported."""
+        done = "SELECT 1 FROM meta WHERE key = 'imported'"
         try:
+            if self.db.execute(done).fetchone():
+                return 0  # the usual case, without taking the write lock
             with self._transaction():
-                done = self.db.execute("SELECT 1 FROM meta WHERE key = 'imported'").fetchone()
-                if done:
+                if self.db.execute(done).fetchone():
                     return 0
                 count = 0
                 for path in chats.newest_first(directory):
@@ -367,6 +369,20 @@ def split(name: str, conversation: conv_mod.Conversation, ended: float) -> Itera
             note=last.get("incomplete") if last else None,
             model=conversation.model,
         )
+
+
+def open_history(path: Path, conversations_dir: Path) -> Store | None:
+    """The history to read (`chat logs`, `/search`), with the JSON conversations imported if
+    that has not happened yet; None when there is neither a database nor a conversation."""
+    if not path.is_file() and not chats.newest_first(conversations_dir):
+        return None
+    store = Store(path)
+    try:
+        store.import_once(conversations_dir)
+    except HistoryError:
+        store.close()
+        raise
+    return store
 
 
 # -- the spool -------------------------------------------------------------------------------
