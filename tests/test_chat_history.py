@@ -262,7 +262,8 @@ def test_a_locked_database_keeps_the_exchange_and_writes_it_later(
     assert result.stderr.count("\n") == 1 and "locked" in result.stderr, result.stderr
     assert "written when the database works again" in result.stderr
     assert "Traceback" not in result.stderr
-    assert spool_path(db_path(tmp_path)).stat().st_size > 0
+    kept = spool_path(db_path(tmp_path)).stat()
+    assert kept.st_size > 0 and stat.S_IMODE(kept.st_mode) == 0o600
     assert chat(tmp_path, fake.url, "third").stderr == ""
     assert questions(db_path(tmp_path)) == ["first", "second", "third"]
 
@@ -453,3 +454,21 @@ def test_chat_logs_imports_the_saved_conversations_first(tmp_path: Path) -> None
     listed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert listed.returncode == 0, listed.stderr
     assert "plan the trip" in listed.stdout and "chat --resume trip" in listed.stdout
+
+
+def test_a_repl_says_once_that_history_stopped_and_once_that_it_is_back(tmp_path: Path) -> None:
+    said: list[str] = []
+    folder = tmp_path / "conversations"
+    recorder = Recorder(tmp_path / "history.db", folder, "http://s", said.append)
+    recorder.write(exchange("1", "one", "a"))
+    holder = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    recorder.write(exchange("2", "two", "a"))
+    recorder.write(exchange("3", "three", "a"))
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert len(said) == 1 and "locked" in said[0]
+    recorder.write(exchange("4", "four", "a"))
+    assert len(said) == 2 and "written again" in said[1] and "2 kept" in said[1]
+    recorder.close()
+    assert questions(tmp_path / "history.db") == ["one", "two", "three", "four"]
