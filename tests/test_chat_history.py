@@ -24,7 +24,8 @@ from chat_cli.commands import Commands
 from chat_cli.conversation import Conversation, Message
 from chat_cli.history import logs
 from chat_cli.history.recorder import Recorder
-from chat_cli.history.store import MARK_OFF, MARK_ON, Exchange, Store, spool_path
+from chat_cli.history.spool import spool_path
+from chat_cli.history.store import MARK_OFF, MARK_ON, Exchange, Store
 from chat_cli.render.plain import PlainRenderer
 from chat_cli.session import Session
 from tests.chat_support import CHAT, PROMPT_READY, ROOT, chat_env, exit_status, fake_server

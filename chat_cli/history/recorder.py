@@ -80,7 +80,8 @@ class Recorder:
         )
 
     def write(self, exchange: Exchange, done: Exchanged | None = None) -> None:
-        from chat_cli.history.store import HistoryError, drain  # noqa: PLC0415
+        from chat_cli.history.spool import drain  # noqa: PLC0415
+        from chat_cli.history.store import HistoryError  # noqa: PLC0415
 
         try:
             store = self._open(exchange, done)
@@ -113,7 +114,7 @@ class Recorder:
             self.store = None
 
     def _keep(self, exchange: Exchange, why: str) -> None:
-        from chat_cli.history.store import spool, spool_path  # noqa: PLC0415
+        from chat_cli.history.spool import spool, spool_path  # noqa: PLC0415
 
         try:
             spool(self.db, exchange)

@@ -2,15 +2,12 @@
 
 The file and its WAL are owner-only (they hold every question and answer). WAL lets several
 `chat` processes write at once; a writer waits up to BUSY_TIMEOUT_S for another's lock.
-An exchange that cannot be written (the database is locked, corrupt or unwritable) goes to a
-spool file next to it, one JSON line each, and is written with the next exchange that can be:
-a bad database costs a line on the screen, never an exchange. Spooled rows carry a unique id,
-so two processes draining the same spool write each row once.
+An exchange that cannot be written waits in a spool (chat_cli.history.spool). Each row carries
+a unique id: given twice, it is written once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -25,7 +22,6 @@ from chat_cli.errors import ChatError
 
 SCHEMA_VERSION = 1  # the file's user_version once _SCHEMA is in it
 BUSY_TIMEOUT_S = 1.0
-SPOOL_SUFFIX = ".pending"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -383,47 +379,3 @@ def open_history(path: Path, conversations_dir: Path) -> Store | None:
         store.close()
         raise
     return store
-
-
-# -- the spool -------------------------------------------------------------------------------
-def spool_path(db: Path) -> Path:
-    return db.with_name(db.name + SPOOL_SUFFIX)
-
-
-def spool(db: Path, exchange: Exchange) -> None:
-    """Keep an exchange that could not be written; raises OSError if even that fails."""
-    path = spool_path(db)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    line = json.dumps(exchange._asdict(), ensure_ascii=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def drain(store: Store) -> int:
-    """Write the spooled exchanges, then empty the spool; returns how many there were. Under
-    the spool's lock, so an exchange spooled meanwhile waits for the next drain."""
-    path = spool_path(store.path)
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return 0
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with os.fdopen(os.dup(fd), "rb") as spooled:
-            lines = spooled.read().splitlines()
-        pending = []
-        for line in lines:
-            try:
-                pending.append(Exchange(**json.loads(line)))
-            except (ValueError, TypeError):
-                continue  # a line cut by a crash mid-write: the rest still goes in
-        if pending:
-            store.add(pending)
-        os.ftruncate(fd, 0)
-        return len(pending)
-    finally:
-        os.close(fd)
