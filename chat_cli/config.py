@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Precedence: flag > env var > config file ($XDG_CONFIG_HOME/mixvllm/chat.toml, or "
             "CHAT_CONFIG; keys are the option names with underscores, e.g. max_tokens = 512) > "
-            "default. In the REPL type /help for commands."
+            "default. In the REPL type /help for commands. chat logs lists and searches "
+            "the history of exchanges (chat logs --help)."
         ),
     )
     parser.add_argument("prompt", nargs="*", help="one-shot question; piped stdin is appended")
