@@ -391,12 +391,12 @@ def test_the_real_model_s_exchange_is_logged_found_and_resumed(
     result = chat(tmp_path, server.base_url, *args, "Name a colour of the sky.", **key)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     (row,) = json.loads(chat(tmp_path, server.base_url, "logs", "--json", **key).stdout)
-    assert row["answer"].strip() and row["answer"].strip() in result.stdout
+    assert row["answer"].strip() and row["answer"].strip() in result.stdout, (row, result)
     assert row["model"] == server.model and row["sampling"]["max_tokens"] == 24
-    assert 0 < row["completion_tokens"] <= 25 and row["prompt_tokens"] > 0
-    assert row["ttft_s"] > 0 and row["tokens_per_s"] > 0
+    assert 0 < row["completion_tokens"] <= 25 and row["prompt_tokens"] > 0, row
+    assert row["ttft_s"] > 0 and row["tokens_per_s"] > 0, row
     found = chat(tmp_path, server.base_url, "logs", "-q", "colour sky", **key)
-    assert "[colour]" in found.stdout and "[sky]" in found.stdout
+    assert "[colour]" in found.stdout and "[sky]" in found.stdout, found
     again = chat(tmp_path, server.base_url, *args, "--resume", row["conversation"],
                  "Say it again.", **key)  # fmt: skip
     assert again.returncode == 0, again.stderr
