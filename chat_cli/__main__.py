@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from chat_cli.config import load_config
@@ -48,8 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["logs"] and (logs := _logs_command(args)) is not None:
+        return _logs(logs, args[1:])
+    return _chat(args)
+
+
+def _chat(args: list[str]) -> int:
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv)
+        config = load_config(args)
     except ChatError as err:
         print(f"chat: {visible(str(err))}", file=sys.stderr)
         return err.exit_code
@@ -83,6 +90,23 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _logs_command(args: list[str]) -> Callable[[list[str]], int] | None:
+    from chat_cli.history import logs  # noqa: PLC0415 (only for `chat logs`)
+
+    return logs.main if logs.is_logs_command(args) else None
+
+
+def _logs(command: Callable[[list[str]], int], args: list[str]) -> int:
+    try:
+        return command(args)
+    except ChatError as err:
+        print(f"chat: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from mixvllm_common.terminal_text import json_safe, visible
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from chat_cli.history.recorder import Recorder
     from chat_cli.tools.loop import ToolView
     from chat_cli.tools.mcp_client import McpHub
     from chat_cli.tools.toolbox import Toolbox
@@ -170,6 +171,7 @@ def _converse(
     conversation, resumed_from = open_conversation(config, model, err, interactive=interactive)
     sampling = Sampling(model, config.temperature, config.top_p, config.max_tokens, config.seed)
     hub, toolbox, view = _tools(config, out if interactive else err)
+    recorder = _recorder(config, base_url, err)
     session = Session(
         client,
         conversation,
@@ -178,6 +180,7 @@ def _converse(
         completions=config.completions,
         tools=toolbox,
         tool_view=view,
+        on_exchange=recorder.record if recorder is not None else None,
     )
     try:
         if not interactive:
@@ -190,6 +193,20 @@ def _converse(
     finally:
         if hub is not None:
             hub.close()
+        if recorder is not None:
+            recorder.close()
+
+
+def _recorder(config: Config, base_url: str, err: TextIO) -> Recorder | None:
+    if not config.history:
+        return None
+    from chat_cli.history.recorder import Recorder  # noqa: PLC0415 (sqlite3 at the first answer)
+
+    def warn(line: str) -> None:
+        err.write(f"chat: {visible(line)}\n")
+        err.flush()
+
+    return Recorder(config.paths.history_db, config.paths.conversations_dir, base_url, warn)
 
 
 def _tools(config: Config, out: TextIO) -> tuple[McpHub | None, Toolbox | None, ToolView | None]:
@@ -241,6 +258,7 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
         console,
         history_file=config.paths.history_file,
         conversations_dir=config.paths.conversations_dir,
+        history_db=config.paths.history_db if config.history else None,
         markdown=not config.plain,
         show_reasoning=not config.hide_reasoning,
         debug=config.debug,
@@ -250,13 +268,22 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
 
 def _named(config: Config, name: str) -> Path:
     directory = config.paths.conversations_dir
-    path = chats.find(directory, name)
+    path = chats.find(directory, name) or _logged(config, name)
     if path is None:
         raise ConfigError(
             f"no saved conversation named {name!r} in {directory} (/chats lists "
             "them); to continue the last one with a question, write: chat QUESTION --resume"
         )
     return path
+
+
+def _logged(config: Config, name: str) -> Path | None:
+    """A conversation of the history (`chat logs` names it), written into the folder."""
+    if not config.paths.history_db.is_file():
+        return None
+    from chat_cli.history.recorder import restore  # noqa: PLC0415 (sqlite3: only here)
+
+    return restore(config.paths.history_db, config.paths.conversations_dir, name)
 
 
 def _resumed(config: Config, err: TextIO) -> tuple[Path, conv_mod.Conversation] | None:

@@ -49,13 +49,21 @@ SETTABLE: dict[str, Kind] = {
 ALIASES = {"/quit": "/exit", "/bye": "/exit", "/mcp": "/tools"}
 TOOL_CHOICES = "auto|required|none|TOOL"
 CHATS_SHOWN = 20
+SEARCH_SHOWN = 10
 
 
 class Commands:
-    def __init__(self, session: Session, out: IO[str], conversations_dir: Path) -> None:
+    def __init__(
+        self,
+        session: Session,
+        out: IO[str],
+        conversations_dir: Path,
+        history_db: Path | None = None,
+    ) -> None:
         self.session = session
         self.out = out
         self.conversations_dir = conversations_dir
+        self.history_db = history_db
 
     def say(self, text: str) -> None:
         # Commands show answers, tool results, model and file names: never live controls.
@@ -192,6 +200,10 @@ class Commands:
         if not arg:
             raise ChatError("usage: /load NAME (/chats lists them) or /load FILE.json")
         named = chats.find(self.conversations_dir, arg) if "/" not in arg else None
+        if named is None and chats.is_name(arg) and self.history_db is not None:
+            from chat_cli.history.recorder import restore  # noqa: PLC0415 (sqlite3)
+
+            named = restore(self.history_db, self.conversations_dir, arg)
         path = named or Path(arg).expanduser()
         if named is None and chats.is_name(arg) and not path.exists():
             raise ChatError(f"no saved conversation named {arg!r}; /chats lists them")
@@ -202,6 +214,20 @@ class Commands:
         self.session.conversation = loaded
         loaded.autosave()
         self.say(f"Loaded {named.stem if named else path} ({len(loaded.messages)} messages).")
+        return None
+
+    def search(self, arg: str) -> Outcome:
+        if not arg:
+            raise ChatError("usage: /search TEXT (every word, in questions and answers)")
+        if self.history_db is None:
+            raise ChatError("no history: it is off (--no-history)")
+        from chat_cli.history import logs  # noqa: PLC0415 (sqlite3: only when searching)
+
+        hits = logs.search(self.history_db, self.conversations_dir, arg, SEARCH_SHOWN)
+        # Unstyled: say() shows every control character (the marks are `[...]` here).
+        for line in logs.lines(hits, self._columns() or 100, styled=False, resume="/load"):
+            self.say(line)
+        self.say("  /load ID continues one" if hits else "(nothing found)")
         return None
 
     def list_chats(self, arg: str) -> Outcome:
@@ -294,6 +320,7 @@ COMMANDS: dict[str, Command] = {
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),
         Command("/load", "NAME|FILE", "open a saved conversation", Commands.load),
         Command("/chats", "", "list saved conversations, newest first", Commands.list_chats),
+        Command("/search", "TEXT", "search the history of all chats", Commands.search),
         Command("/stats", "", "token counts and speed", Commands.stats),
         Command(
             "/copy", "[code|N]", "copy the last answer, or its last / Nth code block", Commands.copy

@@ -171,6 +171,11 @@ OPTIONS: tuple[Option, ...] = (
         "tool_timeout", ("--tool-timeout",), ("CHAT_TOOL_TIMEOUT",), number(0.0), 60.0,
         "give up on a tool call after SECONDS", "SECONDS",
     ),
+    Option(
+        "history", ("--history",), ("CHAT_HISTORY",), boolean, True,
+        "log every exchange to the history database (`chat logs`, `/search`)",
+        off_flag="--no-history",
+    ),
     _flag("debug", "--debug", "show tracebacks on errors"),
 )  # fmt: skip
 # Not a key of the file it names.
@@ -186,6 +191,7 @@ class Paths:
     config_file: Path
     history_file: Path
     conversations_dir: Path
+    history_db: Path
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,7 @@ class Config:
     tool_choice: str
     max_tool_rounds: int
     tool_timeout: float
+    history: bool
     debug: bool
     prompt: str | None
     paths: Paths
@@ -230,6 +237,7 @@ def default_paths(env: Mapping[str, str], config_file: str | None = None) -> Pat
         config_file=Path(config_file or xdg("XDG_CONFIG_HOME", ".config") / APP / "chat.toml"),
         history_file=xdg("XDG_STATE_HOME", ".local/state") / APP / "chat_history",
         conversations_dir=xdg("XDG_DATA_HOME", ".local/share") / APP / "conversations",
+        history_db=xdg("XDG_DATA_HOME", ".local/share") / APP / "history.db",
     )
 
 
@@ -240,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Precedence: flag > env var > config file ($XDG_CONFIG_HOME/mixvllm/chat.toml, or "
             "CHAT_CONFIG; keys are the option names with underscores, e.g. max_tokens = 512) > "
-            "default. In the REPL type /help for commands."
+            "default. In the REPL type /help for commands. chat logs lists and searches "
+            "the history of exchanges (chat logs --help)."
         ),
     )
     parser.add_argument("prompt", nargs="*", help="one-shot question; piped stdin is appended")

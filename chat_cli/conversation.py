@@ -162,30 +162,35 @@ def write_atomic(path: Path, text: str, make_dirs: bool, mode: int = 0o600) -> N
 
 def load(path: Path) -> Conversation:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        messages = [
-            Message(
-                role=str(m["role"]),
-                content=str(m["content"]),
-                incomplete=m.get("incomplete"),
-                reasoning=m.get("reasoning"),
-                tool_calls=_tool_calls(m.get("tool_calls")),
-                tool_call_id=_text_or_none(m.get("tool_call_id")),
-                name=_text_or_none(m.get("name")),
-            )
-            for m in data["messages"]
-            if m.get("role") in ROLES
-        ]
-        return Conversation(
-            system=data.get("system"),
-            messages=messages,
-            model=data.get("model"),
-            created=float(data.get("created", time.time())),
-        )
+        return from_json(json.loads(path.read_text(encoding="utf-8")))
     except OSError as err:
         raise ChatError(f"cannot read {path}: {err.strerror or err}") from err
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ChatError(f"{path} is not a saved chat (JSON from /save or autosave)") from err
+
+
+def from_json(data: Any) -> Conversation:
+    """The conversation `to_json` made; raises ValueError, KeyError, TypeError or
+    AttributeError for anything else."""
+    messages = [
+        Message(
+            role=str(m["role"]),
+            content=str(m["content"]),
+            incomplete=m.get("incomplete"),
+            reasoning=m.get("reasoning"),
+            tool_calls=_tool_calls(m.get("tool_calls")),
+            tool_call_id=_text_or_none(m.get("tool_call_id")),
+            name=_text_or_none(m.get("name")),
+        )
+        for m in data["messages"]
+        if m.get("role") in ROLES
+    ]
+    return Conversation(
+        system=data.get("system"),
+        messages=messages,
+        model=data.get("model"),
+        created=float(data.get("created", time.time())),
+    )
 
 
 def _tool_calls(value: object) -> list[dict[str, Any]] | None:

@@ -172,6 +172,7 @@ class Repl:
         *,
         history_file: Path | None,
         conversations_dir: Path,
+        history_db: Path | None = None,
         markdown: bool,
         show_reasoning: bool,
         debug: bool,
@@ -181,7 +182,7 @@ class Repl:
         self.markdown = markdown
         self.show_reasoning = show_reasoning
         self.debug = debug
-        self.commands = Commands(session, console.file, conversations_dir)
+        self.commands = Commands(session, console.file, conversations_dir, history_db)
         self.page_marks = page.enabled(os.environ, console.is_terminal)
         self.pastes = Pastes()
         history: History = InMemoryHistory()

@@ -50,6 +50,18 @@ class Stats:
             self.generation_s += answer.ended_at - answer.first_token_at
 
 
+@dataclass(frozen=True)
+class Exchanged:
+    """One question asked: the conversation's messages from `start` on are what it added
+    (none when it failed before an answer); `failure`, the error that ended it."""
+
+    session: Session
+    question: str
+    start: int
+    began: float  # wall clock
+    failure: str | None
+
+
 class Session:
     def __init__(
         self,
@@ -61,6 +73,7 @@ class Session:
         completions: bool = False,
         tools: Toolbox | None = None,
         tool_view: ToolView | None = None,
+        on_exchange: Callable[[Exchanged], None] | None = None,
     ) -> None:
         """`tools`: None when no tools are configured; they need a `tool_view` to show them."""
         if tools is not None and tool_view is None:
@@ -76,6 +89,8 @@ class Session:
         self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE, ROUND_LIMIT or None
         self.tools = tools
         self.tool_view = tool_view
+        self.answers: list[Answer] = []  # the last question's, one per round
+        self.on_exchange = on_exchange  # called once per question, however it ended
 
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)
@@ -92,10 +107,25 @@ class Session:
             raise ChatError("the message is not valid UTF-8 text; nothing was sent")
         if self.tools is not None and not self.completions:
             self.tools.check_choice()  # before the question joins the conversation
+        start, began = len(self.conversation.messages), time.time()
         self.conversation.messages.append(Message("user", text))
         self.conversation.autosave()
         if self.tools is not None:
             self.tools.records.clear()
+        self.answers = []
+        failure: str | None = None
+        try:
+            return self._rounds(text, renderer, fresh)
+        except ChatError as err:
+            failure = err.message
+            raise
+        finally:
+            if self.on_exchange is not None:
+                self.on_exchange(Exchanged(self, text, start, began, failure))
+
+    def _rounds(
+        self, text: str, renderer: Renderer, fresh: Callable[[], Renderer] | None
+    ) -> Answer:
         rounds = 0
         while True:
             answer = self._exchange(text if rounds == 0 else None, renderer, rounds == 0)
@@ -196,6 +226,7 @@ class Session:
     def _keep(self, text: str | None, answer: Answer, note: str | None) -> bool:
         """Keep the answer; True when it holds calls to run (only a whole answer's)."""
         self.last_answer = answer
+        self.answers.append(answer)
         self.last_note = note
         self.stats.add(answer)
         calls = answer.name_calls() if note is None and self.tools is not None else []

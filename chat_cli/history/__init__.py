@@ -1,0 +1,1 @@
+"""The history of every exchange: a SQLite database, `chat logs` and `/search`."""
