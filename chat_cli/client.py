@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from chat_cli import errors, sse, transport
+from chat_cli import errors, routing, sse, transport
 from chat_cli.answer import Answer, Usage, estimate_tokens, repair
 from chat_cli.errors import ChatError
 from chat_cli.sse import Piece
@@ -168,7 +168,8 @@ class ChatClient:
             cancel.attach(conn.sock)
             conn.sock.settimeout(self.deadline)  # the queue and the prompt come before byte 1
             path = self.target.path(endpoint)
-            conn.request("POST", path, body, transport.headers(self.api_key, True))
+            headers = transport.headers(self.api_key, True) | routing.session_headers(params)
+            conn.request("POST", path, body, headers)
             response = conn.getresponse()
             if response.status >= 300:
                 error_body = transport.read_body(response, conn.sock, time.monotonic() + 10.0)
