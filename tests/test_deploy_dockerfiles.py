@@ -193,3 +193,9 @@ def test_router_image_matches_its_manifest_and_pins_the_wheel() -> None:
     assert re.search(r"^EXPOSE 8080 29000$", text, re.M)
     for port in ("--port=8080", "--prometheus-port=29000"):
         assert port in manifest and port in text
+    # vllm-router's /health fails while any one model server is down (seen in compose-test):
+    # probing it would take the router out, or restart it, for one replica's failure.
+    probes = re.findall(r"(\w+Probe):\s+httpGet:\s+path: (\S+)", manifest)
+    assert probes == [("readinessProbe", "/readiness"), ("livenessProbe", "/liveness")]
+    recipe = (ROOT / "deploy/compose.replicas.yml").read_text()
+    assert "/readiness" in text and "/readiness" in recipe and "/health'" not in recipe

@@ -177,6 +177,8 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
         _answer_streams(page, "/retry", 20)
         first_word = time.monotonic() - retried
         mark(f"page: /retry streams from {other} ({first_word:.1f} s to its first words)")
+        _status(page, "1/2 replicas up", 30_000)
+        mark("page: status bar '1/2 replicas up'")
         page.wait_for_function(
             f"(n) => ({BUFFER_TEXT})().split({FOOTER!r}).length - 1 > n",
             arg=footers,
@@ -185,8 +187,6 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
         mark("page: the retried answer finished")
         assert stack.routed()[-1] == other
         assert first_word < 30, f"/retry took {first_word:.1f} s to answer"
-        _status(page, "1/2 replicas up", 30_000)
-        mark("page: status bar '1/2 replicas up'")
 
         start = stack.compose("start", serving)
         assert start.returncode == 0, start.stderr
