@@ -126,6 +126,8 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if cfg.dry_run:
         for warning in command.warnings:
             print(f"# warning: {warning}", file=sys.stderr)
+        for note in command.notes:
+            print(f"# {note}", file=sys.stderr)
         for line in command.env_lines():
             print(f"# env: {line}", file=sys.stderr)
         print(command.shell_line())

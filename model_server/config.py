@@ -30,6 +30,16 @@ from model_server.errors import LauncherError
 from model_server.profiles import Profile, ProfileError
 
 API_KEY_ENV = defaults.VLLM_API_KEY_ENV
+
+
+def data_parallel(text: str) -> int | str:
+    """`auto` or an integer 1..1024."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    size: int = integer(1, 1024, "auto or an integer")(text)
+    return size
+
+
 VLLM_BIN_ENV = "MIXVLLM_VLLM_BIN"
 
 PROFILE = Option(
@@ -52,6 +62,10 @@ OVERRIDES: tuple[Option, ...] = (
     Option("pipeline_parallel_size", ("--pipeline-parallel-size",),
            ("PIPELINE_PARALLEL_SIZE",), integer(1, 1024), None, "pipeline stages (vLLM)", "N",
            _PROFILES),
+    Option("data_parallel_size", ("--data-parallel-size",), ("DATA_PARALLEL_SIZE",),
+           data_parallel, None,
+           "vLLM engines of TP x PP GPUs each behind one API server; `auto`: as many as the "
+           "visible GPUs hold", "N|auto", _PROFILES),
     Option("nnodes", ("--nnodes",), ("NNODES",), integer(1, 1024), None,
            "nodes the model spans (vLLM multi-node)", "N", _PROFILES),
     Option("max_model_len", ("--max-model-len",), ("MAX_MODEL_LEN",),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from model_server import netif
+from model_server import gpus, netif
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
 from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
@@ -42,6 +42,8 @@ class EngineCommand:
     secret_env: frozenset[str] = frozenset()
     # Dry runs only: what would stop a real start (e.g. the model is not installed yet).
     warnings: tuple[str, ...] = ()
+    # Dry runs only: how the command was derived (e.g. the data-parallel size from the GPUs).
+    notes: tuple[str, ...] = ()
 
     def shell_line(self) -> str:
         return shlex.join(self.argv)
@@ -208,8 +210,17 @@ def build_command(
         model = f"<{p.model}>"
         warnings.append(str(exc))
     extra_env = dict(p.env)
+    notes: list[str] = []
     if p.engine == "vllm":
         argv = _vllm_argv(p, model, vllm_binary(env, cwd)) + _node_argv(config)
+        dp = gpus.plan(
+            p.data_parallel_size, p.tensor_parallel_size * p.pipeline_parallel_size,
+            gpus.visible_gpus(env),
+        )  # fmt: skip
+        if dp.size > 1:
+            argv += ["--data-parallel-size", str(dp.size)]
+        notes += [f"data parallel: {dp.note}"] if dp.note else []
+        warnings += [dp.warning] if dp.warning else []
         key_env = API_KEY_ENV
         if p.nnodes > 1:
             node_env, node_warnings = _node_env(config, env)
@@ -226,8 +237,9 @@ def build_command(
         extra_env[key_env] = config.api_key
         secret = frozenset({key_env})
     return EngineCommand(
-        argv=tuple(argv), env=extra_env, secret_env=secret, warnings=tuple(warnings)
-    )
+        argv=tuple(argv), env=extra_env, secret_env=secret, warnings=tuple(warnings),
+        notes=tuple(notes),
+    )  # fmt: skip
 
 
 def check_engine(config: ServeConfig, command: EngineCommand) -> None:

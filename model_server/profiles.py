@@ -105,6 +105,9 @@ class Profile:
     pipeline_parallel_size: int = Field(default=1, ge=1)
     # vLLM's native multi-node mode: the TP x PP workers are spread evenly over this many nodes.
     nnodes: int = Field(default=1, ge=1)
+    # vLLM engines, each on its own TP x PP GPUs, behind one API server; "auto": as many as
+    # the visible GPUs hold (model_server/gpus.py).
+    data_parallel_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
     quantization: Text | None = None
@@ -137,6 +140,8 @@ class Profile:
                 self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
             if self.nnodes != 1:
                 self._fail("nnodes", "engine llama.cpp serves on one device only")
+            if self.data_parallel_size != 1:
+                self._fail("data_parallel_size", "engine llama.cpp serves on one device only")
             if self.enable_prefix_caching:
                 self._fail("enable_prefix_caching", "is a vLLM setting")
         else:
@@ -155,6 +160,8 @@ class Profile:
         # vLLM spans nodes natively only with its multiprocessing executor.
         if self.nnodes > 1 and self.distributed_executor_backend not in (None, "mp"):
             self._fail("distributed_executor_backend", "must be mp (or unset) when nnodes > 1")
+        if self.nnodes > 1 and self.data_parallel_size != 1:
+            self._fail("data_parallel_size", "must be 1 when nnodes > 1 (one model per cluster)")
 
     def _fail(self, key: str, message: str) -> NoReturn:
         # Not a ValueError: pydantic lets it through unwrapped, already naming file and field.

@@ -839,6 +839,10 @@
     if (st.state !== "ready" && st.detail) parts[0] += ` (${st.detail})`;
     if (st.for_seconds !== null) parts[0] += ` for ${formatAge(st.for_seconds)}`;
     if (st.model) parts.push(st.model);
+    // Behind vLLM's router (docs/deployment-replicas.md): its model servers passing health checks.
+    if (st.replicas !== null && st.replicas !== undefined) {
+      parts.push(`${st.replicas_up}/${st.replicas} replicas up`);
+    }
     if (st.running !== null) parts.push(`${st.running} running`);
     if (st.waiting !== null) parts.push(`${st.waiting} waiting`);
     if (st.kv_cache_usage !== null) parts.push(`KV cache ${Math.round(st.kv_cache_usage * 100)}%`);

@@ -31,6 +31,9 @@ _KV_CACHE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _RUNNING_METRIC = "vllm:num_requests_running"
 _NO_ANSWER = -1
 _WAITING_METRIC = "vllm:num_requests_waiting"
+# vLLM's router lists its model servers here, each with the health its checks found; a
+# single model server answers 404 and the bar shows no replica count.
+_ROUTER_WORKERS = "/workers"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class ModelStatus:
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
+    # Behind vLLM's router: how many of its model servers pass its health checks.
+    replicas: int | None = None
+    replicas_up: int | None = None
 
     def as_json(self, now: float) -> dict[str, object]:
         body: dict[str, object] = asdict(self)
@@ -126,8 +132,12 @@ class ModelStatusPoller:
             return replace(self._status, state="busy", detail=body)
         if code in (401, 403):
             return ModelStatus(url=self._root, state="unauthorized", detail="API key rejected")
+        up, total = await self._replicas()
         if code != 200:
-            return ModelStatus(url=self._root, state="loading", detail=f"HTTP {code}")
+            return ModelStatus(
+                url=self._root, state="loading", detail=f"HTTP {code}", replicas=total,
+                replicas_up=up,
+            )  # fmt: skip
         metrics = await self._metrics()
         kv = next((metrics[name] for name in _KV_CACHE_METRICS if name in metrics), None)
         return ModelStatus(
@@ -137,7 +147,14 @@ class ModelStatusPoller:
             running=metrics.get(_RUNNING_METRIC),
             waiting=metrics.get(_WAITING_METRIC),
             kv_cache_usage=kv,
+            replicas=total,
+            replicas_up=up,
         )
+
+    async def _replicas(self) -> tuple[int | None, int | None]:
+        """(healthy, listed) model servers behind a router; (None, None) without one."""
+        code, body = await self._get(_ROUTER_WORKERS)
+        return parse_router_workers(body) if code == 200 else (None, None)
 
     async def _metrics(self) -> dict[str, float]:
         code, body = await self._get("/metrics")
@@ -166,6 +183,18 @@ class ModelStatusPoller:
         if isinstance(error, HTTPClientError) and "during request" in str(error):
             return _NO_ANSWER, f"no answer within {self._timeout:g} s"
         return 0, _describe_unreachable(error)
+
+
+def parse_router_workers(body: str) -> tuple[int | None, int | None]:
+    """vLLM router's `/workers`: {"workers": [{"url": ..., "is_healthy": bool}, ...]}."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None, None
+    workers = payload.get("workers") if isinstance(payload, Mapping) else None
+    if not isinstance(workers, list) or not all(isinstance(w, Mapping) for w in workers):
+        return None, None
+    return sum(1 for w in workers if w.get("is_healthy") is True), len(workers)
 
 
 def _first_model_id(body: str) -> str | None:

@@ -107,10 +107,18 @@ def test_terminal_server_is_hardened_and_keeps_its_home(compose: dict[str, Any])
 
 
 class _ResetLoader(yaml.SafeLoader):
-    """Compose's `!reset` tag, kept as a marker."""
+    """Compose's `!reset` tag, kept as a marker; `!override` is the value it tags."""
 
 
 _ResetLoader.add_constructor("!reset", lambda loader, node: "!reset")
+_ResetLoader.add_constructor(
+    "!override",
+    lambda loader, node: (
+        loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.MappingNode)
+        else loader.construct_sequence(node, deep=True)
+    ),
+)
 
 
 def test_cpu_override_swaps_in_the_embedded_engine() -> None:

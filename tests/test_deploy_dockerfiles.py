@@ -18,6 +18,7 @@ DOCKERFILES = [
     "Dockerfile.model",
     "Dockerfile.model-cpu",
     "Dockerfile.prometheus",
+    "Dockerfile.router",
     "Dockerfile.terminal",
 ]
 
@@ -173,3 +174,28 @@ def test_prometheus_image_is_debians_package() -> None:
     assert "promtool" in health
     cmd = next(line for line in lines if line.startswith("CMD "))
     assert "--storage.tsdb.retention.size=" in cmd  # bounded on disk
+
+
+def test_router_image_matches_its_manifest_and_pins_the_wheel() -> None:
+    """Dockerfile.router is the image deploy/k8s/core/router.yaml runs: same user and ports;
+    every package it installs is pinned, vllm-router among them."""
+    text = (ROOT / "Dockerfile.router").read_text()
+    requirements = [
+        line for line in (ROOT / "docker/router-requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]  # fmt: skip
+    assert all(re.fullmatch(r"[\w.-]+==[\w.]+", line) for line in requirements), requirements
+    assert any(line.startswith("vllm-router==0.1.") for line in requirements)
+    assert "--only-binary=:all:" in text
+    manifest = (ROOT / "deploy/k8s/core/router.yaml").read_text()
+    assert "image: mixvllm-router:latest" in manifest
+    assert re.search(r"^USER 10001:10001$", text, re.M) and "runAsUser: 10001" in manifest
+    assert re.search(r"^EXPOSE 8080 29000$", text, re.M)
+    for port in ("--port=8080", "--prometheus-port=29000"):
+        assert port in manifest and port in text
+    # vllm-router's /health fails while any one model server is down (seen in compose-test):
+    # probing it would take the router out, or restart it, for one replica's failure.
+    probes = re.findall(r"(\w+Probe):\s+httpGet:\s+path: (\S+)", manifest)
+    assert probes == [("readinessProbe", "/readiness"), ("livenessProbe", "/liveness")]
+    recipe = (ROOT / "deploy/compose.replicas.yml").read_text()
+    assert "/readiness" in text and "/readiness" in recipe and "/health'" not in recipe

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from model_server import launch, profiles
+from model_server import gpus, launch, profiles
 from model_server.__main__ import main
 from model_server.profiles import PackageFile
 
@@ -24,7 +24,8 @@ VLLM = "/opt/vllm/bin/vllm"
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MIXVLLM_PROFILE", "MODEL", "SERVED_MODEL_NAME", "TENSOR_PARALLEL_SIZE",
                  "PIPELINE_PARALLEL_SIZE", "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION",
-                 "MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "NNODES", "NODE_RANK", "MASTER_ADDR",
+                 "MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "NNODES", "DATA_PARALLEL_SIZE",
+                 "CUDA_VISIBLE_DEVICES", "NODE_RANK", "MASTER_ADDR",
                  "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MIXVLLM_VLLM_BIN", VLLM)
@@ -110,6 +111,63 @@ def test_empty_env_overrides_keep_the_profiles_values(
 
 
 MULTINODE = "llama-3.1-405b-instruct-fp8-multinode"
+
+
+@pytest.mark.parametrize(
+    ("profile", "visible", "size", "note"),
+    [
+        ("llama-3.1-8b-instruct", "0,1,2,3,4,5,6,7", "8", "8 engine(s) x 1 GPU(s) on 8"),
+        ("qwen2-7b-instruct", "2,3", "2", "2 engine(s) x 1 GPU(s) on 2"),
+        # TP 4 on 6 GPUs: one engine fits, the data-parallel flag stays off, 2 GPUs idle.
+        ("llama-3.1-70b-instruct", "0,1,2,3,4,5", None, "1 engine(s) x 4 GPU(s) on 6"),
+    ],
+)
+def test_auto_data_parallel_fills_the_visible_gpus(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    profile: str, visible: str, size: str | None, note: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setenv("DATA_PARALLEL_SIZE", "auto")
+    argv, err = dry_run(capsys, "--profile", profile)
+    if size is None:
+        assert "--data-parallel-size" not in argv
+    else:
+        assert argv[argv.index("--data-parallel-size") + 1] == size
+    assert f"# data parallel: auto: {note} visible GPU(s)" in err
+
+
+def test_data_parallel_size_is_rendered_and_checked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv, err = dry_run(capsys, "--profile", "llama-3.1-70b-instruct", "--data-parallel-size", "2")
+    assert argv[argv.index("--data-parallel-size") + 1] == "2"
+    assert "# data parallel: 2 engines x 4 GPU(s) = 8 GPUs" in err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    _, err = dry_run(capsys, "--profile", "llama-3.1-70b-instruct", "--data-parallel-size", "2")
+    assert "# warning: data parallel size 2 needs 8 GPUs; 4 visible" in err
+    # No GPU visible (a CPU box): one engine, said once, nothing rendered.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    argv, err = dry_run(capsys, "--profile", "qwen2-7b-instruct")
+    assert "--data-parallel-size" not in argv
+    assert "# warning: data_parallel_size auto: no GPU visible" in err
+    for bad, message in (
+        (["--profile", "qwen2-7b-instruct", "--data-parallel-size", "0"], "must be auto or an"),
+        (["--profile", "embedded", "--data-parallel-size", "2"], "llama.cpp serves on one"),
+        (["--profile", MULTINODE, "--data-parallel-size", "2"], "must be 1 when nnodes > 1"),
+    ):
+        assert main([*bad, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_visible_gpus_follow_cuda_then_the_device_nodes(tmp_path: Path) -> None:
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
+        (tmp_path / name).touch()
+    assert gpus.visible_gpus({}, tmp_path) == 3
+    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, tmp_path) == 1
+    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, tmp_path) == 0
+    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1,-1,2"}, tmp_path) == 2
+    assert gpus.visible_gpus({}, tmp_path / "missing") == 0
 
 
 def test_multinode_head_and_worker_commands(

@@ -11,7 +11,11 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from terminal_server.model_status import ModelStatusPoller, parse_prometheus
+from terminal_server.model_status import (
+    ModelStatusPoller,
+    parse_prometheus,
+    parse_router_workers,
+)
 
 from .support import free_port
 from .terminal_support import run, running_server
@@ -29,9 +33,10 @@ vllm:num_requests_running_total 99
 class ScriptedModelServer:
     """A loopback HTTP server whose /v1/models answers follow a script (fault injection)."""
 
-    def __init__(self, codes: list[int], metrics: str | None) -> None:
+    def __init__(self, codes: list[int], metrics: str | None, workers: str | None = None) -> None:
         self.codes = codes
         self.metrics = metrics
+        self.workers = workers  # a router's /workers body; None: a single server (404)
         self.auth_headers: list[str | None] = []
 
     def app(self) -> tornado.web.Application:
@@ -51,15 +56,23 @@ class ScriptedModelServer:
                     raise tornado.web.HTTPError(404)
                 self.write(script.metrics)
 
-        return tornado.web.Application([(r"/v1/models", Models), (r"/metrics", Metrics)])
+        class Workers(tornado.web.RequestHandler):
+            def get(self) -> None:
+                if script.workers is None:
+                    raise tornado.web.HTTPError(404)
+                self.write(script.workers)
+
+        return tornado.web.Application(
+            [(r"/v1/models", Models), (r"/metrics", Metrics), (r"/workers", Workers)]
+        )
 
 
 @contextlib.asynccontextmanager
 async def scripted_server(
-    codes: list[int], metrics: str | None
+    codes: list[int], metrics: str | None, workers: str | None = None
 ) -> AsyncIterator[tuple[ScriptedModelServer, str]]:
     """The script and its /v1 URL, served on a free loopback port for the test's duration."""
-    script = ScriptedModelServer(codes, metrics)
+    script = ScriptedModelServer(codes, metrics, workers)
     sock, port = bind_unused_port()
     server = HTTPServer(script.app())
     server.add_sockets([sock])
@@ -91,6 +104,40 @@ def test_loading_then_ready_with_vllm_load_figures() -> None:
         assert (ready.running, ready.waiting, ready.kv_cache_usage) == (2.0, 1.0, 0.25)
         assert ready.since >= loading.since
         assert script.auth_headers == ["Bearer k3y", "Bearer k3y"]
+
+    run(body)
+
+
+# vllm-router 0.1.17's GET /workers, verbatim, one of its two model servers just killed.
+ROUTER_WORKERS = (
+    '{"workers":[{"url":"http://127.0.0.1:18102","model_id":"unknown","worker_type":"regular",'
+    '"is_healthy":false,"load":0,"connection_mode":"Http","priority":50,"cost":1.0},'
+    '{"url":"http://127.0.0.1:18101","model_id":"unknown","worker_type":"regular",'
+    '"is_healthy":true,"load":0,"connection_mode":"Http","priority":50,"cost":1.0}],'
+    '"total":2,"stats":{"prefill_count":0,"decode_count":0,"regular_count":2}}'
+)
+
+
+def test_parse_router_workers_counts_the_healthy_ones() -> None:
+    assert parse_router_workers(ROUTER_WORKERS) == (1, 2)
+    assert parse_router_workers('{"workers":[]}') == (0, 0)
+    for junk in ("", "not json", "[]", '{"workers": 3}', '{"workers": [1]}'):
+        assert parse_router_workers(junk) == (None, None), junk
+
+
+def test_behind_a_router_the_replicas_up_are_counted() -> None:
+    async def body() -> None:
+        async with scripted_server([200], None, ROUTER_WORKERS) as (_, url):
+            ready = await ModelStatusPoller(url).poll_once()
+        assert (ready.state, ready.replicas_up, ready.replicas) == ("ready", 1, 2)
+        # Every replica down: the router answers /v1/models with an error; the count says why.
+        down = ROUTER_WORKERS.replace('"is_healthy":true', '"is_healthy":false')
+        async with scripted_server([503], None, down) as (_, url):
+            none_up = await ModelStatusPoller(url).poll_once()
+        assert (none_up.state, none_up.replicas_up, none_up.replicas) == ("loading", 0, 2)
+        async with scripted_server([200], None) as (_, url):
+            single = await ModelStatusPoller(url).poll_once()
+        assert single.as_json(0.0)["replicas"] is None
 
     run(body)
 

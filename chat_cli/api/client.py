@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chat_cli import errors
-from chat_cli.api import sse, transport
+from chat_cli.api import routing, sse, transport
 from chat_cli.api.answer import Answer
 from chat_cli.api.events import Event, Sent, ServerError
 from chat_cli.api.transport import Cancel, Target, Timeout
@@ -167,7 +167,8 @@ class ChatClient:
             cancel.attach(conn.sock)
             conn.sock.settimeout(self.deadline)  # the queue and the prompt come before byte 1
             path = self.target.path(endpoint)
-            conn.request("POST", path, body, transport.headers(self.api_key, True))
+            headers = transport.headers(self.api_key, True) | routing.session_headers(params)
+            conn.request("POST", path, body, headers)
             response = conn.getresponse()
             if response.status >= 300:
                 error_body = transport.read_body(response, conn.sock, time.monotonic() + 10.0)

@@ -47,6 +47,9 @@ YML
         "$DOCKER" compose -f docker-compose.yml -f docker-compose.cpu.yml -f "$bases" \
         --profile monitoring build
     rm -f "$bases"
+    # vLLM's router (deploy/compose.replicas.yml, deploy/k8s): the wheel from PyPI.
+    "$DOCKER" build -q -f Dockerfile.router --build-arg PYTHON_IMAGE="$CI_PYTHON_IMAGE" \
+        -t mixvllm-router:latest . >/dev/null
     # The GPU image on a stand-in base: catches a broken COPY/RUN step in Dockerfile.model.
     "$DOCKER" build -q -f docker/ci/vllm-standin.Dockerfile \
         --build-arg PYTHON_IMAGE="$CI_VLLM_BASE_IMAGE" -t mixvllm-ci/vllm-standin:latest . >/dev/null
@@ -60,4 +63,5 @@ YML
 phase wheel prebuilt_wheel
 phase images build_images
 phase stack env MIXVLLM_REQUIRE_ALL=1 .venv/bin/pytest -m docker -p no:cacheprovider -s \
-    tests/e2e/test_compose_stack.py tests/e2e/test_compose_multinode.py
+    tests/e2e/test_compose_stack.py tests/e2e/test_compose_multinode.py \
+    tests/e2e/test_compose_replicas.py
