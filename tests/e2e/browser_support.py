@@ -48,6 +48,21 @@ def wait_for_js(page: Page, predicate: str, arg: object, timeout_ms: int) -> Non
         raise AssertionError(message) from None
 
 
+def wait_for_chars_after(page: Page, after: str, chars: int, timeout_ms: int) -> None:
+    """At least `chars` visible characters after the last `after` on screen (an answer
+    streaming below its question)."""
+    wait_for_js(
+        page,
+        f"""([q, n]) => {{
+            const text = ({BUFFER_TEXT})();
+            const at = text.lastIndexOf(q);
+            return at >= 0 && text.slice(at + q.length).replace(/\\s/g, "").length >= n;
+        }}""",
+        [after, chars],
+        timeout_ms,
+    )
+
+
 def clipboard(page: Page) -> str:
     text: str = page.evaluate("() => navigator.clipboard.readText()")
     return text

@@ -34,6 +34,7 @@ from .browser_support import (
     collect_problems,
     type_line,
     wait_connected,
+    wait_for_chars_after,
     wait_for_js,
     wait_for_text,
 )
@@ -120,16 +121,7 @@ def _status(page: Page, want: str, timeout_ms: int) -> None:
 
 def _answer_streams(page: Page, after: str, chars: int) -> None:
     """At least `chars` visible characters after the last `after` on screen."""
-    wait_for_js(
-        page,
-        f"""([q, n]) => {{
-            const text = ({BUFFER_TEXT})();
-            const at = text.lastIndexOf(q);
-            return at >= 0 && text.slice(at + q.length).replace(/\\s/g, "").length >= n;
-        }}""",
-        [after, chars],
-        ANSWER_MS,
-    )
+    wait_for_chars_after(page, after, chars, ANSWER_MS)
 
 
 def _footers(page: Page) -> int:

@@ -35,6 +35,7 @@ from .browser_support import (
     terminal_server,
     type_line,
     wait_connected,
+    wait_for_chars_after,
     wait_for_js,
     wait_for_text,
 )
@@ -113,16 +114,7 @@ def ask(page: Page, question: str) -> None:
 
 def answer_started(page: Page, question: str, min_chars: int = 40) -> None:
     """Wait until at least `min_chars` visible characters follow the question on screen."""
-    wait_for_js(
-        page,
-        f"""([q, n]) => {{
-            const text = ({BUFFER_TEXT})();
-            const at = text.lastIndexOf(q);
-            return at >= 0 && text.slice(at + q.length).replace(/\\s/g, "").length >= n;
-        }}""",
-        [question, min_chars],
-        ANSWER_TIMEOUT_MS,
-    )
+    wait_for_chars_after(page, question, min_chars, ANSWER_TIMEOUT_MS)
 
 
 def test_chat_streams_a_real_answer_and_a_reload_mid_answer_reattaches(
