@@ -37,8 +37,8 @@ from .handlers import (
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
+from .sessions import SessionManager
 from .share_handlers import make_registry, share_routes
-from .terminals import SessionManager
 
 log = logging.getLogger("mixvllm.terminal")
 

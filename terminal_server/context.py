@@ -10,8 +10,8 @@ from .config import Config
 from .gate import Gate
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
+from .sessions import SessionManager
 from .shares import ShareRegistry
-from .terminals import SessionManager
 from .wsupgrade import WebSocketHandler
 
 

@@ -29,7 +29,8 @@ from .context import Context
 from .metrics import Metrics
 from .processes import SessionStartError
 from .session_user import SessionUserError
-from .terminals import InputOverflowError, Session, SessionLimitError
+from .sessions import SessionLimitError
+from .terminals import InputOverflowError, Session
 from .wsupgrade import WebSocketHandler
 
 log = logging.getLogger("mixvllm.terminal")

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from tornado import httpclient, websocket
 
-from terminal_server import protocol, terminals
+from terminal_server import protocol, sessions, terminals
 from terminal_server.processes import session_env
 from terminal_server.reaper import session_members
 
@@ -461,7 +461,7 @@ def test_sessions_started_together_stay_within_the_cap() -> None:
             results = await asyncio.gather(
                 *(srv.ctx.manager.create() for _ in range(6)), return_exceptions=True
             )
-            refused = [r for r in results if isinstance(r, terminals.SessionLimitError)]
+            refused = [r for r in results if isinstance(r, sessions.SessionLimitError)]
             assert len(refused) == 2, results
             assert len(srv.ctx.manager.sessions) == 4
 
