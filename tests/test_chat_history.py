@@ -396,7 +396,9 @@ def test_the_real_model_s_exchange_is_logged_found_and_resumed(
     assert row["answer"].strip() and row["answer"].strip() in result.stdout, (row, result)
     assert row["model"] == server.model and row["sampling"]["max_tokens"] == 24
     assert 0 < row["completion_tokens"] <= 25 and row["prompt_tokens"] > 0, row
-    assert row["ttft_s"] > 0 and row["tokens_per_s"] > 0, row
+    assert row["ttft_s"] > 0, row
+    # No rate is claimed for under 0.5 s of generation; 24 tokens may take less than that.
+    assert row["tokens_per_s"] is None or row["tokens_per_s"] > 0, row
     found = chat(tmp_path, server.base_url, "logs", "-q", "colour sky", **key)
     assert "[colour]" in found.stdout and "[sky]" in found.stdout, found
     again = chat(tmp_path, server.base_url, *args, "--resume", row["conversation"],
