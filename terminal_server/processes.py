@@ -27,6 +27,11 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load it
 _RESETTABLE_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+# Signals 32 and 33 are the C library's own: its sigaction() refuses them, the kernel does not,
+# and an ignored one survives exec. All zero is SIG_DFL in the kernel's struct sigaction.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+_LIBC_SIGNALS = (32, 33)
+_DEFAULT_ACTION = (ctypes.c_ulong * 4)()
 
 
 # What a team user's session keeps of the server's environment (with LC_*): nothing secret.
@@ -95,8 +100,11 @@ def _default_signals() -> None:  # runs in the child
     does): exec keeps ignored and blocked signals, and a server started from a background job
     of a script ignores SIGINT, so Ctrl-C would reach no program in its sessions."""
     for sig in _RESETTABLE_SIGNALS:
-        with contextlib.suppress(OSError, ValueError):  # the C library's own (32, 33)
+        with contextlib.suppress(OSError, ValueError):
             signal.signal(sig, signal.SIG_DFL)
+    if _SYS_RT_SIGACTION is not None:
+        for libc_sig in _LIBC_SIGNALS:
+            _LIBC.syscall(_SYS_RT_SIGACTION, libc_sig, ctypes.byref(_DEFAULT_ACTION), None, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 

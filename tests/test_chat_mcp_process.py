@@ -236,9 +236,11 @@ def test_the_mcp_server_ends_when_chat_is_killed(
 
 # SIGINT ignored and blocked, as a careless parent may leave them; then chat.
 _CARELESS_PARENT = """\
-import os, signal, sys
+import ctypes, os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+# and 32, the C library's own, which only the kernel's rt_sigaction sets (x86_64: 13)
+ctypes.CDLL(None).syscall(13, 32, ctypes.byref((ctypes.c_ulong * 4)(1)), None, 8)
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
