@@ -88,6 +88,9 @@ def refuse(handler: web.RequestHandler, ctx: Context, reason: str, status: int =
     log.warning("refused %s %s: bad %s", handler.request.method, handler.request.path, reason)
     handler.set_status(status)
     handler.set_header("Content-Type", "text/plain; charset=utf-8")
+    # The connection ends with this answer: a client that keeps connections alive must not
+    # send its next request on it (it would meet a reset).
+    handler.set_header("Connection", "close")
     handler.finish(REFUSALS[reason] + "\n")
 
 

@@ -90,6 +90,10 @@ def test_a_refused_request_is_answered_before_its_body_and_its_body_is_never_rea
                 answer, rest = await _answer_then_eof(reader)
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
             assert b"Traceback" not in rest
+            # The server hangs up after a refusal: it says so, so that a client that keeps its
+            # connections alive (a browser, Playwright's request context) opens a new one for
+            # its next request instead of meeting a reset.
+            assert b"\r\nConnection: close\r\n" in answer, answer
 
     run(body)
 
