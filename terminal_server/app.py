@@ -39,6 +39,7 @@ from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
 from .sessions import SessionManager
 from .share_handlers import make_registry, share_routes
+from .team.audit import AuditLog
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -93,6 +94,7 @@ def make_context(
         model_status=ModelStatusPoller(config.model_server_url, config.model_api_key),
         shares=make_registry(config.flow_window),
         gate=Gate(limits, metrics),
+        audit=AuditLog(config.audit_log),
     )
 
 
@@ -201,6 +203,7 @@ async def _run(
     await ctx.model_status.stop()
     await ctx.manager.shutdown()
     await server.close_all_connections()
+    ctx.audit.close()
     return 0
 
 

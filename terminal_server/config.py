@@ -25,6 +25,7 @@ from mixvllm_common.options import (
     integer,
     resolve,
 )
+from mixvllm_common.state import state_dir
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
 AUTH_MODES = ("token", "proxy")
@@ -69,6 +70,7 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS
     min_uid: int = 1000  # accounts below it (root, system accounts) never log in
     max_user_sessions: int = 8  # per user, with --auth proxy
+    audit_log: Path | None = None  # JSON lines (team/audit.py); None: not kept
 
     @property
     def is_loopback(self) -> bool:
@@ -189,6 +191,11 @@ OPTIONS: tuple[Option, ...] = (
     _opt("min_uid", integer(0, 2**31, "a uid"), 1000,
          "with `--auth proxy`: accounts below this uid (root, system accounts) never log in",
          metavar="UID"),
+    _opt("audit_log", str, None,
+         "append logins, session starts and ends, shares, exports and quota refusals "
+         "to this file as JSON lines (owner-only); `off`: keep none", metavar="FILE",
+         shown_default="`audit.jsonl` in the state directory with a team `--auth` mode, "
+         "none with `token`"),
     _opt("max_user_sessions", integer(1, 10_000, "a number"), 8,
          "with `--auth proxy`: sessions per user at most", metavar="N"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
@@ -250,6 +257,14 @@ def _check_auth(v: Mapping[str, Any]) -> None:
         )
 
 
+def _audit_path(value: str | None, auth: str, env: Mapping[str, str]) -> Path | None:
+    if value == "off" or (value is None and auth == "token"):
+        return None
+    if value:
+        return Path(value)
+    return state_dir(env) / "audit.jsonl"
+
+
 def check_token(token: str) -> None:
     """A token must survive a cookie, a header and a URL (the message never quotes it)."""
     if len(token) < 8:
@@ -308,4 +323,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         trusted_proxies=_networks(v["trusted_proxies"]),
         min_uid=v["min_uid"],
         max_user_sessions=v["max_user_sessions"],
+        audit_log=_audit_path(v["audit_log"], v["auth"], env),
     )

@@ -12,6 +12,7 @@ from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
 from .shares import ShareRegistry
+from .team.audit import AuditLog
 from .wsupgrade import WebSocketHandler
 
 
@@ -28,6 +29,7 @@ class Context:
     shares: ShareRegistry  # read-only share links (share_handlers.py)
     gate: Gate = field(default_factory=Gate)  # connections that have not authenticated yet
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
+    audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
 
     @property
     def team(self) -> bool:
