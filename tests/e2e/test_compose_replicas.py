@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
@@ -28,7 +27,6 @@ from tests.vllm_cpu import MODEL_DIR, VLLM_VENV, installed
 
 from .browser_support import (
     BUFFER_TEXT,
-    ROOT,
     buffer_text,
     chromium,
     collect_problems,
@@ -38,12 +36,13 @@ from .browser_support import (
     wait_for_js,
     wait_for_text,
 )
-from .test_compose_stack import DOCKER, FOOTER, docker_available
+from .compose_stacks import DOCKER, Stack, docker_available
+from .test_compose_stack import FOOTER
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-FILES = ["-f", "docker-compose.yml", "-f", "deploy/compose.replicas.yml",
-         "-f", "docker/ci/compose.replicas-cpu.yml"]  # fmt: skip
+FILES = ("-f", "docker-compose.yml", "-f", "deploy/compose.replicas.yml",
+         "-f", "docker/ci/compose.replicas-cpu.yml")  # fmt: skip
 REPLICAS = ("model-server", "model-server-1")
 IMAGES = ("mixvllm-model-server:ci-standin", "mixvllm-router:latest", "mixvllm-terminal:latest")
 UP_S = 600
@@ -53,23 +52,9 @@ ROUTED = re.compile(r"key='header:x-session-id:[0-9a-f]+' -> worker='http://([\w
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-@dataclass(frozen=True)
-class Stack:
-    project: str
-    url: str
-    token: str
-    env: dict[str, str]
-
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [DOCKER, "compose", "-p", self.project, *FILES, *args], cwd=ROOT, env=self.env,
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-
-    def routed(self) -> list[str]:
-        """The replica of every chat request the router forwarded, oldest first."""
-        logs = self.compose("logs", "--no-color", "--no-log-prefix", "router").stdout
-        return ROUTED.findall(ANSI.sub("", logs))
+def routed_to(stack: Stack) -> list[str]:
+    """The replica of every chat request the router forwarded, oldest first."""
+    return ROUTED.findall(ANSI.sub("", stack.logs("router")))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +79,9 @@ def stack() -> Iterator[Stack]:
         "VLLM_CPU_SITE_PACKAGES": str(site[0]),
         "VLLM_CPU_MODEL_DIR": str(MODEL_DIR),
     }
-    s = Stack(f"mixvllm-ci-rep-{secrets.token_hex(3)}", f"http://127.0.0.1:{port}/", token, env)
+    s = Stack(
+        f"mixvllm-ci-rep-{secrets.token_hex(3)}", FILES, f"http://127.0.0.1:{port}/", token, env
+    )
     started = time.monotonic()
     up = s.compose("up", "--wait", "--no-build", timeout=UP_S + 60)
     print(f"compose-test: replicas up --wait: {time.monotonic() - started:.0f} s", file=sys.stderr)
@@ -147,7 +134,7 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
         question = "Write a long story about a lighthouse keeper and a storm."
         type_line(page, question)
         _answer_streams(page, question, 30)
-        routed = stack.routed()
+        routed = routed_to(stack)
         assert routed, stack.compose("logs", "router").stdout[-3000:]
         serving = routed[-1]
         other = next(r for r in REPLICAS if r != serving)
@@ -181,7 +168,7 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
             timeout=ANSWER_MS,
         )
         mark("page: the retried answer finished")
-        assert stack.routed()[-1] == other
+        assert routed_to(stack)[-1] == other
         assert first_word < 30, f"/retry took {first_word:.1f} s to answer"
 
         start = stack.compose("start", serving)
@@ -189,7 +176,7 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
         mark(f"{serving} started again")
         _status(page, "2/2 replicas up", UP_S * 1000)
         mark("page: status bar '2/2 replicas up'")
-        count = len(stack.routed())
+        count = len(routed_to(stack))
         footers = _footers(page)
         type_line(page, "/retry")
         page.wait_for_function(
@@ -197,9 +184,9 @@ def test_a_killed_replica_fails_over_and_comes_back(stack: Stack) -> None:
             arg=footers,
             timeout=ANSWER_MS,
         )
-        mark(f"page: the next /retry answered by {stack.routed()[-1]}")
+        mark(f"page: the next /retry answered by {routed_to(stack)[-1]}")
         # The conversation's key hashes to its replica again once that one is healthy.
-        assert stack.routed()[count:][-1] == serving
+        assert routed_to(stack)[count:][-1] == serving
         assert problems == []
     print("compose-test: failover timeline, as the page showed it:", file=sys.stderr)
     for line in timeline:

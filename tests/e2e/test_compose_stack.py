@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -22,7 +19,6 @@ from tests.embedded_server import free_port
 
 from .browser_support import (
     BUFFER_TEXT,
-    ROOT,
     buffer_text,
     chromium,
     collect_problems,
@@ -31,51 +27,14 @@ from .browser_support import (
     wait_for_js,
     wait_for_text,
 )
+from .compose_stacks import DOCKER, Stack, docker_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
-DOCKER = os.environ.get("MIXVLLM_DOCKER") or shutil.which("docker") or "docker"
-FILES = ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
+FILES = ("-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")
 MODEL = "smollm2-135m-instruct"
 ANSWER_TIMEOUT_MS = 180_000
 FOOTER = "tok/s"  # chat's footer after every finished answer
-
-
-def docker_available() -> bool:
-    try:
-        info = subprocess.run([DOCKER, "info"], capture_output=True, timeout=30, check=False)
-        compose = subprocess.run(
-            [DOCKER, "compose", "version"], capture_output=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return info.returncode == 0 and compose.returncode == 0
-
-
-@dataclass(frozen=True)
-class Stack:
-    project: str
-    url: str
-    token: str
-    env: dict[str, str]
-
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        cmd = [DOCKER, "compose", "-p", self.project, *FILES, *args]
-        return subprocess.run(
-            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
-            check=False,
-        )  # fmt: skip
-
-    def leftovers(self) -> list[str]:
-        label = f"label=com.docker.compose.project={self.project}"
-        found = []
-        for kind in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
-            out = subprocess.run(
-                [DOCKER, *kind, "-q", "--filter", label],
-                capture_output=True, text=True, timeout=60, check=True,
-            ).stdout.split()  # fmt: skip
-            found += [f"{kind[0]} {x}" for x in out]
-        return found
 
 
 def _timed(what: str, started: float) -> None:
@@ -94,7 +53,7 @@ def stack() -> Iterator[Stack]:
         "TERMINAL_PUBLISH_PORT": str(port),
         "MODEL_SERVER_PUBLISH_PORT": str(free_port()),
     }
-    s = Stack(f"mixvllm-ci-{secrets.token_hex(3)}", f"http://127.0.0.1:{port}/", token, env)
+    s = Stack(f"mixvllm-ci-{secrets.token_hex(3)}", FILES, f"http://127.0.0.1:{port}/", token, env)
     started = time.monotonic()
     up = s.compose("up", "--wait", "--no-build", timeout=400)
     _timed("compose up --wait", started)
