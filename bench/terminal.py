@@ -276,13 +276,16 @@ def start_mixvllm(root: Path = ROOT, name: str = "mixvllm", team_user: str | Non
     """With `team_user`: team mode (--auth proxy), each request naming that user as a proxy
     on loopback would (as root, sessions run as that account: it must have uid >= 1000)."""
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # root's code first
-    team = ["--auth", "proxy", "--max-user-sessions", "260"] if team_user else []
+    # The closed loop's side task opens a session every ~0.1 s and leaves it to the idle cull:
+    # 200 typing plus those must stay under the caps, or the opens are refused.
+    cap = "1000"
+    team = ["--auth", "proxy", "--max-user-sessions", cap] if team_user else []
     entry = ["-m", "terminal_server"]
     if probe := os.environ.get(PROBE_ENV):  # diagnosis: the loop's stalls and GC pauses
         entry = [str(ROOT / "bench" / "loop_probe.py"), str(Path(probe) / f"{name}.json")]
     proc = subprocess.Popen(
         [sys.executable, *entry, "--port", "0", "--no-autostart-chat",
-         "--shell", SHELL, "--max-sessions", "260", *team],
+         "--shell", SHELL, "--max-sessions", cap, *team],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": path, "MIXVLLM_TERMINAL_TOKEN": TOKEN},
     )  # fmt: skip
