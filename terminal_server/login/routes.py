@@ -127,6 +127,7 @@ class LoginHandler(GuardedHandler):
             self.render_form(503, "The server is busy: try again in a moment.", name)
             return
         if not verdict.ok:
+            self.throttle.failed(name, address)
             self._audit(name, "failed", address, verdict.detail)
             self.render_form(401, WRONG, name)
             return
