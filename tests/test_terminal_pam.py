@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 from tornado import httpclient, websocket
 
+from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from terminal_server.login.routes import WRONG
 from tests.team_support import Account, PamStack, pam_stack, say
@@ -183,16 +184,20 @@ def test_wrong_passwords_system_accounts_and_unknown_names_get_the_same_answer(
 def test_logout_ends_access_and_the_session_waits_for_the_next_login(stack: PamStack) -> None:
     async def body() -> None:
         alice = await _logged_in(stack, stack.alice)
+        elsewhere = await _logged_in(stack, stack.alice)  # her other browser
         try:
             mine = await alice.connect()
             await say(mine, 'X=kept; echo "SET<$X>"', "SET")
-            await mine.close()
-            alice.clients.clear()
+            other = await elsewhere.connect()
             old = dict(alice.cookies)
             refused = await alice.fetch("logout", "POST", "")
             assert (refused.code, refused.body.decode().strip()) == (403, REFUSALS["csrf"])
             out = await alice.fetch("logout", "POST", "", **{"X-CSRF-Token": alice.csrf})
             assert (out.code, out.headers["Location"]) == (303, "/login")
+            # This login's open tab is closed; her other browser's login and tab live on.
+            assert await mine.wait_closed() == protocol.CLOSE_POLICY
+            assert not other.closed.is_set()
+            assert (await elsewhere.fetch()).code == 200
             assert not any(name.startswith("mixvllm_login_") for name in alice.cookies)
             stale = Browser(stack, cookies=old)  # the old cookie, replayed: dead
             assert (await stale.fetch()).code == 302
@@ -207,6 +212,7 @@ def test_logout_ends_access_and_the_session_waits_for_the_next_login(stack: PamS
             await again.close()
         finally:
             await alice.close()
+            await elsewhere.close()
         events = [json.loads(line) for line in stack.audit.read_text().splitlines()]
         assert any(e["event"] == "logout" and e["user"] == "alice" for e in events)
 

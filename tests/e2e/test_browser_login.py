@@ -117,7 +117,7 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
 
         # Logout: back to the login form; the page's requests are refused from then on.
         bob.click("#logout")
-        bob.wait_for_url(re.compile(r"/login$"))
+        bob.wait_for_url(re.compile(r"/login(\?next=.*)?$"))
         assert bob.evaluate(STATUS_OF, ["api/status", "GET", ""]) == 401
         assert alice.evaluate("() => window.mixvllm.connected") is True
         assert _whoami(alice, "AGAIN") == "alice"
