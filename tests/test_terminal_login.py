@@ -7,6 +7,7 @@ Real PAM with real accounts is test_terminal_pam.py's (a throwaway mount namespa
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 from tornado import httpclient, websocket
 
+from terminal_server.app import public_url
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
 from terminal_server.login import throttle as throttle_mod
@@ -350,5 +352,17 @@ def test_wrong_logins_get_one_answer_whoever_the_account_and_then_are_throttled(
             )  # fmt: skip
             assert {e["address"] for e in events} == {"127.0.0.1"}
             assert "secret-pw" not in audit.read_text()
+
+    run(body)
+
+
+def test_the_banner_prints_no_token_and_share_views_need_no_proxy_in_pam_mode() -> None:
+    async def body() -> None:
+        nets = (ipaddress.ip_network("10.9.0.0/16"),)  # a proxy setting that pam mode ignores
+        async with running_server(auth="pam", token=None, trusted_proxies=nets) as srv:
+            assert "token" not in public_url(srv.ctx)
+            # A viewer (no login) is asked for a share link, not sent to a proxy.
+            resp = await srv.fetch("view/")
+            assert (resp.code, resp.body.decode().strip()) == (403, REFUSALS["share"])
 
     run(body)
