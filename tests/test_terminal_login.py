@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import json
 import re
+import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,8 +20,10 @@ from tornado import httpclient, websocket
 from terminal_server.app import public_url
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
+from terminal_server.login import pam as pam_mod
 from terminal_server.login import throttle as throttle_mod
 from terminal_server.login.logins import LoginStore
+from terminal_server.login.pam import Busy, PamAuthenticator, Verdict, policy_refusal
 from terminal_server.login.routes import WRONG, safe_next
 from terminal_server.login.throttle import Throttle
 from tests.terminal_support import TOKEN, Server, run, running_server
@@ -364,5 +367,49 @@ def test_the_banner_prints_no_token_and_share_views_need_no_proxy_in_pam_mode() 
             # A viewer (no login) is asked for a share link, not sent to a proxy.
             resp = await srv.fetch("view/")
             assert (resp.code, resp.body.decode().strip()) == (403, REFUSALS["share"])
+
+    run(body)
+
+
+# -- who may log in, PAM's bounds -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("users", "groups", "name", "refused"),
+    [
+        ("", "", "daemon", None),  # (min_uid 0 here: daemon stands in for a person)
+        ("bin", "", "daemon", "not in --allowed-users or --allowed-groups"),
+        ("daemon", "", "daemon", None),
+        ("", "daemon", "daemon", None),  # daemon's own group
+        ("", "sudo", "daemon", "not in --allowed-users or --allowed-groups"),
+        ("root", "root", "root", "root or a system account"),
+        ("", "", "nosuchuser", "no such account"),
+        ("", "", "Robert'); --", "not a Unix account name"),
+    ],
+)
+def test_who_may_log_in(users: str, groups: str, name: str, refused: str | None) -> None:
+    argv = ["--auth", "pam", "--min-uid", "0", "--allowed-users", users, "--allowed-groups", groups]
+    reason = policy_refusal(load_config(argv, {}), name)
+    assert reason == refused if refused is None else refused in (reason or "")
+
+
+def test_pam_checks_are_bounded_and_the_rest_told_the_server_is_busy() -> None:
+    async def body() -> None:
+        pam = PamAuthenticator(load_config(["--auth", "pam"], {}))
+        release = threading.Event()
+
+        def stuck(name: str, password: str) -> Verdict:
+            release.wait(30)
+            return Verdict(True)
+
+        pam._check = stuck  # type: ignore[method-assign]  # PAM that takes its time
+        limit = pam_mod.MAX_CONCURRENT + pam_mod.MAX_WAITING
+        pending = [asyncio.ensure_future(pam.authenticate("alice", "pw")) for _ in range(limit)]
+        await asyncio.sleep(0)
+        try:
+            with pytest.raises(Busy):
+                await pam.authenticate("alice", "pw")
+        finally:
+            release.set()
+        assert all(v.ok for v in await asyncio.gather(*pending))
+        assert (await pam.authenticate("alice", "pw")).ok  # room again
 
     run(body)
