@@ -234,6 +234,9 @@ def test_a_login_reaches_the_page_with_its_csrf_token_and_state_changes_need_it(
     async def body() -> None:
         async with running_server(auth="pam") as srv:
             headers, csrf = _as(srv)
+            for asked, goes in (("/?session=x", "/?session=x"), ("https://evil.example/", "/")):
+                again = await srv.fetch("login?" + urlencode({"next": asked}), headers)
+                assert (again.code, again.headers["Location"]) == (302, goes)  # logged in
             page = await srv.fetch("", headers)
             assert page.code == 200
             assert f'<meta name="mixvllm-csrf" content="{csrf}">' in page.body.decode()
