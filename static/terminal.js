@@ -490,6 +490,13 @@
   function onClose(event) {
     ws = null;
     if (VIEWER && viewerClosed(event)) return;
+    if (document.querySelector('meta[name="mixvllm-csrf"]')) {
+      // Login modes: a socket refused (401, seen as 1006) after logout or expiry: if the page
+      // now answers with the login page's redirect, go there instead of reconnecting.
+      fetch(location.href, { cache: "no-store", credentials: "same-origin", redirect: "manual" })
+        .then((r) => { if (r.type === "opaqueredirect") location.reload(); })
+        .catch(() => {});
+    }
     if (event.code === CLOSE.SESSION_ENDED) { ended("Session ended."); return; }
     if (event.code === CLOSE.TAKEN_OVER) {
       showOverlay("This session was opened in another tab.", "Use it here", connect);
@@ -572,7 +579,7 @@
     if (!sessionId) return;
     try {
       const response = await fetch(`api/share?session=${encodeURIComponent(sessionId)}`, {
-        method, cache: "no-store", credentials: "same-origin",
+        method, cache: "no-store", credentials: "same-origin", headers: csrfHeaders(),
       });
       if (response.status === 204) renderShare(null);
       else if (response.ok) renderShare(await response.json());
@@ -760,6 +767,24 @@
     clearTimeout(reconnectTimer);
     connect();
   });
+  // -- login modes (--auth pam|oidc): the CSRF token the server put in the page, logout ---
+  function csrfHeaders() {
+    const meta = document.querySelector('meta[name="mixvllm-csrf"]');
+    return meta ? { "X-CSRF-Token": meta.content } : {};
+  }
+  const logoutButton = document.getElementById("logout");
+  const loginUser = document.querySelector('meta[name="mixvllm-user"]');
+  if (loginUser) {
+    logoutButton.hidden = false;
+    logoutButton.title = `Log out ${loginUser.content} (your sessions keep running)`;
+    logoutButton.addEventListener("click", async () => {
+      try {
+        await fetch("logout", { method: "POST", credentials: "same-origin", headers: csrfHeaders() });
+      } finally {
+        location.href = "login";
+      }
+    });
+  }
   document.getElementById("new-session").addEventListener("click", () => {
     const url = new URL(location.href);
     url.searchParams.delete("session");
