@@ -72,9 +72,9 @@ class SessionManager:
         return session
 
     def user_for(self, owner: str) -> session_user.SessionUser | None:
-        """The account `owner`'s sessions run as: their own with --auth proxy when the server
+        """The account `owner`'s sessions run as: their own in team modes when the server
         may switch users (root), else --session-user's, else the server's (None)."""
-        if self.config.auth == "proxy" and os.geteuid() == 0:
+        if self.config.team and os.geteuid() == 0:
             return session_user.login(owner, self.config.min_uid)
         return self.user
 
@@ -88,7 +88,7 @@ class SessionManager:
             raise SessionLimitError(
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
-        team = self.config.auth == "proxy"
+        team = self.config.team
         cap = self.config.max_user_sessions
         owned = sum(s.owner == owner for s in self.sessions.values())
         if team and owned + self._starting_for[owner] >= cap:
