@@ -8,6 +8,7 @@ import html.parser
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 
 from tests.conftest import require
 from tests.support import wait_for
+from tests.team_support import require_namespaces
 
 HERE = Path(__file__).parent / "oidc"
 CLIENT_ID = "mixvllm"
@@ -95,3 +97,30 @@ def sign_in(client: httpx.Client, url: str, login: str, stop: str) -> str:
         data = {**form.fields, "login": login, "password": "any password"}
         response = client.post(urljoin(str(response.url), form.action), data=data)
     raise AssertionError(f"no redirect to {stop} after 20 steps")
+
+
+@contextlib.contextmanager
+def throwaway_etc(accounts: dict[str, int]) -> Iterator[tuple[Path, list[str]]]:
+    """A copy of the whole /etc with `accounts` (name -> uid, homes 0700) added, and the prefix
+    that runs a command in a mount namespace where that copy is /etc: `useradd` there can
+    rename its files (a bind-mounted single file cannot be renamed over), and writes only the
+    copy. The host's accounts are never touched."""
+    require_namespaces()
+    root = Path(tempfile.mkdtemp(prefix="mixvllm-oidc-"))
+    try:
+        root.chmod(0o755)
+        subprocess.run(["cp", "-a", "/etc", str(root / "etc")], check=True)
+        for name, uid in accounts.items():
+            home = root / "home" / name
+            home.mkdir(parents=True)
+            os.chown(home, uid, uid)
+            home.chmod(0o700)
+            with (root / "etc" / "passwd").open("a") as f:
+                f.write(f"{name}:x:{uid}:{uid}:{name}:{home}:/bin/bash\n")
+            with (root / "etc" / "group").open("a") as f:
+                f.write(f"{name}:x:{uid}:\n")
+        prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                  f'mount --bind {root / "etc"} /etc && exec "$@"', "sh"]  # fmt: skip
+        yield root, prefix
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
