@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import html.parser
+import json
 import os
 import shutil
 import subprocess
@@ -16,9 +17,11 @@ from urllib.parse import urljoin
 
 import httpx
 
+from terminal_server.login.oidc_config import SECRET_ENV
 from tests.conftest import require
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from tests.team_support import require_namespaces
+from tests.terminal_support import server_process
 
 HERE = Path(__file__).parent / "oidc"
 CLIENT_ID = "mixvllm"
@@ -124,3 +127,45 @@ def throwaway_etc(accounts: dict[str, int]) -> Iterator[tuple[Path, list[str]]]:
         yield root, prefix
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class OidcStack:
+    url: str  # the server's public URL
+    pid: int
+    root: Path  # the namespace's /etc copy and the homes
+    audit: Path
+    log: Path  # the server's stderr
+
+    def audit_events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+
+@contextlib.contextmanager
+def oidc_stack(accounts: dict[str, int], *args: str) -> Iterator[OidcStack]:
+    """The provider, and the server with `--auth oidc` as root in a namespace whose /etc is a
+    throwaway copy holding `accounts`; users in the provider's group `team` may log in."""
+    port, provider_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with (
+        tempfile.TemporaryDirectory(prefix="mixvllm-oidc-test-") as tmp,
+        oidc_provider(provider_port, url + "login/oidc/callback", Path(tmp)) as provider,
+        throwaway_etc(accounts) as (root, in_namespace),
+    ):
+        audit, log = Path(tmp) / "audit.jsonl", Path(tmp) / "server.log"
+        argv = [
+            "--port", str(port), "--public-url", url, "--auth", "oidc",
+            "--oidc-issuer", provider.issuer, "--oidc-client-id", CLIENT_ID,
+            "--oidc-scopes", "openid profile groups",
+            "--oidc-username-map", "lowercase,strip-domain=example.org",
+            "--oidc-uid-range", "23000-23099", "--oidc-home-base", str(root / "home"),
+            "--allowed-groups", "team", "--audit-log", str(audit),
+            "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile", *args,
+        ]  # fmt: skip
+        with (
+            log.open("w") as err,
+            server_process(
+                *argv, env={SECRET_ENV: CLIENT_SECRET}, prefix=in_namespace, stderr=err.fileno()
+            ) as (proc, _),
+        ):
+            yield OidcStack(url, proc.pid, root, audit, log)

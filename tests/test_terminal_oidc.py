@@ -7,11 +7,8 @@ tests/test_terminal_oidc_flow.py."""
 from __future__ import annotations
 
 import html
-import json
 import re
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -22,54 +19,20 @@ from tornado import httpclient, websocket
 from terminal_server.config import ConfigError, load_config
 from terminal_server.login.oidc import MESSAGES
 from terminal_server.login.oidc_config import SECRET_ENV
-from tests.oidc_support import CLIENT_ID, CLIENT_SECRET, oidc_provider, sign_in, throwaway_etc
-from tests.support import free_port, wait_for_async
-from tests.terminal_support import Client, run, server_process
+from tests.oidc_support import OidcStack, oidc_stack, sign_in
+from tests.support import wait_for_async
+from tests.terminal_support import Client, run
 
 ALICE_UID = 2001  # has an account already; bob gets one on his first login
 
 
-@dataclass(frozen=True)
-class Stack:
-    url: str  # the server's public URL
-    pid: int
-    root: Path  # the namespace's /etc copy and homes
-    audit: Path
-    log: Path  # the server's stderr
-
-    def audit_events(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.audit.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    port, provider_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}/"
-    with (
-        tempfile.TemporaryDirectory(prefix="mixvllm-oidc-test-") as tmp,
-        oidc_provider(provider_port, url + "login/oidc/callback", Path(tmp)) as provider,
-        throwaway_etc({"alice": ALICE_UID}) as (root, in_namespace),
-    ):
-        audit = Path(tmp) / "audit.jsonl"
-        argv = [
-            "--port", str(port), "--public-url", url, "--auth", "oidc",
-            "--oidc-issuer", provider.issuer, "--oidc-client-id", CLIENT_ID,
-            "--oidc-scopes", "openid profile groups",
-            "--oidc-username-map", "lowercase,strip-domain=example.org",
-            "--oidc-uid-range", "23000-23099", "--oidc-home-base", str(root / "home"),
-            "--allowed-groups", "team", "--audit-log", str(audit),
-            "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
-        ]  # fmt: skip
-        env = {SECRET_ENV: CLIENT_SECRET}
-        log = Path(tmp) / "server.log"
-        with (
-            log.open("w") as err,
-            server_process(*argv, env=env, prefix=in_namespace, stderr=err.fileno()) as (proc, _),
-        ):
-            yield Stack(url, proc.pid, root, audit, log)
+def stack() -> Iterator[OidcStack]:
+    with oidc_stack({"alice": ALICE_UID}) as parts:
+        yield parts
 
 
-def log_in(stack: Stack, client: httpx.Client, login: str) -> tuple[httpx.Response, str]:
+def log_in(stack: OidcStack, client: httpx.Client, login: str) -> tuple[httpx.Response, str]:
     """From the page, through the provider as `login`, to the callback's answer."""
     page = client.get(stack.url)
     assert page.status_code == 302 and page.headers["location"] == "/login?next=%2F"
@@ -85,7 +48,7 @@ def log_in(stack: Stack, client: httpx.Client, login: str) -> tuple[httpx.Respon
     return client.get(back), back
 
 
-def test_a_first_login_makes_the_account_and_the_session_runs_as_it(stack: Stack) -> None:
+def test_a_first_login_makes_the_account_and_the_session_runs_as_it(stack: OidcStack) -> None:
     with httpx.Client(timeout=30) as client:
         answer, _ = log_in(stack, client, "bob")  # Bob@Example.org at the provider
         assert answer.status_code == 302 and answer.headers["location"] == "/"
@@ -121,7 +84,7 @@ def test_a_first_login_makes_the_account_and_the_session_runs_as_it(stack: Stack
     run(session)
 
 
-def test_an_existing_account_is_used_and_not_made_again(stack: Stack) -> None:
+def test_an_existing_account_is_used_and_not_made_again(stack: OidcStack) -> None:
     with httpx.Client(timeout=30) as client:
         answer, back = log_in(stack, client, "alice")
         assert answer.status_code == 302
@@ -140,7 +103,7 @@ def test_an_existing_account_is_used_and_not_made_again(stack: Stack) -> None:
      ("daemony", "account", MESSAGES["account"])],  # a system account's name
 )  # fmt: skip
 def test_refused_users_get_one_line_and_an_audit_entry(
-    stack: Stack, login: str, reason: str, message: str
+    stack: OidcStack, login: str, reason: str, message: str
 ) -> None:
     with httpx.Client(timeout=30) as client:
         answer, _ = log_in(stack, client, login)
@@ -157,7 +120,7 @@ def test_refused_users_get_one_line_and_an_audit_entry(
     )
 
 
-def test_the_answer_is_refused_in_another_browser(stack: Stack) -> None:
+def test_the_answer_is_refused_in_another_browser(stack: OidcStack) -> None:
     with httpx.Client(timeout=30) as client:
         page = client.get(stack.url + "login/oidc?next=/")
         back = sign_in(client, str(page.url), "alice", stop=stack.url + "login/oidc/callback")
