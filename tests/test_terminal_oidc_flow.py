@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from terminal_server.login import oidc_token
+from terminal_server.login.oidc_accounts import ensure_account
 from terminal_server.login.oidc_config import NameMap, OidcSettings, parse_name_map
 from terminal_server.login.oidc_errors import OidcError
 from terminal_server.login.oidc_flow import OidcFlow, OidcUser
@@ -208,3 +209,14 @@ def test_pending_logins_are_bounded_and_expire() -> None:
     with pytest.raises(OidcError):
         pending.finish(late.state, BROWSER)
     assert len(pending) == 0
+
+
+def test_accounts_are_made_only_when_allowed_and_never_for_a_system_name() -> None:
+    """On the host: nothing here may reach useradd (that is test_terminal_oidc.py's, in a
+    throwaway /etc)."""
+    settings = OidcSettings(issuer="https://sso.example.org", client_id="c", client_secret="s",
+                            create_accounts=False)  # fmt: skip
+    for name, detail in (("nosuchuser-oidc-test", "no Unix account"), ("daemon", "system")):
+        with pytest.raises(OidcError, match=detail) as caught:
+            ensure_account(name, settings, min_uid=1000)
+        assert caught.value.reason == "account"

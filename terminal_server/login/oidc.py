@@ -89,8 +89,9 @@ class OidcStart(OidcLoginPage):
         log.warning("login failed (oidc): %s from %s: %s", visible(user) or "''", address,
                     visible(exc.detail))  # fmt: skip
         self.ctx.metrics.rejected["oidc"] += 1
-        self.ctx.audit.record("login", user, method="oidc", result="failed", address=address,
-                              reason=f"{exc.reason}: {exc.detail}")  # fmt: skip
+        reason = f"{exc.reason}: {exc.detail}"
+        self.ctx.audit.record("login", user or None, method="oidc", result="failed",
+                              address=address, reason=reason)  # fmt: skip
         self.render_form(403 if exc.reason not in ("discovery", "jwks") else 502,
                          MESSAGES.get(exc.reason, UNVERIFIED))  # fmt: skip
 
