@@ -63,11 +63,13 @@ def throwaway_accounts(
     first_uid: int = 2001,
     *,
     system: Sequence[str] = (),
+    expired: Sequence[str] = (),
     pam_service: str | None = None,
 ) -> Iterator[tuple[list[Account], list[str]]]:
     """Accounts (homes 0700 under a temporary folder; their passwords hashed in the shadow
     file, as `passwd` writes them) and the prefix that runs a command in a mount namespace
-    where they exist. `system` accounts get uids below 1000; `pam_service` adds that PAM
+    where they exist. `system` accounts get uids below 1000; `expired` ones (of `names`)
+    expired on 2 January 1970 (the shadow file's account expiry); `pam_service` adds that PAM
     service to the namespace's /etc/pam.d. Everything is removed afterwards."""
     require_namespaces()
     root = Path(tempfile.mkdtemp(prefix="mixvllm-team-"))
@@ -88,7 +90,9 @@ def throwaway_accounts(
             accounts.append(Account(name, uid, f"pw-{name}-0123", home))
             passwd += f"{name}:x:{uid}:{uid}:{name}:{home}:/bin/bash\n"
             group += f"{name}:x:{uid}:\n"
-            shadow += f"{name}:{_shadow_hash(accounts[-1].password)}:20000:0:99999:7:::\n"
+            expiry = "1" if name in expired else ""
+            hashed = _shadow_hash(accounts[-1].password)
+            shadow += f"{name}:{hashed}:20000:0:99999:7::{expiry}:\n"
         # A shared supplementary group, so the session's groups can be checked.
         group += f"team:x:{first_uid + 100}:{','.join(names)}\n"
         etc = root / "etc"
@@ -244,6 +248,7 @@ class PamStack:
     alice: Account
     bob: Account
     carol: Account  # for the throttle, so the others' logins stay unthrottled
+    dave: Account  # the right password, but the account has expired
     sysop: Account  # uid 901: a system account with a valid password
     log: Path  # the server's stderr
     audit: Path
@@ -251,10 +256,11 @@ class PamStack:
 
 @contextlib.contextmanager
 def pam_stack(*args: str) -> Iterator[PamStack]:
-    """The server with `--auth pam` as root in a namespace where alice, bob, carol and sysop
-    exist with real password hashes and the project's PAM service file."""
+    """The server with `--auth pam` as root in a namespace where alice, bob, carol, dave and
+    sysop exist with real password hashes and the project's PAM service file."""
+    people = ["alice", "bob", "carol", "dave"]
     with (
-        throwaway_accounts(["alice", "bob", "carol"], system=["sysop"], pam_service="mixvllm") as (
+        throwaway_accounts(people, system=["sysop"], expired=["dave"], pam_service="mixvllm") as (
             accounts,
             in_namespace,
         ),

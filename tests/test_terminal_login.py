@@ -7,18 +7,23 @@ Real PAM with real accounts is test_terminal_pam.py's (a throwaway mount namespa
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
+import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from tornado import httpclient, websocket
 
+from terminal_server.app import public_url
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
+from terminal_server.login import pam as pam_mod
 from terminal_server.login import throttle as throttle_mod
 from terminal_server.login.logins import LoginStore
+from terminal_server.login.pam import Busy, PamAuthenticator, Verdict, policy_refusal
 from terminal_server.login.routes import WRONG, safe_next
 from terminal_server.login.throttle import Throttle
 from tests.terminal_support import TOKEN, Server, run, running_server
@@ -229,6 +234,9 @@ def test_a_login_reaches_the_page_with_its_csrf_token_and_state_changes_need_it(
     async def body() -> None:
         async with running_server(auth="pam") as srv:
             headers, csrf = _as(srv)
+            for asked, goes in (("/?session=x", "/?session=x"), ("https://evil.example/", "/")):
+                again = await srv.fetch("login?" + urlencode({"next": asked}), headers)
+                assert (again.code, again.headers["Location"]) == (302, goes)  # logged in
             page = await srv.fetch("", headers)
             assert page.code == 200
             assert f'<meta name="mixvllm-csrf" content="{csrf}">' in page.body.decode()
@@ -350,5 +358,61 @@ def test_wrong_logins_get_one_answer_whoever_the_account_and_then_are_throttled(
             )  # fmt: skip
             assert {e["address"] for e in events} == {"127.0.0.1"}
             assert "secret-pw" not in audit.read_text()
+
+    run(body)
+
+
+def test_the_banner_prints_no_token_and_share_views_need_no_proxy_in_pam_mode() -> None:
+    async def body() -> None:
+        nets = (ipaddress.ip_network("10.9.0.0/16"),)  # a proxy setting that pam mode ignores
+        async with running_server(auth="pam", token=None, trusted_proxies=nets) as srv:
+            assert "token" not in public_url(srv.ctx)
+            # A viewer (no login) is asked for a share link, not sent to a proxy.
+            resp = await srv.fetch("view/")
+            assert (resp.code, resp.body.decode().strip()) == (403, REFUSALS["share"])
+
+    run(body)
+
+
+# -- who may log in, PAM's bounds -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("users", "groups", "name", "refused"),
+    [
+        ("", "", "daemon", None),  # (min_uid 0 here: daemon stands in for a person)
+        ("bin", "", "daemon", "not in --allowed-users or --allowed-groups"),
+        ("daemon", "", "daemon", None),
+        ("", "daemon", "daemon", None),  # daemon's own group
+        ("", "sudo", "daemon", "not in --allowed-users or --allowed-groups"),
+        ("root", "root", "root", "root or a system account"),
+        ("", "", "nosuchuser", "no such account"),
+        ("", "", "Robert'); --", "not a Unix account name"),
+    ],
+)
+def test_who_may_log_in(users: str, groups: str, name: str, refused: str | None) -> None:
+    argv = ["--auth", "pam", "--min-uid", "0", "--allowed-users", users, "--allowed-groups", groups]
+    reason = policy_refusal(load_config(argv, {}), name)
+    assert reason == refused if refused is None else refused in (reason or "")
+
+
+def test_pam_checks_are_bounded_and_the_rest_told_the_server_is_busy() -> None:
+    async def body() -> None:
+        pam = PamAuthenticator(load_config(["--auth", "pam"], {}))
+        release = threading.Event()
+
+        def stuck(name: str, password: str) -> Verdict:
+            release.wait(30)
+            return Verdict(True)
+
+        pam._check = stuck  # type: ignore[method-assign]  # PAM that takes its time
+        limit = pam_mod.MAX_CONCURRENT + pam_mod.MAX_WAITING
+        pending = [asyncio.ensure_future(pam.authenticate("alice", "pw")) for _ in range(limit)]
+        await asyncio.sleep(0)
+        try:
+            with pytest.raises(Busy):
+                await pam.authenticate("alice", "pw")
+        finally:
+            release.set()
+        assert all(v.ok for v in await asyncio.gather(*pending))
+        assert (await pam.authenticate("alice", "pw")).ok  # room again
 
     run(body)

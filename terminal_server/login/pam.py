@@ -106,6 +106,3 @@ class PamAuthenticator:
         if not verdict.ok:
             await asyncio.sleep(max(0.0, FAIL_DELAY - (time.monotonic() - started)))
         return verdict
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

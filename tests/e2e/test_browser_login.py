@@ -57,7 +57,8 @@ def _whoami(page: Page, tag: str) -> str:
 
 
 def _log_in(browser: Browser, stack: PamStack, who: Account, path: str = "") -> Page:
-    page = browser.new_context(viewport={"width": 900, "height": 600}).new_page()
+    context = browser.new_context(viewport={"width": 900, "height": 600}, device_scale_factor=1)
+    page = context.new_page()
     page.goto(stack.url + path)
     page.wait_for_url(re.compile(r"/login\?next="))  # no login yet: the login page
     page.fill("#user", who.name)
@@ -92,10 +93,14 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
     stack: PamStack,
 ) -> None:
     with sync_playwright() as p, chromium(p) as browser:
+        SHOTS.mkdir(parents=True, exist_ok=True)
         alice = _log_in(browser, stack, stack.alice)
         hers = alice.evaluate("() => window.mixvllm.sessionId")
         assert _whoami(alice, "WHO") == "alice"
         assert alice.is_visible("#logout")
+        button = alice.locator("#logout").bounding_box()
+        assert button is not None and button["x"] + button["width"] <= 900  # not clipped
+        alice.screenshot(path=str(SHOTS / "login-terminal.png"))
 
         # Bob follows a link to Alice's session: the login page, then a session of his own.
         bob = _log_in(browser, stack, stack.bob, f"?session={hers}")
