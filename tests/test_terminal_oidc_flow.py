@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
+from terminal_server.login import oidc_provider as oidc_provider_mod
 from terminal_server.login import oidc_token
 from terminal_server.login.oidc_accounts import ensure_account
 from terminal_server.login.oidc_config import NameMap, OidcSettings, parse_name_map
@@ -220,3 +221,69 @@ def test_accounts_are_made_only_when_allowed_and_never_for_a_system_name() -> No
         with pytest.raises(OidcError, match=detail) as caught:
             ensure_account(name, settings, min_uid=1000)
         assert caught.value.reason == "account"
+
+
+def test_the_discovery_document_must_name_the_issuer_asked_for(provider: Provider) -> None:
+    flow = make_flow(provider.issuer.replace("127.0.0.1", "localhost"))
+    with pytest.raises(OidcError) as caught:
+        asyncio.run(flow.begin("/", BROWSER))
+    assert caught.value.reason == "discovery" and "another issuer" in caught.value.detail
+
+
+@pytest.mark.parametrize("fault", ["silent", "huge"])
+def test_a_stalled_or_flooding_provider_is_cut_off_without_blocking_the_loop(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: a provider that never answers, or sends a discovery document past
+    the bound. The login fails in bounded time and the event loop keeps running meanwhile."""
+    monkeypatch.setattr(oidc_provider_mod, "TIMEOUT_S", 1.0)
+
+    done = asyncio.Event()
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if fault == "huge":
+                body = b'{"issuer": "' + b"x" * (2 * oidc_provider_mod.BODY_LIMIT) + b'"}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+                await writer.drain()
+            await done.wait()
+        except ConnectionError:
+            pass  # the client hung up: what it should do
+        finally:
+            writer.close()
+
+    async def main() -> tuple[str, float, int]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        flow = make_flow(f"http://127.0.0.1:{port}")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        task = asyncio.ensure_future(ticker())
+        started = asyncio.get_running_loop().time()
+        try:
+            await flow.begin("/", BROWSER)
+        except OidcError as exc:
+            reason = f"{exc.reason}: {exc.detail}"
+        finally:
+            task.cancel()
+            done.set()
+            server.close()
+            await asyncio.gather(*handlers)
+        return reason, asyncio.get_running_loop().time() - started, ticks
+
+    reason, took, ticks = asyncio.run(main())
+    assert reason.startswith("discovery: ") and took < 5
+    if fault == "silent":
+        assert "HTTPTimeoutError" in reason and ticks >= 5  # the loop ran while it waited
+    else:  # cut off at the bound, long before the deadline
+        assert "HTTPStreamClosedError" in reason and took < 0.9
