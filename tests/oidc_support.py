@@ -142,14 +142,16 @@ class OidcStack:
 
 
 @contextlib.contextmanager
-def oidc_stack(accounts: dict[str, int], *args: str) -> Iterator[OidcStack]:
+def oidc_stack(accounts: dict[str, int], *args: str, misbehave: str = "") -> Iterator[OidcStack]:
     """The provider, and the server with `--auth oidc` as root in a namespace whose /etc is a
     throwaway copy holding `accounts`; users in the provider's group `team` may log in."""
     port, provider_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/"
     with (
         tempfile.TemporaryDirectory(prefix="mixvllm-oidc-test-") as tmp,
-        oidc_provider(provider_port, url + "login/oidc/callback", Path(tmp)) as provider,
+        oidc_provider(
+            provider_port, url + "login/oidc/callback", Path(tmp), misbehave=misbehave
+        ) as provider,
         throwaway_etc(accounts) as (root, in_namespace),
     ):
         audit, log = Path(tmp) / "audit.jsonl", Path(tmp) / "server.log"

@@ -120,6 +120,18 @@ def test_refused_users_get_one_line_and_an_audit_entry(
     )
 
 
+def test_a_token_signed_with_another_key_is_refused_at_the_callback() -> None:
+    with oidc_stack({}, misbehave="foreign-key") as bad, httpx.Client(timeout=30) as client:
+        answer, _ = log_in(bad, client, "alice")
+        assert answer.status_code == 403
+        assert "could not be verified" in answer.text
+        event = bad.audit_events()[-1]
+        assert (event["result"], event["user"]) == ("failed", None)
+        assert str(event["reason"]).startswith("signature: ")
+        assert "eyJ" not in bad.audit.read_text() + bad.log.read_text()  # no token, logged
+        assert "alice:" not in (bad.root / "etc/passwd").read_text()  # no account made
+
+
 def test_the_answer_is_refused_in_another_browser(stack: OidcStack) -> None:
     with httpx.Client(timeout=30) as client:
         page = client.get(stack.url + "login/oidc?next=/")
