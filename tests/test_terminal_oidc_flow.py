@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -15,8 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
+from terminal_server.login import oidc_accounts, oidc_flow, oidc_token
 from terminal_server.login import oidc_provider as oidc_provider_mod
-from terminal_server.login import oidc_token
 from terminal_server.login.oidc_accounts import ensure_account
 from terminal_server.login.oidc_config import NameMap, OidcSettings, parse_name_map
 from terminal_server.login.oidc_errors import OidcError
@@ -287,3 +288,20 @@ def test_a_stalled_or_flooding_provider_is_cut_off_without_blocking_the_loop(
         assert "HTTPTimeoutError" in reason and ticks >= 5  # the loop ran while it waited
     else:  # cut off at the bound, long before the deadline
         assert "HTTPStreamClosedError" in reason and took < 0.9
+
+
+def test_without_root_it_says_so_once_and_makes_no_account(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(oidc_accounts.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(oidc_flow.os, "geteuid", lambda: 1000)
+    with caplog.at_level(logging.WARNING, "mixvllm.terminal"):
+        make_flow("https://sso.example.org")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--auth oidc without root: only users who already have a Unix account here may log "
+        "in (no account is made), and sessions run as the server's user"
+    ]
+    settings = OidcSettings(issuer="https://sso.example.org", client_id="c", client_secret="s")
+    assert settings.create_accounts
+    with pytest.raises(OidcError, match="no Unix account"):
+        ensure_account("nosuchuser-oidc-test", settings, min_uid=1000)
