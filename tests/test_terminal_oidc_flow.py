@@ -102,7 +102,8 @@ def test_the_provider_must_bind_the_code_to_the_pkce_verifier(provider: Provider
 
 @pytest.mark.parametrize(
     ("misbehave", "why"),
-    [("aud", "audience"), ("iss", "issuer"), ("nonce", "nonce"), ("expired", "expired"),
+    [("aud", "audience"), ("multi-aud", "audience"), ("azp", "audience"), ("iss", "issuer"),
+     ("nonce", "nonce"), ("expired", "expired"),
      ("foreign-key", "signature")],
 )  # fmt: skip
 def test_a_token_that_is_not_right_is_refused(

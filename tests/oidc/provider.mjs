@@ -5,8 +5,9 @@
 //   node provider.mjs   with PORT, ISSUER, CLIENT_SECRET, REDIRECT_URI and MISBEHAVE set.
 //
 // MISBEHAVE (test-only): the provider signs ID tokens that a client must refuse: its own
-// key over a wrong `aud`, `iss` or `nonce`, or an `exp` in the past; or a foreign key
-// under its own kid (`foreign-key`). Empty: a well-behaved provider.
+// key over a wrong `aud`, `azp`, `iss` or `nonce`, several audiences without `azp`, or an
+// `exp` in the past; or a foreign key under its own kid (`foreign-key`). Empty: a
+// well-behaved provider.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 import { SignJWT, decodeJwt, decodeProtectedHeader, importJWK } from 'jose';
@@ -80,6 +81,8 @@ if (MISBEHAVE) {
     const claims = decodeJwt(token);
     const now = Math.floor(Date.now() / 1000);
     if (MISBEHAVE === 'aud') claims.aud = 'someone-else';
+    if (MISBEHAVE === 'multi-aud') { claims.aud = [claims.aud, 'someone-else']; delete claims.azp; }
+    if (MISBEHAVE === 'azp') claims.azp = 'someone-else';
     if (MISBEHAVE === 'iss') claims.iss = 'http://127.0.0.1:1/';
     if (MISBEHAVE === 'nonce') claims.nonce = 'not-the-one-sent';
     if (MISBEHAVE === 'expired') Object.assign(claims, { iat: now - 7200, exp: now - 3600 });
