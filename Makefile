@@ -22,7 +22,7 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench,fast]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,fast,team]'
 	touch $@
 
 static: $(STAMPS)/static $(STAMPS)/oidc-provider

@@ -9,6 +9,7 @@ mounts end with the server's process.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -37,6 +38,10 @@ class Account:
     @property
     def basic_auth(self) -> tuple[str, str]:
         return self.name, self.password
+
+
+def require_pamela() -> None:
+    require(importlib.util.find_spec("pamela") is not None, "pamela (pip install -e '.[team]')")
 
 
 def require_namespaces() -> None:

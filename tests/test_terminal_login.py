@@ -26,6 +26,7 @@ from terminal_server.login.logins import LoginStore
 from terminal_server.login.pam import Busy, PamAuthenticator, Verdict, policy_refusal
 from terminal_server.login.routes import WRONG, safe_next
 from terminal_server.login.throttle import Throttle
+from tests.team_support import require_pamela
 from tests.terminal_support import TOKEN, Server, run, running_server
 
 
@@ -321,7 +322,7 @@ async def _form(srv: Server) -> tuple[dict[str, str], str]:
 def test_wrong_logins_get_one_answer_whoever_the_account_and_then_are_throttled(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("pamela")
+    require_pamela()
 
     async def body() -> None:
         audit = tmp_path / "audit.jsonl"

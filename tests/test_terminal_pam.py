@@ -19,13 +19,13 @@ from tornado import httpclient, websocket
 from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from terminal_server.login.routes import WRONG
-from tests.team_support import Account, PamStack, pam_stack, say
+from tests.team_support import Account, PamStack, pam_stack, require_pamela, say
 from tests.terminal_support import Client, run
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[PamStack]:
-    pytest.importorskip("pamela")
+    require_pamela()
     with pam_stack("--max-user-sessions", "3") as parts:
         yield parts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.team_support import Account, PamStack, pam_stack
+from tests.team_support import Account, PamStack, pam_stack, require_pamela
 
 from .browser_support import (
     BUFFER_TEXT,
@@ -42,7 +42,7 @@ STATUS_OF = (
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[PamStack]:
-    pytest.importorskip("pamela")
+    require_pamela()
     with pam_stack() as parts:
         yield parts
 
