@@ -25,11 +25,17 @@ $(STAMPS)/venv: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench,fast,team]'
 	touch $@
 
-static: $(STAMPS)/static
+static: $(STAMPS)/static $(STAMPS)/oidc-provider
 
 $(STAMPS)/static: static/package.json static/package-lock.json
 	@mkdir -p $(STAMPS)
 	cd static && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The tests' OpenID Connect provider (panva's oidc-provider) for --auth oidc.
+$(STAMPS)/oidc-provider: tests/oidc/package.json tests/oidc/package-lock.json
+	@mkdir -p $(STAMPS)
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # llama.cpp's OpenAI server (compiled from source: only the libraries it loads, on every core,
@@ -102,4 +108,4 @@ $(STAMPS)/bench-wetty: bench/wetty/package.json bench/wetty/package-lock.json
 	mkdir -p $(STAMPS) && touch $@
 
 clean:
-	rm -rf $(VENV) .venv-vllm $(STAMPS) static/node_modules bench/wetty/node_modules .models
+	rm -rf $(VENV) .venv-vllm $(STAMPS) static/node_modules tests/oidc/node_modules bench/wetty/node_modules .models

@@ -35,6 +35,7 @@ from .handlers import (
     log_request,
 )
 from .login.logins import LoginStore
+from .login.oidc import oidc_routes
 from .login.routes import login_routes
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
@@ -72,6 +73,7 @@ def make_app(ctx: Context) -> web.Application:
         (base + r"vendor/(.*)", GuardedStaticHandler, {"path": str(vendor), **kw}),
     ]
     routes += share_routes(ctx)
+    routes += oidc_routes(ctx)  # login/oidc.py (--auth oidc): its `login` comes first
     routes += login_routes(ctx)  # login/: the login page, logout (--auth pam|oidc)
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))

@@ -146,6 +146,8 @@ def login_guard(handler: web.RequestHandler, ctx: Context) -> bool:
     if login is None:
         if getattr(handler, "login_page", False) and request.method in SAFE_METHODS:
             ctx.metrics.rejected["login"] += 1
+            # Answered from prepare, like a refusal: the server hangs up after it.
+            handler.set_header("Connection", "close")
             handler.redirect(ctx.config.base_path + "login?" + urlencode({"next": request.uri}))
         else:
             refuse(handler, ctx, "login", 401)

@@ -27,8 +27,10 @@ from mixvllm_common.options import (
 )
 from mixvllm_common.state import state_dir
 
+from .login.oidc_config import OIDC_OPTIONS, OidcConfigError, OidcSettings, oidc_settings
+
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
-AUTH_MODES = ("token", "proxy", "pam")  # login/oidc.py adds "oidc"
+AUTH_MODES = ("token", "proxy", "pam", "oidc")
 LOGIN_MODES = ("pam", "oidc")  # users log in on the login page (terminal_server/login/)
 TEAM_MODES = ("proxy", *LOGIN_MODES)  # many users, each with sessions of their own
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,6 +82,7 @@ class Config:
     pam_service: str = "mixvllm"
     allowed_users: frozenset[str] = frozenset()  # empty: any account with uid >= min_uid
     allowed_groups: frozenset[str] = frozenset()
+    oidc: OidcSettings | None = None  # --auth oidc (login/oidc_config.py)
 
     @property
     def team(self) -> bool:
@@ -210,8 +213,8 @@ OPTIONS: tuple[Option, ...] = (
          "KILL and CHOWN", metavar="NAME", shown_default="the server's user"),
     _opt("auth", _auth_mode, "token",
          "who may log in: `token` (one owner holding the token), `proxy` (users named by "
-         "a trusted reverse proxy's header) or `pam` (the box's Unix accounts on a login "
-         "page); see docs/team.md", metavar="MODE"),
+         "a trusted reverse proxy's header), `pam` (the box's Unix accounts on a login "
+         "page) or `oidc` (an OpenID Connect provider); see docs/team.md", metavar="MODE"),
     _opt("proxy_user_header", _header_name, "X-Forwarded-User",
          "with `--auth proxy`: the header that carries the user name", metavar="NAME"),
     _opt("trusted_proxies", str, "127.0.0.0/8,::1/128",
@@ -249,6 +252,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt("allowed_groups", str, "",
          "with `--auth pam|oidc`: comma-separated groups whose members may log in",
          metavar="GROUPS"),
+    *OIDC_OPTIONS,  # --auth oidc: login/oidc_config.py
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -349,6 +353,11 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raise ConfigError("--shell and --chat-command must not be empty")
     _check(v)
     origins = tuple(o.strip().rstrip("/") for o in v["allowed_origins"].split(",") if o.strip())
+    public = v["public_url"].rstrip("/") + "/" if v["public_url"] else None
+    try:
+        oidc = oidc_settings(v, public) if v["auth"] == "oidc" else None
+    except OidcConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         host=v["host"],
         port=v["port"],
@@ -359,7 +368,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         no_auth=v["no_auth"],
         max_sessions=v["max_sessions"],
         base_path=_normalize_base(v["base_path"]),
-        public_url=v["public_url"].rstrip("/") + "/" if v["public_url"] else None,
+        public_url=public,
         certfile=v["certfile"] or None,
         keyfile=v["keyfile"] or None,
         allowed_origins=origins,
@@ -383,4 +392,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         pam_service=v["pam_service"],
         allowed_users=_names(v["allowed_users"]),
         allowed_groups=_names(v["allowed_groups"]),
+        oidc=oidc,
     )
