@@ -3,7 +3,7 @@ tools on or off, from `[roles.NAME]` in chat.toml next to a few built-ins it may
 
 A role's `prompt` wraps a one-shot question: `{input}` in it stands for the question and the
 piped text (`cat diff | chat -r review`); a prompt without `{input}` gets them after a blank
-line. The input is put in once, literally: braces in it are text, never a placeholder.
+line. The input goes in literally: a placeholder in it is text, never expanded again.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ class Role:
         if not self.prompt:
             return text
         if INPUT in self.prompt:
-            before, _, after = self.prompt.partition(INPUT)
-            return before + text + after
+            return text.join(self.prompt.split(INPUT))
         return f"{self.prompt}\n\n{text}" if text.strip() else self.prompt
 
 

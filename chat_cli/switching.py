@@ -76,7 +76,8 @@ class Switcher:
             return
         role = None if arg == "-" else roles_mod.find(self.roles, arg)
         values = roles_mod.settings(role, self.base, frozenset())
-        model = values["model"] or self.session.sampling.model
+        # The model stays unless the role names one: switching models is the user's call.
+        model = role.model if role is not None and role.model else self.session.sampling.model
         if role is not None and role.model and role.model != self.session.sampling.model:
             served = self.session.client.models()
             if role.model not in served:
