@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pexpect
 import psutil
 import pytest
 
@@ -24,7 +26,16 @@ from chat_cli.errors import ChatError, ConfigError
 from chat_cli.servers import KeyUnavailable, Server, parse_table, run_key_command
 from chat_cli.session import Session
 from chat_cli.switching import Switcher
-from tests.chat_support import CHAT, chat_env, closed_port_url, fake_server
+from tests.chat_support import (
+    CHAT,
+    PROMPT_READY,
+    chat_env,
+    closed_port_url,
+    exit_status,
+    fake_server,
+    visible,
+)
+from tests.embedded_server import run_embedded
 from tests.fake_openai import MODEL, FakeServer
 
 KEY = "sk-spare-0123456789"
@@ -229,3 +240,103 @@ def test_model_on_another_server_switches_to_it_and_server_switches_back(
     assert session.server == "default"  # a server that is down is not switched to
     with pytest.raises(ChatError, match="'gone' is not served by any server"):
         cmds.run("/model gone")
+
+
+# -- the REPL on a real PTY ----------------------------------------------------------------
+def test_role_and_server_switch_in_the_repl(
+    tmp_path: Path,
+    fake: FakeServer,
+    spare: FakeServer,
+    spawn_chat: Callable[..., pexpect.spawn],
+) -> None:
+    config = tmp_path / "chat.toml"
+    role = '[roles.pirate]\nsystem = "You are a pirate."\ntemperature = 0.7\n'
+    config.write_text(role + spare_table(spare, 'key_env = "SPARE_KEY"'))
+    env = chat_env(tmp_path, fake.url, CHAT_CONFIG=str(config), SPARE_KEY=KEY)
+    child = spawn_chat(env=env)
+    child.expect(PROMPT_READY)
+    assert f"Connected to {fake.url}/v1 · server default · model {MODEL}" in visible(child.before)
+
+    def command(line: str, *shown: str) -> str:
+        child.send(line + "\r")
+        for text in shown:
+            child.expect_exact(text)
+        child.expect(PROMPT_READY)
+        return visible(child.before)
+
+    command("/roles", "pirate", "(chat.toml)", "shell")
+    command("/role pirate", "Role: pirate · model fake-model · temperature 0.7")
+    command("ahoy", "tok/s")
+    request = fake.state.requests[-1]
+    assert request["messages"][0] == {"role": "system", "content": "You are a pirate."}
+    assert request["temperature"] == 0.7
+    command("/server spare", f"Server: spare ({spare.url}/v1) · model spare-model")
+    command("hello spare", "tok/s")
+    (request,) = spare.state.requests
+    assert request["model"] == "spare-model" and request["temperature"] == 0.7
+    assert request["messages"][0]["content"] == "You are a pirate."
+    assert [m["content"] for m in request["messages"] if m["role"] == "user"] == [
+        "ahoy",
+        "hello spare",
+    ]  # the conversation goes on, on the other server
+    command("/model", f"default ({fake.url}/v1)", "other-model", "current", "* spare-model")
+    command("/role nope", "unknown role 'nope'; known roles: explain, pirate, review, shell")
+    command("/server nope", "unknown server 'nope'; known servers: default, spare")
+    command("/role -", "Role dropped")
+    command("after", "tok/s")
+    assert spare.state.requests[-1]["messages"][0]["role"] == "user"  # no system prompt now
+    assert "temperature" not in spare.state.requests[-1]
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+
+
+# -- the happy path on two real servers ----------------------------------------------------
+@pytest.mark.embedded
+def test_two_real_servers_a_role_and_models_across_both(
+    tmp_path: Path, embedded_model_server: Any, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    first = embedded_model_server
+    with run_embedded(tmp_path / "second") as second:
+        config = tmp_path / "chat.toml"
+        config.write_text(f'[servers.second]\nurl = "{second.base_url}"\nkey_env = "TWO"\n')
+        env = chat_env(
+            tmp_path, first.base_url, VLLM_API_KEY=first.api_key, TWO=second.api_key,
+            CHAT_CONFIG=str(config),
+        )  # fmt: skip
+        error = "ls: cannot access 'x': No such file or directory\n"
+        args = ["--server", "second", "-r", "explain", "--max-tokens", "16", "--seed", "1"]
+        result = subprocess.run(
+            [*CHAT, *args], env=env, input=error, capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() and result.stderr == ""
+        logged = subprocess.run(
+            [*CHAT, "logs", "--json"], env=env, capture_output=True, text=True, timeout=60,
+            check=True,
+        )  # fmt: skip
+        (row,) = json.loads(logged.stdout)
+        assert row["server"] == second.base_url and row["question"].endswith(error)
+        assert row["sampling"]["role"] == "explain" and row["sampling"]["server_name"] == "second"
+
+        child = spawn_chat("--max-tokens", "16", env=env, timeout=90)
+        child.expect(PROMPT_READY)
+        child.send("/model\r")
+        child.expect_exact(f"default ({first.base_url}) · current")
+        child.expect_exact(f"* {first.model}")
+        child.expect_exact(f"second ({second.base_url})")
+        child.expect_exact(first.model)
+        child.expect(PROMPT_READY)
+        child.send("/server second\r")
+        child.expect_exact(f"Server: second ({second.base_url})")
+        child.expect(PROMPT_READY)
+        child.send("/role shell\r")
+        child.expect_exact("Role: shell")
+        child.expect(PROMPT_READY)
+        child.send("How do I list files?\r")
+        child.expect("tok/s")
+        child.expect(PROMPT_READY)
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+        assert exit_status(child) == 0
