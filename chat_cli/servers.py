@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chat_cli.errors import ChatError, ConfigError
-from mixvllm_common.urls import api_base, http_url
+from mixvllm_common.state import read_api_key
+from mixvllm_common.urls import api_base, http_url, is_loopback
 
 DEFAULT = "default"
 KEY_COMMAND_TIMEOUT_S = 10.0
@@ -99,6 +100,8 @@ def read_key(server: Server, env: Mapping[str, str]) -> str | None:
         return key
     if server.key_command:
         return run_key_command(server.name, server.key_command)
+    if server.key is None and is_loopback(server.url):
+        return read_api_key(env)  # as for `default`: the key `mixvllm-serve up` keeps
     return server.key
 
 

@@ -129,6 +129,18 @@ def test_server_flag_talks_to_that_server_with_its_key_from_a_variable(
     assert missing.stderr == "chat: server 'spare': its key variable $SPARE_KEY is not set\n"
 
 
+def test_a_named_server_on_this_machine_gets_the_local_key(
+    tmp_path: Path, fake: FakeServer, spare: FakeServer
+) -> None:
+    state = tmp_path / "state" / "mixvllm"
+    state.mkdir(parents=True)
+    (state / "api-key").write_text(KEY + "\n")
+    config = spare_table(spare, "")
+    result = chat(tmp_path, closed_port_url(), config, "--server", "spare", "hi")
+    assert result.returncode == 0, result.stderr
+    assert spare.state.requests
+
+
 def test_a_key_from_a_command_is_used_and_written_nowhere(
     tmp_path: Path, spare: FakeServer
 ) -> None:
