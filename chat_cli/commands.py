@@ -280,6 +280,8 @@ class Commands:
 
     def tools(self, arg: str) -> Outcome:
         toolbox = self.session.tools
+        if toolbox is None and self.switcher.toolbox is not None:
+            raise ChatError(f"tools are off for role {self.session.role}; /role - turns them on")
         if toolbox is None:
             raise ChatError(
                 "no tools configured: add an MCP server with [mcp.servers.NAME] in chat.toml "

@@ -81,7 +81,7 @@ class SlashCompleter(Completer):
         self.session = session
         self.conversations_dir = conversations_dir
         self.switcher = switcher
-        self._models: list[str] | None = None
+        self._models: tuple[str, list[str]] | None = None  # the server's URL, its models
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -105,12 +105,13 @@ class SlashCompleter(Completer):
         if name == "/set":
             return [f"{key} " for key in SETTABLE]
         if name == "/model":
-            if self._models is None:
+            url = self.session.client.base_url  # /server may have changed it
+            if self._models is None or self._models[0] != url:
                 try:
-                    self._models = self.session.client.models()
+                    self._models = (url, self.session.client.models())
                 except ChatError:
                     return []
-            return self._models
+            return self._models[1]
         if name in ("/role", "/server") and self.switcher is not None:
             return sorted(self.switcher.roles if name == "/role" else self.switcher.servers)
         if name == "/load":

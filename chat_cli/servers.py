@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import selectors
 import shlex
 import signal
@@ -27,6 +28,7 @@ DEFAULT = "default"
 KEY_COMMAND_TIMEOUT_S = 10.0
 KEY_OUTPUT_MAX = 16 * 1024
 _KEYS = ("url", "key", "key_env", "key_command")
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what a bearer token can be
 
 
 class KeyUnavailable(ChatError):
@@ -91,6 +93,17 @@ def unknown(name: str, names: list[str], where: str = "") -> ConfigError:
 
 def read_key(server: Server, env: Mapping[str, str]) -> str | None:
     """The server's key, or None when it has none configured. Raises KeyUnavailable."""
+    key = _read_key(server, env)
+    if key is not None and not _HEADER_SAFE.fullmatch(key):
+        # http.client would refuse it in an error that quotes it.
+        raise KeyUnavailable(
+            f"server {server.name!r}: its key holds a space, a control or a non-ASCII "
+            "character (it is not shown)"
+        )
+    return key
+
+
+def _read_key(server: Server, env: Mapping[str, str]) -> str | None:
     if server.key_env is not None:
         key = env.get(server.key_env, "").strip()
         if not key:

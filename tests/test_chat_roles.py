@@ -18,10 +18,15 @@ from chat_cli.commands import Commands
 from chat_cli.config import load_config
 from chat_cli.conversation import Conversation
 from chat_cli.errors import ChatError, ConfigError
+from chat_cli.render.plain import PlainRenderer
 from chat_cli.roles import BUILTINS, Role
 from chat_cli.servers import Server
 from chat_cli.session import Session
 from chat_cli.switching import Switcher
+from chat_cli.tools.loop import ToolView
+from chat_cli.tools.mcp_client import McpHub
+from chat_cli.tools.mcp_config import ServerSpec
+from chat_cli.tools.toolbox import Toolbox
 from tests.chat_support import CHAT, ROOT, chat_env, fake_server
 from tests.fake_openai import MODEL, FakeServer
 
@@ -236,3 +241,36 @@ def test_role_question_template() -> None:
     assert role.question("x{input}") == "A x{input} B x{input}"  # never expanded in the input
     assert Role("r").question("q") == "q"
     assert Role("r", prompt="P").question("") == "P"
+
+
+def test_a_role_without_tools_turns_them_off_and_dropping_it_turns_them_on(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    spec = ServerSpec("t", command=sys.executable, args=(str(ROOT / "tests" / "mcp_server.py"),))
+    hub = McpHub([spec], print)  # started only when a request offers its tools: never here
+    toolbox = Toolbox(hub, yes=True)
+    session = Session(
+        ChatClient(fake.url + "/v1", None, 10.0), Conversation(), Sampling(MODEL),
+        tools=toolbox, tool_view=ToolView(io.StringIO(), None, styled=False),
+    )  # fmt: skip
+    base = {"system": None, "model": MODEL, "temperature": None, "top_p": None}
+    switcher = Switcher(
+        session, roles=BUILTINS, servers={"default": _server(fake)},
+        base=base | {"max_tokens": None, "seed": None}, toolbox=toolbox,
+    )  # fmt: skip
+    cmds = Commands(session, io.StringIO(), tmp_path, switcher=switcher)
+    try:
+        cmds.run("/role shell")
+        assert session.tools is None
+        with pytest.raises(ChatError, match=r"^tools are off for role shell; /role - turns"):
+            cmds.run("/tools")
+        session.ask("list files", PlainRenderer(io.StringIO(), footer=False, styled=False))
+        assert "tools" not in fake.state.requests[-1]
+        cmds.run("/role review")  # a role that says nothing of tools: as configured
+        assert session.tools is toolbox
+        cmds.run("/role shell")
+        cmds.run("/role -")
+        assert session.tools is toolbox
+    finally:
+        session.client.close()
+        hub.close()

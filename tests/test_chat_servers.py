@@ -23,7 +23,7 @@ from chat_cli.commands import Commands
 from chat_cli.config import load_config
 from chat_cli.conversation import Conversation
 from chat_cli.errors import ChatError, ConfigError
-from chat_cli.servers import KeyUnavailable, Server, parse_table, run_key_command
+from chat_cli.servers import KeyUnavailable, Server, parse_table, read_key, run_key_command
 from chat_cli.session import Session
 from chat_cli.switching import Switcher
 from tests.chat_support import (
@@ -185,6 +185,17 @@ def test_a_hanging_key_command_is_stopped_with_its_children_in_bounded_time(
         p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
     ]
     assert not left
+
+
+@pytest.mark.parametrize("key", ["sk-one two", "sk-\x1b[31m", "sk-é"])
+def test_a_key_no_header_can_carry_is_one_line_that_does_not_show_it(key: str) -> None:
+    server = Server("x", "http://gpu:8000/v1", key_env="K")
+    with pytest.raises(KeyUnavailable) as caught:
+        read_key(server, {"K": key})
+    assert str(caught.value) == (
+        "server 'x': its key holds a space, a control or a non-ASCII character (it is not shown)"
+    )
+    assert read_key(server, {"K": " sk-fine\n"}) == "sk-fine"
 
 
 def test_a_key_command_that_floods_its_output_is_stopped() -> None:
