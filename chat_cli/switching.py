@@ -1,6 +1,6 @@
 """/role, /roles, /server and /model: a REPL session's role and server, changed in place.
 
-The one writer of `session.role`, `session.server` and, after start-up, `session.client`.
+After start-up, the one writer of `session.role`, `session.server` and `session.client`.
 Models are listed across every configured server at once, each asked in its own thread with
 a short timeout: a server that is down is marked so, the others are still listed.
 """
