@@ -114,7 +114,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "server", ("--server",), ("CHAT_SERVER",), str, None,
         "talk to the server `[servers.NAME]` of the config file (`/server` lists them)", "NAME",
-        shown_default="`default`: the one of `--url`",
+        shown_default="the one of `--url`, named `default`",
     ),
     Option(
         "role", ("--role", "-r"), ("CHAT_ROLE",), str, None,
