@@ -147,32 +147,28 @@ class Switcher:
 
     # -- models ----------------------------------------------------------------------------
     def model(self, arg: str, say: Say) -> None:
-        if len(self.servers) == 1:
-            self._one_server_model(arg, say)
+        if len(self.servers) == 1 or (arg and arg in self.session.client.models()):
+            self._one_server_model(arg, say)  # the current server's: no other is asked
             return
         names = list(self.servers)
         with ThreadPoolExecutor(len(names), thread_name_prefix="chat-models") as pool:
             found = dict(zip(names, pool.map(self._models, self.servers.values()), strict=True))
-        if not arg:
-            for name, models in found.items():
-                here = name == self.session.server
-                say(f"  {name} ({self.servers[name].url}){' · current' if here else ''}")
-                if isinstance(models, str):
-                    say(f"     unreachable: {models}")
-                    continue
-                for model in models:
-                    mark = "*" if here and model == self.session.sampling.model else " "
-                    say(f"   {mark} {model}")
+        if arg:
+            on = [n for n, m in found.items() if isinstance(m, list) and arg in m]
+            if not on:
+                raise ChatError(f"model {arg!r} is not served by any server; /model lists them")
+            self._use(self.servers[on[0]], self._key(self.servers[on[0]]), arg)
+            say(f"Model: {arg} · server {on[0]}")
             return
-        model = arg
-        on = [n for n, m in found.items() if isinstance(m, list) and model in m]
-        if not on:
-            raise ChatError(f"model {model!r} is not served by any server; /model lists them")
-        name = self.session.server if self.session.server in on else on[0]
-        if name != self.session.server:
-            self._use(self.servers[name], self._key(self.servers[name]), model)
-        self.session.set_sampling(model=model)
-        say(f"Model: {model} · server {name}")
+        for name, models in found.items():
+            here = name == self.session.server
+            say(f"  {name} ({self.servers[name].url}){' · current' if here else ''}")
+            if isinstance(models, str):
+                say(f"     unreachable: {models}")
+                continue
+            for model in models:
+                mark = "*" if here and model == self.session.sampling.model else " "
+                say(f"   {mark} {model}")
 
     def _one_server_model(self, arg: str, say: Say) -> None:
         served = self.session.client.models()

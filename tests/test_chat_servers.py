@@ -253,6 +253,10 @@ def test_model_on_another_server_switches_to_it_and_server_switches_back(
     assert session.client.base_url == spare.url + "/v1" and session.client.api_key == KEY
     cmds.run("/server default")
     assert session.server == "default" and session.sampling.model == MODEL
+    started = time.monotonic()
+    cmds.run("/model other-model")  # served here: answered without asking the others
+    assert time.monotonic() - started < 1 and session.sampling.model == "other-model"
+    assert out.getvalue().splitlines()[-1] == "Model: other-model"
     cmds.run("/server")
     assert f" * default      {fake.url}/v1" in out.getvalue()
     assert "Model: spare-model · server spare" in out.getvalue()
