@@ -9,25 +9,21 @@ import io
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from chat_cli import chats
 from chat_cli import conversation as conv_mod
-from chat_cli.api import client as client_mod
 from chat_cli.api.answer import Answer, has_surrogates
 from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.config import Config
+from chat_cli.connecting import connect, server_key
 from chat_cli.errors import (
     EXIT_INTERRUPTED,
     ChatError,
     ConfigError,
     ModelNotFound,
-    NoModels,
-    ServerUnreachable,
 )
 from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
@@ -40,69 +36,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from chat_cli.history.recorder import Recorder
+    from chat_cli.switching import Switcher
     from chat_cli.tools.loop import ToolView
     from chat_cli.tools.mcp_client import McpHub
     from chat_cli.tools.toolbox import Toolbox
-
-
-def _fit(line: str, stream: TextIO) -> str:
-    """`line` cut to one row of the terminal: a line that wraps would leave its first row
-    behind at each rewrite, as \r only returns to the start of the last row."""
-    from rich.cells import cell_len, set_cell_size  # noqa: PLC0415 (slow import)
-
-    try:
-        width = os.get_terminal_size(stream.fileno()).columns
-    except (OSError, ValueError):
-        width = 80
-    # One column spare: some terminals wrap as soon as the last column is written.
-    room = max(1, width - 1)
-    return line if cell_len(line) <= room else set_cell_size(line, room - 1) + "…"
-
-
-def _progress(stream: TextIO) -> Callable[[str], None]:
-    last = [0.0]
-
-    def show(line: str) -> None:
-        line = visible(line)  # it quotes what the server said
-        if stream.isatty():
-            stream.write("\r\x1b[K" + _fit(line, stream))
-            stream.flush()
-            return
-        # Not a terminal: one line every 5 s, not a flood.
-        now = time.monotonic()
-        if now - last[0] >= 5.0:
-            last[0] = now
-            stream.write(line + "\n")
-            stream.flush()
-
-    return show
-
-
-def connect(config: Config, err: TextIO) -> tuple[str, list[str]]:
-    """Find a server that answers /v1/models: the primary, else the fallback."""
-    urls = [config.url] + ([config.fallback_url] if config.fallback_url else [])
-    failure: ServerUnreachable | None = None
-    for url in urls:
-        try:
-            if config.wait > 0:
-                models = client_mod.wait_for_models(
-                    url, config.api_key, config.wait, _progress(err)
-                )
-            else:
-                models = client_mod.fetch_models(url, config.api_key)
-        except ServerUnreachable as unreachable:
-            failure = failure or unreachable
-            continue
-        finally:
-            if config.wait > 0 and err.isatty():
-                err.write("\r\x1b[K")  # the progress line gives way to what follows
-        if not models:
-            raise NoModels(url)
-        if url != config.url:
-            err.write(f"chat: {config.url} is unreachable; using fallback {url}\n")
-        return url, models
-    assert failure is not None
-    raise ServerUnreachable(config.url, failure.reason, config.fallback_url)
 
 
 def _read_stdin() -> str:
@@ -140,14 +77,17 @@ def run(config: Config) -> int:
             question = f"{question}\n\n{piped}" if question else piped
         if not question.strip():
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
+    if not interactive and config.role is not None:
+        question = config.role.question(question)  # the input is data: never a placeholder
 
     # Keys typed while chat connects (or waits for a loading model) wait for the prompt.
     with typeahead_quiet(sys.stdin) if interactive else nullcontext():
-        base_url, models = connect(config, err)
+        key = server_key(config)
+        base_url, models = connect(config, err, key)
         model = config.model or models[0]
         if model not in models:
             raise ModelNotFound(model, models)
-        client = ChatClient(base_url, config.api_key, config.timeout, config.deadline)
+        client = ChatClient(base_url, key, config.timeout, config.deadline)
         try:
             return _converse(
                 config, client, base_url, model, question=question, interactive=interactive
@@ -178,10 +118,12 @@ def _converse(
         sampling,
         stream=config.stream,
         completions=config.completions,
-        tools=toolbox,
+        tools=toolbox if config.tools else None,
         tool_view=view,
         on_exchange=recorder.record if recorder is not None else None,
     )
+    session.role = config.role.name if config.role is not None else None
+    session.server = config.server
     try:
         if not interactive:
             try:
@@ -189,7 +131,7 @@ def _converse(
             finally:
                 if session.conversation.autosave_failure:
                     err.write(f"chat: {visible(session.conversation.autosave_failure)}\n")
-        return _repl(config, session, base_url, resumed_from)
+        return _repl(config, session, toolbox, resumed_from)
     finally:
         if hub is not None:
             hub.close()
@@ -232,7 +174,24 @@ def _tools(config: Config, out: TextIO) -> tuple[McpHub | None, Toolbox | None, 
     return hub, toolbox, view
 
 
-def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | None) -> int:
+def _switcher(config: Config, session: Session, toolbox: Toolbox | None) -> Switcher:
+    from chat_cli.roles import BUILTINS  # noqa: PLC0415 (REPL only)
+    from chat_cli.servers import Server  # noqa: PLC0415
+    from chat_cli.switching import Switcher  # noqa: PLC0415
+
+    default = Server("default", config.url, config.api_key)
+    return Switcher(
+        session,
+        roles=config.roles or BUILTINS,
+        servers={"default": default, **config.servers},
+        base=config.base,
+        toolbox=toolbox,
+    )
+
+
+def _repl(
+    config: Config, session: Session, toolbox: Toolbox | None, resumed_from: Path | None
+) -> int:
     out = sys.stdout
     conversation = session.conversation
     model = session.sampling.model
@@ -240,8 +199,13 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
     from chat_cli.repl import Repl  # noqa: PLC0415 (prompt-toolkit: REPL only)
 
     console = _make_console(out)
+    base_url = session.client.base_url
+    where = f" · server {config.server}" if config.servers else ""
+    role = f" · role {session.role}" if session.role else ""
     # The model's id is the server's; a conversation's name is a file's: shown, not run.
-    console.print(f"Connected to {base_url} · model {visible(model)}", style="bold", markup=False)
+    console.print(
+        f"Connected to {base_url}{where} · model {visible(model)}{role}", style="bold", markup=False
+    )
     if resumed_from is not None:
         console.print(
             f"Resumed {visible(resumed_from.stem)} ({len(conversation.messages)} messages)",
@@ -262,6 +226,7 @@ def _repl(config: Config, session: Session, base_url: str, resumed_from: Path | 
         markdown=not config.plain,
         show_reasoning=not config.hide_reasoning,
         debug=config.debug,
+        switcher=_switcher(config, session, toolbox),
     )
     return repl.run()
 

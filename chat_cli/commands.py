@@ -16,6 +16,7 @@ from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
 from chat_cli.render.plain import footer_text
 from chat_cli.session import Session
+from chat_cli.switching import Switcher
 from mixvllm_common.options import Kind
 from mixvllm_common.terminal_text import visible
 
@@ -59,11 +60,13 @@ class Commands:
         out: IO[str],
         conversations_dir: Path,
         history_db: Path | None = None,
+        switcher: Switcher | None = None,
     ) -> None:
         self.session = session
         self.out = out
         self.conversations_dir = conversations_dir
         self.history_db = history_db
+        self.switcher = switcher or Switcher.plain(session)
 
     def say(self, text: str) -> None:
         # Commands show answers, tool results, model and file names: never live controls.
@@ -109,16 +112,19 @@ class Commands:
         return None
 
     def model(self, arg: str) -> Outcome:
-        served = self.session.client.models()
-        if not arg:
-            for name in served:
-                mark = "*" if name == self.session.sampling.model else " "
-                self.say(f" {mark} {name}")
-            return None
-        if arg not in served:
-            raise ChatError(f"model {arg!r} is not served; served: {', '.join(served)}")
-        self.session.set_sampling(model=arg)
-        self.say(f"Model: {arg}")
+        self.switcher.model(arg, self.say)
+        return None
+
+    def role(self, arg: str) -> Outcome:
+        self.switcher.role(arg, self.say)
+        return None
+
+    def roles(self, arg: str) -> Outcome:
+        self.switcher.list_roles(self.say)
+        return None
+
+    def server(self, arg: str) -> Outcome:
+        self.switcher.server(arg, self.say)
         return None
 
     def set(self, arg: str) -> Outcome:
@@ -274,6 +280,8 @@ class Commands:
 
     def tools(self, arg: str) -> Outcome:
         toolbox = self.session.tools
+        if toolbox is None and self.switcher.toolbox is not None:
+            raise ChatError(f"tools are off for role {self.session.role}; /role - turns them on")
         if toolbox is None:
             raise ChatError(
                 "no tools configured: add an MCP server with [mcp.servers.NAME] in chat.toml "
@@ -312,7 +320,10 @@ COMMANDS: dict[str, Command] = {
         Command("/help", "", "this list", Commands.help),
         Command("/clear", "", "start a new conversation", Commands.clear),
         Command("/system", "[TEXT|-]", "show, set or remove the system prompt", Commands.system),
-        Command("/model", "[NAME]", "list served models, or switch", Commands.model),
+        Command("/model", "[NAME]", "list the models of every server, or switch", Commands.model),
+        Command("/role", "[NAME|-]", "use a role, or drop it", Commands.role),
+        Command("/roles", "", "list the roles", Commands.roles),
+        Command("/server", "[NAME]", "list the servers, or switch", Commands.server),
         Command("/set", "[KEY VALUE]", "temperature, top_p, max_tokens, seed", Commands.set),
         Command("/retry", "", "ask the last question again", Commands.retry),
         Command("/undo", "", "drop the last question and answer", Commands.undo),

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_cli import chats
 from chat_cli.errors import ConfigError
@@ -31,6 +31,10 @@ from mixvllm_common.options import (
 )
 from mixvllm_common.state import read_api_key
 from mixvllm_common.urls import api_base, http_url, is_loopback
+
+if TYPE_CHECKING:
+    from chat_cli.roles import Role
+    from chat_cli.servers import Server
 
 APP = "mixvllm"
 _NONE = "\N{EN DASH}"
@@ -106,6 +110,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "model", ("--model", "-m"), ("CHAT_MODEL",), str, None, "model name", "NAME",
         shown_default="first model `/v1/models` lists",
+    ),
+    Option(
+        "server", ("--server",), ("CHAT_SERVER",), str, None,
+        "talk to the server `[servers.NAME]` of the config file (`/server` lists them)", "NAME",
+        shown_default="the one of `--url`, named `default`",
+    ),
+    Option(
+        "role", ("--role", "-r"), ("CHAT_ROLE",), str, None,
+        "a role: its system prompt, question template, model and settings; flags beat it "
+        "(`/roles` lists them, `[roles.NAME]` in the config file adds one)", "NAME",
     ),
     Option("system", ("--system", "-s"), ("CHAT_SYSTEM",), str, None, "system prompt", "TEXT"),
     Option(
@@ -184,6 +198,8 @@ CONFIG_FILE = Option(
     shown_default="`$XDG_CONFIG_HOME/mixvllm/chat.toml`",
 )  # fmt: skip
 DOCUMENTED = (*OPTIONS, CONFIG_FILE)
+ROLE_SETTINGS = ("system", "model", "temperature", "top_p", "max_tokens", "seed")
+KINDS = {o.dest: o.kind for o in OPTIONS if o.dest in ROLE_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -223,6 +239,14 @@ class Config:
     debug: bool
     prompt: str | None
     paths: Paths
+    # The role's settings are in the fields above (flags beat them); `base`, the same
+    # settings without it, for /role.
+    role: Role | None = None
+    roles: Mapping[str, Role] = field(default_factory=dict)  # the built-ins and the file's
+    base: Mapping[str, Any] = field(default_factory=dict)
+    tools: bool = True  # the role's tools on/off; tools also need MCP servers
+    server: str = "default"
+    servers: Mapping[str, Server] = field(default_factory=dict)  # the file's
 
 
 def default_paths(env: Mapping[str, str], config_file: str | None = None) -> Paths:
@@ -276,7 +300,7 @@ def _read_config_file(path: Path, *, named: bool) -> dict[str, Any]:
         ) from err
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
-    known = {o.dest for o in OPTIONS}
+    known = {o.dest for o in OPTIONS} | {"roles", "servers"}
     unknown = sorted(set(data) - known)
     if "mcp" in data:
         try:
@@ -294,6 +318,48 @@ def _servers(specs: Sequence[ServerSpec]) -> tuple[ServerSpec, ...]:
     return tuple(by_name.values())
 
 
+def _roles(
+    values: dict[str, Any],
+    args: argparse.Namespace,
+    table: object,
+    source: str,
+    origin: Callable[[str], str],
+) -> dict[str, Any]:
+    """The role and the roles; the role's settings go into `values` where no flag set them."""
+    base = {k: values[k] for k in ROLE_SETTINGS}
+    if values["role"] is None and table is None:
+        return {"role": None, "roles": {}, "base": base, "tools": True}
+    from chat_cli import roles  # noqa: PLC0415 (start-up: only with roles)
+
+    try:
+        configured = {} if table is None else roles.parse_table(table, source, KINDS)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    known = roles.merged(configured)
+    role = None if values["role"] is None else roles.find(known, values["role"], origin("role"))
+    given = frozenset(k for k in ROLE_SETTINGS if getattr(args, k) is not None)
+    values.update(roles.settings(role, base, given))
+    tools = role is None or role.tools is not False
+    return {"role": role, "roles": known, "base": base, "tools": tools}
+
+
+def _model_servers(
+    server: str | None, table: object, source: str, origin: Callable[[str], str]
+) -> dict[str, Any]:
+    if server in (None, "default") and table is None:
+        return {"server": "default", "servers": {}}
+    from chat_cli import servers  # noqa: PLC0415 (start-up: only with servers)
+
+    try:
+        configured = {} if table is None else servers.parse_table(table, source)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    name = server or "default"
+    if name != "default" and name not in configured:
+        raise servers.unknown(name, ["default", *configured], origin("server"))
+    return {"server": name, "servers": configured}
+
+
 def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     args = build_parser().parse_args(list(argv))
@@ -302,9 +368,22 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
         paths = default_paths(env, named)
         file_values = _read_config_file(paths.config_file, named=named is not None)
         servers = file_values.pop("mcp", ())
+        tables = {k: file_values.pop(k) for k in ("roles", "servers") if k in file_values}
         values = resolve(OPTIONS, env, args, file_values, str(paths.config_file))
     except OptionError as err:
         raise ConfigError(str(err)) from err
+    source = f"config file {paths.config_file}"
+
+    def origin(dest: str) -> str:
+        """Where an option's value came from, as a one-line error names it."""
+        option = next(o for o in OPTIONS if o.dest == dest)
+        if getattr(args, dest, None) is not None:
+            return option.flags[0]
+        env_name = next((e for e in option.envs if env.get(e, "").strip()), None)
+        return f"${env_name}" if env_name else f"{dest} in {source}"
+
+    values.update(_roles(values, args, tables.get("roles"), source, origin))
+    values.update(_model_servers(values.pop("server"), tables.get("servers"), source, origin))
     values["stream"] = not values.pop("no_stream")
     values["mcp"] = _servers((*servers, *values["mcp"]))
 

@@ -26,6 +26,7 @@ from chat_cli.render import page
 from chat_cli.render.markdown import make_renderer
 from chat_cli.render.plain import Renderer
 from chat_cli.session import Session
+from chat_cli.switching import Switcher
 from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
@@ -74,10 +75,13 @@ FIXED_CHOICES = {
 
 
 class SlashCompleter(Completer):
-    def __init__(self, session: Session, conversations_dir: Path) -> None:
+    def __init__(
+        self, session: Session, conversations_dir: Path, switcher: Switcher | None = None
+    ) -> None:
         self.session = session
         self.conversations_dir = conversations_dir
-        self._models: list[str] | None = None
+        self.switcher = switcher
+        self._models: tuple[str, list[str]] | None = None  # the server's URL, its models
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -101,12 +105,15 @@ class SlashCompleter(Completer):
         if name == "/set":
             return [f"{key} " for key in SETTABLE]
         if name == "/model":
-            if self._models is None:
+            url = self.session.client.base_url  # /server may have changed it
+            if self._models is None or self._models[0] != url:
                 try:
-                    self._models = self.session.client.models()
+                    self._models = (url, self.session.client.models())
                 except ChatError:
                     return []
-            return self._models
+            return self._models[1]
+        if name in ("/role", "/server") and self.switcher is not None:
+            return sorted(self.switcher.roles if name == "/role" else self.switcher.servers)
         if name == "/load":
             return [p.stem for p in chats.newest_first(self.conversations_dir)]
         return FIXED_CHOICES.get(name, [])
@@ -176,13 +183,14 @@ class Repl:
         markdown: bool,
         show_reasoning: bool,
         debug: bool,
+        switcher: Switcher | None = None,
     ) -> None:
         self.session = session
         self.console = console
         self.markdown = markdown
         self.show_reasoning = show_reasoning
         self.debug = debug
-        self.commands = Commands(session, console.file, conversations_dir, history_db)
+        self.commands = Commands(session, console.file, conversations_dir, history_db, switcher)
         self.page_marks = page.enabled(os.environ, console.is_terminal)
         self.pastes = Pastes()
         history: History = InMemoryHistory()
@@ -200,7 +208,7 @@ class Repl:
             history=history,
             multiline=True,
             key_bindings=_key_bindings(self.pastes),
-            completer=SlashCompleter(session, conversations_dir),
+            completer=SlashCompleter(session, conversations_dir, self.commands.switcher),
             complete_while_typing=True,
             prompt_continuation="· ",
             enable_open_in_editor=True,

@@ -91,6 +91,9 @@ class Session:
         self.tool_view = tool_view
         self.answers: list[Answer] = []  # the last question's, one per round
         self.on_exchange = on_exchange  # called once per question, however it ended
+        # Recorded with each exchange; chat_cli.switching changes them.
+        self.role: str | None = None
+        self.server = "default"  # the name of the server `client` talks to
 
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)

@@ -50,8 +50,9 @@ def ask(session: Session, text: str) -> None:
 
 # The commands docs/chat.md promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
-    "/help", "/clear", "/system", "/model", "/set", "/retry", "/undo", "/history", "/save",
-    "/load", "/chats", "/search", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
+    "/help", "/clear", "/system", "/model", "/role", "/roles", "/server", "/set", "/retry",
+    "/undo", "/history", "/save", "/load", "/chats", "/search", "/stats", "/copy", "/reasoning",
+    "/tools", "/last-tool", "/exit",
 ]  # fmt: skip
 
 
@@ -278,7 +279,9 @@ def test_command_aliases_and_ambiguous_prefixes(
     assert isinstance(commands.run("/quit"), Exit)
     assert isinstance(commands.run("/bye"), Exit)
     assert isinstance(commands.run("/q"), Exit)
-    with pytest.raises(ChatError, match=r"^/s could be /save, /search, /set, /stats, /system$"):
+    with pytest.raises(
+        ChatError, match=r"^/s could be /save, /search, /server, /set, /stats, /system$"
+    ):
         commands.run("/s")
 
 

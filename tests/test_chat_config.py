@@ -44,7 +44,8 @@ def _takes(opt: Option) -> str:
     return "number" if isinstance(opt.kind("1"), int | float) else "string"
 
 
-KEYS = {opt.dest: _takes(opt) for opt in OPTIONS if opt.dest != "mcp"} | {"mcp": "table"}
+TABLES = {"mcp": "table", "roles": "table", "servers": "table"}
+KEYS = {opt.dest: _takes(opt) for opt in OPTIONS if opt.dest != "mcp"} | TABLES
 ACCEPTED_TYPES = {
     "boolean": {"boolean", "string"},
     "number": {"integer", "float", "string"},

@@ -311,7 +311,7 @@ def test_named_conversation_survives_a_restart_and_quit_works(
     child = chat()
     ask(child, "remember the trip")
     child.send("/s trip\r")
-    child.expect("/s could be /save, /search, /set, /stats, /system")
+    child.expect("/s could be /save, /search, /server, /set, /stats, /system")
     child.expect(PROMPT_READY)
     child.send("/save trip\r")
     child.expect("Saved as trip")

@@ -56,6 +56,9 @@ class Recorder:
         usages = [a.usage for a in answers if a.usage is not None]
         records = session.tools.records if session.tools is not None else []
         sampling = dataclasses.asdict(session.sampling)
+        # The role and a named server go with the settings: no column of their own.
+        named = session.server if session.server != "default" else None
+        sampling |= {"role": session.role, "server_name": named}
         return Exchange(
             uid=f"{time.time_ns():x}-{secrets.token_hex(6)}",
             conversation=self._name,
@@ -70,7 +73,7 @@ class Recorder:
             tool_calls=[dataclasses.asdict(r) for r in records] or None,
             note=done.failure or session.last_note,
             model=sampling.pop("model"),
-            server=self.server,
+            server=session.client.base_url,  # /server may have changed it
             sampling={k: v for k, v in sampling.items() if v is not None},
             ttft_s=first.ttft if first else None,
             tokens_per_s=last.tokens_per_s if last else None,
