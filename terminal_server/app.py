@@ -35,6 +35,7 @@ from .handlers import (
     log_request,
 )
 from .metrics import Metrics
+from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
 from .sessions import SessionManager
@@ -95,6 +96,7 @@ def make_context(
         shares=make_registry(config.flow_window),
         gate=Gate(limits, metrics),
         audit=AuditLog(config.audit_log),
+        usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
 
 

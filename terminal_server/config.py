@@ -71,6 +71,11 @@ class Config:
     min_uid: int = 1000  # accounts below it (root, system accounts) never log in
     max_user_sessions: int = 8  # per user, with --auth proxy
     audit_log: Path | None = None  # JSON lines (team/audit.py); None: not kept
+    # The model pass-through of the team modes (model_proxy/).
+    user_model_concurrency: int = 4
+    user_daily_tokens: int = 0  # 0: no quota
+    model_concurrency: int = 64
+    model_usage_file: Path | None = None  # None: usage kept in memory only
 
     @property
     def is_loopback(self) -> bool:
@@ -198,6 +203,17 @@ OPTIONS: tuple[Option, ...] = (
          "none with `token`"),
     _opt("max_user_sessions", integer(1, 10_000, "a number"), 8,
          "with `--auth proxy`: sessions per user at most", metavar="N"),
+    # The model pass-through of the team modes (model_proxy/, docs/team.md).
+    _opt("user_model_concurrency", integer(1, 1000, "a number"), 4,
+         "with a team `--auth` mode: model requests at once per user; one more gets 429",
+         metavar="N"),
+    _opt("user_daily_tokens", integer(0, 10**12, "a number"), 0,
+         "with a team `--auth` mode: prompt and completion tokens per user per day (reset at "
+         "local midnight, kept across restarts); a request past it gets 429; `0`: no quota",
+         metavar="N"),
+    _opt("model_concurrency", integer(1, 100_000, "a number"), 64,
+         "with a team `--auth` mode: model requests at once through the server, all users "
+         "together; one more gets 503", metavar="N"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -324,4 +340,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         min_uid=v["min_uid"],
         max_user_sessions=v["max_user_sessions"],
         audit_log=_audit_path(v["audit_log"], v["auth"], env),
+        user_model_concurrency=v["user_model_concurrency"],
+        user_daily_tokens=v["user_daily_tokens"],
+        model_concurrency=v["model_concurrency"],
+        model_usage_file=None if v["auth"] == "token" else state_dir(env) / "model-usage.json",
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import Config
 from .gate import Gate
 from .metrics import Metrics
+from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
 from .shares import ShareRegistry
@@ -30,6 +31,7 @@ class Context:
     gate: Gate = field(default_factory=Gate)  # connections that have not authenticated yet
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
+    usage: Usage = field(default_factory=Usage)  # each user's model usage (model_proxy/)
 
     @property
     def team(self) -> bool:
