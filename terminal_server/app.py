@@ -35,6 +35,8 @@ from .handlers import (
     log_request,
 )
 from .metrics import Metrics
+from .model_proxy.credentials import session_model_env
+from .model_proxy.handler import model_routes
 from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
@@ -71,6 +73,7 @@ def make_app(ctx: Context) -> web.Application:
         (base + r"vendor/(.*)", GuardedStaticHandler, {"path": str(vendor), **kw}),
     ]
     routes += share_routes(ctx)
+    routes += model_routes(ctx)  # the model pass-through of the team modes
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
     return web.Application(
@@ -86,7 +89,7 @@ def make_context(
 ) -> Context:
     token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
     metrics = Metrics()
-    return Context(
+    ctx = Context(
         config=config,
         manager=SessionManager(config, metrics),
         metrics=metrics,
@@ -98,6 +101,9 @@ def make_context(
         audit=AuditLog(config.audit_log),
         usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
+    if ctx.team:  # sessions reach the model through the pass-through, with their user's key
+        ctx.manager.model_env = partial(session_model_env, config, ctx.model_keys)
+    return ctx
 
 
 def make_http_server(ctx: Context, ssl_ctx: ssl.SSLContext | None = None) -> GatedHTTPServer:

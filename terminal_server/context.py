@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import Config
 from .gate import Gate
 from .metrics import Metrics
+from .model_proxy.credentials import ModelKeys
 from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
@@ -32,6 +33,7 @@ class Context:
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
     usage: Usage = field(default_factory=Usage)  # each user's model usage (model_proxy/)
+    model_keys: ModelKeys = field(default_factory=ModelKeys)  # per-user model keys
 
     @property
     def team(self) -> bool:
