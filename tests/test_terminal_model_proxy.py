@@ -173,20 +173,27 @@ def test_chunks_are_passed_on_as_they_come_not_at_the_end() -> None:
 # -- faults ---------------------------------------------------------------------------------
 def test_a_model_server_that_dies_mid_answer_leaves_the_partial_answer_and_an_end() -> None:
     async def body() -> None:
-        with fake_server(scenario="cut", token_delay=0.001) as fake:
+        with fake_server(scenario="cut", token_delay=0.001, holds=["there"]) as fake:
             async with pass_through(fake) as srv:
-                resp = await ask(srv, "alice", {**CHAT_BODY, "stream": True})
-                assert resp.code == 200
-                got = events(resp.body)
+                seen: list[bytes] = []
+                task = asyncio.ensure_future(
+                    ask(srv, "alice", {**CHAT_BODY, "stream": True}, streaming_callback=seen.append)
+                )
+                # What came before the model server dies is with the client (a reset may
+                # drop what was still in flight), then it dies.
+                await wait_for_async(lambda: b"there" in b"".join(seen), 10, "the first words")
+                fake.state.resume.set()
+                assert (await task).code == 200
+                got = events(b"".join(seen))
                 text = "".join(e["choices"][0]["delta"].get("content", "") for e in got[:-1])
-                # What the model server sent before it died (the kernel may drop the last
-                # piece with the reset), then an end that says why.
                 assert text.startswith("Hello **there**!"), text
                 assert fake.state.answer.startswith(text)
+                # ...then an end that says why, and the stream's end.
                 assert "cut mid-answer" in got[-1]["error"]["message"]
-                # No usage came: the content events are counted, not nothing.
-                assert srv.ctx.usage.snapshot()["alice"].completion_today == len(got) - 1
-                assert srv.ctx.usage.snapshot()["alice"].active == 0
+                # No usage came: the text events are counted, not nothing.
+                usage = srv.ctx.usage.snapshot()["alice"]
+                assert (usage.completion_today, usage.active) == (len(got) - 2, 0)
+                assert usage.prompt_today == 1  # "hi": a token per four characters
 
     run(body)
 
@@ -373,3 +380,37 @@ def test_usage_is_read_however_the_stream_is_cut_into_chunks(newline: bytes, pie
         out = b"".join(counter.feed(stream[i : i + piece]) for i in range(0, len(stream), piece))
         assert out + counter.flush() == expected
         assert counter.used() == (7, 3)
+
+
+def test_a_client_that_leaves_closes_the_model_servers_connection() -> None:
+    async def body() -> None:
+        asked, closed = asyncio.Event(), asyncio.Event()
+
+        async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # the request (its small body stays unread)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+            writer.write(b"%x\r\n%s\r\n" % (len(FIRST), FIRST))
+            asked.set()
+            while await reader.read(65536):  # then thinks, until the other end hangs up
+                pass
+            closed.set()
+            writer.close()
+
+        server = await asyncio.start_server(model, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with running_server(auth="proxy", model_server_url=url) as srv:
+                _, writer = await _stalled_client(srv)
+                await asyncio.wait_for(asked.wait(), 10)
+                writer.transport.abort()  # Ctrl-C in chat: the connection goes
+                await asyncio.wait_for(closed.wait(), 10)
+                await wait_for_async(lambda: srv.ctx.usage.active("alice") == 0, 10, "release")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(body)
+
+
+FIRST = b'data: {"choices":[{"index":0,"delta":{"content":"Hmm"}}]}\n\n'

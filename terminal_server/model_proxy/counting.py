@@ -1,14 +1,16 @@
 """What an answer used, read from the answer itself as it passes through.
 
 A streamed answer's usage comes in its own event near the end (`stream_options.include_usage`,
-which the pass-through asks for); a whole answer's in its `usage`. A stream cut before its
-usage event counts its content events as completion tokens (one token per event is what
-vLLM and llama.cpp send), so leaving early does not make an answer free.
+which the pass-through asks for); a whole answer's in its `usage`. A stream without one (cut
+before it, or from a server that ignores the option: llama-cpp-python) is estimated the way
+`chat` estimates it: a token per text event (what vLLM and llama.cpp send) and a prompt token
+per four characters of the messages, so leaving early does not make an answer free.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -31,8 +33,9 @@ class StreamCounter:
     """Reads an SSE answer's events; `feed` returns what to pass on (all of it, except the
     usage-only event when the client did not ask for one)."""
 
-    def __init__(self, *, strip_usage: bool) -> None:
+    def __init__(self, *, strip_usage: bool, prompt_chars: int = 0) -> None:
         self.strip_usage = strip_usage
+        self.prompt_chars = prompt_chars
         self.usage: tuple[int, int] | None = None
         self.content_events = 0
         self._pending = b""
@@ -70,23 +73,49 @@ class StreamCounter:
         payload = event.split(b"data:", 1)[1].strip()
         if payload == b"[DONE]":
             return True
-        if b'"usage"' not in payload:
-            self.content_events += 1 if b'"choices"' in payload else 0
-            return True
         try:
             parsed = json.loads(payload)
         except ValueError:
             return True
+        if not isinstance(parsed, dict):
+            return True
+        choices = parsed.get("choices")
+        if isinstance(choices, list):
+            self.content_events += sum(_has_text(c) for c in choices)
         usage = _usage_of(parsed)
         if usage is None:
-            self.content_events += 1
             return True
         self.usage = usage
-        return bool(parsed.get("choices"))  # vLLM's usage event has empty choices
+        return bool(choices)  # vLLM's usage event has empty choices
 
     def used(self) -> tuple[int, int]:
         """(prompt, completion) tokens: the model's own count, else the estimate."""
-        return self.usage if self.usage is not None else (0, self.content_events)
+        if self.usage is not None:
+            return self.usage
+        return math.ceil(self.prompt_chars / 4), self.content_events
+
+
+def _has_text(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return bool(
+            delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+        )
+    return bool(choice.get("text"))
+
+
+def prompt_chars(request: dict[str, Any]) -> int:
+    """The characters of a request's messages (or prompt), for the estimate."""
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        return sum(
+            len(m["content"]) for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )  # fmt: skip
+    prompt = request.get("prompt")
+    return len(prompt) if isinstance(prompt, str) else 0
 
 
 class WholeCounter:

@@ -19,7 +19,7 @@ from tornado import http1connection, httputil, iostream, web
 
 from ..auth import admit, host_allowed, presented_token
 from ..context import Context
-from .counting import StreamCounter, WholeCounter
+from .counting import StreamCounter, WholeCounter, prompt_chars
 from .limits import ModelLimits, Refusal
 from .upstream import Exchange, Target, UpstreamError
 
@@ -142,12 +142,14 @@ class ModelPassThrough(web.RequestHandler):
             options = options if isinstance(options, dict) else {}
             asked = options.get("include_usage") is True
             request["stream_options"] = {**options, "include_usage": True}
-            self._counter = StreamCounter(strip_usage=not asked)
+            self._counter = StreamCounter(strip_usage=not asked, prompt_chars=prompt_chars(request))
         else:
             self._counter = WholeCounter()
         await self._relay(endpoint, json.dumps(request).encode())
 
     async def _relay(self, endpoint: str, body: bytes | None) -> None:
+        if self._gone:  # left while its body came: nothing to ask for
+            return
         exchange = self._exchange = Exchange(self.target, IDLE_TIMEOUT_S)
         try:
             whole = await exchange.run(
