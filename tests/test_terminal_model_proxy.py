@@ -253,6 +253,24 @@ def test_concurrent_requests_per_user_are_limited_with_a_clear_429() -> None:
     run(body)
 
 
+def test_requests_to_the_model_server_are_bounded_for_all_users_together() -> None:
+    async def body() -> None:
+        with fake_server(scenario="hang") as fake:
+            async with pass_through(fake, model_concurrency=1) as srv:
+                first = asyncio.ensure_future(ask(srv, "alice", {**CHAT_BODY, "stream": True}))
+                await wait_for_async(lambda: fake.state.requests, 10, "the first request")
+                for user, path in (("bob", "chat/completions"), ("bob", "models")):
+                    resp = await ask(srv, user, CHAT_BODY if path != "models" else None, path)
+                    assert resp.code == 503, path
+                    assert "pass-through is busy (1 requests running)" in error_message(resp)
+                fake.state.scenario = "ok"
+                fake.state.release.set()
+                assert (await first).code == 200
+                assert (await ask(srv, "bob", CHAT_BODY)).code == 200
+
+    run(body)
+
+
 def test_the_daily_quota_is_a_429_that_chat_shows_as_one_line(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
 

@@ -176,6 +176,9 @@ class ModelPassThrough(web.RequestHandler):
         self.set_header("Content-Type", headers.get("Content-Type", "application/json"))
         if isinstance(self._counter, StreamCounter):
             self.set_header("X-Accel-Buffering", "no")  # nginx in between: do not buffer
+            connection = self.request.connection
+            if isinstance(connection, http1connection.HTTP1Connection):
+                connection.stream.set_nodelay(True)  # a token is a small write: send it now
         if status >= 300:
             self._counter = None  # an error's body: passed on as it is, nothing to count
 
