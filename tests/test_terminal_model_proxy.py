@@ -213,6 +213,18 @@ def test_an_unreachable_model_server_is_a_502_with_one_line() -> None:
     run(body)
 
 
+def test_a_model_server_that_refuses_the_servers_key_is_a_502_for_the_admin() -> None:
+    async def body() -> None:
+        with fake_server(api_key="sk-another-key") as fake:
+            async with pass_through(fake) as srv:
+                resp = await ask(srv, "alice", {**CHAT_BODY, "stream": True})
+                # Not a 401: the user's key was fine, and nothing they do can fix it.
+                assert resp.code == 502
+                assert "refused the terminal server's own key" in error_message(resp)
+
+    run(body)
+
+
 def test_a_body_over_the_bound_is_refused_before_it_is_read() -> None:
     async def body() -> None:
         with fake_server() as fake:
@@ -398,6 +410,14 @@ def test_usage_is_read_however_the_stream_is_cut_into_chunks(newline: bytes, pie
         out = b"".join(counter.feed(stream[i : i + piece]) for i in range(0, len(stream), piece))
         assert out + counter.flush() == expected
         assert counter.used() == (7, 3)
+    # Cut in the middle of an event: the half event is not passed on.
+    counter = StreamCounter(strip_usage=False)
+    half = stream.index(b"three") + 2
+    out = b"".join(counter.feed(stream[i : min(i + piece, half)]) for i in range(0, half, piece))
+    assert (
+        out + counter.flush(whole=False)
+        == stream[: stream.rindex(newline * 2, 0, half) + 2 * len(newline)]
+    )
 
 
 def test_a_client_that_leaves_closes_the_model_servers_connection() -> None:

@@ -30,8 +30,8 @@ def _usage_of(data: Any) -> tuple[int, int] | None:
 
 
 class StreamCounter:
-    """Reads an SSE answer's events; `feed` returns what to pass on (all of it, except the
-    usage-only event when the client did not ask for one)."""
+    """Reads an SSE answer's events; `feed` returns what to pass on: whole events only, all
+    of them except the usage-only event when the client did not ask for one."""
 
     def __init__(self, *, strip_usage: bool, prompt_chars: int = 0) -> None:
         self.strip_usage = strip_usage
@@ -43,28 +43,27 @@ class StreamCounter:
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk
         ends = list(EVENT_END.finditer(data))
-        passed = chunk  # without stripping, everything passes on as it came
         if not ends:
             if len(data) > MAX_EVENT_BYTES:  # no event boundary in sight: not an SSE stream
                 self._pending = b""
-                return data if self.strip_usage else passed
+                return data
             self._pending = data
-            return b"" if self.strip_usage else passed
-        cut = ends[-1].end()
-        self._pending = data[cut:]
+            return b""
+        self._pending = data[ends[-1].end() :]
         kept = []
         start = 0
         for end in ends:
             event = data[start : end.end()]
             start = end.end()
-            if self._read(event):
+            if self._read(event) or not self.strip_usage:
                 kept.append(event)
-        return b"".join(kept) if self.strip_usage else passed
+        return b"".join(kept)
 
-    def flush(self) -> bytes:
-        """What is left at the end of the stream (an event without its blank line)."""
+    def flush(self, *, whole: bool = True) -> bytes:
+        """What is left at the end: a last event without its blank line, passed on if the
+        stream ended cleanly; half an event from a stream that was cut is dropped."""
         rest, self._pending = self._pending, b""
-        return rest if self.strip_usage else b""
+        return rest if whole else b""
 
     def _read(self, event: bytes) -> bool:
         """Count the event; False if it is the usage-only event."""
@@ -133,7 +132,7 @@ class WholeCounter:
             self._parts.clear()
         return chunk
 
-    def flush(self) -> bytes:
+    def flush(self, *, whole: bool = True) -> bytes:
         return b""
 
     def used(self) -> tuple[int, int]:

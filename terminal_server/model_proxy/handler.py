@@ -31,6 +31,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a long conversation; checked before the b
 IDLE_TIMEOUT_S = 300.0  # the model server must send something at least this often
 WRITE_TIMEOUT_S = 60.0  # a client that reads nothing for this long is dropped
 CUT = "the model server's connection was cut mid-answer"
+# The model server refused *our* key: nothing the user can fix, so not a 401 to them.
+KEY_REFUSED = "the model server refused the terminal server's own key; tell the server's admin"
 
 
 def model_routes(ctx: Context) -> list[Any]:
@@ -65,6 +67,7 @@ class ModelPassThrough(web.RequestHandler):
         self._counter: StreamCounter | WholeCounter | None = None
         self._running = False  # counted in the limits until released
         self._gone = False
+        self._key_refused = False
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -163,8 +166,11 @@ class ModelPassThrough(web.RequestHandler):
             self._release()
         if self._gone:
             return
+        if self._key_refused:
+            self.finish(error_body(KEY_REFUSED, "upstream_key_refused", "server_error"))
+            return
         counter = self._counter
-        if counter is not None and (rest := counter.flush()):
+        if counter is not None and (rest := counter.flush(whole=whole)):
             self.write(rest)
         if not whole and isinstance(counter, StreamCounter):
             # The client's parser gets a reason, not only a stream that stops.
@@ -172,6 +178,10 @@ class ModelPassThrough(web.RequestHandler):
         self.finish()
 
     def _start(self, status: int, headers: httputil.HTTPHeaders) -> None:
+        if status == 401:
+            log.error("the model server refused this server's key (401): check VLLM_API_KEY")
+            self._key_refused = True
+            status = 502
         self.set_status(status)
         self.set_header("Content-Type", headers.get("Content-Type", "application/json"))
         if isinstance(self._counter, StreamCounter):
@@ -184,7 +194,7 @@ class ModelPassThrough(web.RequestHandler):
 
     def _chunk(self, data: bytes) -> Any:
         out = self._counter.feed(data) if self._counter is not None else data
-        if not out or self._gone:
+        if not out or self._gone or self._key_refused:
             return None
         self.write(out)
         written = self.flush()
