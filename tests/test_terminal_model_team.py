@@ -140,6 +140,12 @@ def test_chat_in_a_team_session_answers_through_the_pass_through_and_is_counted(
             a + b for a, b in zip(_usage(whole), _usage(streamed), strict=True)
         )
         assert after_streamed[("mixvllm_terminal_model_requests_total", (("user", "alice"),))] == 2
+        # From outside, through the proxy: its Authorization (the server's token) is no key.
+        outside = await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{stack.proxy_port}/model/v1/models",
+            headers=stack.basic(stack.alice), raise_error=False,
+        )  # fmt: skip
+        assert outside.code == 401
         assert ("mixvllm_terminal_model_requests_total", (("user", "bob"),)) not in after_streamed
 
     run(body)
