@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from tornado import http1connection, httputil, iostream, web
@@ -192,7 +193,7 @@ class ModelPassThrough(web.RequestHandler):
         if status >= 300:
             self._counter = None  # an error's body: passed on as it is, nothing to count
 
-    def _chunk(self, data: bytes) -> Any:
+    def _chunk(self, data: bytes) -> Awaitable[None] | None:
         out = self._counter.feed(data) if self._counter is not None else data
         if not out or self._gone or self._key_refused:
             return None
