@@ -38,6 +38,9 @@ from .login.logins import LoginStore
 from .login.oidc import oidc_routes
 from .login.routes import login_routes
 from .metrics import Metrics
+from .model_proxy.credentials import session_model_env
+from .model_proxy.handler import model_routes
+from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
 from .sessions import SessionManager
@@ -75,6 +78,7 @@ def make_app(ctx: Context) -> web.Application:
     routes += share_routes(ctx)
     routes += oidc_routes(ctx)  # login/oidc.py (--auth oidc): its `login` comes first
     routes += login_routes(ctx)  # login/: the login page, logout (--auth pam|oidc)
+    routes += model_routes(ctx)  # the model pass-through of the team modes
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
     return web.Application(
@@ -90,7 +94,7 @@ def make_context(
 ) -> Context:
     token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
     metrics = Metrics()
-    return Context(
+    ctx = Context(
         config=config,
         manager=SessionManager(config, metrics),
         metrics=metrics,
@@ -101,7 +105,11 @@ def make_context(
         gate=Gate(limits, metrics),
         audit=AuditLog(config.audit_log),
         logins=LoginStore(config.login_max_age, config.login_idle, config.max_logins),
+        usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
+    if ctx.team:  # sessions reach the model through the pass-through, with their user's key
+        ctx.manager.model_env = partial(session_model_env, config, ctx.model_keys)
+    return ctx
 
 
 def make_http_server(ctx: Context, ssl_ctx: ssl.SSLContext | None = None) -> GatedHTTPServer:

@@ -93,6 +93,12 @@ class Config:
         """Users reach the server over https (its own TLS, or a TLS proxy's public URL)."""
         return self.certfile is not None or (self.public_url or "").startswith("https:")
 
+    # The model pass-through of the team modes (model_proxy/).
+    user_model_concurrency: int = 4
+    user_daily_tokens: int = 0  # 0: no quota
+    model_concurrency: int = 64
+    model_usage_file: Path | None = None  # None: usage kept in memory only
+
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
@@ -253,6 +259,17 @@ OPTIONS: tuple[Option, ...] = (
          "with `--auth pam|oidc`: comma-separated groups whose members may log in",
          metavar="GROUPS"),
     *OIDC_OPTIONS,  # --auth oidc: login/oidc_config.py
+    # The model pass-through of the team modes (model_proxy/, docs/team.md).
+    _opt("user_model_concurrency", integer(1, 1000, "a number"), 4,
+         "with a team `--auth` mode: model requests at once per user; one more gets 429",
+         metavar="N"),
+    _opt("user_daily_tokens", integer(0, 10**12, "a number"), 0,
+         "with a team `--auth` mode: prompt and completion tokens per user per day (reset at "
+         "local midnight, kept across restarts); a request past it gets 429; `0`: no quota",
+         metavar="N"),
+    _opt("model_concurrency", integer(1, 100_000, "a number"), 64,
+         "with a team `--auth` mode: model requests at once through the server, all users "
+         "together; one more gets 503", metavar="N"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -393,4 +410,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         allowed_users=_names(v["allowed_users"]),
         allowed_groups=_names(v["allowed_groups"]),
         oidc=oidc,
+        user_model_concurrency=v["user_model_concurrency"],
+        user_daily_tokens=v["user_daily_tokens"],
+        model_concurrency=v["model_concurrency"],
+        model_usage_file=None if v["auth"] == "token" else state_dir(env) / "model-usage.json",
     )
