@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chat_cli import chats, clipboard
+from chat_cli import attach, chats, clipboard
 from chat_cli import conversation as conv_mod
+from chat_cli.attach import Attachment
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
 from chat_cli.render.plain import footer_text
@@ -22,9 +23,10 @@ from mixvllm_common.terminal_text import visible
 
 @dataclass(frozen=True)
 class Send:
-    """Send this text as a user message."""
+    """Send this text as a user message, with these files."""
 
     text: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Exit:
@@ -64,6 +66,7 @@ class Commands:
         self.out = out
         self.conversations_dir = conversations_dir
         self.history_db = history_db
+        self.attached = attach.Pending()  # /file's, sent with the next question
 
     def say(self, text: str) -> None:
         # Commands show answers, tool results, model and file names: never live controls.
@@ -146,10 +149,26 @@ class Commands:
         return None
 
     def retry(self, arg: str) -> Outcome:
-        text = self.session.retry_text()
-        if text is None:
+        question = self.session.retry()
+        if question is None:
             raise ChatError("nothing to retry")
-        return Send(text)
+        return Send(question.content, question.attachments)
+
+    def file(self, arg: str) -> Outcome:
+        pending = self.attached
+        if arg == "-":
+            dropped = pending.drop()
+            self.say(f"Dropped {dropped} attached file{'s' if dropped != 1 else ''}.")
+            return None
+        added = pending.add(arg) if arg else []
+        for attached in added if arg else pending.files:
+            self.say(f"{'attached: ' if arg else '  '}{attached.label()}")
+        self.say(
+            "  sent with the next question · /file lists them · /file - drops them"
+            if pending.files
+            else "  /file PATH... attaches files (globs too) to the next question"
+        )
+        return None
 
     def undo(self, arg: str) -> Outcome:
         dropped = self.session.conversation.undo()
@@ -170,7 +189,9 @@ class Commands:
             role = f"tool {message.name}" if message.role == "tool" else message.role
             calls = [c["function"]["name"] for c in message.tool_calls or ()]
             called = f" [calls {', '.join(calls)}]" if calls else ""
-            self.say(f"[{role}]{mark}{called} {message.content}")
+            files = ", ".join(a.label() for a in message.attachments)
+            attached = f" [attached {files}]" if files else ""
+            self.say(f"[{role}]{mark}{called}{attached} {message.content}")
         return None
 
     def save(self, arg: str) -> Outcome:
@@ -315,6 +336,12 @@ COMMANDS: dict[str, Command] = {
         Command("/model", "[NAME]", "list served models, or switch", Commands.model),
         Command("/set", "[KEY VALUE]", "temperature, top_p, max_tokens, seed", Commands.set),
         Command("/retry", "", "ask the last question again", Commands.retry),
+        Command(
+            "/file",
+            "[PATH...|-]",
+            "attach text files or images to the next question",
+            Commands.file,
+        ),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
         Command("/history", "", "show the conversation", Commands.history),
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),

@@ -19,7 +19,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import chats, export
+from chat_cli import attach, chats, export
+from chat_cli.attach import Attachment
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
 from chat_cli.render import page
@@ -173,6 +174,7 @@ class Repl:
         history_file: Path | None,
         conversations_dir: Path,
         history_db: Path | None = None,
+        attached: tuple[Attachment, ...] = (),
         markdown: bool,
         show_reasoning: bool,
         debug: bool,
@@ -183,6 +185,7 @@ class Repl:
         self.show_reasoning = show_reasoning
         self.debug = debug
         self.commands = Commands(session, console.file, conversations_dir, history_db)
+        self.commands.attached = attach.Pending(attached)  # chat -a: for the first question
         self.page_marks = page.enabled(os.environ, console.is_terminal)
         self.pastes = Pastes()
         history: History = InMemoryHistory()
@@ -234,8 +237,10 @@ class Repl:
                     return False
                 if not isinstance(outcome, Send):
                     return True
-                text = outcome.text
-            self.ask(text)
+                text, attachments = outcome.text, outcome.attachments
+            else:
+                attachments = self.commands.attached.take()
+            self.ask(text, attachments)
         except ChatError as err:
             self.error(str(err))
         except KeyboardInterrupt:
@@ -252,8 +257,11 @@ class Repl:
                 conversation.autosave_failure = None
         return True
 
-    def ask(self, text: str) -> None:
-        self.session.ask(text, self.renderer(), self.renderer)
+    def ask(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
+        if attachments:
+            files = ", ".join(a.label() for a in attachments)
+            self.console.print(f"with {visible(files)}", style="dim", markup=False)
+        self.session.ask(text, self.renderer(), self.renderer, attachments)
 
     def renderer(self) -> Renderer:
         return make_renderer(
