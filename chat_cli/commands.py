@@ -15,6 +15,7 @@ from chat_cli import conversation as conv_mod
 from chat_cli.attach import Attachment
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
+from chat_cli.render import page
 from chat_cli.render.plain import footer_text
 from chat_cli.session import Session
 from mixvllm_common.options import Kind
@@ -157,17 +158,24 @@ class Commands:
     def file(self, arg: str) -> Outcome:
         pending = self.attached
         if arg == "-":
-            dropped = pending.drop()
-            self.say(f"Dropped {dropped} attached file{'s' if dropped != 1 else ''}.")
+            self.say(f"Dropped the attached files ({pending.drop()}).")
             return None
-        added = pending.add(arg) if arg else []
-        for attached in added if arg else pending.files:
+        for attached in pending.add(arg) if arg else pending.files:
             self.say(f"{'attached: ' if arg else '  '}{attached.label()}")
         self.say(
             "  sent with the next question · /file lists them · /file - drops them"
             if pending.files
             else "  /file PATH... attaches files (globs too) to the next question"
         )
+        return None
+
+    def download(self, arg: str) -> Outcome:
+        from chat_cli import drops  # noqa: PLC0415 (only for /download)
+
+        to_page = page.enabled(os.environ, self._columns() is not None)
+        line, osc = drops.offer(arg, os.environ, to_page)
+        self.out.write(osc)  # chat's own sequence: the page makes it a link
+        self.say(line)
         return None
 
     def undo(self, arg: str) -> Outcome:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -19,7 +20,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import attach, chats, export
+from chat_cli import attach, chats, drops, export
 from chat_cli.attach import Attachment
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
@@ -216,6 +217,26 @@ class Repl:
     def run(self) -> int:
         _warm_up(self.session)
         export.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
+        where = drops.folder(os.environ) if self.page_marks else None
+        watcher = drops.Watcher(where, self._drop_shown).start() if where else None
+        try:
+            return self._loop()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _drop_shown(self, line: str) -> bool:
+        """Say `line` above the prompt (the watcher's thread); False when no prompt waits."""
+        app = self.prompt.app
+        if not app.is_running or app.loop is None:
+            return False
+        try:
+            app.loop.call_soon_threadsafe(lambda: run_in_terminal(lambda: self.commands.say(line)))
+        except RuntimeError:  # the prompt ended just now, and its loop with it
+            return False
+        return True
+
+    def _loop(self) -> int:
         while True:
             try:
                 text = self.pastes.expand(self.prompt.prompt(PROMPT))

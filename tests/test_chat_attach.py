@@ -159,7 +159,7 @@ def test_the_file_command_attaches_lists_and_drops(fake: FakeServer, files: Path
         "  b.txt (4 B)",
         "  notes.txt (27 B)",
         "  sent with the next question · /file lists them · /file - drops them",
-        "Dropped 2 attached files.",
+        "Dropped the attached files (2).",
     ]
 
 
