@@ -345,11 +345,9 @@ COMMANDS: dict[str, Command] = {
         Command("/set", "[KEY VALUE]", "temperature, top_p, max_tokens, seed", Commands.set),
         Command("/retry", "", "ask the last question again", Commands.retry),
         Command(
-            "/file",
-            "[PATH...|-]",
-            "attach text files or images to the next question",
-            Commands.file,
+            "/file", "[PATH...|-]", "attach files or images to the next question", Commands.file
         ),
+        Command("/download", "PATH", "a download link on the page (browser)", Commands.download),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
         Command("/history", "", "show the conversation", Commands.history),
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),

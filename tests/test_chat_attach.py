@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -24,6 +25,7 @@ from chat_cli.render.plain import PlainRenderer
 from chat_cli.session import Session
 from tests.chat_support import CHAT, PROMPT_READY, chat_env, exit_status, fake_server, visible
 from tests.fake_openai import MODEL, FakeServer
+from tests.support import wait_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
 STEP_S = 30
@@ -228,3 +230,42 @@ def test_repl_file_then_question_then_resume_keeps_the_file(
     [saved] = (files / "data" / "mixvllm" / "conversations").glob("*.json")
     stored = json.loads(saved.read_text())["messages"][0]["attachments"]
     assert stored[0]["name"] == "notes.txt" and stored[0]["kind"] == "text"
+
+
+# -- the browser terminal's round trip (chat's side; the server's: test_terminal_files.py) ----
+def test_a_drop_is_announced_at_the_prompt_and_download_offers_a_ticket_not_a_path(
+    fake: FakeServer, files: Path, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    folder = files / "session-folder"
+    folder.mkdir(mode=0o700)
+    env = chat_env(files, fake.url, MIXVLLM_SESSION="s1", MIXVLLM_CHAT_EXPORT=str(folder))
+    child = spawn_chat(env=env, timeout=STEP_S)
+    child.expect(PROMPT_READY)
+    # What the server leaves when a file is dropped on the page (file_handlers.py).
+    notice = folder / "dropped-1.json"
+    notice.write_text(json.dumps({"name": "my notes.txt", "size": 2048, "dir": str(files)}))
+    child.expect_exact("dropped: my notes.txt (2.0 KB) \u2014 /file 'my notes.txt' to attach")
+    child.expect(PROMPT_READY)
+    wait_for(lambda: not notice.exists(), STEP_S, "the notice taken")  # said once
+
+    child.send("/download notes.txt\r")
+    child.expect(r"\x1b\]7337;download;([A-Za-z0-9_-]+);([A-Za-z0-9+/=]*)\x07")
+    ticket, name = child.match.group(1), child.match.group(2)
+    child.expect_exact("download: notes.txt (27 B)")
+    assert base64.b64decode(name) == b"notes.txt"
+    offered = json.loads((folder / f"download-{ticket}.json").read_text())
+    assert offered == {"path": str(files / "notes.txt")}
+    child.expect(PROMPT_READY)
+    child.send("/download nothing-here\r")
+    child.expect_exact("cannot offer nothing-here: No such file or directory")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+
+
+def test_download_outside_the_browser_terminal_is_one_line(fake: FakeServer, files: Path) -> None:
+    out = io.StringIO()
+    commands = Commands(session_for(fake, files), out, files / "conversations")
+    with pytest.raises(errors.ChatError, match="browser terminal only"):
+        commands.run("/download notes.txt")
+    assert out.getvalue() == ""

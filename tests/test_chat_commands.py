@@ -50,8 +50,9 @@ def ask(session: Session, text: str) -> None:
 
 # The commands docs/chat.md promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
-    "/help", "/clear", "/system", "/model", "/set", "/retry", "/file", "/undo", "/history", "/save",
-    "/load", "/chats", "/search", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
+    "/help", "/clear", "/system", "/model", "/set", "/retry", "/file", "/download", "/undo",
+    "/history", "/save", "/load", "/chats", "/search", "/stats", "/copy", "/reasoning", "/tools",
+    "/last-tool", "/exit",
 ]  # fmt: skip
 
 
