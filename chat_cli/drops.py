@@ -118,8 +118,13 @@ def offer(arg: str, env: Mapping[str, str], out_is_page: bool) -> tuple[str, str
     where = folder(env)
     if where is None or not out_is_page:
         raise ChatError("/download works in the browser terminal only (mixvllm-terminal)")
-    if not arg:
-        raise ChatError("usage: /download PATH (a file in this session)")
+    try:
+        words = shlex.split(arg)
+    except ValueError:
+        words = []
+    if len(words) != 1:
+        raise ChatError("usage: /download PATH (one file of this session; quote spaces)")
+    arg = words[0]
     path = Path(os.path.abspath(Path(arg).expanduser()))
     try:
         info = path.stat()
