@@ -34,6 +34,7 @@ HELPER_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
 class FileAccess:
     def __init__(self, reaper: Reaper) -> None:
         self._reaper = reaper
+        self.uploads = 0  # bodies held by api/upload now (file_handlers.py, on the event loop)
 
     async def upload(
         self,

@@ -60,15 +60,15 @@ class _SessionFiles(GuardedHandler):
             return False
         self.session = self.own_session()
         if self.session is None:
-            self._answer(404, "No such session.")
+            self._answer(404, "No such session.", unread=self.request.method == "POST")
             return False
         return True
 
-    def _answer(self, status: int, message: str) -> None:
+    def _answer(self, status: int, message: str, *, unread: bool = False) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        if not self.request.body and self.request.method == "POST":
-            self.set_header("Connection", "close")  # a body we did not read follows
+        if unread:  # a body we will not read may follow: the connection ends here
+            self.set_header("Connection", "close")
         self.finish(message + "\n")
 
 
@@ -76,7 +76,6 @@ class UploadHandler(_SessionFiles):
     """`POST api/upload?session=ID&name=NAME`, the file's bytes as the body."""
 
     max_body_bytes = MAX_UPLOAD_BYTES
-    in_flight = 0  # class-wide: one server per process
 
     def prepare(self) -> None:
         self._body = bytearray()
@@ -85,15 +84,16 @@ class UploadHandler(_SessionFiles):
             return
         problem = name_problem(self.name)
         if problem is not None:
-            self._answer(400, f"Give {problem}.")
+            self._answer(400, f"Give {problem}.", unread=True)
             return
         self.bound_body()
         if self._finished:
             return
-        if UploadHandler.in_flight >= MAX_UPLOADS_AT_ONCE:
-            self._answer(503, "Other files are being uploaded; try again in a moment.")
+        files = self.ctx.manager.files
+        if files.uploads >= MAX_UPLOADS_AT_ONCE:
+            self._answer(503, "Other files are being uploaded; try again in a moment.", unread=True)
             return
-        UploadHandler.in_flight += 1
+        files.uploads += 1
         self._counted = True
         connection = self.request.connection
         if isinstance(connection, http1connection.HTTP1Connection):
@@ -120,7 +120,7 @@ class UploadHandler(_SessionFiles):
     def _release(self) -> None:
         if self._counted:
             self._counted = False
-            UploadHandler.in_flight -= 1
+            self.ctx.manager.files.uploads -= 1
         self._body = bytearray()
 
     async def post(self) -> None:

@@ -5,6 +5,7 @@ sockets, a real bash session."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from tornado import httpclient
 
-from terminal_server.file_handlers import MAX_UPLOAD_BYTES, name_problem
+from terminal_server.file_handlers import MAX_UPLOAD_BYTES, MAX_UPLOADS_AT_ONCE, name_problem
 
 from .support import wait_for_async
 from .team_support import Account, team_stack
@@ -60,6 +61,10 @@ def test_a_drop_lands_in_the_foreground_programs_folder_owner_only_never_over_a_
             assert json.loads(text) == {"name": "notes.txt", "dir": str(work), "size": 6}
             assert (work / "notes.txt").read_bytes() == b"first\n"
             assert stat.S_IMODE((work / "notes.txt").stat().st_mode) == 0o600
+            # Far over the server's default body bound (64 KiB): the route's own applies.
+            big = os.urandom(3 * 1024 * 1024)
+            assert (await _upload(srv, sid, "big.bin", big))[0] == 200
+            assert (work / "big.bin").read_bytes() == big
             # The same name again, and a name that is a link: new names, nothing overwritten.
             assert json.loads((await _upload(srv, sid, "notes.txt", b"second\n"))[1])["name"] == (
                 "notes (1).txt"
@@ -73,7 +78,7 @@ def test_a_drop_lands_in_the_foreground_programs_folder_owner_only_never_over_a_
             folder = Path(await _say(owner, 'echo "EXP<$MIXVLLM_CHAT_EXPORT>"', "EXP"))
             notices = sorted(folder.glob("dropped-*.json"))
             assert [json.loads(p.read_text())["name"] for p in notices] == [
-                "notes.txt", "notes (1).txt", "link (1).txt",
+                "notes.txt", "big.bin", "notes (1).txt", "link (1).txt",
             ]  # fmt: skip
             assert json.loads(notices[0].read_text()) == {
                 "name": "notes.txt", "size": 6, "dir": str(work),
@@ -124,6 +129,31 @@ def test_a_drop_is_refused_before_its_body_with_one_line() -> None:
                 f"Content-Length: {MAX_UPLOAD_BYTES + 1}\r\n\r\n".encode(),
             )
             assert head.startswith(b"HTTP/1.1 413")
+
+    run(body)
+
+
+def test_only_a_few_uploads_are_held_at_once_and_a_dropped_one_is_let_go() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            sid = (await srv.connect()).session_id
+            files = srv.ctx.manager.files
+            writers = []
+            for n in range(MAX_UPLOADS_AT_ONCE):  # bodies that never finish arriving
+                _, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+                writer.write(
+                    f"POST /api/upload?session={sid}&name=slow{n} HTTP/1.1\r\n"
+                    f"Host: localhost\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    "Content-Length: 1000\r\n\r\npartial".encode()
+                )
+                writers.append(writer)
+            await wait_for_async(lambda: files.uploads == MAX_UPLOADS_AT_ONCE, 10, "held")
+            code, text = await _upload(srv, sid, "one-more.txt", b"x")
+            assert code == 503 and "try again" in text
+            for writer in writers:
+                writer.close()
+            await wait_for_async(lambda: files.uploads == 0, 10, "let go")
+            assert (await _upload(srv, sid, "now.txt", b"x"))[0] == 200
 
     run(body)
 
