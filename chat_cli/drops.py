@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 import shlex
 import stat
 import threading
@@ -139,6 +138,8 @@ def offer(arg: str, env: Mapping[str, str], out_is_page: bool) -> tuple[str, str
         )
     if not os.access(path, os.R_OK):
         raise ChatError(f"cannot offer {arg}: it is not readable")
+    import secrets  # noqa: PLC0415 (only for /download)
+
     ticket = secrets.token_urlsafe(18)
     _write_ticket(where, ticket, {"path": str(path)})
     name = base64.b64encode(path.name.encode("utf-8", "surrogateescape")).decode("ascii")

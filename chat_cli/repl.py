@@ -20,7 +20,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import attach, chats, drops, export
+from chat_cli import attach, chats, export
 from chat_cli.attach import Attachment
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
@@ -217,8 +217,12 @@ class Repl:
     def run(self) -> int:
         _warm_up(self.session)
         export.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
-        where = drops.folder(os.environ) if self.page_marks else None
-        watcher = drops.Watcher(where, self._drop_shown).start() if where else None
+        watcher = None
+        if self.page_marks:  # the browser terminal: files dropped on the page
+            from chat_cli import drops  # noqa: PLC0415 (start-up elsewhere: not needed)
+
+            where = drops.folder(os.environ)
+            watcher = drops.Watcher(where, self._drop_shown).start() if where else None
         try:
             return self._loop()
         finally:
