@@ -269,3 +269,21 @@ def test_download_outside_the_browser_terminal_is_one_line(fake: FakeServer, fil
     with pytest.raises(errors.ChatError, match="browser terminal only"):
         commands.run("/download notes.txt")
     assert out.getvalue() == ""
+
+
+def test_attach_flag_in_the_repl_goes_with_the_first_question(
+    fake: FakeServer, files: Path, spawn_chat: Callable[..., pexpect.spawn]
+) -> None:
+    child = spawn_chat("-a", "*.txt", env=chat_env(files, fake.url), timeout=STEP_S)
+    child.expect_exact("Attached b.txt (4 B), notes.txt (27 B): sent with the first question")
+    child.expect(PROMPT_READY)
+    child.send("Compare them\r")
+    child.expect("tok/s")
+    child.expect(PROMPT_READY)
+    assert user_content(fake) == (
+        "Compare them\n\nb.txt:\n```\nbee\n```\n\nnotes.txt:\n````\nfirst line\nuses ``` "
+        "fences\n````"
+    )
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
