@@ -287,3 +287,13 @@ def test_attach_flag_in_the_repl_goes_with_the_first_question(
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     assert exit_status(child) == 0
+
+
+def test_attach_is_a_flag_only_never_a_key_of_the_config_file(tmp_path: Path) -> None:
+    from chat_cli.config import load_config  # noqa: PLC0415
+
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text('attach = ["secrets.txt"]\n')
+    with pytest.raises(errors.ConfigError, match="unknown keys attach"):
+        load_config(["--config", str(config_file)], {})
+    assert load_config(["-a", "a.txt", "--attach", "*.py"], {}).attach == ("a.txt", "*.py")
