@@ -20,6 +20,7 @@ from chat_cli import conversation as conv_mod
 from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.attach import AttachError
 from chat_cli.commands import Commands, Send
+from chat_cli.config import load_config
 from chat_cli.conversation import Conversation
 from chat_cli.render.plain import PlainRenderer
 from chat_cli.session import Session
@@ -290,8 +291,6 @@ def test_attach_flag_in_the_repl_goes_with_the_first_question(
 
 
 def test_attach_is_a_flag_only_never_a_key_of_the_config_file(tmp_path: Path) -> None:
-    from chat_cli.config import load_config  # noqa: PLC0415
-
     config_file = tmp_path / "chat.toml"
     config_file.write_text('attach = ["secrets.txt"]\n')
     with pytest.raises(errors.ConfigError, match="unknown keys attach"):
