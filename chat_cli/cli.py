@@ -13,10 +13,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from chat_cli import chats
+from chat_cli import attach, chats
 from chat_cli import conversation as conv_mod
 from chat_cli.api.answer import Answer, has_surrogates
 from chat_cli.api.client import ChatClient, Sampling
+from chat_cli.attach import Attachment
 from chat_cli.config import Config
 from chat_cli.connecting import connect, server_key
 from chat_cli.errors import (
@@ -65,6 +66,8 @@ def run(config: Config) -> int:
     out, err = sys.stdout, sys.stderr
     if isinstance(config.resume, str):
         _named(config, config.resume)  # a wrong name fails first: before "nothing to ask"
+    # A file that cannot go fails before chat connects.
+    attached = tuple(attach.load(config.attach)) if config.attach else ()
     interactive = config.prompt is None and sys.stdin.isatty()
     if interactive and not out.isatty():
         raise ChatError("nothing to ask: give a question (the interactive mode needs a terminal)")
@@ -75,7 +78,7 @@ def run(config: Config) -> int:
         piped = _read_stdin()
         if piped.strip():
             question = f"{question}\n\n{piped}" if question else piped
-        if not question.strip():
+        if not question.strip() and not attached:
             raise ChatError("nothing to ask: give a question, or pipe text into chat")
     if not interactive and config.role is not None:
         question = config.role.question(question)  # the input is data: never a placeholder
@@ -90,8 +93,9 @@ def run(config: Config) -> int:
         client = ChatClient(base_url, key, config.timeout, config.deadline)
         try:
             return _converse(
-                config, client, base_url, model, question=question, interactive=interactive
-            )
+                config, client, base_url, model, question=question, interactive=interactive,
+                attached=attached,
+            )  # fmt: skip
         finally:
             client.close()
 
@@ -104,6 +108,7 @@ def _converse(
     *,
     question: str,
     interactive: bool,
+    attached: tuple[Attachment, ...] = (),
 ) -> int:
     """Ask one question (one-shot, pipe) or run the REPL on a connected client."""
     out, err = sys.stdout, sys.stderr
@@ -127,11 +132,11 @@ def _converse(
     try:
         if not interactive:
             try:
-                return one_shot(session, config, question, out)
+                return one_shot(session, config, question, out, attached)
             finally:
                 if session.conversation.autosave_failure:
                     err.write(f"chat: {visible(session.conversation.autosave_failure)}\n")
-        return _repl(config, session, toolbox, resumed_from)
+        return _repl(config, session, toolbox, resumed_from, attached)
     finally:
         if hub is not None:
             hub.close()
@@ -190,7 +195,11 @@ def _switcher(config: Config, session: Session, toolbox: Toolbox | None) -> Swit
 
 
 def _repl(
-    config: Config, session: Session, toolbox: Toolbox | None, resumed_from: Path | None
+    config: Config,
+    session: Session,
+    toolbox: Toolbox | None,
+    resumed_from: Path | None,
+    attached: tuple[Attachment, ...] = (),
 ) -> int:
     out = sys.stdout
     conversation = session.conversation
@@ -206,6 +215,10 @@ def _repl(
     console.print(
         f"Connected to {base_url}{where} · model {visible(model)}{role}", style="bold", markup=False
     )
+    if attached:
+        files = ", ".join(a.label() for a in attached)
+        console.print(f"Attached {visible(files)}: sent with the first question", style="dim",
+                      markup=False)  # fmt: skip
     if resumed_from is not None:
         console.print(
             f"Resumed {visible(resumed_from.stem)} ({len(conversation.messages)} messages)",
@@ -223,6 +236,7 @@ def _repl(
         history_file=config.paths.history_file,
         conversations_dir=config.paths.conversations_dir,
         history_db=config.paths.history_db if config.history else None,
+        attached=attached,
         markdown=not config.plain,
         show_reasoning=not config.hide_reasoning,
         debug=config.debug,
@@ -289,12 +303,18 @@ def open_conversation(
     return conversation, found[0] if found else None
 
 
-def one_shot(session: Session, config: Config, question: str, out: TextIO) -> int:
+def one_shot(
+    session: Session,
+    config: Config,
+    question: str,
+    out: TextIO,
+    attached: tuple[Attachment, ...] = (),
+) -> int:
     if config.json:
         renderer: Renderer = PlainRenderer(io.StringIO(), footer=False, styled=False)
         failure: ChatError | None = None
         try:
-            answer = session.ask(question, renderer)
+            answer = session.ask(question, renderer, attachments=attached)
         except ChatError as error:
             failure = error
             answer = session.last_answer or Answer()
@@ -319,7 +339,7 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
         # plain text needs no rich console (and not its import time)
         return PlainRenderer(out, footer=tty, styled=tty)
 
-    session.ask(question, fresh(), fresh)
+    session.ask(question, fresh(), fresh, attached)
     return 0 if not _interrupted(session) else EXIT_INTERRUPTED
 
 

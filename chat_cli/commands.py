@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chat_cli import chats, clipboard
+from chat_cli import attach, chats, clipboard
 from chat_cli import conversation as conv_mod
+from chat_cli.attach import Attachment
+from chat_cli.command_help import help_lines
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
+from chat_cli.render import page
 from chat_cli.render.plain import footer_text
 from chat_cli.session import Session
 from chat_cli.switching import Switcher
@@ -23,9 +25,10 @@ from mixvllm_common.terminal_text import visible
 
 @dataclass(frozen=True)
 class Send:
-    """Send this text as a user message."""
+    """Send this text as a user message, with these files."""
 
     text: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Exit:
@@ -67,6 +70,7 @@ class Commands:
         self.conversations_dir = conversations_dir
         self.history_db = history_db
         self.switcher = switcher or Switcher.plain(session)
+        self.attached = attach.Pending()  # /file's, sent with the next question
 
     def say(self, text: str) -> None:
         # Commands show answers, tool results, model and file names: never live controls.
@@ -79,7 +83,8 @@ class Commands:
 
     # -- handlers ------------------------------------------------------------------------
     def help(self, arg: str) -> Outcome:
-        for line in help_lines(self._columns()):
+        entries = [(f"{c.name} {c.args}".rstrip(), c.help) for c in COMMANDS.values()]
+        for line in help_lines(entries, self._columns()):
             self.say(line)
         return None
 
@@ -152,10 +157,33 @@ class Commands:
         return None
 
     def retry(self, arg: str) -> Outcome:
-        text = self.session.retry_text()
-        if text is None:
+        question = self.session.retry()
+        if question is None:
             raise ChatError("nothing to retry")
-        return Send(text)
+        return Send(question.content, question.attachments)
+
+    def file(self, arg: str) -> Outcome:
+        pending = self.attached
+        if arg == "-":
+            self.say(f"Dropped the attached files ({pending.drop()}).")
+            return None
+        for attached in pending.add(arg) if arg else pending.files:
+            self.say(f"{'attached: ' if arg else '  '}{attached.label()}")
+        self.say(
+            "  sent with the next question · /file lists them · /file - drops them"
+            if pending.files
+            else "  /file PATH... attaches files (globs too) to the next question"
+        )
+        return None
+
+    def download(self, arg: str) -> Outcome:
+        from chat_cli import drops  # noqa: PLC0415 (only for /download)
+
+        to_page = page.enabled(os.environ, self._columns() is not None)
+        line, osc = drops.offer(arg, os.environ, to_page)
+        self.out.write(osc)  # chat's own sequence: the page makes it a link
+        self.say(line)
+        return None
 
     def undo(self, arg: str) -> Outcome:
         dropped = self.session.conversation.undo()
@@ -176,7 +204,9 @@ class Commands:
             role = f"tool {message.name}" if message.role == "tool" else message.role
             calls = [c["function"]["name"] for c in message.tool_calls or ()]
             called = f" [calls {', '.join(calls)}]" if calls else ""
-            self.say(f"[{role}]{mark}{called} {message.content}")
+            files = ", ".join(a.label() for a in message.attachments)
+            attached = f" [attached {files}]" if files else ""
+            self.say(f"[{role}]{mark}{called}{attached} {message.content}")
         return None
 
     def save(self, arg: str) -> Outcome:
@@ -326,6 +356,10 @@ COMMANDS: dict[str, Command] = {
         Command("/server", "[NAME]", "list the servers, or switch", Commands.server),
         Command("/set", "[KEY VALUE]", "temperature, top_p, max_tokens, seed", Commands.set),
         Command("/retry", "", "ask the last question again", Commands.retry),
+        Command(
+            "/file", "[PATH...|-]", "attach files or images to the next question", Commands.file
+        ),
+        Command("/download", "PATH", "a download link on the page (browser)", Commands.download),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
         Command("/history", "", "show the conversation", Commands.history),
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),
@@ -347,35 +381,6 @@ COMMANDS: dict[str, Command] = {
         Command("/exit", "", "leave (also /quit, /bye, Ctrl-D)", Commands.exit),
     )
 }
-
-
-KEYS_HELP = (
-    "Enter sends · Alt-Enter or Ctrl-J inserts a newline · Ctrl-C stops an answer or clears "
-    "the line · Ctrl-D exits"
-)
-HELP_MIN_DESCRIPTION = 24  # narrower than this beside the names: descriptions go under them
-
-
-def help_lines(columns: int | None) -> list[str]:
-    """/help laid out for a terminal `columns` wide (None: one line per command): wrapped
-    at word boundaries, so the terminal never breaks a word or the description column."""
-    names = [f"{c.name} {c.args}".rstrip() for c in COMMANDS.values()]
-    name_width = max(map(len, names))
-    width = columns if columns and columns > 20 else 10**6
-    room = width - name_width - 5  # the description column, short of the last cell
-    beside = room >= HELP_MIN_DESCRIPTION
-    lines: list[str] = []
-    for name, command in zip(names, COMMANDS.values(), strict=True):
-        if beside:
-            text = textwrap.wrap(command.help, room)
-            lines.append(f"  {name:<{name_width}}  {text[0]}")
-            lines += [" " * (name_width + 4) + more for more in text[1:]]
-        else:
-            lines += textwrap.wrap(name, width - 1, initial_indent="  ", subsequent_indent="    ")
-            lines += textwrap.wrap(command.help, width - 1, initial_indent=" " * 6,
-                                   subsequent_indent=" " * 6)  # fmt: skip
-    lines += textwrap.wrap(KEYS_HELP, width - 1, initial_indent="  ", subsequent_indent="  ")
-    return lines
 
 
 def find_command(name: str) -> Command:

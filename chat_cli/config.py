@@ -190,6 +190,12 @@ OPTIONS: tuple[Option, ...] = (
         "log every exchange to the history database (`chat logs`, `/search`)",
         off_flag="--no-history",
     ),
+    Option(
+        "attach", ("--attach", "-a"), (), str, (),
+        "attach a text file or an image (png, jpg, webp, gif) to the question, or to the "
+        "REPL's first; globs too; repeatable (`/file` in the REPL)", "PATH",
+        shown_default=_NONE, repeat=True,
+    ),
     _flag("debug", "--debug", "show tracebacks on errors"),
 )  # fmt: skip
 # Not a key of the file it names.
@@ -236,6 +242,7 @@ class Config:
     max_tool_rounds: int
     tool_timeout: float
     history: bool
+    attach: tuple[str, ...]  # paths and globs, read when chat starts
     debug: bool
     prompt: str | None
     paths: Paths
@@ -300,7 +307,8 @@ def _read_config_file(path: Path, *, named: bool) -> dict[str, Any]:
         ) from err
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
-    known = {o.dest for o in OPTIONS} | {"roles", "servers"}
+    # A file's `attach` would go with every question: a flag only.
+    known = ({o.dest for o in OPTIONS} | {"roles", "servers"}) - {"attach"}
     unknown = sorted(set(data) - known)
     if "mcp" in data:
         try:
@@ -386,6 +394,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     values.update(_model_servers(values.pop("server"), tables.get("servers"), source, origin))
     values["stream"] = not values.pop("no_stream")
     values["mcp"] = _servers((*servers, *values["mcp"]))
+    values["attach"] = tuple(values["attach"])
 
     values["url"] = api_base(values["url"])
     if values["api_key"] is None and is_loopback(values["url"]):

@@ -7,9 +7,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_cli.errors import ChatError
+
+if TYPE_CHECKING:
+    from chat_cli.attach import Attachment
 
 FORMAT_VERSION = 1
 
@@ -27,10 +30,16 @@ class Message:
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the API's form
     tool_call_id: str | None = None  # a tool result: the call it answers
     name: str | None = None  # a tool result: the tool's name
+    attachments: tuple[Attachment, ...] = ()  # a question's files (chat_cli.attach)
 
     def to_api(self) -> dict[str, Any]:
         if self.role == "tool":
             return {"role": "tool", "tool_call_id": self.tool_call_id, "content": self.content}
+        if self.attachments:
+            from chat_cli import attach  # noqa: PLC0415 (start-up: `chat --help` needs none)
+
+            content = attach.api_content(self.content, self.attachments)
+            return {"role": self.role, "content": content}
         if self.tool_calls:
             # "" rather than null: llama.cpp's server refuses a null content (OpenAI and
             # vLLM take either).
@@ -45,6 +54,11 @@ class Message:
         if self.role == "tool":
             return [f"## Tool result ({self.name})", "", "```", self.content, "```"]
         lines = [f"## {self.role.capitalize()}", "", self.content]
+        for attached in self.attachments:
+            from chat_cli.attach import human_size  # noqa: PLC0415 (only with attachments)
+
+            shown = attached.fenced() if attached.kind == "text" else f"`{attached.name}`"
+            lines += ["", f"**Attached** ({human_size(attached.size)}) {shown}"]
         for call in self.tool_calls or ():
             function = call.get("function") or {}
             args = function.get("arguments") or ""
@@ -80,13 +94,13 @@ class Conversation:
                 return dropped
         return 0
 
-    def pop_for_retry(self) -> str | None:
-        """Remove the last exchange and return its user text, so it can be sent again."""
+    def pop_for_retry(self) -> Message | None:
+        """Remove the last exchange and return its question, so it can be sent again."""
         user = self.last("user")
         if user is None:
             return None
         self.undo()
-        return user.content
+        return user
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,11 +151,16 @@ class Conversation:
 
 
 def _message_json(message: Message) -> dict[str, Any]:
-    """Tool fields only where they are set: chats without tools keep their old shape."""
+    """Tool fields and attachments only where they are set: chats without them keep their
+    old shape."""
     data = asdict(message)
     for key in ("tool_calls", "tool_call_id", "name"):
         if data[key] is None:
             del data[key]
+    if data["attachments"]:
+        data["attachments"] = list(data["attachments"])
+    else:
+        del data["attachments"]
     return data
 
 
@@ -181,6 +200,7 @@ def from_json(data: Any) -> Conversation:
             tool_calls=_tool_calls(m.get("tool_calls")),
             tool_call_id=_text_or_none(m.get("tool_call_id")),
             name=_text_or_none(m.get("name")),
+            attachments=_attachments(m.get("attachments")),
         )
         for m in data["messages"]
         if m.get("role") in ROLES
@@ -191,6 +211,16 @@ def from_json(data: Any) -> Conversation:
         model=data.get("model"),
         created=float(data.get("created", time.time())),
     )
+
+
+def _attachments(value: object) -> tuple[Attachment, ...]:
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise TypeError("attachments is not a list")
+    from chat_cli import attach  # noqa: PLC0415 (only for a chat with attachments)
+
+    return tuple(attach.from_json(a) for a in value)
 
 
 def _tool_calls(value: object) -> list[dict[str, Any]] | None:

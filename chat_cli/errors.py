@@ -79,6 +79,17 @@ class BadRequest(ChatError):
         super().__init__(f"the model server refused the request ({_status(status, detail)})")
 
 
+class NoVision(ChatError):
+    """A request with an image refused: the model most likely takes no image input."""
+
+    def __init__(self, model: str, said: str) -> None:
+        super().__init__(
+            f"the model server refused the image ({said}): {model} may not take images",
+            "switch to a vision model (/model) or ask again without the image (/file -)",
+            "use a vision model (--model) or leave the image out",
+        )
+
+
 class ServerFailed(ChatError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"the model server failed ({_status(status, detail)})", "try /retry")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -19,7 +20,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from chat_cli import chats, export
+from chat_cli import attach, chats, export
+from chat_cli.attach import Attachment
 from chat_cli.commands import COMMANDS, SETTABLE, Commands, Exit, Send
 from chat_cli.errors import ChatError
 from chat_cli.render import page
@@ -180,6 +182,7 @@ class Repl:
         history_file: Path | None,
         conversations_dir: Path,
         history_db: Path | None = None,
+        attached: tuple[Attachment, ...] = (),
         markdown: bool,
         show_reasoning: bool,
         debug: bool,
@@ -191,6 +194,7 @@ class Repl:
         self.show_reasoning = show_reasoning
         self.debug = debug
         self.commands = Commands(session, console.file, conversations_dir, history_db, switcher)
+        self.commands.attached = attach.Pending(attached)  # chat -a: for the first question
         self.page_marks = page.enabled(os.environ, console.is_terminal)
         self.pastes = Pastes()
         history: History = InMemoryHistory()
@@ -221,6 +225,30 @@ class Repl:
     def run(self) -> int:
         _warm_up(self.session)
         export.export(self.session.conversation, os.environ)  # a resumed chat: exportable at once
+        watcher = None
+        if self.page_marks:  # the browser terminal: files dropped on the page
+            from chat_cli import drops  # noqa: PLC0415 (start-up elsewhere: not needed)
+
+            where = drops.folder(os.environ)
+            watcher = drops.Watcher(where, self._drop_shown).start() if where else None
+        try:
+            return self._loop()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _drop_shown(self, line: str) -> bool:
+        """Say `line` above the prompt (the watcher's thread); False when no prompt waits."""
+        app = self.prompt.app
+        if not app.is_running or app.loop is None:
+            return False
+        try:
+            app.loop.call_soon_threadsafe(lambda: run_in_terminal(lambda: self.commands.say(line)))
+        except RuntimeError:  # the prompt ended just now, and its loop with it
+            return False
+        return True
+
+    def _loop(self) -> int:
         while True:
             try:
                 text = self.pastes.expand(self.prompt.prompt(PROMPT))
@@ -242,8 +270,10 @@ class Repl:
                     return False
                 if not isinstance(outcome, Send):
                     return True
-                text = outcome.text
-            self.ask(text)
+                text, attachments = outcome.text, outcome.attachments
+            else:
+                attachments = self.commands.attached.take()
+            self.ask(text, attachments)
         except ChatError as err:
             self.error(str(err))
         except KeyboardInterrupt:
@@ -260,8 +290,11 @@ class Repl:
                 conversation.autosave_failure = None
         return True
 
-    def ask(self, text: str) -> None:
-        self.session.ask(text, self.renderer(), self.renderer)
+    def ask(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
+        if attachments:
+            files = ", ".join(a.label() for a in attachments)
+            self.console.print(f"with {visible(files)}", style="dim", markup=False)
+        self.session.ask(text, self.renderer(), self.renderer, attachments)
 
     def renderer(self) -> Renderer:
         return make_renderer(

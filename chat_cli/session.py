@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from chat_cli import errors
 from chat_cli.api.answer import Answer, ToolCall, has_surrogates
 from chat_cli.api.client import ChatClient, Sampling, prompt_chars
+from chat_cli.attach import Attachment
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
 from chat_cli.render.plain import Renderer
@@ -84,7 +85,7 @@ class Session:
         self.stream = stream
         self.completions = completions
         self.stats = Stats()
-        self.unsent: str | None = None  # a message whose request failed before any answer
+        self.unsent: Message | None = None  # a question whose request failed before any answer
         self.last_answer: Answer | None = None
         self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE, ROUND_LIMIT or None
         self.tools = tools
@@ -100,18 +101,23 @@ class Session:
         self.conversation.model = self.sampling.model
 
     def ask(
-        self, text: str, renderer: Renderer, fresh: Callable[[], Renderer] | None = None
+        self,
+        text: str,
+        renderer: Renderer,
+        fresh: Callable[[], Renderer] | None = None,
+        attachments: tuple[Attachment, ...] = (),
     ) -> Answer:
-        """Send `text`, stream the answer into `renderer`; while the answer calls tools, run
-        them and ask again, each answer in a `fresh()` renderer. Raises ChatError after keeping
-        what arrived; KeyboardInterrupt ends the answer early and is not re-raised."""
+        """Send `text` (with `attachments`), stream the answer into `renderer`; while the
+        answer calls tools, run them and ask again, each answer in a `fresh()` renderer. Raises
+        ChatError after keeping what arrived; KeyboardInterrupt ends the answer early and is
+        not re-raised."""
         if has_surrogates(text):
             # It could not be saved or sent: refuse it before it enters the history.
             raise ChatError("the message is not valid UTF-8 text; nothing was sent")
         if self.tools is not None and not self.completions:
             self.tools.check_choice()  # before the question joins the conversation
         start, began = len(self.conversation.messages), time.time()
-        self.conversation.messages.append(Message("user", text))
+        self.conversation.messages.append(Message("user", text, attachments=attachments))
         self.conversation.autosave()
         if self.tools is not None:
             self.tools.records.clear()
@@ -250,13 +256,13 @@ class Session:
             # No answer text (an error, or Ctrl-C before the first word): take the question
             # out so the next one does not follow an unanswered one; /retry sends it again,
             # and it is in the input history.
-            self.conversation.messages.pop()
-            self.unsent = text
+            self.unsent = self.conversation.messages.pop()
         self.conversation.autosave()
         return bool(calls)
 
-    def retry_text(self) -> str | None:
+    def retry(self) -> Message | None:
+        """The last question, to send again: unsent, or taken out with its answer."""
         if self.unsent is not None:
-            text, self.unsent = self.unsent, None
-            return text
+            question, self.unsent = self.unsent, None
+            return question
         return self.conversation.pop_for_retry()

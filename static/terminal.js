@@ -62,6 +62,7 @@
   const OSC = Object.freeze({ CLIPBOARD: 52, CHAT: 7337 });
   const CHAT_BLOCK = "block";  // OSC 7337 "block": a code block starts on this row
   const CHAT_CODE = "code;";  // OSC 7337 "code;BASE64": the finished block's text
+  const CHAT_DOWNLOAD = "download;";  // OSC 7337 "download;TICKET;BASE64(NAME)": /download
 
   // -- chat's code blocks: a copy button at each ----------------------------------------
   // chat (chat_cli/page.py) sends OSC 7337 "block" at a code block's first row and, once the
@@ -91,6 +92,9 @@
       } else {
         disposeBlock(block);
       }
+    } else if (data.startsWith(CHAT_DOWNLOAD) && !VIEWER) {
+      const [ticket, name] = data.slice(CHAT_DOWNLOAD.length).split(";");
+      offerDownload(ticket, decodeBase64(name || ""));
     }
     return true;
   });
@@ -894,6 +898,62 @@
   } else {
     pollStatus();
   }
+
+  // -- files: drop to upload, links to download (terminal_server/file_handlers.py) -------
+  // A dropped file goes into the folder of the session's foreground program; chat, if it
+  // runs, says so. A download link names a ticket chat wrote for `/download PATH`: a program
+  // that prints the sequence can only name tickets chat made, and only a click downloads.
+  const filesBox = document.getElementById("files");
+  const MAX_FILE_ROWS = 5;
+
+  function fileRow(content) {
+    const row = document.createElement("div");
+    row.append(content);
+    filesBox.append(row);
+    while (filesBox.children.length > MAX_FILE_ROWS) filesBox.firstElementChild.remove();
+    filesBox.hidden = false;
+    return row;
+  }
+
+  function offerDownload(ticket, name) {
+    if (!sessionId || !/^[A-Za-z0-9_-]{16,64}$/.test(ticket || "")) return;
+    const link = document.createElement("a");
+    const q = new URLSearchParams({ session: sessionId, ticket });
+    link.href = `api/download?${q}`;
+    link.download = name || "download";
+    link.textContent = `\u2b07 ${name || "download"}`;
+    link.className = "download";
+    fileRow(link);
+  }
+
+  async function upload(file) {
+    const row = fileRow(`uploading ${file.name}\u2026`);
+    const q = new URLSearchParams({ session: sessionId, name: file.name });
+    try {
+      const response = await fetch(`api/upload?${q}`, {
+        method: "POST", body: file, cache: "no-store", credentials: "same-origin",
+        headers: { "Content-Type": "application/octet-stream" },
+      });
+      const text = await response.text();
+      row.textContent = response.ok
+        ? `dropped ${JSON.parse(text).name} (${file.size} bytes)`
+        : `${file.name}: ${text.trim() || response.status}`;
+    } catch (_) {
+      row.textContent = `${file.name}: the server cannot be reached`;
+    }
+  }
+
+  const dropZone = document.getElementById("terminal");
+  dropZone.addEventListener("dragover", (e) => {
+    if (VIEWER || !e.dataTransfer || !Array.from(e.dataTransfer.types).includes("Files")) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  });
+  dropZone.addEventListener("drop", (e) => {
+    if (VIEWER || !e.dataTransfer || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    if (sessionId) for (const file of e.dataTransfer.files) upload(file);
+  });
 
   // A small handle for debugging from the console (and for the browser test).
   window.mixvllm = {

@@ -24,6 +24,7 @@ from . import protocol, session_user
 from .chat_export import ChatExportHandler
 from .config import Config
 from .context import Context
+from .file_handlers import DownloadHandler, UploadHandler
 from .gate import Gate, GatedHTTPServer, Limits, make_server
 from .handlers import (
     GuardedStaticHandler,
@@ -68,6 +69,8 @@ def make_app(ctx: Context) -> web.Application:
         (base + "metrics", MetricsHandler, kw),
         (base + "api/status", ModelStatusHandler, kw),
         (base + "api/chat", ChatExportHandler, kw),
+        (base + "api/upload", UploadHandler, kw),
+        (base + "api/download", DownloadHandler, kw),
         (
             base + r"static/(terminal\.js|terminal\.css)",
             GuardedStaticHandler,

@@ -42,6 +42,12 @@ class ChatExports:
         self._owners[session_id] = os.geteuid() if user is None else user.uid
         return path
 
+    def path(self, session_id: str) -> Path | None:
+        """The live session's folder (None: it has none, or it has ended)."""
+        if self._root is None or session_id not in self._owners:
+            return None
+        return self._root / session_id
+
     def read(self, session_id: str, name: str) -> bytes | None:
         """The export's bytes; None when chat has not written one (or it is too big).
 

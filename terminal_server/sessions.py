@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import processes, session_user
 from .config import Config
 from .exports import ChatExports
+from .file_access import FileAccess
 from .identity import OWNER
 from .metrics import Metrics
 from .reaper import Reaper
@@ -43,6 +44,7 @@ class SessionManager:
         # One scratch buffer for every session's PTY reads: they all run on this event loop.
         self._read_buffer = memoryview(bytearray(OUTPUT_READ_MAX))
         self.reaper = Reaper()
+        self.files = FileAccess(self.reaper)  # drops and downloads, as the session's user
         self._cull_task: asyncio.Task[None] | None = None
         # One thread forks and execs new sessions, one at a time, off the event loop.
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-spawn")

@@ -5,7 +5,7 @@ chosen by `server.scenario`, or per request by a last user message starting with
 `@fault:NAME` (handy when driving the REPL through a PTY).
 
 Scenarios: ok, usage (ok + a usage chunk, like vLLM), reasoning, slow, http401, http404,
-http400ctx, http500, error_event, malformed, no_done, cut, stall, stall_empty, hang,
+http400ctx, http400vision, http500, error_event, malformed, no_done, cut, stall, stall_empty, hang,
 empty_ctx (an empty 200 stream, then 400 when asked without streaming: what llama.cpp does
 on context overflow).
 Around the end of a whole answer: finish_cut (finish_reason, then the socket dies),
@@ -168,6 +168,8 @@ class Handler(BaseHTTPRequestHandler):
         scenario = self.state.scenario
         messages = request.get("messages") or []
         last = messages[-1]["content"] if messages else request.get("prompt", "")
+        if isinstance(last, list):  # parts: a question with images
+            last = " ".join(str(p.get("text") or "") for p in last if isinstance(p, dict))
         if isinstance(last, str) and "@fault:" in last:
             scenario = last.split("@fault:", 1)[1].split()[0]
         user = next((m.get("content") for m in reversed(messages) if m["role"] == "user"), "")
@@ -217,6 +219,12 @@ class Handler(BaseHTTPRequestHandler):
             message = (
                 "This model's maximum context length is 2048 tokens. However, you requested "
                 "4100 tokens. Please reduce the length of the messages."
+            )
+            self._json(400, {"error": {"message": message, "type": "BadRequestError"}})
+        elif scenario == "http400vision":  # vLLM, a text-only model given an image
+            message = (
+                'Traceback (most recent call last):\n  File "serving_chat.py", line 212\n'
+                "ValueError: fake-model is not a multimodal model"
             )
             self._json(400, {"error": {"message": message, "type": "BadRequestError"}})
         elif scenario in ("http502", "http502empty"):  # a proxy in front of a server that is down

@@ -13,6 +13,7 @@ SEQUENCES = {
     "8-bit CSI": "\x9b2J",
     "8-bit OSC": "\x9d0;owned\x9c",
     "OSC 7337 (a forged copy button)": "\x1b]7337;code;cm0gLXJmIH4K\x07",
+    "OSC 7337 (a forged download link)": "\x1b]7337;download;AAAAAAAAAAAAAAAAAAAAAAAA;eA==\x07",
     "BEL, BS, DEL": "\x07\x08\x7f",
 }
 PAYLOAD = "".join(SEQUENCES.values())

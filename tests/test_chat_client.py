@@ -20,7 +20,7 @@ import pytest
 from chat_cli import errors
 from chat_cli.api.answer import Answer
 from chat_cli.api.client import ChatClient, Sampling, fetch_models, wait_for_models
-from chat_cli.conversation import Conversation
+from chat_cli.conversation import Conversation, Message
 from chat_cli.session import INCOMPLETE, INTERRUPTED, TRUNCATED, Session
 from tests.chat_support import closed_port_url, fake_server
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
@@ -168,7 +168,7 @@ def test_a_stall_before_any_text_claims_no_partial_answer(fake: FakeServer) -> N
     assert str(info.value).endswith("(stall timeout); no answer text arrived (try /retry)")
     assert info.value.one_shot().endswith("(stall timeout); no answer text arrived")
     assert session.conversation.messages == []
-    assert session.retry_text() == "question @fault:stall_empty"
+    assert session.retry() == Message("user", "question @fault:stall_empty")
 
 
 @pytest.mark.parametrize("fault", ["finish_cut", "finish_no_done"])
@@ -226,7 +226,7 @@ def test_http_errors_keep_the_question_for_retry(
     assert time.monotonic() - started < 1.0  # shown as it arrives, not after a grace period
     assert expected in str(info.value)
     assert session.conversation.messages == []
-    assert session.retry_text() == f"question @fault:{fault}"
+    assert session.retry() == Message("user", f"question @fault:{fault}")
 
 
 def test_unknown_model_lists_served_models(fake: FakeServer) -> None:
@@ -359,7 +359,7 @@ def test_an_answer_without_text_says_what_happened(
         session.ask("question", Collect())
     assert expected in str(info.value) and "\n" not in str(info.value)
     assert session.conversation.messages == []
-    assert session.retry_text() == "question"
+    assert session.retry() == Message("user", "question")
 
 
 def test_an_answer_cut_by_max_tokens_is_kept_with_a_note(fake: FakeServer) -> None:
@@ -457,7 +457,7 @@ def test_no_stream_gives_up_at_the_deadline(fake: FakeServer) -> None:
     with pytest.raises(errors.TimedOut, match=r"has not finished the answer after 0.5 s"):
         session.ask("hello", Collect())
     assert time.monotonic() - started < 3.0
-    assert session.retry_text() == "hello"
+    assert session.retry() == Message("user", "hello")
 
 
 def test_a_long_wait_for_the_first_token_is_not_a_stall(fake: FakeServer) -> None:

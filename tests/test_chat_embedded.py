@@ -154,3 +154,37 @@ def test_a_tool_round_trip_with_llama_cpp(tmp_path: Path, embedded_model_server:
     data = json.loads(result.stdout)
     assert [call["name"] for call in data["tool_calls"]] == ["secret_word"]
     assert data["content"].strip()  # the model's answer after reading the result
+
+
+def test_an_attached_text_file_reaches_the_real_model(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    (tmp_path / "fact.txt").write_text("The secret colour is teal. " * 20 + "\n")
+    prompt_tokens = []
+    for attached in (["-a", str(tmp_path / "fact.txt")], []):
+        result = run_chat(
+            tmp_path, embedded_model_server, "--json", "--max-tokens", "8", "--seed", "1",
+            *attached, "What is the secret colour in the file?",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert data["content"] and data["error"] is None
+        prompt_tokens.append(data["usage"]["prompt_tokens"])
+    # The server counted the file: 20 sentences of it.
+    assert prompt_tokens[0] > prompt_tokens[1] + 100, prompt_tokens
+
+
+def test_an_image_for_a_text_only_model_is_one_line(
+    tmp_path: Path, embedded_model_server: Any
+) -> None:
+    # llama.cpp's server without a vision projector fails in its chat template (500); chat
+    # says the image was refused, on one line, with no stack trace.
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    result = run_chat(
+        tmp_path, embedded_model_server, "--max-tokens", "8", "-a", str(tmp_path / "cat.png"),
+        "What is in this picture?",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("chat: the model server refused the image (500: ")
+    assert f"{embedded_model_server.model} may not take images" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -135,7 +135,7 @@ class ChatClient:
         cancel = cancel or Cancel()
         params = sampling.request_params()
         if completions:
-            params["prompt"] = "\n".join(m.get("content") or "" for m in messages) + "\n"
+            params["prompt"] = "\n".join(text_of(m.get("content")) for m in messages) + "\n"
         else:
             params["messages"] = messages
             params.update(tools or {})
@@ -273,9 +273,12 @@ class ChatClient:
                 served = self.models()
             except ChatError:
                 served = []
-            if model in served:
-                return errors.BadRequest(404, detail)
-            return errors.ModelNotFound(str(model), served)
+            missing = errors.ModelNotFound(str(model), served)
+            return errors.BadRequest(404, detail) if model in served else missing
+        if status >= 400 and _images(params):
+            # A text-only model's server refuses an image part in its own words (vLLM: 400,
+            # llama.cpp: 500 from its chat template), often as a stack trace's last line.
+            return errors.NoVision(str(params.get("model")), _status_line(status, body))
         if status >= 500:
             return errors.ServerFailed(status, detail)
         if status in (400, 413) and any(h in detail.lower() for h in CONTEXT_HINTS):
@@ -283,8 +286,37 @@ class ChatClient:
         return errors.BadRequest(status, detail)
 
 
+def text_of(content: object) -> str:
+    """A message's text: its content, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def _images(params: dict[str, Any]) -> bool:
+    return any(
+        isinstance(p, dict) and p.get("type") == "image_url"
+        for m in params.get("messages") or ()
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+    )
+
+
+def _status_line(status: int, body: bytes) -> str:
+    """`400: the error's last line`: a stack trace ends with what went wrong."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+        inner = data.get("error", data) if isinstance(data, dict) else data
+        text = str(inner.get("message") if isinstance(inner, dict) else inner)
+    except ValueError:
+        text = errors.body_line(text)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{status}: {errors.short(lines[-1], 120)}" if lines else str(status)
+
+
 def prompt_chars(messages: list[dict[str, Any]]) -> int:
-    return sum(len(m.get("content") or "") for m in messages)
+    return sum(len(text_of(m.get("content"))) for m in messages)
 
 
 def _body_message(body: bytes) -> str:
