@@ -21,6 +21,7 @@ from chat_cli.api import client as client_mod
 from chat_cli.api.answer import Answer, has_surrogates
 from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.config import Config
+from chat_cli.context_window import ContextWindow
 from chat_cli.errors import (
     EXIT_INTERRUPTED,
     ChatError,
@@ -181,6 +182,7 @@ def _converse(
         tools=toolbox,
         tool_view=view,
         on_exchange=recorder.record if recorder is not None else None,
+        window=ContextWindow.of_server(base_url, config.api_key, model, config.context_length),
     )
     try:
         if not interactive:
@@ -350,9 +352,12 @@ def one_shot(session: Session, config: Config, question: str, out: TextIO) -> in
                 show_reasoning=not config.hide_reasoning,
                 footer=True,
                 page_marks=page.enabled(os.environ, tty),
+                context_limit=limit,
             )
         # plain text needs no rich console (and not its import time)
-        return PlainRenderer(out, footer=tty, styled=tty)
+        return PlainRenderer(out, footer=tty, styled=tty, context_limit=limit)
+
+    limit = session.window.limit if tty and session.window is not None else None
 
     session.ask(question, fresh(), fresh)
     return 0 if not _interrupted(session) else EXIT_INTERRUPTED

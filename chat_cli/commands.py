@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chat_cli import chats, clipboard
+from chat_cli import chats, clipboard, compact
 from chat_cli import conversation as conv_mod
 from chat_cli.config import OPTIONS
 from chat_cli.errors import ChatError
@@ -316,6 +316,8 @@ COMMANDS: dict[str, Command] = {
         Command("/set", "[KEY VALUE]", "temperature, top_p, max_tokens, seed", Commands.set),
         Command("/retry", "", "ask the last question again", Commands.retry),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
+        Command("/trim", "[N]", "drop the oldest exchanges until it fits", compact.trim),
+        Command("/compact", "[N]", "summarise all but the last N exchanges", compact.compact),
         Command("/history", "", "show the conversation", Commands.history),
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),
         Command("/load", "NAME|FILE", "open a saved conversation", Commands.load),

@@ -50,7 +50,8 @@ def ask(session: Session, text: str) -> None:
 
 # The commands docs/chat.md promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
-    "/help", "/clear", "/system", "/model", "/set", "/retry", "/undo", "/history", "/save",
+    "/help", "/clear", "/system", "/model", "/set", "/retry", "/undo", "/trim", "/compact",
+    "/history", "/save",
     "/load", "/chats", "/search", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
 ]  # fmt: skip
 
