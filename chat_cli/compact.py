@@ -22,7 +22,8 @@ COMPACT_REQUEST = (
     "Summarise our conversation so far, for you to go on from later: the facts, decisions, "
     "names, numbers, code and open questions that matter, briefly."
 )
-SUMMARY_MAX_TOKENS = 1024  # at most a quarter of the context
+# When max_tokens is the server's default: this, or a quarter of the context if less.
+SUMMARY_MAX_TOKENS = 1024
 # /trim without N drops exchanges until the next request would take at most this share,
 # so that the few questions after it fit too.
 TRIM_TARGET = WARN_SHARE
@@ -113,17 +114,18 @@ def _enough(session: Session, groups: list[list[Message]]) -> int:
             "/trim N drops the N oldest exchanges, --context-length N sets it"
         )
     pending = [] if session.unsent is None else [Message("user", session.unsent)]
-    room = window.room(session.sampling.max_tokens)
+    max_tokens = session.sampling.max_tokens
     for count in range(len(groups) + 1):
         kept = [m for group in groups[count:] for m in group] + pending
         trimmed = Conversation(system=session.conversation.system, messages=kept)
-        needed = window.used(trimmed.api_messages()) + room
+        needed = window.needed(trimmed.api_messages(), max_tokens, limit * TRIM_TARGET)
         if needed <= limit * TRIM_TARGET or (count == len(groups) and needed <= limit):
             return count
     if pending:
         raise ChatError(
             f"the message that was not sent does not fit by itself (about {needed:,} tokens "
-            f"with {room:,} for the answer; the context holds {limit:,}): shorten it"
+            f"with {window.room(max_tokens):,} for the answer; the context holds {limit:,}): "
+            "shorten it"
         )
     return len(groups)
 
@@ -135,9 +137,10 @@ def compact(commands: Context, arg: str) -> None:
     keep = 1 if keep is None else keep
     groups = exchanges(conversation.messages)
     if len(groups) <= keep:
+        last = "the last exchange stays" if keep == 1 else f"the last {keep} exchanges stay"
         raise ChatError(
             f"nothing to compact: the conversation has {_plural(len(groups), 'exchange')}, "
-            f"and the last {_plural(keep, 'exchange')} stay as they are"
+            f"and {last} as they are"
         )
     older = [m for group in groups[:-keep] for m in group]
     summary = _summarise(commands, older, len(groups) - keep)
@@ -160,8 +163,8 @@ def _summarise(commands: Context, older: list[Message], count: int) -> str:
     session = commands.session
     window = session.window
     limit = window.limit if window is not None else None
-    # Its own budget: max_tokens is for answers, and a summary cut short is still one.
-    max_tokens = min(SUMMARY_MAX_TOKENS, (limit or 8192) // 4)
+    # A summary cut short by max_tokens is still one: the user sees it and decides.
+    max_tokens = session.sampling.max_tokens or min(SUMMARY_MAX_TOKENS, (limit or 4096) // 4)
     helper = Session(
         session.client,
         Conversation(system=session.conversation.system, messages=list(older)),

@@ -133,19 +133,23 @@ class ContextWindow:
         limit = self.limit or 0
         return max_tokens if max_tokens is not None else min(DEFAULT_ANSWER_ROOM, limit // 8)
 
+    def needed(self, messages: Messages, max_tokens: int | None, within: float) -> int:
+        """The tokens a request of `messages` needs with the answer's room: estimated, and
+        counted by the server's tokenizer (when it has one) if the estimate is over `within`."""
+        room = self.room(max_tokens)
+        estimate = self.used(messages) + room
+        if estimate <= within:
+            return estimate
+        counted = self._count_new(messages)
+        return estimate if counted is None else counted + room
+
     def shortfall(self, messages: Messages, max_tokens: int | None) -> Shortfall | None:
         """None when `messages` and the answer's room fit the context (or it is unknown)."""
         limit = self.limit
         if limit is None:
             return None
-        room = self.room(max_tokens)
-        needed = self.used(messages) + room
-        if needed <= limit:
-            return None
-        counted = self._count_new(messages)
-        if counted is not None and counted + room <= limit:
-            return None
-        return Shortfall(counted + room if counted is not None else needed, limit, room)
+        needed = self.needed(messages, max_tokens, limit)
+        return None if needed <= limit else Shortfall(needed, limit, self.room(max_tokens))
 
     def _count_new(self, messages: Messages) -> int | None:
         """`used`, with the new messages counted by the server's tokenizer."""

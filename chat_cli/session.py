@@ -204,7 +204,9 @@ class Session:
             except ChatError as err:
                 failure = err
             # A reader abandoned after Ctrl-C may still run, but it writes to nothing of ours.
-            answer.end(prompt_chars(messages), loop.ended_at)
+            # Without usage from the server, the window's estimate counts the template too.
+            estimate = self.window.used(messages) if self.window is not None else None
+            answer.end(prompt_chars(messages), loop.ended_at, prompt_tokens=estimate)
             # Keep what the screen shows: the end of the answer may have been left undrawn.
             answer.drop_text_tail(loop.undrawn)
             if note is None and failure is None and answer.finish_reason == "length":

@@ -66,6 +66,7 @@ class FakeState:
     # Added to each model of /v1/models: vLLM's {"max_model_len": N}, llama-server's "meta".
     model_fields: dict[str, Any] = field(default_factory=dict)
     props: dict[str, Any] | None = None  # llama-server's GET /props; None: 404
+    models_body: Any = None  # when set, /v1/models answers it as is (a string: not JSON)
     tokenize_count: int | None = None  # POST /tokenize answers {"count": N}; None: 404
     tokenized: list[str] = field(default_factory=list)  # the texts /tokenize was asked for
     prompt_tokens: int = 7  # what a usage chunk reports
@@ -165,6 +166,13 @@ class Handler(BaseHTTPRequestHandler):
             if time.monotonic() < self.state.loading_until:
                 self._json(503, {"error": {"message": "Loading model", "code": 503}})
                 return
+            body = self.state.models_body
+            if isinstance(body, str):
+                self._raw(200, "text/plain", body.encode())
+                return
+            if body is not None:
+                self._json(200, body)
+                return
             data = [
                 {"id": m, "object": "model", "owned_by": "test", **self.state.model_fields}
                 for m in self.state.models
@@ -178,7 +186,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         request = json.loads(self.rfile.read(length) or b"{}")
-        if self.path == "/tokenize":
+        if self.path in ("/tokenize", "/extras/tokenize/count"):
             self.state.tokenized.append(request.get("prompt", ""))
             if self.state.tokenize_count is None:
                 self._json(404, {"detail": "Not Found"})
