@@ -144,7 +144,8 @@ def compact(commands: Context, arg: str) -> None:
         )
     older = [m for group in groups[:-keep] for m in group]
     summary = _summarise(commands, older, len(groups) - keep)
-    if not _confirm(commands.out, f"Replace the {len(groups) - keep} older exchanges with it?"):
+    older_ones = "the older exchange" if len(groups) - keep == 1 else "the older exchanges"
+    if not _confirm(commands.out, f"Replace {older_ones} with this summary?"):
         commands.say("Nothing replaced.")
         return
     kept = conversation.messages[len(older) :]

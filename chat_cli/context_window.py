@@ -53,7 +53,9 @@ class Shortfall:
 
 @dataclass(frozen=True)
 class _Measured:
-    messages: Messages  # the request an answer answered, and the answer, as sent next time
+    """`messages` (as a request sends them) take `tokens`."""
+
+    messages: Messages
     tokens: int
 
 
@@ -76,6 +78,7 @@ class ContextWindow:
         self._limit: int | None = None
         self._looked_up = False
         self._measured: _Measured | None = None
+        self._counted: _Measured | None = None  # the last request the tokenizer counted
 
     @classmethod
     def of_server(
@@ -99,7 +102,7 @@ class ContextWindow:
     def model_changed(self, model: str) -> None:
         self.model = model
         self._looked_up = False
-        self._measured = None
+        self._measured = self._counted = None
 
     def learn(self, error: str) -> None:
         """A context-length error names the limit (vLLM, llama-cpp-python): keep it when
@@ -119,6 +122,9 @@ class ContextWindow:
 
     def used(self, messages: Messages) -> int:
         """The tokens `messages` take: measured where they begin with the last exchange."""
+        counted = self._counted
+        if counted is not None and counted.messages == messages:
+            return counted.tokens
         base, rest = self._split(messages)
         return base + sum(text_tokens(message_chars(m)) + MESSAGE_TOKENS for m in rest)
 
@@ -158,7 +164,8 @@ class ContextWindow:
         counted = self._counter(self.model, text) if text else 0
         if counted is None:
             return None
-        return base + counted + MESSAGE_TOKENS * len(rest)
+        self._counted = _Measured(messages, base + counted + MESSAGE_TOKENS * len(rest))
+        return self._counted.tokens
 
 
 def _starts_with(messages: Messages, prefix: Messages) -> bool:

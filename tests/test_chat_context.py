@@ -4,10 +4,11 @@ refused before they are sent, /trim and /compact; against the fault-injecting se
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from chat_cli import chats, errors
@@ -20,7 +21,15 @@ from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
 from chat_cli.render.plain import PlainRenderer, context_share
 from chat_cli.session import Session
-from tests.chat_support import closed_port_url, fake_server
+from tests.chat_support import (
+    PROMPT_READY,
+    chat_env,
+    closed_port_url,
+    conversations,
+    exit_status,
+    fake_server,
+    visible,
+)
 from tests.fake_openai import DEFAULT_ANSWER, MODEL, FakeServer, tokens
 
 ANSWER_TOKENS = len(tokens(DEFAULT_ANSWER))  # the fake's usage counts its pieces
@@ -195,6 +204,19 @@ def test_the_servers_tokenizer_has_the_last_word_on_a_close_call(
         ask(session, question)
 
 
+def test_without_usage_the_footer_counts_what_the_tokenizer_counted(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.state.scenario = "ok"  # no usage, as llama-cpp-python when it streams
+    fake.state.model_fields = {"max_model_len": 200}
+    fake.state.tokenize_count = 30
+    session = session_of(fake, tmp_path, max_tokens=20)
+    ask(session, "z" * 600)  # 200 tokens by the estimate alone: over the limit
+    usage = session.last_answer.usage if session.last_answer else None
+    assert usage is not None and usage.estimated
+    assert usage.prompt_tokens == 30 + 8  # the count, and the message's markers
+
+
 def test_a_400_for_context_length_names_trim_and_compact_and_keeps_the_conversation(
     fake: FakeServer, tmp_path: Path
 ) -> None:
@@ -239,7 +261,7 @@ def test_trim_n_drops_the_oldest_exchanges_and_keeps_the_system_prompt(
     session, run, out = commands
     session.conversation.system = "be brief"
     run.run("/trim 2")
-    assert [m.content for m in session.conversation.messages][0] == "question 2"
+    assert session.conversation.messages[0].content == "question 2"
     assert session.conversation.system == "be brief"
     assert "Dropped the 2 oldest exchanges (4 messages)" in out.getvalue()
     with pytest.raises(ChatError, match="usage: /trim"):
@@ -248,7 +270,7 @@ def test_trim_n_drops_the_oldest_exchanges_and_keeps_the_system_prompt(
 
 def test_trim_alone_needs_a_known_context(commands: tuple[Session, Commands, io.StringIO]) -> None:
     _, run, _ = commands
-    with pytest.raises(ChatError, match="context length is unknown.*/trim N"):
+    with pytest.raises(ChatError, match=r"context length is unknown.*/trim N"):
         run.run("/trim")
 
 
@@ -265,7 +287,7 @@ def test_trim_alone_drops_enough_for_the_waiting_question(
     said = out.getvalue()
     assert "Dropped the 3 oldest exchanges" in said and "/retry sends" in said
     ask(session, session.retry_text() or "")
-    assert [m.content for m in session.conversation.messages][0] == "q" * 600
+    assert session.conversation.messages[0].content == "q" * 600
 
 
 def test_compact_replaces_older_exchanges_only_once_confirmed(
@@ -305,3 +327,67 @@ def test_compact_needs_older_exchanges(commands: tuple[Session, Commands, io.Str
     _, run, _ = commands
     with pytest.raises(ChatError, match="nothing to compact: the conversation has 3 exchanges"):
         run.run("/compact 3")
+
+
+# -- what the user sees, in a real PTY ------------------------------------------------------
+
+
+@pytest.fixture
+def repl(
+    spawn_chat: Callable[..., pexpect.spawn], tmp_path: Path, fake: FakeServer
+) -> Iterator[pexpect.spawn]:
+    child = spawn_chat(env=chat_env(tmp_path, fake.url), timeout=30)
+    child.expect(PROMPT_READY)
+    yield child
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert exit_status(child) == 0
+
+
+def pty_ask(child: pexpect.spawn, text: str) -> str:
+    child.send(text + "\r")
+    child.expect(PROMPT_READY)
+    return " ".join(visible(child.before).split())
+
+
+def test_without_a_reported_context_the_footer_shows_no_share(repl: pexpect.spawn) -> None:
+    shown = pty_ask(repl, "hello")
+    assert "tok/s" in shown and "context" not in shown
+    shown = pty_ask(repl, "/trim")
+    assert "✗ the model's context length is unknown" in shown and "Traceback" not in shown
+    assert "Dropped the oldest exchange (2 messages)." in pty_ask(repl, "/trim 1")
+
+
+def test_a_400_for_the_context_is_one_line_naming_trim_and_compact(
+    repl: pexpect.spawn, tmp_path: Path
+) -> None:
+    pty_ask(repl, "hello")
+    repl.send("more @fault:http400ctx\r")
+    repl.expect(PROMPT_READY)
+    shown = " ".join(visible(repl.before).split())  # one message, wrapped to the terminal
+    assert shown.count("✗") == 1 and "Traceback" not in shown
+    assert "✗ the conversation no longer fits the model's context (400: This model's" in shown
+    assert "/trim drops the oldest turns, /compact summarises them; then /retry sends it" in shown
+    assert "[user] hello" in pty_ask(repl, "/history")  # the conversation is kept
+    assert "context " in pty_ask(repl, "hi again")  # the limit the error named, learnt
+
+
+def test_ctrl_c_during_the_summary_replaces_nothing(
+    repl: pexpect.spawn, fake: FakeServer, tmp_path: Path
+) -> None:
+    pty_ask(repl, "first")
+    pty_ask(repl, "second")
+    saved = conversations(tmp_path)[-1].read_text()
+    fake.state.scenario = "slow"  # streams "word " until the client hangs up
+    repl.send("/compact\r")
+    repl.expect_exact("Summary of the 1 older exchange")
+    repl.expect_exact("word word")
+    repl.sendintr()
+    repl.expect(PROMPT_READY)
+    shown = " ".join(visible(repl.before).split())
+    assert "✗ no summary (interrupted); nothing was replaced" in shown
+    assert "[y/N]" not in shown
+    assert conversations(tmp_path)[-1].read_text() == saved
+    fake.state.scenario = "usage"
+    history = pty_ask(repl, "/history")
+    assert "[user] first" in history and "[user] second" in history
