@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from chat_cli.conversation import Conversation, Message
 from chat_cli.errors import ChatError
@@ -115,19 +115,36 @@ def _enough(session: Session, groups: list[list[Message]]) -> int:
         )
     pending = [] if session.unsent is None else [Message("user", session.unsent)]
     max_tokens = session.sampling.max_tokens
-    for count in range(len(groups) + 1):
+    target = limit * TRIM_TARGET
+    everything = len(groups)
+
+    def request(count: int) -> list[dict[str, Any]]:
         kept = [m for group in groups[count:] for m in group] + pending
-        trimmed = Conversation(system=session.conversation.system, messages=kept)
-        needed = window.needed(trimmed.api_messages(), max_tokens, limit * TRIM_TARGET)
-        if needed <= limit * TRIM_TARGET or (count == len(groups) and needed <= limit):
-            return count
-    if pending:
+        return Conversation(system=session.conversation.system, messages=kept).api_messages()
+
+    # The estimate runs high, so the count it finds is enough; the server's tokenizer may
+    # find that fewer are, in a few requests.
+    room = window.room(max_tokens)
+    high = next(
+        (c for c in range(everything + 1) if window.used(request(c)) + room <= target),
+        everything + 1,
+    )
+    low = 0
+    while low < high:
+        middle = (low + high) // 2
+        if window.needed(request(middle), max_tokens, target) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    if high <= everything:
+        return high
+    needed = window.needed(request(everything), max_tokens, limit)
+    if needed > limit and pending:
         raise ChatError(
             f"the message that was not sent does not fit by itself (about {needed:,} tokens "
-            f"with {window.room(max_tokens):,} for the answer; the context holds {limit:,}): "
-            "shorten it"
+            f"with {room:,} for the answer; the context holds {limit:,}): shorten it"
         )
-    return len(groups)
+    return everything
 
 
 def compact(commands: Context, arg: str) -> None:

@@ -290,6 +290,24 @@ def test_trim_alone_drops_enough_for_the_waiting_question(
     assert session.conversation.messages[0].content == "q" * 600
 
 
+def test_trim_drops_fewer_when_the_servers_tokenizer_counts_fewer(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.state.scenario = "ok"  # no usage: nothing measured, all estimated or counted
+    window = ContextWindow(
+        MODEL, lambda _: context.Reported(exact=400), lambda _, text: len(text) // 5
+    )
+    session = session_of(fake, tmp_path, max_tokens=20)
+    session.window = window
+    for n in range(3):
+        ask(session, f"{n}" + "w" * 449)
+    assert window.used(session.conversation.api_messages()) + 20 > 300  # 75 % of 400
+    out = io.StringIO()
+    Commands(session, out, tmp_path).run("/trim")
+    # By the estimate (3 characters a token) two would go; counted (5), one is enough.
+    assert "Dropped the oldest exchange (2 messages)" in out.getvalue()
+
+
 def test_compact_replaces_older_exchanges_only_once_confirmed(
     commands: tuple[Session, Commands, io.StringIO], monkeypatch: pytest.MonkeyPatch
 ) -> None:
