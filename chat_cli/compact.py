@@ -9,6 +9,7 @@ as what it is, the answer to a request for one, so the roles still alternate.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from typing import IO, Any, Protocol
@@ -215,4 +216,27 @@ def _confirm(out: IO[str], question: str) -> bool:
     """y and Enter says yes; anything else, or Ctrl-D, no (Ctrl-C cancels the command)."""
     out.write(f"{question} [y/N] ")
     out.flush()
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
+    return _read_line(sys.stdin).strip().lower() in ("y", "yes")
+
+
+def _read_line(stdin: IO[str]) -> str:
+    """A line typed at the terminal, echoed and editable whatever mode the REPL left it in;
+    keys typed before the question (during the summary) answer nothing and are dropped."""
+    try:
+        import termios  # noqa: PLC0415 (POSIX only)
+    except ImportError:
+        return stdin.readline()
+    try:
+        fd = stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):
+        return stdin.readline()  # not a terminal
+    line_mode = list(saved)
+    line_mode[0] |= termios.ICRNL
+    line_mode[3] |= termios.ECHO | termios.ICANON | termios.ISIG
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, line_mode)
+        termios.tcflush(fd, termios.TCIFLUSH)
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -17,8 +17,10 @@ with those calls in one answer (each call's arguments streamed in 3-character pi
 the calls' pieces interleaved), then, once the last message is a tool result, with
 "tool said: RESULT / RESULT..."; `@fault:loop NAME ARGS` calls that tool in every answer.
 Bodies that are not a stream: html (a proxy's 200 page), whole_json (a whole completion
-although a stream was asked for). `token_delay` also delays a non-streamed answer, by as much
-as its tokens would take to stream.
+although a stream was asked for). The context window: `model_fields` (vLLM's max_model_len,
+llama-server's meta), `props` (llama-server's /props), `models_body` (an odd /v1/models),
+`tokenize_count` (/tokenize), `prompt_tokens` (the usage chunk's). `token_delay` also delays
+a non-streamed answer, by as much as its tokens would take to stream.
 """
 
 from __future__ import annotations

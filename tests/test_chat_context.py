@@ -390,6 +390,21 @@ def test_a_400_for_the_context_is_one_line_naming_trim_and_compact(
     assert "context " in pty_ask(repl, "hi again")  # the limit the error named, learnt
 
 
+def test_compact_asks_on_the_terminal_and_a_no_replaces_nothing(
+    repl: pexpect.spawn, tmp_path: Path
+) -> None:
+    pty_ask(repl, "first")
+    pty_ask(repl, "second")
+    saved = conversations(tmp_path)[-1].read_text()
+    repl.send("/compact\r")
+    repl.expect_exact("Replace the older exchange with this summary? [y/N] ")
+    assert "Hello **there**! This is a test answer." in visible(repl.before)  # shown first
+    repl.send("no\r")  # echoed, as typed, and Enter ends it
+    repl.expect_exact("no\r\n")
+    assert "Nothing replaced." in pty_ask(repl, "")
+    assert conversations(tmp_path)[-1].read_text() == saved
+
+
 def test_ctrl_c_during_the_summary_replaces_nothing(
     repl: pexpect.spawn, fake: FakeServer, tmp_path: Path
 ) -> None:

@@ -29,7 +29,8 @@ from tests.chat_support import (
     visible,
 )
 
-pytestmark = pytest.mark.embedded
+# A shared, loaded machine runs the 135M model at a few tokens a second: minutes, not seconds.
+pytestmark = [pytest.mark.embedded, pytest.mark.timeout(300)]
 
 STEP_S = 120  # a shared, loaded machine runs the 135M model at a few tokens a second
 FOOTER = re.compile(
