@@ -4,6 +4,7 @@ refused before they are sent, /trim and /compact; against the fault-injecting se
 from __future__ import annotations
 
 import io
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from chat_cli.errors import ChatError
 from chat_cli.render.plain import PlainRenderer, context_share
 from chat_cli.session import Session
 from tests.chat_support import (
+    CHAT,
     PROMPT_READY,
     chat_env,
     closed_port_url,
@@ -424,3 +426,18 @@ def test_ctrl_c_during_the_summary_replaces_nothing(
     fake.state.scenario = "usage"
     history = pty_ask(repl, "/history")
     assert "[user] first" in history and "[user] second" in history
+
+
+def test_a_one_shot_that_would_not_fit_is_one_line_naming_no_repl_command(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [*CHAT, "--context-length", "100", "--max-tokens", "10", "summarise: " + "w" * 600],
+        env=chat_env(tmp_path, fake.url), capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("chat: not sent: it would not fit the model's context")
+    assert result.stderr.endswith("; shorten the input or lower --max-tokens\n")
+    assert result.stderr.count("\n") == 1 and "/trim" not in result.stderr
+    assert fake.state.requests == []
