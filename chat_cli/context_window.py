@@ -84,12 +84,10 @@ class ContextWindow:
     def of_server(
         cls, base_url: str, api_key: str | None, model: str, configured: int | None
     ) -> ContextWindow:
-        return cls(
-            model,
-            lambda name: context.reported(base_url, api_key, name),
-            lambda name, text: context.count_tokens(base_url, api_key, name, text),
-            configured,
-        )
+        def lookup(name: str) -> context.Reported:
+            return context.reported(base_url, api_key, name)
+
+        return cls(model, lookup, context.Tokenizer(base_url, api_key).count, configured)
 
     @property
     def limit(self) -> int | None:

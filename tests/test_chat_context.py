@@ -142,10 +142,20 @@ def test_an_unreachable_or_failing_server_leaves_the_context_unknown(fake: FakeS
 
 
 def test_the_tokenizer_counts_when_the_server_has_one(fake: FakeServer) -> None:
-    assert context.count_tokens(fake.url + "/v1", None, MODEL, "some text") is None
     fake.state.tokenize_count = 3
-    assert context.count_tokens(fake.url + "/v1", None, MODEL, "some text") == 3
-    assert fake.state.tokenized[-1] == "some text"
+    tokenizer = context.Tokenizer(fake.url + "/v1", None)
+    assert tokenizer.count(MODEL, "some text") == 3
+    assert tokenizer.count(MODEL, "more text") == 3
+    assert fake.state.tokenized == ["some text", "more text"]  # vLLM's form answered at once
+
+
+def test_a_server_without_a_tokenizer_is_asked_once(fake: FakeServer) -> None:
+    tokenizer = context.Tokenizer(fake.url + "/v1", None)
+    assert tokenizer.count(MODEL, "some text") is None
+    assert len(fake.state.tokenized) == len(context.Tokenizer.VARIANTS)  # each form, once
+    fake.state.tokenize_count = 3
+    assert tokenizer.count(MODEL, "some text") is None
+    assert len(fake.state.tokenized) == len(context.Tokenizer.VARIANTS)
 
 
 # -- refused before sending -----------------------------------------------------------------

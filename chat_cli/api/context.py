@@ -4,7 +4,7 @@ vLLM puts `max_model_len` on each model of /v1/models. llama.cpp's llama-server 
 model's training context in `meta.n_ctx_train` there, and the context it really runs with
 (often smaller, per slot) in /props. llama-cpp-python's server tells neither: None, and chat
 falls back to its `context_length` setting. Counting asks the server's tokenizer: /tokenize
-(vLLM, llama-server) or /extras/tokenize/count (llama-cpp-python).
+(vLLM, llama-server, each with its own field) or /extras/tokenize/count (llama-cpp-python).
 
 Every answer that is not what was expected (an error, a timeout, another shape) is None:
 the context is then shown as unknown, and nothing else changes.
@@ -20,7 +20,6 @@ from chat_cli.api.transport import Timeout, TransportError, headers
 from mixvllm_common.http_client import request
 
 LOOKUP_TIMEOUT_S = 5.0
-TOKENIZE_PATHS = ("/tokenize", "/extras/tokenize/count")
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,40 @@ def reported(base_url: str, api_key: str | None, model: str) -> Reported:
     return Reported(exact=exact, trained=_positive(meta.get("n_ctx_train")))
 
 
-def count_tokens(base_url: str, api_key: str | None, model: str, text: str) -> int | None:
-    """`text`'s tokens by the server's tokenizer; None when it has none that answers."""
-    # One body for all three: each server reads its own field and ignores the others.
-    body = {"model": model, "prompt": text, "content": text, "input": text,
-            "add_special_tokens": False}  # fmt: skip
-    for path in TOKENIZE_PATHS:
-        data = _get_json(root(base_url) + path, api_key, body)
+class Tokenizer:
+    """The server's tokenizer, through the first endpoint that answers; once one has, only
+    it is asked, and once none has, none is asked again."""
+
+    # (path, the field that holds the text): vLLM, llama-server, llama-cpp-python.
+    VARIANTS = (("/tokenize", "prompt"), ("/tokenize", "content"),
+                ("/extras/tokenize/count", "input"))  # fmt: skip
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.root = root(base_url)
+        self.api_key = api_key
+        self._untried = list(self.VARIANTS)
+        self._found: tuple[str, str] | None = None
+
+    def count(self, model: str, text: str) -> int | None:
+        """`text`'s tokens, without the special ones; None when no endpoint answers."""
+        if self._found is not None:
+            return self._ask(self._found, model, text)
+        while self._untried:
+            variant = self._untried.pop(0)
+            counted = self._ask(variant, model, text)
+            if counted is not None:
+                self._found = variant
+                return counted
+        return None
+
+    def _ask(self, variant: tuple[str, str], model: str, text: str) -> int | None:
+        path, field = variant
+        body = {"model": model, field: text, "add_special_tokens": False}
+        data = _get_json(self.root + path, self.api_key, body)
         if not isinstance(data, dict):
-            continue
+            return None
         count = data.get("count")
-        if isinstance(count, int) and count >= 0:
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             return count
         tokens = data.get("tokens")
-        if isinstance(tokens, list):
-            return len(tokens)
-    return None
+        return len(tokens) if isinstance(tokens, list) else None
