@@ -244,6 +244,23 @@ def test_a_400_for_context_length_names_trim_and_compact_and_keeps_the_conversat
     assert session.window is not None and session.window.limit == 2048  # learnt from it
 
 
+@pytest.mark.parametrize(
+    ("error", "learnt"),
+    [
+        ("This model's maximum context length is 2048 tokens. However, you requested 4100", 2048),
+        ("Requested tokens (5000) exceed context window of 4096", 4096),  # llama-cpp-python
+        ("the request exceeds the available context size, try increasing it", None),
+    ],
+)
+def test_a_context_error_that_names_the_length_teaches_it(error: str, learnt: int | None) -> None:
+    window = ContextWindow(MODEL, lambda _: context.Reported(), lambda _, __: None)
+    window.learn(error)
+    assert window.limit == learnt
+    known = ContextWindow(MODEL, lambda _: context.Reported(exact=8192), lambda _, __: None)
+    known.learn(error)
+    assert known.limit == 8192  # what the server reports stays
+
+
 # -- /trim and /compact ---------------------------------------------------------------------
 
 
