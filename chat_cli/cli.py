@@ -20,6 +20,7 @@ from chat_cli.api.client import ChatClient, Sampling
 from chat_cli.attach import Attachment
 from chat_cli.config import Config
 from chat_cli.connecting import connect, server_key
+from chat_cli.context_window import ContextWindow
 from chat_cli.errors import (
     EXIT_INTERRUPTED,
     ChatError,
@@ -126,6 +127,7 @@ def _converse(
         tools=toolbox if config.tools else None,
         tool_view=view,
         on_exchange=recorder.record if recorder is not None else None,
+        window=ContextWindow.of_server(base_url, config.api_key, model, config.context_length),
     )
     session.role = config.role.name if config.role is not None else None
     session.server = config.server
@@ -335,9 +337,12 @@ def one_shot(
                 show_reasoning=not config.hide_reasoning,
                 footer=True,
                 page_marks=page.enabled(os.environ, tty),
+                context_limit=limit,
             )
         # plain text needs no rich console (and not its import time)
-        return PlainRenderer(out, footer=tty, styled=tty)
+        return PlainRenderer(out, footer=tty, styled=tty, context_limit=limit)
+
+    limit = session.window.limit if tty and session.window is not None else None
 
     session.ask(question, fresh(), fresh, attached)
     return 0 if not _interrupted(session) else EXIT_INTERRUPTED

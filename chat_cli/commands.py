@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chat_cli import attach, chats, clipboard
+from chat_cli import attach, chats, clipboard, compact
 from chat_cli import conversation as conv_mod
 from chat_cli.attach import Attachment
 from chat_cli.command_help import help_lines
@@ -361,6 +361,8 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("/download", "PATH", "a download link on the page (browser)", Commands.download),
         Command("/undo", "", "drop the last question and answer", Commands.undo),
+        Command("/trim", "[N]", "drop the oldest exchanges until it fits", compact.trim),
+        Command("/compact", "[N]", "summarise all but the last N exchanges", compact.compact),
         Command("/history", "", "show the conversation", Commands.history),
         Command("/save", "[NAME|FILE]", "name this chat, or export it (.md, .json)", Commands.save),
         Command("/load", "NAME|FILE", "open a saved conversation", Commands.load),

@@ -136,6 +136,11 @@ OPTIONS: tuple[Option, ...] = (
         "answer length limit in tokens", "N", shown_default="server's",
     ),
     Option("seed", ("--seed",), ("CHAT_SEED",), _whole(), None, "sampling seed", "N"),
+    Option(
+        "context_length", ("--context-length",), ("CHAT_CONTEXT_LENGTH",), _whole(1), None,
+        "the model's context in tokens, for a server that does not report it", "N",
+        shown_default="the server's (vLLM, llama.cpp's llama-server)",
+    ),
     _flag("completions", "--completions", "raw `/v1/completions` (no chat template)"),
     _flag("no_stream", "--no-stream", "wait for the whole answer instead of streaming it"),
     _flag("plain", "--plain", "plain text, no markdown rendering"),
@@ -227,6 +232,7 @@ class Config:
     top_p: float | None
     max_tokens: int | None
     seed: int | None
+    context_length: int | None
     completions: bool
     stream: bool
     plain: bool

@@ -65,11 +65,27 @@ class NoModels(ChatError):
         super().__init__(f"the model server at {url} serves no models (/v1/models is empty)")
 
 
+FIT_HINT = "/trim drops the oldest turns, /compact summarises them; then /retry sends it"
+
+
 class ContextTooLong(ChatError):
     def __init__(self, detail: str) -> None:
         super().__init__(
             f"the conversation no longer fits the model's context (400: {detail})",
-            "use /clear or /undo, or lower max_tokens",
+            FIT_HINT,
+            "shorten the input or lower --max-tokens",
+        )
+        self.detail = detail
+
+
+class WontFit(ChatError):
+    """Not sent: chat's own count says the server would refuse it."""
+
+    def __init__(self, needed: int, limit: int, room: int) -> None:
+        super().__init__(
+            f"not sent: it would not fit the model's context (about {needed:,} tokens with "
+            f"{room:,} for the answer; the context holds {limit:,})",
+            FIT_HINT,
             "shorten the input or lower --max-tokens",
         )
 

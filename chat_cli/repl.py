@@ -304,4 +304,5 @@ class Repl:
             show_reasoning=self.show_reasoning,
             footer=True,
             page_marks=self.page_marks,
+            context_limit=self.session.window.limit if self.session.window else None,
         )

@@ -21,6 +21,7 @@ from chat_cli.render.plain import Renderer
 from chat_cli.streaming import StreamLoop
 
 if TYPE_CHECKING:
+    from chat_cli.context_window import ContextWindow
     from chat_cli.tools.loop import ToolView
     from chat_cli.tools.toolbox import Toolbox
 
@@ -75,8 +76,10 @@ class Session:
         tools: Toolbox | None = None,
         tool_view: ToolView | None = None,
         on_exchange: Callable[[Exchanged], None] | None = None,
+        window: ContextWindow | None = None,
     ) -> None:
-        """`tools`: None when no tools are configured; they need a `tool_view` to show them."""
+        """`tools`: None when no tools are configured; they need a `tool_view` to show them.
+        `window`: refuses a request that would not fit the model's context."""
         if tools is not None and tool_view is None:
             raise ValueError("a session with tools needs a tool view")
         self.client = client
@@ -92,6 +95,7 @@ class Session:
         self.tool_view = tool_view
         self.answers: list[Answer] = []  # the last question's, one per round
         self.on_exchange = on_exchange  # called once per question, however it ended
+        self.window = window
         # Recorded with each exchange; chat_cli.switching changes them.
         self.role: str | None = None
         self.server = "default"  # the name of the server `client` talks to
@@ -99,6 +103,8 @@ class Session:
     def set_sampling(self, **changes: Any) -> None:
         self.sampling = replace(self.sampling, **changes)
         self.conversation.model = self.sampling.model
+        if "model" in changes and self.window is not None:
+            self.window.model_changed(self.sampling.model)
 
     def ask(
         self,
@@ -168,6 +174,7 @@ class Session:
     def _exchange(self, question: str | None, renderer: Renderer, first_round: bool) -> Answer:
         """One request and its answer; `question` is the user's text in the first round."""
         messages = self.conversation.api_messages()
+        self._check_fits(messages, question)
         tools = None
         if self.tools is not None and not self.completions:
             tools = self.tools.request_params(first_round)
@@ -199,10 +206,16 @@ class Session:
             except errors.StreamFailed as err:
                 failure = err
                 note = INCOMPLETE
+            except errors.ContextTooLong as err:
+                failure = err
+                if self.window is not None:
+                    self.window.learn(err.detail)
             except ChatError as err:
                 failure = err
             # A reader abandoned after Ctrl-C may still run, but it writes to nothing of ours.
-            answer.end(prompt_chars(messages), loop.ended_at)
+            # Without usage from the server, the window's estimate counts the template too.
+            estimate = self.window.used(messages) if self.window is not None else None
+            answer.end(prompt_chars(messages), loop.ended_at, prompt_tokens=estimate)
             # Keep what the screen shows: the end of the answer may have been left undrawn.
             answer.drop_text_tail(loop.undrawn)
             if note is None and failure is None and answer.finish_reason == "length":
@@ -220,6 +233,18 @@ class Session:
         if not kept_calls:
             answer.drop_calls()  # cut short: the calls are not whole, nothing is run
         return answer
+
+    def _check_fits(self, messages: list[dict[str, Any]], question: str | None) -> None:
+        """Refuse a request that would not fit, rather than have the server refuse it."""
+        if self.window is None:
+            return
+        short = self.window.shortfall(messages, self.sampling.max_tokens)
+        if short is None:
+            return
+        if question is not None:  # kept for /retry, as a message whose request failed
+            self.unsent = self.conversation.messages.pop()
+            self.conversation.autosave()
+        raise errors.WontFit(short.needed, short.limit, short.room)
 
     def _save_in_progress(self, answer: Answer) -> None:
         """Autosave the answer so far, so a closed terminal or a kill loses at most a second."""
@@ -258,6 +283,8 @@ class Session:
             # and it is in the input history.
             self.unsent = self.conversation.messages.pop()
         self.conversation.autosave()
+        if self.window is not None and (answer.text or calls):
+            self.window.measured(self.conversation.api_messages(), answer)
         return bool(calls)
 
     def retry(self) -> Message | None:

@@ -17,8 +17,10 @@ with those calls in one answer (each call's arguments streamed in 3-character pi
 the calls' pieces interleaved), then, once the last message is a tool result, with
 "tool said: RESULT / RESULT..."; `@fault:loop NAME ARGS` calls that tool in every answer.
 Bodies that are not a stream: html (a proxy's 200 page), whole_json (a whole completion
-although a stream was asked for). `token_delay` also delays a non-streamed answer, by as much
-as its tokens would take to stream.
+although a stream was asked for). The context window: `model_fields` (vLLM's max_model_len,
+llama-server's meta), `props` (llama-server's /props), `models_body` (an odd /v1/models),
+`tokenize_count` (/tokenize), `prompt_tokens` (the usage chunk's). `token_delay` also delays
+a non-streamed answer, by as much as its tokens would take to stream.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ class FakeState:
     # Answer with `Connection: close`, as some proxies and servers do: http.client then lets
     # go of the connection's socket.
     connection_close: bool = False
+    # Added to each model of /v1/models: vLLM's {"max_model_len": N}, llama-server's "meta".
+    model_fields: dict[str, Any] = field(default_factory=dict)
+    props: dict[str, Any] | None = None  # llama-server's GET /props; None: 404
+    models_body: Any = None  # when set, /v1/models answers it as is (a string: not JSON)
+    tokenize_count: int | None = None  # POST /tokenize answers {"count": N}; None: 404
+    tokenized: list[str] = field(default_factory=list)  # the texts /tokenize was asked for
+    prompt_tokens: int = 7  # what a usage chunk reports
 
 
 def tokens(text: str) -> list[str]:
@@ -94,7 +103,9 @@ def chunk(delta: dict[str, Any], finish: str | None = None, completions: bool = 
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def sse_body(answer: str, *, usage: bool = False, completions: bool = False) -> bytes:
+def sse_body(
+    answer: str, *, usage: bool = False, completions: bool = False, prompt_tokens: int = 7
+) -> bytes:
     parts = [chunk({"role": "assistant", "content": ""}, completions=completions)]
     pieces = tokens(answer)
     parts += [chunk({"content": p}, completions=completions) for p in pieces]
@@ -106,7 +117,11 @@ def sse_body(answer: str, *, usage: bool = False, completions: bool = False) -> 
             "created": 0,
             "model": MODEL,
             "choices": [],
-            "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 0},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(pieces),
+                "total_tokens": 0,
+            },
         }
         parts.append(b"data: " + json.dumps(body).encode() + b"\n\n")
     parts.append(b"data: [DONE]\n\n")
@@ -153,14 +168,33 @@ class Handler(BaseHTTPRequestHandler):
             if time.monotonic() < self.state.loading_until:
                 self._json(503, {"error": {"message": "Loading model", "code": 503}})
                 return
-            data = [{"id": m, "object": "model", "owned_by": "test"} for m in self.state.models]
+            body = self.state.models_body
+            if isinstance(body, str):
+                self._raw(200, "text/plain", body.encode())
+                return
+            if body is not None:
+                self._json(200, body)
+                return
+            data = [
+                {"id": m, "object": "model", "owned_by": "test", **self.state.model_fields}
+                for m in self.state.models
+            ]
             self._json(200, {"object": "list", "data": data})
+        elif self.path == "/props" and self.state.props is not None:
+            self._json(200, self.state.props)
         else:
             self._json(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         request = json.loads(self.rfile.read(length) or b"{}")
+        if self.path in ("/tokenize", "/extras/tokenize/count"):
+            self.state.tokenized.append(request.get("prompt", ""))
+            if self.state.tokenize_count is None:
+                self._json(404, {"detail": "Not Found"})
+            else:
+                self._json(200, {"count": self.state.tokenize_count})
+            return
         self.state.requests.append(request)
         if not self._authorized():
             return
@@ -323,9 +357,13 @@ class Handler(BaseHTTPRequestHandler):
             self.state.release.wait(60)
             scenario = "ok"
         if scenario in ("ok", "usage") and not self.state.token_delay:
-            self._send(
-                sse_body(self.state.answer, usage=scenario == "usage", completions=completions)
+            body = sse_body(
+                self.state.answer,
+                usage=scenario == "usage",
+                completions=completions,
+                prompt_tokens=self.state.prompt_tokens,
             )
+            self._send(body)
             self._send(b"")
             return
         self._send(chunk({"role": "assistant", "content": ""}, completions=completions))

@@ -209,7 +209,7 @@ def test_an_answer_without_finish_reason_is_incomplete(
     ("fault", "error_type", "expected"),
     [
         ("http401", errors.AuthFailed, "VLLM_API_KEY"),
-        ("http400ctx", errors.ContextTooLong, "/clear"),
+        ("http400ctx", errors.ContextTooLong, "/trim drops the oldest turns, /compact"),
         ("empty_ctx", errors.ContextTooLong, "maximum context length is 2048"),
         ("http500", errors.ServerFailed, "500 Internal Server Error: engine crashed"),
         ("http502", errors.ServerFailed, "failed (502 Bad Gateway); try /retry"),

@@ -51,8 +51,8 @@ def ask(session: Session, text: str) -> None:
 # The commands docs/chat.md promises users, written out here rather than read from COMMANDS.
 PROMISED_COMMANDS = [
     "/help", "/clear", "/system", "/model", "/role", "/roles", "/server", "/set", "/retry",
-    "/file", "/download", "/undo", "/history", "/save", "/load", "/chats", "/search", "/stats",
-    "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
+    "/file", "/download", "/undo", "/trim", "/compact", "/history", "/save", "/load", "/chats",
+    "/search", "/stats", "/copy", "/reasoning", "/tools", "/last-tool", "/exit",
 ]  # fmt: skip
 
 

@@ -99,11 +99,15 @@ class Answer:
             self.done = True
         # ServerError: the client raises it; the answer keeps what came before
 
-    def end(self, prompt_chars: int, at: float | None = None) -> None:
-        """Stamp the end; estimate the usage if the server sent none."""
+    def end(
+        self, prompt_chars: int, at: float | None = None, *, prompt_tokens: int | None = None
+    ) -> None:
+        """Stamp the end; estimate the usage if the server sent none (`prompt_tokens`: a
+        better estimate of the prompt's than its characters make)."""
         self.ended_at = time.monotonic() if at is None else at
         if self.usage is None:
-            self.usage = Usage(estimate_tokens(prompt_chars), self.chunks, True)
+            prompt = estimate_tokens(prompt_chars) if prompt_tokens is None else prompt_tokens
+            self.usage = Usage(prompt, self.chunks, True)
 
     def drop_text_tail(self, chars: int) -> None:
         """Forget the last `chars` characters of the text (they were never drawn)."""

@@ -23,7 +23,13 @@ from rich.cells import cell_len, get_character_cell_size
 
 from chat_cli.api.answer import Answer
 from chat_cli.render.blocks import Blocks
-from chat_cli.render.plain import PlainRenderer, Renderer, footer_text, reasoning_summary
+from chat_cli.render.plain import (
+    PlainRenderer,
+    Renderer,
+    answer_share,
+    footer_text,
+    reasoning_summary,
+)
 from mixvllm_common.terminal_text import visible
 
 if TYPE_CHECKING:
@@ -61,8 +67,10 @@ class MarkdownRenderer:
         refresh_s: float = 0.08,
         footer: bool = True,
         page_marks: bool = False,
+        context_limit: int | None = None,
     ) -> None:
         self.console = console
+        self.context_limit = context_limit
         self.page_marks = page_marks  # code blocks carry the browser page's copy markers
         self.live = console.is_terminal if live is None else live
         self.show_reasoning = show_reasoning
@@ -146,7 +154,7 @@ class MarkdownRenderer:
         if note:
             suffix += self._styled(f"[{note}]", "yellow")
         if self.footer and answer.first_token_at is not None:
-            suffix += self._styled(footer_text(answer), "dim")
+            suffix += self._footer(answer)
         self._emit(suffix, tail=False)
         self._active = False
         if self._cursor_hidden:
@@ -183,6 +191,19 @@ class MarkdownRenderer:
     def _styled(self, text: str, style: str) -> str:
         with self.console.capture() as capture:
             self.console.print(text, style=style, markup=False, highlight=False)
+        return capture.get()
+
+    def _footer(self, answer: Answer) -> str:
+        from rich.text import Text  # noqa: PLC0415 (loaded with rich.markdown already)
+
+        line = Text(footer_text(answer), style="dim")
+        share = answer_share(answer, self.context_limit)
+        if share is not None:
+            text, level = share
+            line.append(" · ", style="dim")
+            line.append(text, style={"warn": "yellow", "full": "red"}.get(level or "", "dim"))
+        with self.console.capture() as capture:
+            self.console.print(line, highlight=False)
         return capture.get()
 
     def _close_reasoning(self) -> str:
@@ -371,9 +392,14 @@ def make_renderer(
     show_reasoning: bool,
     footer: bool,
     page_marks: bool = False,
+    context_limit: int | None = None,
 ) -> Renderer:
     if markdown:
         return MarkdownRenderer(
-            console, show_reasoning=show_reasoning, footer=footer, page_marks=page_marks
+            console,
+            show_reasoning=show_reasoning,
+            footer=footer,
+            page_marks=page_marks,
+            context_limit=context_limit,
         )
-    return PlainRenderer(out, footer=footer, styled=out.isatty())
+    return PlainRenderer(out, footer=footer, styled=out.isatty(), context_limit=context_limit)

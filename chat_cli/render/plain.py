@@ -3,6 +3,7 @@ the plain-text renderer (pipes, `--plain`, `--json`: no Rich import)."""
 
 from __future__ import annotations
 
+import math
 from typing import IO, Protocol
 
 from chat_cli.api.answer import Answer
@@ -10,8 +11,11 @@ from mixvllm_common.terminal_text import visible
 
 DIM = "\x1b[2m"
 YELLOW = "\x1b[33m"
+RED = "\x1b[31m"
 RESET = "\x1b[0m"
 NO_VALUE = "\N{EN DASH}"
+WARN_SHARE = 0.75  # the context's share shown in yellow from here, in red from FULL_SHARE
+FULL_SHARE = 0.90
 
 
 def footer_text(answer: Answer) -> str:
@@ -31,6 +35,28 @@ def footer_text(answer: Answer) -> str:
         )
     parts.append(f"{answer.elapsed:.1f} s")
     return " · ".join(parts)
+
+
+def context_share(tokens: int, limit: int, *, approx: bool) -> tuple[str, str | None]:
+    """`context 1,234/4,096 (30 %)` and its level: "full" from 90 %, "warn" from 75 %."""
+    share = tokens / limit
+    level = "full" if share >= FULL_SHARE else "warn" if share >= WARN_SHARE else None
+    mark = "~" if approx else ""
+    return f"context {mark}{tokens:,}/{limit:,} ({percent(share)})", level
+
+
+def percent(share: float) -> str:
+    # Floored, as the levels are: 89.9 % reads 89 %, as it is below the red line.
+    return f"{math.floor(share * 100)} %"
+
+
+def answer_share(answer: Answer, limit: int | None) -> tuple[str, str | None] | None:
+    """The share of the context the request and its answer took; None: unknown."""
+    if limit is None or answer.usage is None:
+        return None
+    usage = answer.usage
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    return context_share(tokens, limit, approx=usage.estimated)
 
 
 def reasoning_summary(reasoning: str) -> str:
@@ -59,10 +85,13 @@ class PlainRenderer:
     """The deltas as they come, controls made visible: for pipes, --plain and --json (whose
     JSON has the exact text). Reasoning never reaches `out`."""
 
-    def __init__(self, out: IO[str], *, footer: bool, styled: bool) -> None:
+    def __init__(
+        self, out: IO[str], *, footer: bool, styled: bool, context_limit: int | None = None
+    ) -> None:
         self.out = out
         self.footer = footer
         self.styled = styled
+        self.context_limit = context_limit
         self.live = False
         self._ends_with_newline = True
 
@@ -91,7 +120,13 @@ class PlainRenderer:
         if note:
             lines.append(self._style(f"[{note}]", YELLOW))
         if self.footer and answer.first_token_at is not None:
-            lines.append(self._style(footer_text(answer), DIM))
+            line = self._style(footer_text(answer), DIM)
+            share = answer_share(answer, self.context_limit)
+            if share is not None:
+                text, level = share
+                colour = {"warn": YELLOW, "full": RED}.get(level or "", DIM)
+                line += self._style(" · ", DIM) + self._style(text, colour)
+            lines.append(line)
         text = "" if self._ends_with_newline else "\n"
         if lines:
             text += "\n".join(lines) + "\n"
