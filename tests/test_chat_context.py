@@ -195,7 +195,8 @@ def test_a_question_that_would_not_fit_is_not_sent_and_waits_for_retry(
     assert "the context holds 200" in line and "20 for the answer" in line
     assert "/trim" in line and "/compact" in line and "/retry" in line
     assert session.conversation.messages == before
-    assert session.retry_text() == "and now a longer question " * 4
+    waiting = session.retry()
+    assert waiting is not None and waiting.content == "and now a longer question " * 4
 
 
 def test_the_servers_tokenizer_has_the_last_word_on_a_close_call(
@@ -315,7 +316,9 @@ def test_trim_alone_drops_enough_for_the_waiting_question(
     run.run("/trim")
     said = out.getvalue()
     assert "Dropped the 3 oldest exchanges" in said and "/retry sends" in said
-    ask(session, session.retry_text() or "")
+    waiting = session.retry()
+    assert waiting is not None
+    ask(session, waiting.content)
     assert session.conversation.messages[0].content == "q" * 600
 
 
