@@ -28,6 +28,7 @@ REFUSALS = {
     "proxy": "Sign in through the team's proxy: this address may not reach the server directly.",
     "user": "No valid user name from the proxy: sign in again.",
     "account": "This account may not use the terminal.",
+    "admin": "Admins only: this account may not use the admin page.",
 }
 
 

@@ -23,9 +23,12 @@ from mixvllm_common.options import (
     add_to_parser,
     boolean,
     integer,
+    number,
     resolve,
 )
 from mixvllm_common.state import state_dir
+
+from .team import admins, limits
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
 AUTH_MODES = ("token", "proxy")
@@ -71,6 +74,12 @@ class Config:
     min_uid: int = 1000  # accounts below it (root, system accounts) never log in
     max_user_sessions: int = 8  # per user, with --auth proxy
     audit_log: Path | None = None  # JSON lines (team/audit.py); None: not kept
+    # -- admins and per-user limits (team/admins.py, team/limits.py) --
+    admin_users: tuple[str, ...] = ()  # with --auth token the owner is the admin
+    admin_groups: tuple[str, ...] = ()
+    user_max_processes: int = 1024  # RLIMIT_NPROC of a team user's sessions; 0: none
+    user_max_memory: int = 0  # bytes per user (cgroup v2) or per process (rlimit); 0: none
+    user_idle_timeout: float = 0.0  # seconds without input before a session ends; 0: never
 
     @property
     def is_loopback(self) -> bool:
@@ -198,6 +207,24 @@ OPTIONS: tuple[Option, ...] = (
          "none with `token`"),
     _opt("max_user_sessions", integer(1, 10_000, "a number"), 8,
          "with `--auth proxy`: sessions per user at most", metavar="N"),
+    # -- admins and per-user limits (team/admins.py, team/limits.py) --
+    _opt("admin_users", admins.parse_names, "",
+         "with a team `--auth`: comma-separated users who may open the admin page "
+         "(with `token` the owner is the admin)", metavar="NAMES"),
+    _opt("admin_groups", admins.parse_names, "",
+         "with a team `--auth`: comma-separated groups (Unix, or the login's) whose members "
+         "are admins", metavar="GROUPS"),
+    _opt("user_max_processes", integer(0, 10_000_000, "a number"), 1024,
+         "with a team `--auth`, sessions as users' accounts: processes per user "
+         "(`RLIMIT_NPROC`, counting all of the account's processes); `0`: no limit",
+         metavar="N"),
+    _opt("user_max_memory", limits.parse_size, 0,
+         "with a team `--auth`, sessions as users' accounts: memory per user (`4G`, `512M`): "
+         "a cgroup v2 per user when the server may create cgroups, else `RLIMIT_DATA` per "
+         "process; `0`: no limit", metavar="SIZE"),
+    _opt("user_idle_timeout", number(-1e-9, 1e9, "seconds, 0 or more"), 0.0,
+         "seconds without input after which a session ends even with a tab open (for a team: "
+         "a tab left open overnight); `0`: never", metavar="SECONDS"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -324,4 +351,9 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         min_uid=v["min_uid"],
         max_user_sessions=v["max_user_sessions"],
         audit_log=_audit_path(v["audit_log"], v["auth"], env),
+        admin_users=v["admin_users"] or (),  # the default is ""
+        admin_groups=v["admin_groups"] or (),
+        user_max_processes=v["user_max_processes"],
+        user_max_memory=v["user_max_memory"],
+        user_idle_timeout=v["user_idle_timeout"],
     )

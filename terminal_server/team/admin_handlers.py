@@ -1,0 +1,123 @@
+"""The admin page and its API: `admin` (the page), `api/admin/state` (JSON: users, sessions,
+usage), `api/admin/end?session=ID` and `api/admin/revoke?session=ID` (POST).
+
+Admins only (admins.py): anyone else gets 403, and the refusal goes to the audit log, as does
+every action. Actions reach any user's session, so they are looked up by id alone; they come
+from the page's own origin only (a cross-site form cannot post them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import web
+
+from ..auth import guard, refuse, same_origin
+from ..context import Context
+from ..handlers import GuardedHandler, GuardedStaticHandler
+from ..terminals import SESSION_ID_RE, Session
+from . import admin_view
+from .admins import is_admin
+
+log = logging.getLogger("mixvllm.terminal")
+
+
+class _AdminOnly(web.RequestHandler):
+    """The guard, then the admin check; a refusal is logged and audited."""
+
+    ctx: Context
+
+    def authorized(self) -> bool:
+        if not guard(self, self.ctx):
+            return False
+        user = self.current_user
+        if not is_admin(self.ctx.config, user, self.login_groups()):
+            self.ctx.audit.record("admin_refused", user, path=self.request.path)
+            refuse(self, self.ctx, "admin")
+            return False
+        if self.request.method not in ("GET", "HEAD") and not same_origin(self.ctx, self.request):
+            refuse(self, self.ctx, "origin")
+            return False
+        return True
+
+    def login_groups(self) -> tuple[str, ...]:
+        """The groups the request's login brought (an OIDC claim); none without a login."""
+        return ()
+
+
+class AdminPageHandler(_AdminOnly, GuardedHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish((self.ctx.static_dir / "admin.html").read_bytes())
+
+
+class AdminStaticHandler(_AdminOnly, GuardedStaticHandler):
+    pass
+
+
+class AdminStateHandler(_AdminOnly, GuardedHandler):
+    def initialize(self, ctx: Context, scan: admin_view.ProcessScan) -> None:  # type: ignore[override]
+        super().initialize(ctx)
+        self.scan = scan
+
+    async def get(self) -> None:
+        ctx = self.ctx
+        sessions = [
+            (s, None if (share := ctx.shares.of(s)) is None else share.viewers)
+            for s in list(ctx.manager.sessions.values())
+            if not s.closed
+        ]
+        usage = await self.scan.usage(s.proc.pid for s, _ in sessions)
+        logged_in = {s.owner: 0 for s, _ in sessions}  # proxy mode: who has sessions
+        body = admin_view.build(sessions, usage, logged_in, {}, self.current_user)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+class AdminActionHandler(_AdminOnly, GuardedHandler):
+    """POST `api/admin/<action>?session=ID`."""
+
+    max_body_bytes = 4096  # none is read; room for a form's token
+
+    def _session(self) -> Session:
+        session_id = self.get_query_argument("session", "")
+        session = self.ctx.manager.sessions.get(session_id)
+        if not SESSION_ID_RE.match(session_id) or session is None or session.closed:
+            raise web.HTTPError(404)
+        return session
+
+    async def post(self, action: str) -> None:
+        session = self._session()
+        if action == "end":
+            log.info("session %s of %s ended by admin %s", session.id, session.owner,
+                     self.current_user)  # fmt: skip
+            self.ctx.audit.record("admin_end_session", self.current_user, session=session.id,
+                                  owner=session.owner)  # fmt: skip
+            await session.close("admin")
+        else:
+            share = self.ctx.shares.of(session)
+            if share is None:
+                raise web.HTTPError(404)
+            share.revoke()
+            log.info("session %s: share revoked by admin %s", session.id, self.current_user)
+            self.ctx.audit.record("admin_revoke_share", self.current_user, session=session.id,
+                                  owner=session.owner)  # fmt: skip
+        self.set_status(204)
+        self.finish()
+
+
+def admin_routes(ctx: Context) -> list[Any]:
+    base = ctx.config.base_path
+    kw: dict[str, Any] = {"ctx": ctx}
+    return [
+        (base + "admin", AdminPageHandler, kw),
+        (base + "api/admin/state", AdminStateHandler, {"scan": admin_view.ProcessScan(), **kw}),
+        (base + r"api/admin/(end|revoke)", AdminActionHandler, kw),
+        (
+            base + r"static/(admin\.js|admin\.css)",
+            AdminStaticHandler,
+            {"path": str(ctx.static_dir), **kw},
+        ),
+    ]
