@@ -6,7 +6,7 @@
   const POLL_MS = 3000;
   const CONFIRM_MS = 4000;  // a destructive button asks again, once, for this long
   const status = document.getElementById("status");
-  const csrf = document.querySelector('meta[name="csrf-token"]');
+  const csrf = document.querySelector('meta[name="mixvllm-csrf"]');
   let armedButtons = 0;  // while one asks "end?", the table is not redrawn under the pointer
   let heldUntil = 0;  // an action's outcome stays on the status line this long
 

@@ -572,7 +572,7 @@
     if (!sessionId) return;
     try {
       const response = await fetch(`api/share?session=${encodeURIComponent(sessionId)}`, {
-        method, cache: "no-store", credentials: "same-origin",
+        method, cache: "no-store", credentials: "same-origin", headers: csrfHeaders(),
       });
       if (response.status === 204) renderShare(null);
       else if (response.ok) renderShare(await response.json());
@@ -760,6 +760,24 @@
     clearTimeout(reconnectTimer);
     connect();
   });
+  // -- login modes (--auth pam|oidc): the CSRF token the server put in the page, logout ---
+  function csrfHeaders() {
+    const meta = document.querySelector('meta[name="mixvllm-csrf"]');
+    return meta ? { "X-CSRF-Token": meta.content } : {};
+  }
+  const logoutButton = document.getElementById("logout");
+  const loginUser = document.querySelector('meta[name="mixvllm-user"]');
+  if (loginUser) {
+    logoutButton.hidden = false;
+    logoutButton.title = `Log out ${loginUser.content} (your sessions keep running)`;
+    logoutButton.addEventListener("click", async () => {
+      try {
+        await fetch("logout", { method: "POST", credentials: "same-origin", headers: csrfHeaders() });
+      } finally {
+        location.href = "login";
+      }
+    });
+  }
   document.getElementById("new-session").addEventListener("click", () => {
     const url = new URL(location.href);
     url.searchParams.delete("session");

@@ -34,6 +34,8 @@ from .handlers import (
     TermSocket,
     log_request,
 )
+from .login.logins import LoginStore
+from .login.routes import login_routes
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
@@ -72,6 +74,7 @@ def make_app(ctx: Context) -> web.Application:
     ]
     routes += share_routes(ctx)
     routes += admin_routes(ctx)  # team/: the admin page and its API
+    routes += login_routes(ctx)  # login/: the login page, logout (--auth pam|oidc)
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
     return web.Application(
@@ -98,6 +101,7 @@ def make_context(
         shares=make_registry(config.flow_window),
         gate=Gate(limits, metrics),
         audit=audit,
+        logins=LoginStore(config.login_max_age, config.login_idle, config.max_logins),
     )
 
 
@@ -131,7 +135,7 @@ def public_url(ctx: Context) -> str:
         host = f"[{host}]"
     url = cfg.public_url or f"{cfg.scheme}://{host}:{cfg.port}{cfg.base_path}"
     # Print the token only when we generated it; a configured one is the operator's secret.
-    if ctx.token is not None and cfg.token is None:
+    if ctx.token is not None and cfg.token is None and not ctx.login:
         url += f"?token={ctx.token}"
     return url
 
@@ -155,10 +159,11 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             session_user.check_can_switch(session_user.lookup(config.session_user))
         except session_user.SessionUserError as exc:
             raise StartupError(str(exc)) from exc
-    if config.auth == "proxy" and os.geteuid() != 0:
+    if config.team and os.geteuid() != 0:
         log.warning(
-            "--auth proxy without root: sessions run as %s, not as each user's account; only "
+            "--auth %s without root: sessions run as %s, not as each user's account; only "
             "the routes keep users apart (docs/team.md#what-is-isolated)",
+            config.auth,
             config.session_user or "the server's user",
         )
     ssl_ctx = _ssl_context(config)

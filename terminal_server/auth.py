@@ -15,6 +15,8 @@ from tornado import http1connection, httputil, web
 from . import identity
 from .config import is_loopback_host
 from .context import Context
+from .login.cookies import login_cookie
+from .login.csrf import SAFE_METHODS, check_csrf
 
 log = logging.getLogger("mixvllm.terminal")
 
@@ -29,6 +31,8 @@ REFUSALS = {
     "user": "No valid user name from the proxy: sign in again.",
     "account": "This account may not use the terminal.",
     "admin": "Admins only: this account may not use the admin page.",
+    "login": "Log in first: open the login page.",
+    "csrf": "Missing or wrong CSRF token: reload the page and try again.",
 }
 
 
@@ -109,6 +113,8 @@ def guard(handler: web.RequestHandler, ctx: Context) -> bool:
     if not host_allowed(ctx, request):
         refuse(handler, ctx, "host")
         return False
+    if ctx.login:
+        return login_guard(handler, ctx)
     if ctx.team and not identity.peer_trusted(ctx.config, request.remote_ip):
         sent = ctx.config.proxy_user_header in request.headers
         log.warning(
@@ -128,6 +134,31 @@ def guard(handler: web.RequestHandler, ctx: Context) -> bool:
         log.warning("%s from %s: %s", request.path, request.remote_ip, exc.detail)
         refuse(handler, ctx, exc.reason)
         return False
+    admit(handler, ctx)
+    return True
+
+
+def login_guard(handler: web.RequestHandler, ctx: Context) -> bool:
+    """`--auth pam|oidc`: the user of a live login cookie; a page without one is sent to the
+    login page, anything else gets 401. A state-changing request needs the login's CSRF
+    token, except on routes that read it from their form body (`csrf_in_body`)."""
+    request = handler.request
+    login = ctx.logins.lookup(login_cookie(handler, ctx))
+    if login is None:
+        if getattr(handler, "login_page", False) and request.method in SAFE_METHODS:
+            ctx.metrics.rejected["login"] += 1
+            handler.redirect(ctx.config.base_path + "login?" + urlencode({"next": request.uri}))
+        else:
+            refuse(handler, ctx, "login", 401)
+        return False
+    if (
+        request.method not in SAFE_METHODS
+        and not getattr(handler, "csrf_in_body", False)
+        and not check_csrf(handler, ctx)
+    ):
+        refuse(handler, ctx, "csrf")
+        return False
+    handler.current_user = login.user
     admit(handler, ctx)
     return True
 

@@ -31,7 +31,9 @@ from mixvllm_common.state import state_dir
 from .team import admins, limits
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
-AUTH_MODES = ("token", "proxy")
+AUTH_MODES = ("token", "proxy", "pam")  # login/oidc.py adds "oidc"
+LOGIN_MODES = ("pam", "oidc")  # users log in on the login page (terminal_server/login/)
+TEAM_MODES = ("proxy", *LOGIN_MODES)  # many users, each with sessions of their own
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -74,12 +76,28 @@ class Config:
     min_uid: int = 1000  # accounts below it (root, system accounts) never log in
     max_user_sessions: int = 8  # per user, with --auth proxy
     audit_log: Path | None = None  # JSON lines (team/audit.py); None: not kept
+    # -- logins (--auth pam|oidc; terminal_server/login/) --
+    login_max_age: float = 12 * 3600.0  # seconds a login lasts at most
+    login_idle: float = 3600.0  # seconds a login lasts without a request
+    max_logins: int = 1000  # logins kept at once; past it the least recently used one ends
+    pam_service: str = "mixvllm"
+    allowed_users: frozenset[str] = frozenset()  # empty: any account with uid >= min_uid
+    allowed_groups: frozenset[str] = frozenset()
     # -- admins and per-user limits (team/admins.py, team/limits.py) --
     admin_users: tuple[str, ...] = ()  # with --auth token the owner is the admin
     admin_groups: tuple[str, ...] = ()
     user_max_processes: int = 1024  # RLIMIT_NPROC of a team user's sessions; 0: none
     user_max_memory: int = 0  # bytes per user (cgroup v2) or per process (rlimit); 0: none
     user_idle_timeout: float = 0.0  # seconds without input before a session ends; 0: never
+
+    @property
+    def team(self) -> bool:
+        return self.auth in TEAM_MODES
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Users reach the server over https (its own TLS, or a TLS proxy's public URL)."""
+        return self.certfile is not None or (self.public_url or "").startswith("https:")
 
     @property
     def is_loopback(self) -> bool:
@@ -128,6 +146,16 @@ def _header_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
         raise ValueError("must be a header name (letters, digits, dashes)")
     return text
+
+
+def _pam_service(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", text):
+        raise ValueError("must be a file name in /etc/pam.d")
+    return text
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in text.split(",") if p.strip())
 
 
 def _networks(text: str) -> tuple[IPNetwork, ...]:
@@ -190,15 +218,17 @@ OPTIONS: tuple[Option, ...] = (
          "server's environment or signal it; needs root or the capabilities SETUID, SETGID, "
          "KILL and CHOWN", metavar="NAME", shown_default="the server's user"),
     _opt("auth", _auth_mode, "token",
-         "who may log in: `token` (one owner holding the token) or `proxy` (users named by "
-         "a trusted reverse proxy's header; see docs/team.md)", metavar="MODE"),
+         "who may log in: `token` (one owner holding the token), `proxy` (users named by "
+         "a trusted reverse proxy's header) or `pam` (the box's Unix accounts on a login "
+         "page); see docs/team.md", metavar="MODE"),
     _opt("proxy_user_header", _header_name, "X-Forwarded-User",
          "with `--auth proxy`: the header that carries the user name", metavar="NAME"),
     _opt("trusted_proxies", str, "127.0.0.0/8,::1/128",
          "with `--auth proxy`: comma-separated addresses or CIDRs the user header is "
          "accepted from; from any other address it is refused and logged", metavar="CIDRS"),
     _opt("min_uid", integer(0, 2**31, "a uid"), 1000,
-         "with `--auth proxy`: accounts below this uid (root, system accounts) never log in",
+         "in team modes (`--auth proxy|pam|oidc`): accounts below this uid (root, system "
+         "accounts) never log in",
          metavar="UID"),
     _opt("audit_log", str, None,
          "append logins, session starts and ends, shares, exports and quota refusals "
@@ -206,7 +236,27 @@ OPTIONS: tuple[Option, ...] = (
          shown_default="`audit.jsonl` in the state directory with a team `--auth` mode, "
          "none with `token`"),
     _opt("max_user_sessions", integer(1, 10_000, "a number"), 8,
-         "with `--auth proxy`: sessions per user at most", metavar="N"),
+         "in team modes: sessions per user at most", metavar="N"),
+    # -- logins (terminal_server/login/) --
+    _opt("login_max_age", float, 12 * 3600.0,
+         "with `--auth pam|oidc`: seconds a login lasts at most; then the user logs in again",
+         metavar="SECONDS"),
+    _opt("login_idle", float, 3600.0,
+         "with `--auth pam|oidc`: seconds a login lasts without a request (an open terminal "
+         "tab counts only when it connects)", metavar="SECONDS"),
+    _opt("max_logins", integer(1, 1_000_000, "a number"), 1000,
+         "with `--auth pam|oidc`: logins kept at once; past it the least recently used ends",
+         metavar="N"),
+    _opt("pam_service", _pam_service, "mixvllm",
+         "with `--auth pam`: the PAM service (`/etc/pam.d/NAME`); deploy/pam.d/mixvllm "
+         "includes common-auth and common-account", metavar="NAME"),
+    _opt("allowed_users", str, "",
+         "with `--auth pam|oidc`: comma-separated user names that may log in; with "
+         "`--allowed-groups` empty too, any account with a uid of at least `--min-uid`",
+         metavar="NAMES"),
+    _opt("allowed_groups", str, "",
+         "with `--auth pam|oidc`: comma-separated groups whose members may log in",
+         metavar="GROUPS"),
     # -- admins and per-user limits (team/admins.py, team/limits.py) --
     _opt("admin_users", admins.parse_names, "",
          "with a team `--auth`: comma-separated users who may open the admin page "
@@ -274,8 +324,10 @@ def _check(v: Mapping[str, Any]) -> None:
 
 
 def _check_auth(v: Mapping[str, Any]) -> None:
-    if v["auth"] == "proxy" and v["no_auth"]:
-        raise ConfigError("--auth proxy and --no-auth exclude each other")
+    if v["auth"] in TEAM_MODES and v["no_auth"]:
+        raise ConfigError(f"--auth {v['auth']} and --no-auth exclude each other")
+    if v["login_max_age"] <= 0 or v["login_idle"] <= 0:
+        raise ConfigError("--login-max-age and --login-idle must be positive")
     if v["auth"] == "proxy" and not v["token"]:
         # Any local process can reach a loopback proxy address: the proxy proves itself.
         raise ConfigError(
@@ -351,6 +403,12 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         min_uid=v["min_uid"],
         max_user_sessions=v["max_user_sessions"],
         audit_log=_audit_path(v["audit_log"], v["auth"], env),
+        login_max_age=v["login_max_age"],
+        login_idle=v["login_idle"],
+        max_logins=v["max_logins"],
+        pam_service=v["pam_service"],
+        allowed_users=_names(v["allowed_users"]),
+        allowed_groups=_names(v["allowed_groups"]),
         admin_users=v["admin_users"] or (),  # the default is ""
         admin_groups=v["admin_groups"] or (),
         user_max_processes=v["user_max_processes"],

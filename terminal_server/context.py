@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
+from .config import LOGIN_MODES, Config
 from .gate import Gate
+from .login.logins import LoginStore
 from .metrics import Metrics
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
@@ -30,12 +31,18 @@ class Context:
     gate: Gate = field(default_factory=Gate)  # connections that have not authenticated yet
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
+    logins: LoginStore = field(default_factory=lambda: LoginStore(12 * 3600.0, 3600.0))
 
     @property
     def team(self) -> bool:
-        """Users named by a trusted proxy (`--auth proxy`); a handler's `current_user` is the
-        request's user (auth.guard sets it), and only the session's owner reaches a session."""
-        return self.config.auth == "proxy"
+        """Many users (`--auth proxy|pam|oidc`); a handler's `current_user` is the request's
+        user (auth.guard sets it), and only the session's owner reaches a session."""
+        return self.config.team
+
+    @property
+    def login(self) -> bool:
+        """Users log in on the login page and carry a login cookie (`--auth pam|oidc`)."""
+        return self.config.auth in LOGIN_MODES
 
     @property
     def cookie_name(self) -> str:

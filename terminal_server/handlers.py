@@ -26,6 +26,7 @@ from .auth import (
     token_ok,
 )
 from .context import Context
+from .login.csrf import login_meta
 from .metrics import Metrics
 from .processes import SessionStartError
 from .session_user import SessionUserError
@@ -128,6 +129,8 @@ class GuardedHandler(_Guarded):
 
 
 class PageHandler(GuardedHandler):
+    login_page = True  # without a login (--auth pam|oidc): sent to the login page
+
     def authorized(self) -> bool:
         # A ?token= is swapped for a cookie and dropped from the address bar (not behind a
         # proxy: there the proxy sends the token, users never see it).
@@ -138,7 +141,10 @@ class PageHandler(GuardedHandler):
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish((self.ctx.static_dir / "index.html").read_bytes())
+        page = (self.ctx.static_dir / "index.html").read_bytes()
+        if self.ctx.login:  # the page's CSRF token and user, for its requests and logout
+            page = page.replace(b"</head>", login_meta(self, self.ctx) + b"</head>", 1)
+        self.finish(page)
 
 
 class GuardedStaticHandler(_Guarded, web.StaticFileHandler):

@@ -45,7 +45,7 @@ class SessionManager:
         self.limits = UserLimits.build(
             config.user_max_processes,
             config.user_max_memory,
-            may_switch=config.auth != "token" and os.geteuid() == 0,
+            may_switch=config.team and os.geteuid() == 0,
         )
         self.sessions: dict[str, Session] = {}
         self.user = session_user.lookup(config.session_user) if config.session_user else None
@@ -82,9 +82,9 @@ class SessionManager:
         return session
 
     def user_for(self, owner: str) -> session_user.SessionUser | None:
-        """The account `owner`'s sessions run as: their own with --auth proxy when the server
+        """The account `owner`'s sessions run as: their own in team modes when the server
         may switch users (root), else --session-user's, else the server's (None)."""
-        if self.config.auth == "proxy" and os.geteuid() == 0:
+        if self.config.team and os.geteuid() == 0:
             return session_user.login(owner, self.config.min_uid)
         return self.user
 
@@ -98,7 +98,7 @@ class SessionManager:
             raise SessionLimitError(
                 f"session limit reached ({self.config.max_sessions}); close a tab and retry"
             )
-        team = self.config.auth == "proxy"
+        team = self.config.team
         cap = self.config.max_user_sessions
         owned = sum(s.owner == owner for s in self.sessions.values())
         if team and owned + self._starting_for[owner] >= cap:

@@ -59,8 +59,9 @@ def share_guard(handler: web.RequestHandler, ctx: Context) -> Share | None:
     if not host_allowed(ctx, handler.request):
         refuse(handler, ctx, "host")
         return None
-    if ctx.team and not identity.peer_trusted(ctx.config, handler.request.remote_ip):
-        refuse(handler, ctx, "proxy")  # in team mode everyone comes through the proxy
+    proxied = ctx.config.auth == "proxy"
+    if proxied and not identity.peer_trusted(ctx.config, handler.request.remote_ip):
+        refuse(handler, ctx, "proxy")  # behind a proxy everyone comes through it
         return None
     share = ctx.shares.find(handler.get_cookie(cookie_name(ctx)))
     if share is None:

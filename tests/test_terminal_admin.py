@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from mixvllm_common.names import EXPORT_ENV, EXPORT_MARKDOWN
 from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
+from terminal_server.login.cookies import login_cookie_name
 from terminal_server.reaper import usage_by_session
 from terminal_server.team.admins import is_admin
 from tests.support import wait_for, wait_for_async
@@ -114,6 +116,9 @@ def test_the_state_shows_the_sessions_with_their_processes() -> None:
             # The busy shell holds 40 MiB and has burnt some CPU.
             busy.type("x=$(head -c 41943040 /dev/zero | tr '\\0' a); echo HELD${#x}\r")
             await busy.expect("HELD41943040", 20)
+            started = srv.ctx.manager.sessions[busy.session_id].started_at
+            await wait_for_async(lambda: time.monotonic() - started >= 0.5, 5, "half a second")
+            busy.type("\r")  # input: its idle time starts again, its age goes on
             shared = await srv.fetch(
                 f"api/share?session={busy.session_id}", srv.auth_headers(), method="POST", body=""
             )
@@ -127,7 +132,7 @@ def test_the_state_shows_the_sessions_with_their_processes() -> None:
             assert row["user"] == "owner" and row["attached"] and row["shared"]
             assert row["rss_bytes"] > 40 << 20
             assert row["processes"] == 1 and row["cpu_s"] > 0
-            assert row["idle_s"] < row["age_s"] < 60
+            assert row["idle_s"] + 0.4 < row["age_s"] < 60
             assert rows[idle.session_id]["attached"] is False
             assert rows[idle.session_id]["shared"] is False
             (user,) = state["users"]
@@ -280,3 +285,38 @@ def test_usage_counts_every_process_of_a_kernel_session() -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         wait_for(lambda: not usage_by_session([proc.pid])[proc.pid].processes, 10, "gone")
+
+
+# -- with logins (--auth pam|oidc): the login's groups, who is logged in, CSRF ---------------
+def test_with_logins_the_groups_a_login_brought_make_an_admin_and_actions_need_csrf(
+    tmp_path: Path,
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+
+    async def body() -> None:
+        async with running_server(auth="pam", admin_groups=("ops",), audit_log=audit) as srv:
+
+            def as_login(cookie: str) -> dict[str, str]:
+                return {"Cookie": f"{login_cookie_name(srv.ctx)}={cookie}"}
+
+            alice = as_login(srv.ctx.logins.start("alice", "oidc", groups=("ops", "ml")))
+            bob = as_login(srv.ctx.logins.start("bob", "oidc", groups=("ml",)))
+            srv.ctx.logins.start("bob", "pam")  # a second browser
+            page = await srv.fetch("admin", alice)
+            assert page.code == 200
+            match = re.search(rb'<meta name="mixvllm-csrf" content="([^"]+)">', page.body)
+            assert match is not None
+            assert (await srv.fetch("admin", bob)).code == 403
+            assert (await srv.fetch("admin")).code == 302  # no login: to the login page
+
+            state = json.loads((await srv.fetch("api/admin/state", alice)).body)
+            assert {u["name"]: u["logins"] for u in state["users"]} == {"alice": 1, "bob": 2}
+
+            end = "api/admin/end?session=AAAAAAAAAAAA"
+            refused = await srv.fetch(end, alice, method="POST", body="")
+            assert (refused.code, refused.body.decode().strip()) == (403, REFUSALS["csrf"])
+            csrf = {**alice, "X-CSRF-Token": match.group(1).decode()}
+            assert (await srv.fetch(end, csrf, method="POST", body="")).code == 404  # passed
+
+    run(body)
+    assert [e["user"] for e in _events(audit, "admin_refused")] == ["bob"]

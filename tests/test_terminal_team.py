@@ -55,7 +55,7 @@ def test_token_mode_is_the_default_and_proxy_mode_is_built_from_the_option_table
     ("argv", "message"),
     [
         (["--auth", "proxy"], "needs a configured token"),
-        (["--auth", "pam"], "must be one of token, proxy"),
+        (["--auth", "ldap"], "must be one of token, proxy, pam"),
         (["--auth", "proxy", "--trusted-proxies", "10.0.0.300/8"], "CIDR"),
         (["--auth", "proxy", "--trusted-proxies", " , "], "at least one"),
         (["--auth", "proxy", "--proxy-user-header", "X: y"], "header name"),

@@ -3,7 +3,8 @@ usage), `api/admin/end?session=ID` and `api/admin/revoke?session=ID` (POST).
 
 Admins only (admins.py): anyone else gets 403, and the refusal goes to the audit log, as does
 every action. Actions reach any user's session, so they are looked up by id alone; they come
-from the page's own origin only (a cross-site form cannot post them).
+from the page's own origin only (a cross-site form cannot post them), and in login modes with
+the login's CSRF token (the guard checks it, login/csrf.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from tornado import web
 from ..auth import guard, refuse, same_origin
 from ..context import Context
 from ..handlers import GuardedHandler, GuardedStaticHandler
+from ..login.cookies import login_cookie
+from ..login.csrf import login_meta
 from ..terminals import SESSION_ID_RE, Session
 from . import admin_view
 from .admins import is_admin
@@ -44,13 +47,21 @@ class _AdminOnly(web.RequestHandler):
 
     def login_groups(self) -> tuple[str, ...]:
         """The groups the request's login brought (an OIDC claim); none without a login."""
-        return ()
+        if not self.ctx.login:
+            return ()
+        login = self.ctx.logins.lookup(login_cookie(self, self.ctx))
+        return login.groups if login is not None else ()
 
 
 class AdminPageHandler(_AdminOnly, GuardedHandler):
+    login_page = True  # without a login (--auth pam|oidc): sent to the login page
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish((self.ctx.static_dir / "admin.html").read_bytes())
+        page = (self.ctx.static_dir / "admin.html").read_bytes()
+        if self.ctx.login:  # the CSRF token its actions send back
+            page = page.replace(b"</head>", login_meta(self, self.ctx) + b"</head>", 1)
+        self.finish(page)
 
 
 class AdminStaticHandler(_AdminOnly, GuardedStaticHandler):
@@ -70,7 +81,8 @@ class AdminStateHandler(_AdminOnly, GuardedHandler):
             if not s.closed
         ]
         usage = await self.scan.usage(s.proc.pid for s, _ in sessions)
-        logged_in = {s.owner: 0 for s, _ in sessions}  # proxy mode: who has sessions
+        # Behind a proxy there are no logins here: users with sessions are who is on.
+        logged_in = ctx.logins.users() if ctx.login else {}
         body = admin_view.build(sessions, usage, logged_in, {}, self.current_user)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
