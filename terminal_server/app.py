@@ -37,6 +37,7 @@ from .handlers import (
 from .login.logins import LoginStore
 from .login.routes import login_routes
 from .metrics import Metrics
+from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
 from .sessions import SessionManager
@@ -102,6 +103,7 @@ def make_context(
         gate=Gate(limits, metrics),
         audit=audit,
         logins=LoginStore(config.login_max_age, config.login_idle, config.max_logins),
+        usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
 
 

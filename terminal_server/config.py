@@ -23,12 +23,11 @@ from mixvllm_common.options import (
     add_to_parser,
     boolean,
     integer,
-    number,
     resolve,
 )
 from mixvllm_common.state import state_dir
 
-from .team import admins, limits
+from .team import options as team_options
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
 AUTH_MODES = ("token", "proxy", "pam")  # login/oidc.py adds "oidc"
@@ -89,6 +88,11 @@ class Config:
     user_max_processes: int = 1024  # RLIMIT_NPROC of a team user's sessions; 0: none
     user_max_memory: int = 0  # bytes per user (cgroup v2) or per process (rlimit); 0: none
     user_idle_timeout: float = 0.0  # seconds without input before a session ends; 0: never
+    # The model pass-through of the team modes (model_proxy/).
+    user_model_concurrency: int = 4
+    user_daily_tokens: int = 0  # 0: no quota
+    model_concurrency: int = 64
+    model_usage_file: Path | None = None  # None: usage kept in memory only
 
     @property
     def team(self) -> bool:
@@ -257,24 +261,18 @@ OPTIONS: tuple[Option, ...] = (
     _opt("allowed_groups", str, "",
          "with `--auth pam|oidc`: comma-separated groups whose members may log in",
          metavar="GROUPS"),
-    # -- admins and per-user limits (team/admins.py, team/limits.py) --
-    _opt("admin_users", admins.parse_names, "",
-         "with a team `--auth`: comma-separated users who may open the admin page "
-         "(with `token` the owner is the admin)", metavar="NAMES"),
-    _opt("admin_groups", admins.parse_names, "",
-         "with a team `--auth`: comma-separated groups (Unix, or the login's) whose members "
-         "are admins", metavar="GROUPS"),
-    _opt("user_max_processes", integer(0, 10_000_000, "a number"), 1024,
-         "with a team `--auth`, sessions as users' accounts: processes per user "
-         "(`RLIMIT_NPROC`, counting all of the account's processes); `0`: no limit",
+    *team_options.OPTIONS,  # admins and per-user limits (team/options.py)
+    # The model pass-through of the team modes (model_proxy/, docs/team.md).
+    _opt("user_model_concurrency", integer(1, 1000, "a number"), 4,
+         "with a team `--auth` mode: model requests at once per user; one more gets 429",
          metavar="N"),
-    _opt("user_max_memory", limits.parse_size, 0,
-         "with a team `--auth`, sessions as users' accounts: memory per user (`4G`, `512M`): "
-         "a cgroup v2 per user when the server may create cgroups, else `RLIMIT_DATA` per "
-         "process; `0`: no limit", metavar="SIZE"),
-    _opt("user_idle_timeout", number(-1e-9, 1e9, "seconds, 0 or more"), 0.0,
-         "seconds without input after which a session ends even with a tab open (for a team: "
-         "a tab left open overnight); `0`: never", metavar="SECONDS"),
+    _opt("user_daily_tokens", integer(0, 10**12, "a number"), 0,
+         "with a team `--auth` mode: prompt and completion tokens per user per day (reset at "
+         "local midnight, kept across restarts); a request past it gets 429; `0`: no quota",
+         metavar="N"),
+    _opt("model_concurrency", integer(1, 100_000, "a number"), 64,
+         "with a team `--auth` mode: model requests at once through the server, all users "
+         "together; one more gets 503", metavar="N"),
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -409,9 +407,9 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         pam_service=v["pam_service"],
         allowed_users=_names(v["allowed_users"]),
         allowed_groups=_names(v["allowed_groups"]),
-        admin_users=v["admin_users"] or (),  # the default is ""
-        admin_groups=v["admin_groups"] or (),
-        user_max_processes=v["user_max_processes"],
-        user_max_memory=v["user_max_memory"],
-        user_idle_timeout=v["user_idle_timeout"],
+        **team_options.values(v),
+        user_model_concurrency=v["user_model_concurrency"],
+        user_daily_tokens=v["user_daily_tokens"],
+        model_concurrency=v["model_concurrency"],
+        model_usage_file=None if v["auth"] == "token" else state_dir(env) / "model-usage.json",
     )

@@ -10,6 +10,7 @@ from .config import LOGIN_MODES, Config
 from .gate import Gate
 from .login.logins import LoginStore
 from .metrics import Metrics
+from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
 from .shares import ShareRegistry
@@ -32,6 +33,7 @@ class Context:
     sockets: set[WebSocketHandler] = field(default_factory=set)  # open terminal sockets
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
     logins: LoginStore = field(default_factory=lambda: LoginStore(12 * 3600.0, 3600.0))
+    usage: Usage = field(default_factory=Usage)  # each user's model usage (model_proxy/)
 
     @property
     def team(self) -> bool:

@@ -28,6 +28,7 @@ from .auth import (
 from .context import Context
 from .login.csrf import login_meta
 from .metrics import Metrics
+from .model_proxy.usage import metric_lines
 from .processes import SessionStartError
 from .session_user import SessionUserError
 from .sessions import SessionLimitError
@@ -189,14 +190,15 @@ class ModelStatusHandler(GuardedHandler):
 class MetricsHandler(GuardedHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(
-            self.ctx.metrics.render(
-                sessions=len(self.ctx.manager.sessions),
-                clients=self.ctx.manager.clients(),
-                version=__version__,
-                max_sessions=self.ctx.config.max_sessions,
-            )
+        text = self.ctx.metrics.render(
+            sessions=len(self.ctx.manager.sessions),
+            clients=self.ctx.manager.clients(),
+            version=__version__,
+            max_sessions=self.ctx.config.max_sessions,
         )
+        if self.ctx.team:  # a `user` label only where there are users
+            text += "\n".join(metric_lines(self.ctx.usage.snapshot())) + "\n"
+        self.finish(text)
 
 
 class TermSocket(_Guarded, WebSocketHandler):

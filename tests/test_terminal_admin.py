@@ -320,3 +320,20 @@ def test_with_logins_the_groups_a_login_brought_make_an_admin_and_actions_need_c
 
     run(body)
     assert [e["user"] for e in _events(audit, "admin_refused")] == ["bob"]
+
+
+def test_the_state_carries_each_users_token_usage() -> None:
+    async def body() -> None:
+        async with running_server(auth="proxy", admin_users=("alice",)) as srv:
+            for user, prompt, completion in (("bob", 120, 30), ("bob", 5, 7), ("carol", 1, 2)):
+                srv.ctx.usage.started(user)
+                srv.ctx.usage.finished(user, prompt, completion)
+            srv.ctx.usage.started("carol")  # one still streaming
+            state = json.loads((await srv.fetch("api/admin/state", _as("alice"))).body)
+            tokens = {u["name"]: u["tokens"] for u in state["users"]}
+            assert tokens.keys() == {"bob", "carol"}  # no sessions: from the usage alone
+            assert (tokens["bob"]["prompt_today"], tokens["bob"]["completion_total"]) == (125, 37)
+            assert (tokens["bob"]["requests"], tokens["carol"]["active"]) == (2, 1)
+            assert state["usage_counted"] is True
+
+    run(body)

@@ -83,7 +83,8 @@ class AdminStateHandler(_AdminOnly, GuardedHandler):
         usage = await self.scan.usage(s.proc.pid for s, _ in sessions)
         # Behind a proxy there are no logins here: users with sessions are who is on.
         logged_in = ctx.logins.users() if ctx.login else {}
-        body = admin_view.build(sessions, usage, logged_in, {}, self.current_user)
+        tokens = ctx.usage.snapshot()  # model_proxy/usage.py: user -> UserUsage
+        body = admin_view.build(sessions, usage, logged_in, tokens, self.current_user)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
