@@ -490,6 +490,13 @@
   function onClose(event) {
     ws = null;
     if (VIEWER && viewerClosed(event)) return;
+    if (document.querySelector('meta[name="mixvllm-csrf"]')) {
+      // Login modes: a socket refused (401, seen as 1006) after logout or expiry: if the page
+      // now answers with the login page's redirect, go there instead of reconnecting.
+      fetch(location.href, { cache: "no-store", credentials: "same-origin", redirect: "manual" })
+        .then((r) => { if (r.type === "opaqueredirect") location.reload(); })
+        .catch(() => {});
+    }
     if (event.code === CLOSE.SESSION_ENDED) { ended("Session ended."); return; }
     if (event.code === CLOSE.TAKEN_OVER) {
       showOverlay("This session was opened in another tab.", "Use it here", connect);

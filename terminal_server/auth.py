@@ -159,6 +159,7 @@ def login_guard(handler: web.RequestHandler, ctx: Context) -> bool:
         refuse(handler, ctx, "csrf")
         return False
     handler.current_user = login.user
+    handler.login = login  # type: ignore[attr-defined]  # logout closes this login's sockets
     admit(handler, ctx)
     return True
 

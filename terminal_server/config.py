@@ -246,8 +246,9 @@ OPTIONS: tuple[Option, ...] = (
          "with `--auth pam|oidc`: seconds a login lasts at most; then the user logs in again",
          metavar="SECONDS"),
     _opt("login_idle", float, 3600.0,
-         "with `--auth pam|oidc`: seconds a login lasts without a request (an open terminal "
-         "tab counts only when it connects)", metavar="SECONDS"),
+         "with `--auth pam|oidc`: seconds a login lasts without a request (an open page "
+         "asks for the model's status every few seconds: it keeps its login)",
+         metavar="SECONDS"),
     _opt("max_logins", integer(1, 1_000_000, "a number"), 1000,
          "with `--auth pam|oidc`: logins kept at once; past it the least recently used ends",
          metavar="N"),

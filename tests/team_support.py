@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import require
-from tests.support import free_port, wait_for
-from tests.terminal_support import server_process
+from tests.support import free_port, wait_for, wait_for_async
+from tests.terminal_support import ROOT, Client, server_process
 
 NGINX = "/usr/sbin/nginx"
 PROXY_SOURCE = "127.0.0.2"  # nginx connects from here: the one trusted proxy address
@@ -43,12 +44,31 @@ def require_namespaces() -> None:
     require(shutil.which("unshare") is not None, "unshare (util-linux)")
 
 
+def _shadow_hash(password: str) -> str:
+    return subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password,
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def _pam_dir(etc: Path, service: str) -> None:
+    """A copy of /etc/pam.d with `service` as the project ships it (deploy/pam.d/mixvllm)."""
+    shutil.copytree("/etc/pam.d", etc / "pam.d", symlinks=True)
+    shutil.copy(ROOT / "deploy" / "pam.d" / "mixvllm", etc / "pam.d" / service)
+
+
 @contextlib.contextmanager
-def throwaway_accounts(names: Sequence[str], first_uid: int = 2001) -> Iterator[
-    tuple[list[Account], list[str]]
-]:  # fmt: skip
-    """Accounts (homes 0700 under a temporary folder) and the prefix that runs a command in
-    a mount namespace where they exist. Everything is removed afterwards."""
+def throwaway_accounts(
+    names: Sequence[str],
+    first_uid: int = 2001,
+    *,
+    system: Sequence[str] = (),
+    pam_service: str | None = None,
+) -> Iterator[tuple[list[Account], list[str]]]:
+    """Accounts (homes 0700 under a temporary folder; their passwords hashed in the shadow
+    file, as `passwd` writes them) and the prefix that runs a command in a mount namespace
+    where they exist. `system` accounts get uids below 1000; `pam_service` adds that PAM
+    service to the namespace's /etc/pam.d. Everything is removed afterwards."""
     require_namespaces()
     root = Path(tempfile.mkdtemp(prefix="mixvllm-team-"))
     try:
@@ -57,8 +77,10 @@ def throwaway_accounts(names: Sequence[str], first_uid: int = 2001) -> Iterator[
         passwd = Path("/etc/passwd").read_text()
         group = Path("/etc/group").read_text()
         shadow = Path("/etc/shadow").read_text() if Path("/etc/shadow").exists() else ""
-        for i, name in enumerate(names):
-            uid = first_uid + i
+        people = [(name, first_uid + i) for i, name in enumerate(names)]
+        for i, name in enumerate(system):
+            people.append((name, 901 + i))
+        for name, uid in people:
             home = root / "home" / name
             home.mkdir(parents=True)
             os.chown(home, uid, uid)
@@ -66,7 +88,7 @@ def throwaway_accounts(names: Sequence[str], first_uid: int = 2001) -> Iterator[
             accounts.append(Account(name, uid, f"pw-{name}-0123", home))
             passwd += f"{name}:x:{uid}:{uid}:{name}:{home}:/bin/bash\n"
             group += f"{name}:x:{uid}:\n"
-            shadow += f"{name}:!:20000:0:99999:7:::\n"
+            shadow += f"{name}:{_shadow_hash(accounts[-1].password)}:20000:0:99999:7:::\n"
         # A shared supplementary group, so the session's groups can be checked.
         group += f"team:x:{first_uid + 100}:{','.join(names)}\n"
         etc = root / "etc"
@@ -74,9 +96,11 @@ def throwaway_accounts(names: Sequence[str], first_uid: int = 2001) -> Iterator[
         for file, text in (("passwd", passwd), ("group", group), ("shadow", shadow)):
             (etc / file).write_text(text)
         (etc / "shadow").chmod(0o600)
-        mounts = " && ".join(
-            f"mount --bind {etc / f} /etc/{f}" for f in ("passwd", "group", "shadow")
-        )
+        files = ["passwd", "group", "shadow"]
+        if pam_service is not None:
+            _pam_dir(etc, pam_service)
+            files.append("pam.d")
+        mounts = " && ".join(f"mount --bind {etc / f} /etc/{f}" for f in files)
         prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                   f'{mounts} && exec "$@"', "sh"]  # fmt: skip
         yield accounts, prefix
@@ -165,6 +189,18 @@ def team_stack(token: str, *args: str) -> Iterator[TeamStack]:
                 yield TeamStack(proxy_port, port, proc.pid, *accounts, Path(log.name))
 
 
+async def say(client: Client, command: str, marker: str) -> str:
+    """Run `command`, which prints `MARKER<value>`; return the value (the echoed command line
+    has `MARKER<$(...)>` or `MARKER<\\1>`, which the pattern skips)."""
+    start = len(client.output)
+    client.type(command + "\r")
+    pattern = re.compile(rf"{marker}<([^<>$\\]*)>")
+    await wait_for_async(lambda: pattern.search(client.output, start), 10, marker)
+    match = pattern.search(client.output, start)
+    assert match is not None
+    return match.group(1)
+
+
 NGINX_CONF = """
 daemon off;
 user root;
@@ -199,3 +235,40 @@ http {{
     }}
 }}
 """
+
+
+@dataclass(frozen=True)
+class PamStack:
+    url: str  # the server, straight: users log in on its login page
+    server_pid: int
+    alice: Account
+    bob: Account
+    carol: Account  # for the throttle, so the others' logins stay unthrottled
+    sysop: Account  # uid 901: a system account with a valid password
+    log: Path  # the server's stderr
+    audit: Path
+
+
+@contextlib.contextmanager
+def pam_stack(*args: str) -> Iterator[PamStack]:
+    """The server with `--auth pam` as root in a namespace where alice, bob, carol and sysop
+    exist with real password hashes and the project's PAM service file."""
+    with (
+        throwaway_accounts(["alice", "bob", "carol"], system=["sysop"], pam_service="mixvllm") as (
+            accounts,
+            in_namespace,
+        ),
+        tempfile.TemporaryDirectory(prefix="mixvllm-pam-") as state,
+    ):
+        log, audit = Path(state, "server.log"), Path(state, "audit.jsonl")
+        env = {"VLLM_API_KEY": "sk-server-secret-0123", "MIXVLLM_TERMINAL_AUDIT_LOG": str(audit)}
+        argv = ["--auth", "pam", "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
+                *args]  # fmt: skip
+        with (
+            log.open("w") as err,
+            server_process(*argv, env=env, prefix=in_namespace, stderr=err.fileno()) as (
+                proc,
+                url,
+            ),
+        ):
+            yield PamStack(url, proc.pid, *accounts, log, audit)

@@ -103,6 +103,16 @@ def test_a_success_clears_the_user_but_not_the_addresss_other_failures() -> None
     assert t.retry_after("victim", "10.0.0.2") > 0
 
 
+def test_the_wait_runs_from_when_the_failure_is_known() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    _fail(t, "alice", "10.0.0.1", throttle_mod.FREE_PER_USER + 1)
+    clock.now += 2.0  # PAM took its time to say no
+    assert t.retry_after("alice", "10.0.0.1") == 0
+    t.failed("alice", "10.0.0.1")
+    assert t.retry_after("alice", "10.0.0.1") == throttle_mod.BASE_DELAY
+
+
 def test_throttle_memory_is_bounded() -> None:
     t = Throttle(max_keys=100, clock=Clock())
     for i in range(1000):

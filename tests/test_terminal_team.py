@@ -26,8 +26,7 @@ from terminal_server.auth import REFUSALS
 from terminal_server.config import ConfigError, load_config
 from terminal_server.identity import OWNER, peer_trusted
 from tests.conftest import require
-from tests.support import wait_for_async
-from tests.team_support import Account, TeamStack, team_stack
+from tests.team_support import Account, TeamStack, say, team_stack
 from tests.terminal_support import TOKEN, Client, run, running_server
 
 HEADER = "X-Forwarded-User"
@@ -219,18 +218,6 @@ def stack() -> Iterator[Stack]:
         yield Stack(parts)
 
 
-async def _say(client: Client, command: str, marker: str) -> str:
-    """Run `command`, which prints `MARKER<value>`; return the value (the echoed command line
-    has `MARKER<$(...)>` or `MARKER<\\1>`, which the pattern skips)."""
-    start = len(client.output)
-    client.type(command + "\r")
-    pattern = re.compile(rf"{marker}<([^<>$\\]*)>")
-    await wait_for_async(lambda: pattern.search(client.output, start), 10, marker)
-    match = pattern.search(client.output, start)
-    assert match is not None
-    return match.group(1)
-
-
 async def _closing(stack: Stack, body: Callable[[], Awaitable[None]]) -> None:
     try:
         await body()
@@ -241,14 +228,14 @@ async def _closing(stack: Stack, body: Callable[[], Awaitable[None]]) -> None:
 def test_a_session_runs_as_the_users_account_with_a_clean_environment(stack: Stack) -> None:
     async def body() -> None:
         alice = await stack.connect(stack.alice)
-        uid = await _say(alice, 'echo "UID<$(id -u)>"', "UID")
-        groups = await _say(alice, 'echo "GROUPS<$(id -Gn)>"', "GROUPS")
-        home = await _say(alice, 'echo "HOME<$HOME $SHELL $USER $(pwd)>"', "HOME")
-        leaks = await _say(
+        uid = await say(alice, 'echo "UID<$(id -u)>"', "UID")
+        groups = await say(alice, 'echo "GROUPS<$(id -Gn)>"', "GROUPS")
+        home = await say(alice, 'echo "HOME<$HOME $SHELL $USER $(pwd)>"', "HOME")
+        leaks = await say(
             alice, 'echo "LEAK<$(env | grep -c -e sk-server -e test-token -e MIXVLLM_TERMINAL)>"',
             "LEAK",
         )  # fmt: skip
-        peek = await _say(
+        peek = await say(
             alice,
             f'echo "PEEK<$(cat /proc/{stack.server_pid}/environ >/dev/null 2>&1; echo $?)'
             f' $(ls {stack.bob.home} >/dev/null 2>&1; echo $?)'
@@ -257,11 +244,11 @@ def test_a_session_runs_as_the_users_account_with_a_clean_environment(stack: Sta
         )  # fmt: skip
         # A job of the shell (not a $(...) subshell, which keeps the shell's own ignores).
         # The chat export folder is hers: what she writes there, she (only) downloads.
-        folder = await _say(alice, 'echo "DIR<$MIXVLLM_CHAT_EXPORT>"', "DIR")
-        wrote = await _say(alice, f'echo "# hers" > {folder}/chat.md; echo "W<$?>"', "W")
+        folder = await say(alice, 'echo "DIR<$MIXVLLM_CHAT_EXPORT>"', "DIR")
+        wrote = await say(alice, f'echo "# hers" > {folder}/chat.md; echo "W<$?>"', "W")
         export = await stack.fetch(stack.alice, f"api/chat?session={alice.session_id}")
         theirs = await stack.fetch(stack.bob, f"api/chat?session={alice.session_id}")
-        sigs = await _say(alice, "sed -n 's/^SigIgn:.\\(.*\\)/SIG<\\1>/p' /proc/self/status", "SIG")
+        sigs = await say(alice, "sed -n 's/^SigIgn:.\\(.*\\)/SIG<\\1>/p' /proc/self/status", "SIG")
         assert uid == str(stack.alice.uid)
         assert groups.split() == ["alice", "team"]
         assert home.split() == [str(stack.alice.home), "/bin/bash", "alice", str(stack.alice.home)]
@@ -300,7 +287,7 @@ def test_users_cannot_reach_each_others_sessions_by_url_api_or_websocket(stack: 
         assert resp.code == 404
         # Alice's session was neither taken over nor ended, and is hers on every route.
         assert not alice.closed.is_set()
-        assert await _say(alice, 'echo "ME<$(id -un)>"', "ME") == "alice"
+        assert await say(alice, 'echo "ME<$(id -un)>"', "ME") == "alice"
         share = await stack.fetch(stack.alice, f"api/share?session={mine}", "POST")
         assert share.code == 200 and json.loads(share.body)["url"].startswith("view/?share=")
         assert (await stack.fetch(stack.alice, f"api/share?session={mine}", "DELETE")).code == 204

@@ -16,11 +16,13 @@ from tornado.escape import xhtml_escape
 
 from mixvllm_common.terminal_text import visible
 
+from .. import protocol
 from ..auth import admit, host_allowed, refuse
 from ..context import Context
 from ..handlers import CSP, GuardedHandler, GuardedStaticHandler
 from .cookies import clear_login_cookie, clear_prelogin_cookie, login_cookie, set_login_cookie
 from .csrf import check_csrf, csrf_token
+from .logins import Login
 from .pam import Busy, PamAuthenticator
 from .throttle import Throttle
 
@@ -127,6 +129,7 @@ class LoginHandler(GuardedHandler):
             self.render_form(503, "The server is busy: try again in a moment.", name)
             return
         if not verdict.ok:
+            self.throttle.failed(name, address)
             self._audit(name, "failed", address, verdict.detail)
             self.render_form(401, WRONG, name)
             return
@@ -173,10 +176,18 @@ class LogoutHandler(GuardedHandler):
         login = self.ctx.logins.end(login_cookie(self, self.ctx))
         clear_login_cookie(self, self.ctx)
         if login is not None:
+            close_sockets(self.ctx, login)
             address = self.request.remote_ip or "?"
             log.info("logout: %s from %s", login.user, address)
             self.ctx.audit.record("logout", login.user, method=login.method, address=address)
         self.redirect(self.ctx.config.base_path + "login", status=303)
+
+
+def close_sockets(ctx: Context, login: Login) -> None:
+    """Close the terminal sockets opened under `login` (its sessions stay, detached)."""
+    for sock in list(ctx.sockets):
+        if getattr(sock, "login", None) is login:
+            sock.close(protocol.CLOSE_POLICY, "logged out")
 
 
 class LoginStaticHandler(GuardedStaticHandler):

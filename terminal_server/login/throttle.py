@@ -53,20 +53,25 @@ class Throttle:
         return max(0.0, wait)
 
     def attempt(self, user: str, address: str) -> None:
+        """An attempt begins: it counts as a failure until `succeeded`."""
         now = self._clock()
-        keys = ((("user", user), FREE_PER_USER), (("address", address), FREE_PER_ADDRESS))
-        for key, free in keys:
+        for key, free in _keys(user, address):
             record = self._records.pop(key, None)
             if record is None or now - record.last >= FORGET:
                 record = _Record(0, now, now)
             record.failures += 1
-            record.last = now
-            excess = record.failures - free
-            if excess > 0:
-                record.until = now + min(MAX_DELAY, BASE_DELAY * 2 ** min(excess - 1, 20))
+            _hold(record, free, now)
             self._records[key] = record  # the most recent last
             while len(self._records) > self.max_keys:
                 self._records.popitem(last=False)
+
+    def failed(self, user: str, address: str) -> None:
+        """The attempt failed: its wait runs from now (a password check takes seconds)."""
+        now = self._clock()
+        for key, free in _keys(user, address):
+            record = self._records.get(key)
+            if record is not None:
+                _hold(record, free, now)
 
     def succeeded(self, user: str, address: str) -> None:
         self._records.pop(("user", user), None)
@@ -76,3 +81,14 @@ class Throttle:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+def _keys(user: str, address: str) -> tuple[tuple[tuple[str, str], int], ...]:
+    return ((("user", user), FREE_PER_USER), (("address", address), FREE_PER_ADDRESS))
+
+
+def _hold(record: _Record, free: int, now: float) -> None:
+    record.last = now
+    excess = record.failures - free
+    if excess > 0:
+        record.until = now + min(MAX_DELAY, BASE_DELAY * 2 ** min(excess - 1, 20))

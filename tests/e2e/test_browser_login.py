@@ -1,0 +1,123 @@
+"""`--auth pam` in Chromium: alice and bob log in on the login page from two browser contexts
+(real PAM, real accounts in a throwaway namespace); each gets a session as their own account,
+neither reaches the other's by URL, API or WebSocket; the share button sends the CSRF token,
+and logout sends the page back to the login form. The login page is saved as a screenshot at
+device scale factor 1."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.team_support import Account, PamStack, pam_stack
+
+from .browser_support import (
+    BUFFER_TEXT,
+    buffer_text,
+    chromium,
+    collect_problems,
+    type_line,
+    wait_connected,
+    wait_for_js,
+)
+
+pytestmark = pytest.mark.browser
+
+SHOTS = Path("/work/prompts2/shots")
+SETUP_OF = """async (query) => await new Promise((resolve, reject) => {
+  const ws = new WebSocket(new URL("ws?" + query, location.href).href.replace(/^http/, "ws"));
+  ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m[0] === "setup") { ws.close();
+    resolve(m[1]); } };
+  ws.onerror = () => reject(new Error("websocket failed"));
+})"""
+STATUS_OF = (
+    "async ([path, method, csrf]) => (await fetch(path, {method, headers: csrf ? "
+    "{'X-CSRF-Token': csrf} : {}})).status"
+)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[PamStack]:
+    pytest.importorskip("pamela")
+    with pam_stack() as parts:
+        yield parts
+
+
+def _whoami(page: Page, tag: str) -> str:
+    type_line(page, f'echo "{tag}<$(id -un)>"')
+    pattern = rf"{tag}<([a-z]+)>"
+    wait_for_js(page, f"(re) => new RegExp(re).test(({BUFFER_TEXT})())", pattern, 15000)
+    match = re.search(pattern, buffer_text(page))
+    assert match is not None
+    return match.group(1)
+
+
+def _log_in(browser: Browser, stack: PamStack, who: Account, path: str = "") -> Page:
+    page = browser.new_context(viewport={"width": 900, "height": 600}).new_page()
+    page.goto(stack.url + path)
+    page.wait_for_url(re.compile(r"/login\?next="))  # no login yet: the login page
+    page.fill("#user", who.name)
+    page.fill("#password", who.password)
+    page.click("#submit")
+    wait_connected(page)
+    return page
+
+
+def test_the_login_page_in_chromium(stack: PamStack) -> None:
+    with sync_playwright() as p, chromium(p) as browser:
+        page = browser.new_page(viewport={"width": 900, "height": 600}, device_scale_factor=1)
+        problems = collect_problems(page)
+        page.goto(stack.url + "login")
+        page.fill("#user", "alice")
+        page.fill("#password", "not-her-password")
+        page.click("#submit")
+        page.wait_for_selector("#message:not(:empty)")
+        assert page.inner_text("#message") == "Wrong user name or password."
+        assert page.input_value("#user") == "alice"  # kept; the password is not
+        assert page.input_value("#password") == ""
+        box = page.locator("#login").bounding_box()
+        assert box is not None and box["x"] > 0 and box["y"] > 0  # centred, nothing clipped
+        assert box["x"] + box["width"] < 900 and box["y"] + box["height"] < 600
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "login.png"))
+        # The only problem is the form's own 401 answer, as Chromium reports it.
+        assert all("401" in problem for problem in problems), problems
+
+
+def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
+    stack: PamStack,
+) -> None:
+    with sync_playwright() as p, chromium(p) as browser:
+        alice = _log_in(browser, stack, stack.alice)
+        hers = alice.evaluate("() => window.mixvllm.sessionId")
+        assert _whoami(alice, "WHO") == "alice"
+        assert alice.is_visible("#logout")
+
+        # Bob follows a link to Alice's session: the login page, then a session of his own.
+        bob = _log_in(browser, stack, stack.bob, f"?session={hers}")
+        his = bob.evaluate("() => window.mixvllm.sessionId")
+        assert his != hers and _whoami(bob, "BOB") == "bob"
+        csrf = bob.evaluate("() => document.querySelector('meta[name=mixvllm-csrf]').content")
+        for path, method in ((f"api/share?session={hers}", "GET"),
+                             (f"api/share?session={hers}", "POST"),
+                             (f"api/chat?session={hers}", "GET")):  # fmt: skip
+            assert bob.evaluate(STATUS_OF, [path, method, csrf]) == 404, (path, method)
+        setup = bob.evaluate(SETUP_OF, f"session={hers}")
+        assert setup["session"] not in (hers, his) and setup["reattached"] is False
+
+        # Alice's share button works (the page sends her CSRF token); without it, refused.
+        assert alice.evaluate(STATUS_OF, [f"api/share?session={hers}", "POST", ""]) == 403
+        alice.click("#share")
+        alice.wait_for_function("() => document.getElementById('share-url').value !== ''")
+        assert "view/?share=" in alice.input_value("#share-url")
+
+        # Logout: back to the login form; the page's requests are refused from then on.
+        bob.click("#logout")
+        bob.wait_for_url(re.compile(r"/login(\?next=.*)?$"))
+        assert bob.evaluate(STATUS_OF, ["api/status", "GET", ""]) == 401
+        assert alice.evaluate("() => window.mixvllm.connected") is True
+        assert _whoami(alice, "AGAIN") == "alice"
