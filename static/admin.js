@@ -40,7 +40,7 @@
     status.dataset.state = state || "";
   }
 
-  function action(label, name, sessionId, row) {
+  function action(label, name, query, row) {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = label;
@@ -63,7 +63,7 @@
       button.disabled = true;
       const headers = csrf ? { "X-CSRF-Token": csrf.content } : {};
       try {
-        const resp = await fetch("api/admin/" + name + "?session=" + encodeURIComponent(sessionId),
+        const resp = await fetch("api/admin/" + name + "?" + new URLSearchParams(query),
                                  { method: "POST", headers, credentials: "same-origin" });
         if (!resp.ok) throw new Error("the server answered " + resp.status);
         setStatus(label + ": done", "", true);
@@ -90,6 +90,8 @@
       cell(row, t ? count(t.prompt_total + t.completion_total) : "–", "num");
       cell(row, t ? count(t.requests) : "–", "num");
       cell(row, t && t.quota ? count(t.quota) : "–", "num");
+      const actions = row.insertCell();
+      if (u.logins) action("log out", "logout", { user: u.name }, actions);
     }
   }
 
@@ -110,8 +112,8 @@
       cell(row, bytes(s.rss_bytes), "num");
       cell(row, s.shared ? s.viewers + " watching" : "–", s.shared ? "shared" : "");
       const actions = row.insertCell();
-      action("end", "end", s.id, actions);
-      if (s.shared) action("revoke share", "revoke", s.id, actions);
+      action("end", "end", { session: s.id }, actions);
+      if (s.shared) action("revoke share", "revoke", { session: s.id }, actions);
     }
   }
 
@@ -120,8 +122,10 @@
       const resp = await fetch("api/admin/state", { credentials: "same-origin" });
       if (!resp.ok) throw new Error("the server answered " + resp.status);
       const state = await resp.json();
-      drawUsers(state.users);
-      if (!armedButtons) drawSessions(state.sessions);
+      if (!armedButtons) {
+        drawUsers(state.users);
+        drawSessions(state.sessions);
+      }
       document.getElementById("usage-note").hidden = state.usage_counted;
       setStatus("signed in as " + state.you + " · " + state.sessions.length + " sessions");
     } catch (err) {

@@ -18,8 +18,9 @@ from tornado import httpclient, websocket
 from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from tests.support import wait_for_async
-from tests.team_support import Account, TeamStack, team_stack
+from tests.team_support import Account, PamStack, TeamStack, pam_stack, say, team_stack
 from tests.terminal_support import TOKEN, Client, run
+from tests.test_terminal_pam import Browser
 
 MAX_PROCESSES = 24
 MAX_MEMORY_MIB = 200
@@ -192,3 +193,50 @@ def test_the_admin_sees_and_ends_another_users_session_and_the_audit_says_so(
     assert bobs_end[0]["reason"] == "admin" and bobs_end[0]["user"] == "bob"
     refused = [(e["user"], e["path"]) for e in entries if e["event"] == "admin_refused"]
     assert refused == [("bob", "/admin"), ("bob", "/api/admin/state"), ("bob", "/api/admin/end")]
+
+
+# -- with real PAM logins: an admin logs a user out ------------------------------------------
+@pytest.fixture(scope="module")
+def pam() -> Iterator[PamStack]:
+    pytest.importorskip("pamela")
+    with pam_stack("--admin-users", "alice") as parts:
+        yield parts
+
+
+async def _logged_in(stack: PamStack, who: Account) -> Browser:
+    browser = Browser(stack)
+    assert (await browser.login(who)).code == 303
+    assert (await browser.page()).code == 200 and browser.csrf
+    return browser
+
+
+def test_an_admin_logs_a_user_out_everywhere_and_closes_their_tabs(pam: PamStack) -> None:
+    async def body() -> None:
+        alice = await _logged_in(pam, pam.alice)
+        bob, bobs_laptop = await _logged_in(pam, pam.bob), await _logged_in(pam, pam.bob)
+        try:
+            tab = await bob.connect()
+            assert await say(tab, 'echo "ME<$(id -un)>"', "ME") == "bob"
+            state = json.loads((await alice.fetch("api/admin/state")).body)
+            assert {u["name"]: u["logins"] for u in state["users"]} == {"alice": 1, "bob": 2}
+            assert (await bob.fetch("admin")).code == 403
+
+            csrf = {"X-CSRF-Token": alice.csrf}
+            out = await alice.fetch("api/admin/logout?user=bob", "POST", "", **csrf)
+            assert out.code == 204
+            assert await tab.wait_closed() == protocol.CLOSE_POLICY
+            for browser in (bob, bobs_laptop):
+                assert (await browser.fetch("api/status")).code == 401
+            again = await alice.fetch("api/admin/logout?user=bob", "POST", "", **csrf)
+            assert again.code == 404  # no login left
+            # His session outlives the logins (until the idle timeout, or an admin's "end").
+            state = json.loads((await alice.fetch("api/admin/state")).body)
+            assert [s["user"] for s in state["sessions"]] == ["bob"]
+        finally:
+            for browser in (alice, bob, bobs_laptop):
+                await browser.close()
+
+    run(body)
+    entries = [json.loads(line) for line in pam.audit.read_text().splitlines()]
+    (out,) = [e for e in entries if e["event"] == "admin_logout"]
+    assert (out["user"], out["target"], out["logins"]) == ("alice", "bob", 2)

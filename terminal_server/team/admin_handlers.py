@@ -1,5 +1,6 @@
 """The admin page and its API: `admin` (the page), `api/admin/state` (JSON: users, sessions,
-usage), `api/admin/end?session=ID` and `api/admin/revoke?session=ID` (POST).
+usage), `api/admin/end?session=ID`, `api/admin/revoke?session=ID` and, with logins,
+`api/admin/logout?user=NAME` (POST).
 
 Admins only (admins.py): anyone else gets 403, and the refusal goes to the audit log, as does
 every action. Actions reach any user's session, so they are looked up by id alone; they come
@@ -15,6 +16,7 @@ from typing import Any
 
 from tornado import web
 
+from .. import protocol
 from ..auth import guard, refuse, same_origin
 from ..context import Context
 from ..handlers import GuardedHandler, GuardedStaticHandler
@@ -90,7 +92,7 @@ class AdminStateHandler(_AdminOnly, GuardedHandler):
 
 
 class AdminActionHandler(_AdminOnly, GuardedHandler):
-    """POST `api/admin/<action>?session=ID`."""
+    """POST `api/admin/<action>?session=ID` (or `?user=NAME` to log a user out)."""
 
     max_body_bytes = 4096  # none is read; room for a form's token
 
@@ -102,6 +104,9 @@ class AdminActionHandler(_AdminOnly, GuardedHandler):
         return session
 
     async def post(self, action: str) -> None:
+        if action == "logout":
+            self._logout(self.get_query_argument("user", ""))
+            return
         session = self._session()
         if action == "end":
             log.info("session %s of %s ended by admin %s", session.id, session.owner,
@@ -120,6 +125,21 @@ class AdminActionHandler(_AdminOnly, GuardedHandler):
         self.set_status(204)
         self.finish()
 
+    def _logout(self, user: str) -> None:
+        """End every login of `user` and close the tabs opened under them (their sessions
+        stay, detached, until the idle timeout or an admin ends them)."""
+        ended = self.ctx.logins.end_user(user) if self.ctx.login else 0
+        if not ended:
+            raise web.HTTPError(404)
+        for sock in list(self.ctx.sockets):
+            login = getattr(sock, "login", None)
+            if login is not None and login.user == user:
+                sock.close(protocol.CLOSE_POLICY, "logged out by an admin")
+        log.info("%s logged out by admin %s (%d logins)", user, self.current_user, ended)
+        self.ctx.audit.record("admin_logout", self.current_user, target=user, logins=ended)
+        self.set_status(204)
+        self.finish()
+
 
 def admin_routes(ctx: Context) -> list[Any]:
     base = ctx.config.base_path
@@ -127,7 +147,7 @@ def admin_routes(ctx: Context) -> list[Any]:
     return [
         (base + "admin", AdminPageHandler, kw),
         (base + "api/admin/state", AdminStateHandler, {"scan": admin_view.ProcessScan(), **kw}),
-        (base + r"api/admin/(end|revoke)", AdminActionHandler, kw),
+        (base + r"api/admin/(end|revoke|logout)", AdminActionHandler, kw),
         (
             base + r"static/(admin\.js|admin\.css)",
             AdminStaticHandler,
