@@ -136,16 +136,21 @@ def spawn(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start `argv` leading a new session on a new PTY; return it and the non-blocking master fd.
 
-    `limits` (team/limits.py) are applied in the child after the uid change, before exec."""
+    A session as `user` enters its working directory as that user, after the uid change (as
+    login does): a 0700 home needs no privilege of the server's (compose gives it none to
+    read others' files). `limits` (team/limits.py) are applied then too, before exec."""
+    folder = cwd if os.path.isdir(cwd) else "/"
 
-    def limited_child() -> None:  # runs in the child
+    def user_child() -> None:  # runs in the child
         _session_user_child()
-        assert limits is not None
-        limits.apply()
+        try:
+            os.chdir(folder)
+        except OSError:
+            os.chdir("/")
+        if limits is not None:
+            limits.apply()
 
-    child = _session_user_child if user else _session_child
-    if limits is not None:
-        child = limited_child
+    child = user_child if user else _session_child
     master, slave = os.openpty()
     try:
         set_winsize(master, rows, cols)
@@ -156,7 +161,7 @@ def spawn(
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            cwd=cwd if os.path.isdir(cwd) else "/",
+            cwd="/" if user else folder,
             env=env,
             start_new_session=True,
             preexec_fn=child,  # noqa: PLW1509 - signals, an ioctl, a prctl, setrlimit

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,16 @@ from tornado import httpclient, websocket
 from terminal_server import protocol
 from terminal_server.auth import REFUSALS
 from tests.support import wait_for_async
-from tests.team_support import Account, PamStack, TeamStack, pam_stack, say, team_stack
-from tests.terminal_support import TOKEN, Client, run
+from tests.team_support import (
+    Account,
+    PamStack,
+    TeamStack,
+    pam_stack,
+    say,
+    team_stack,
+    throwaway_accounts,
+)
+from tests.terminal_support import TOKEN, Client, run, server_process
 from tests.test_terminal_pam import Browser
 
 MAX_PROCESSES = 24
@@ -240,3 +249,40 @@ def test_an_admin_logs_a_user_out_everywhere_and_closes_their_tabs(pam: PamStack
     entries = [json.loads(line) for line in pam.audit.read_text().splitlines()]
     (out,) = [e for e in entries if e["event"] == "admin_logout"]
     assert (out["user"], out["target"], out["logins"]) == ("alice", "bob", 2)
+
+
+# -- with only the capabilities compose gives the terminal container -------------------------
+COMPOSE_CAPS = "-all,+setuid,+setgid,+kill,+chown"  # deploy/compose.team.yml's cap_add
+
+
+def test_with_only_composes_capabilities_sessions_start_in_the_users_0700_home() -> None:
+    """Root without CAP_DAC_*: the server cannot enter alice's 0700 home; her session does,
+    as her, and still gets her limits."""
+    with throwaway_accounts(["alice"]) as ([alice], in_namespace):
+        prefix = [*in_namespace, "setpriv", "--bounding-set", COMPOSE_CAPS, "--inh-caps", "-all"]
+        argv = ["--auth", "proxy", "--trusted-proxies", "127.0.0.1/32", "--audit-log", "off",
+                "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
+                "--user-max-processes", "77"]  # fmt: skip
+        env = {"MIXVLLM_TERMINAL_TOKEN": TOKEN}
+        with server_process(*argv, env=env, prefix=prefix, stderr=subprocess.DEVNULL) as (
+            proc,
+            url,
+        ):
+            caps = Path(f"/proc/{proc.pid}/status").read_text().split("CapEff:")[1].split()[0]
+            assert int(caps, 16) == 0xE1  # chown, kill, setgid, setuid: nothing else
+
+            async def body() -> None:
+                headers = {"X-Forwarded-User": "alice", "Authorization": f"Bearer {TOKEN}"}
+                ws = url.replace("http:", "ws:").split("?")[0] + "ws"
+                conn = await websocket.websocket_connect(
+                    httpclient.HTTPRequest(ws, headers=headers)
+                )
+                client = Client(conn, auto_ack=True)
+                try:
+                    await client.wait_setup()
+                    where = await say(client, 'echo "AT<$(pwd) $(id -un) $(ulimit -u)>"', "AT")
+                    assert where.split() == [str(alice.home), "alice", "77"]
+                finally:
+                    await client.close()
+
+            run(body)
