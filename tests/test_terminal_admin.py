@@ -108,6 +108,19 @@ def test_only_admins_reach_the_admin_page_and_a_refusal_is_audited(tmp_path: Pat
     ]
 
 
+def test_in_token_mode_the_admin_link_with_the_token_becomes_the_owners_cookie() -> None:
+    async def body() -> None:
+        async with running_server() as srv:
+            assert (await srv.fetch("admin")).code == 403
+            assert (await srv.fetch("admin?token=wrong-token-000")).code == 403
+            resp = await srv.fetch(f"admin?token={TOKEN}")
+            assert (resp.code, resp.headers["Location"]) == (302, "/admin")
+            cookie = resp.headers["Set-Cookie"].split(";")[0]
+            assert (await srv.fetch("admin", {"Cookie": cookie})).code == 200
+
+    run(body)
+
+
 def test_the_state_shows_the_sessions_with_their_processes() -> None:
     async def body() -> None:
         async with running_server() as srv:

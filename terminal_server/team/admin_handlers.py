@@ -10,6 +10,7 @@ the login's CSRF token (the guard checks it, login/csrf.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from tornado import web
 
 from .. import protocol
-from ..auth import guard, refuse, same_origin
+from ..auth import guard, owner_link, refuse, same_origin, swap_link_for_cookie, token_ok
 from ..context import Context
 from ..handlers import GuardedHandler, GuardedStaticHandler
 from ..login.cookies import login_cookie
@@ -57,6 +58,13 @@ class _AdminOnly(web.RequestHandler):
 
 class AdminPageHandler(_AdminOnly, GuardedHandler):
     login_page = True  # without a login (--auth pam|oidc): sent to the login page
+
+    def authorized(self) -> bool:
+        # Token mode: `admin?token=` is swapped for the owner's cookie, as on the terminal page.
+        valid = functools.partial(token_ok, self.ctx)
+        if not self.ctx.team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
+            return False
+        return super().authorized()
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
