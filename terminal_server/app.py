@@ -37,6 +37,8 @@ from .handlers import (
 from .login.logins import LoginStore
 from .login.routes import login_routes
 from .metrics import Metrics
+from .model_proxy.credentials import session_model_env
+from .model_proxy.handler import model_routes
 from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
@@ -76,6 +78,7 @@ def make_app(ctx: Context) -> web.Application:
     routes += share_routes(ctx)
     routes += admin_routes(ctx)  # team/: the admin page and its API
     routes += login_routes(ctx)  # login/: the login page, logout (--auth pam|oidc)
+    routes += model_routes(ctx)  # the model pass-through of the team modes
     if base != "/":
         routes.append((base.rstrip("/"), web.RedirectHandler, {"url": base}))
     return web.Application(
@@ -92,7 +95,7 @@ def make_context(
     token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
     metrics = Metrics()
     audit = AuditLog(config.audit_log)
-    return Context(
+    ctx = Context(
         config=config,
         manager=SessionManager(config, metrics, audit),
         metrics=metrics,
@@ -105,6 +108,9 @@ def make_context(
         logins=LoginStore(config.login_max_age, config.login_idle, config.max_logins),
         usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
+    if ctx.team:  # sessions reach the model through the pass-through, with their user's key
+        ctx.manager.model_env = partial(session_model_env, config, ctx.model_keys)
+    return ctx
 
 
 def make_http_server(ctx: Context, ssl_ctx: ssl.SSLContext | None = None) -> GatedHTTPServer:

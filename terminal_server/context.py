@@ -10,6 +10,7 @@ from .config import LOGIN_MODES, Config
 from .gate import Gate
 from .login.logins import LoginStore
 from .metrics import Metrics
+from .model_proxy.credentials import ModelKeys
 from .model_proxy.usage import Usage
 from .model_status import ModelStatusPoller
 from .sessions import SessionManager
@@ -34,6 +35,7 @@ class Context:
     audit: AuditLog = field(default_factory=lambda: AuditLog(None))  # team/audit.py
     logins: LoginStore = field(default_factory=lambda: LoginStore(12 * 3600.0, 3600.0))
     usage: Usage = field(default_factory=Usage)  # each user's model usage (model_proxy/)
+    model_keys: ModelKeys = field(default_factory=ModelKeys)  # per-user model keys
 
     @property
     def team(self) -> bool:

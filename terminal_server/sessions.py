@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from . import processes, session_user
@@ -60,6 +60,8 @@ class SessionManager:
         self._starting_for: Counter[str] = Counter()  # the same, per owner (team mode's cap)
         self._started = asyncio.Event()  # set while none is being spawned
         self._started.set()
+        # owner -> what their sessions learn about the model (team modes: the pass-through).
+        self.model_env: Callable[[str], dict[str, str]] | None = None
 
     def become_subreaper(self) -> None:
         """Adopt and reap orphans of our sessions (daemons started from a shell, say).
@@ -112,7 +114,14 @@ class SessionManager:
             proc, master = await asyncio.get_running_loop().run_in_executor(
                 self._spawner,
                 functools.partial(
-                    self._spawn, session_id, chat_args, rows, cols, user=user, clean_env=team
+                    self._spawn,
+                    session_id,
+                    chat_args,
+                    rows,
+                    cols,
+                    user=user,
+                    clean_env=team,
+                    owner=owner,
                 ),
             )
         finally:
@@ -152,17 +161,20 @@ class SessionManager:
         *,
         user: session_user.SessionUser | None,
         clean_env: bool,
+        owner: str = OWNER,
     ) -> tuple[subprocess.Popen[bytes], int]:  # runs in the spawner thread
         limits = self.limits.for_user(user.name) if user is not None and clean_env else None
+        env = processes.session_env(
+            session_id, self.config, self.exports.folder(session_id, user), user, clean=clean_env
+        )
+        if self.model_env is not None:
+            env.update(self.model_env(owner))
         pid = None
         try:
             with self.reaper.spawning() as leaders:
                 proc, master = processes.spawn(
                     processes.session_argv(self.config, chat_args),
-                    processes.session_env(
-                        session_id, self.config, self.exports.folder(session_id, user), user,
-                        clean=clean_env,
-                    ),
+                    env,
                     user.home if user else self.config.cwd,
                     rows,
                     cols,
