@@ -8,6 +8,7 @@ state volume says so; `down -v` leaves nothing. Needs a Docker engine: `make com
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,8 +26,9 @@ import pytest
 
 from tests.conftest import require
 from tests.embedded_server import free_port
+from tests.support import wait_for_async
 from tests.team_support import Account, PamStack, say
-from tests.terminal_support import run
+from tests.terminal_support import Client
 from tests.test_terminal_pam import Browser
 
 from .browser_support import ROOT
@@ -113,6 +115,17 @@ def stack() -> Iterator[TeamCompose]:
         assert s.leftovers() == []
 
 
+async def _say_slowly(client: Client, command: str, marker: str, timeout: float) -> str:
+    """team_support.say with a longer wait (an answer from a CPU model)."""
+    start = len(client.output)
+    client.type(command + "\r")
+    pattern = re.compile(rf"{marker}<([^<>$\\]*)>")
+    await wait_for_async(lambda: pattern.search(client.output, start), timeout, marker)
+    match = pattern.search(client.output, start)
+    assert match is not None
+    return match.group(1)
+
+
 async def _logged_in(stack: TeamCompose, who: Account) -> Browser:
     browser = Browser(cast(PamStack, stack))  # it needs only the URL
     resp = await browser.login(who)
@@ -133,6 +146,16 @@ def test_two_people_log_in_to_the_team_stack_and_the_admin_ends_a_session(
             assert at.split() == ["alice", "/home/alice", "700", str(MAX_PROCESSES)]
             peek = await say(mine, 'echo "PEEK<$(ls /home/bob >/dev/null 2>&1; echo $?)>"', "PEEK")
             assert peek == "2"  # bob's home is his
+            # chat answers from the model container, through the pass-through with her key.
+            asked = await _say_slowly(
+                mine,
+                'chat --plain --wait 120 --max-tokens 12 "Say hello." > answer.txt 2>&1;'
+                ' echo "CHAT<$? $(wc -w < answer.txt)>"',
+                "CHAT",
+                timeout=200,
+            )
+            code, words = asked.split()
+            assert code == "0" and int(words) > 0, asked
             his = await bob.connect()
             assert await say(his, 'echo "ME<$(id -un) $(id -Gn)>"', "ME") == "bob bob"
 
@@ -141,7 +164,9 @@ def test_two_people_log_in_to_the_team_stack_and_the_admin_ends_a_session(
             rows = {r["id"]: r for r in state["sessions"]}
             assert rows[his.session_id]["user"] == "bob"
             assert rows[his.session_id]["processes"] >= 1
-            assert {u["name"]: u["logins"] for u in state["users"]} == {"alice": 1, "bob": 1}
+            users = {u["name"]: u for u in state["users"]}
+            assert {name: u["logins"] for name, u in users.items()} == {"alice": 1, "bob": 1}
+            assert users["alice"]["tokens"]["completion_total"] > 0
             end = await alice.fetch(f"api/admin/end?session={his.session_id}", "POST", "",
                                     **{"X-CSRF-Token": alice.csrf})  # fmt: skip
             assert end.code == 204
@@ -150,7 +175,7 @@ def test_two_people_log_in_to_the_team_stack_and_the_admin_ends_a_session(
             await alice.close()
             await bob.close()
 
-    run(body)
+    asyncio.run(asyncio.wait_for(body(), 400))  # terminal_support.run's 100 s: too short here
     logs = stack.compose("logs", "terminal-server").stdout
     assert re.search(r"per-user limits: 300 processes \(RLIMIT_NPROC\), RLIMIT_DATA", logs), logs
     audit = stack.compose("exec", "-T", "terminal-server", "cat", "/var/lib/mixvllm/audit.jsonl")
