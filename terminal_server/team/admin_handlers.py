@@ -21,7 +21,6 @@ from .. import protocol
 from ..auth import guard, owner_link, refuse, same_origin, swap_link_for_cookie, token_ok
 from ..context import Context
 from ..handlers import GuardedHandler, GuardedStaticHandler
-from ..login.cookies import login_cookie
 from ..login.csrf import login_meta
 from ..terminals import SESSION_ID_RE, Session
 from . import admin_view
@@ -50,10 +49,8 @@ class _AdminOnly(web.RequestHandler):
 
     def login_groups(self) -> tuple[str, ...]:
         """The groups the request's login brought (an OIDC claim); none without a login."""
-        if not self.ctx.login:
-            return ()
-        login = self.ctx.logins.lookup(login_cookie(self, self.ctx))
-        return login.groups if login is not None else ()
+        login = getattr(self, "login", None)  # the guard's, with --auth pam|oidc
+        return tuple(login.groups) if login is not None else ()
 
 
 class AdminPageHandler(_AdminOnly, GuardedHandler):
