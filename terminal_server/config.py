@@ -85,7 +85,7 @@ class Config:
     # -- admins and per-user limits (team/admins.py, team/limits.py) --
     admin_users: tuple[str, ...] = ()  # with --auth token the owner is the admin
     admin_groups: tuple[str, ...] = ()
-    user_max_processes: int = 1024  # RLIMIT_NPROC of a team user's sessions; 0: none
+    user_max_processes: int = 4096  # RLIMIT_NPROC of a team user's sessions; 0: none
     user_max_memory: int = 0  # bytes per user (cgroup v2) or per process (rlimit); 0: none
     user_idle_timeout: float = 0.0  # seconds without input before a session ends; 0: never
     # The model pass-through of the team modes (model_proxy/).

@@ -51,7 +51,7 @@ def test_admins_come_from_the_option_table() -> None:
     assert (cfg.admin_users, cfg.admin_groups) == (("alice", "bob"), ("wheel",))
     assert (cfg.user_max_memory, cfg.user_max_processes, cfg.user_idle_timeout) == (
         512 << 20,
-        1024,
+        4096,
         0.0,
     )
     assert load_config([], {}).admin_users == ()

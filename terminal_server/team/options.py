@@ -27,9 +27,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("admin_groups", admins.parse_names, "",
          "with a team `--auth`: comma-separated groups (Unix, or the login's) whose members "
          "are admins", metavar="GROUPS"),
-    _opt("user_max_processes", integer(0, 10_000_000, "a number"), 1024,
+    _opt("user_max_processes", integer(0, 10_000_000, "a number"), 4096,
          "with a team `--auth`, sessions as users' accounts: processes per user "
-         "(`RLIMIT_NPROC`, counting all of the account's processes); `0`: no limit",
+         "(`RLIMIT_NPROC`, counting all of the account's processes and threads); `0`: no limit",
          metavar="N"),
     _opt("user_max_memory", limits.parse_size, 0,
          "with a team `--auth`, sessions as users' accounts: memory per user (`4G`, `512M`): "
