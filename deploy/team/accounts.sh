@@ -35,7 +35,12 @@ cp "$A/passwd" /etc/passwd && cp "$A/group" /etc/group && cp "$A/shadow" /etc/sh
 case "$1" in
     add)
         [ $# -eq 2 ] || usage
-        useradd --create-home --shell /bin/bash --key UID_MIN=$FIRST_UID "$2"
+        # The lowest free uid from FIRST_UID (useradd would take one past the image's 10002).
+        uid=$FIRST_UID
+        while getent passwd "$uid" >/dev/null || getent group "$uid" >/dev/null; do
+            uid=$((uid + 1))
+        done
+        useradd --create-home --shell /bin/bash --uid "$uid" "$2"
         chmod 700 "/home/$2"
         set_password "$2"
         ;;
