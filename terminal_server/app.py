@@ -46,6 +46,7 @@ from .model_status import ModelStatusPoller
 from .redact import token_kept_out_of_logs
 from .sessions import SessionManager
 from .share_handlers import make_registry, share_routes
+from .team.admin_handlers import admin_routes
 from .team.audit import AuditLog
 
 log = logging.getLogger("mixvllm.terminal")
@@ -80,6 +81,7 @@ def make_app(ctx: Context) -> web.Application:
     ]
     routes += share_routes(ctx)
     routes += oidc_routes(ctx)  # login/oidc.py (--auth oidc): its `login` comes first
+    routes += admin_routes(ctx)  # team/: the admin page and its API
     routes += login_routes(ctx)  # login/: the login page, logout (--auth pam|oidc)
     routes += model_routes(ctx)  # the model pass-through of the team modes
     if base != "/":
@@ -97,16 +99,17 @@ def make_context(
 ) -> Context:
     token = None if config.no_auth else (config.token or secrets.token_urlsafe(24))
     metrics = Metrics()
+    audit = AuditLog(config.audit_log)
     ctx = Context(
         config=config,
-        manager=SessionManager(config, metrics),
+        manager=SessionManager(config, metrics, audit),
         metrics=metrics,
         token=token,
         static_dir=static_dir,
         model_status=ModelStatusPoller(config.model_server_url, config.model_api_key),
         shares=make_registry(config.flow_window),
         gate=Gate(limits, metrics),
-        audit=AuditLog(config.audit_log),
+        audit=audit,
         logins=LoginStore(config.login_max_age, config.login_idle, config.max_logins),
         usage=Usage(config.model_usage_file, config.user_daily_tokens),
     )
@@ -213,6 +216,8 @@ async def _run(
     announce(public_url(ctx))
     log.info("event loop: %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     log.info("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
+    if ctx.team:
+        log.info("%s", ctx.manager.limits.describe())  # which memory limit applies, and why
     await stop.wait()
 
     log.info("shutting down")

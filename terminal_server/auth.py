@@ -30,6 +30,7 @@ REFUSALS = {
     "proxy": "Sign in through the team's proxy: this address may not reach the server directly.",
     "user": "No valid user name from the proxy: sign in again.",
     "account": "This account may not use the terminal.",
+    "admin": "Admins only: this account may not use the admin page.",
     "login": "Log in first: open the login page.",
     "csrf": "Missing or wrong CSRF token: reload the page and try again.",
 }

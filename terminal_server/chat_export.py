@@ -33,6 +33,9 @@ class ChatExportHandler(GuardedHandler):
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish("No chat conversation in this session yet.\n")
             return
+        self.ctx.audit.record(
+            "export_read", self.current_user, session=session.id, format=kind[0], bytes=len(data)
+        )
         self.set_header("Content-Type", kind[1])
         self.set_header("Content-Disposition", f'attachment; filename="{kind[0]}"')
         self.finish(data)

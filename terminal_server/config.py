@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 from mixvllm_common import defaults
 from mixvllm_common.options import (
-    Kind,
     Option,
     OptionError,
     add_to_parser,
@@ -28,6 +27,9 @@ from mixvllm_common.options import (
 from mixvllm_common.state import state_dir
 
 from .login.oidc_config import OIDC_OPTIONS, OidcConfigError, OidcSettings, oidc_settings
+from .model_proxy import options as model_proxy_options
+from .option_kit import terminal_option as _opt
+from .team import options as team_options
 
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX  # session envs drop these (processes.py)
 AUTH_MODES = ("token", "proxy", "pam", "oidc")
@@ -83,6 +85,17 @@ class Config:
     allowed_users: frozenset[str] = frozenset()  # empty: any account with uid >= min_uid
     allowed_groups: frozenset[str] = frozenset()
     oidc: OidcSettings | None = None  # --auth oidc (login/oidc_config.py)
+    # -- admins and per-user limits (team/admins.py, team/limits.py) --
+    admin_users: tuple[str, ...] = ()  # with --auth token the owner is the admin
+    admin_groups: tuple[str, ...] = ()
+    user_max_processes: int = 4096  # RLIMIT_NPROC of a team user's sessions; 0: none
+    user_max_memory: int = 0  # bytes per user (cgroup v2) or per process (rlimit); 0: none
+    user_idle_timeout: float = 0.0  # seconds without input before a session ends; 0: never
+    # The model pass-through of the team modes (model_proxy/).
+    user_model_concurrency: int = 4
+    user_daily_tokens: int = 0  # 0: no quota
+    model_concurrency: int = 64
+    model_usage_file: Path | None = None  # None: usage kept in memory only
 
     @property
     def team(self) -> bool:
@@ -92,12 +105,6 @@ class Config:
     def secure_cookies(self) -> bool:
         """Users reach the server over https (its own TLS, or a TLS proxy's public URL)."""
         return self.certfile is not None or (self.public_url or "").startswith("https:")
-
-    # The model pass-through of the team modes (model_proxy/).
-    user_model_concurrency: int = 4
-    user_daily_tokens: int = 0  # 0: no quota
-    model_concurrency: int = 64
-    model_usage_file: Path | None = None  # None: usage kept in memory only
 
     @property
     def is_loopback(self) -> bool:
@@ -166,12 +173,6 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     if not nets:
         raise ConfigError("--trusted-proxies must name at least one address or CIDR")
     return nets
-
-
-def _opt(dest: str, kind: Kind, default: object, help_: str, **more: Any) -> Option:
-    """A flag named after `dest`, falling back to MIXVLLM_TERMINAL_<DEST>."""
-    flag = "--" + dest.replace("_", "-")
-    return Option(dest, (flag,), (ENV_PREFIX + dest.upper(),), kind, default, help_, **more)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -259,17 +260,8 @@ OPTIONS: tuple[Option, ...] = (
          "with `--auth pam|oidc`: comma-separated groups whose members may log in",
          metavar="GROUPS"),
     *OIDC_OPTIONS,  # --auth oidc: login/oidc_config.py
-    # The model pass-through of the team modes (model_proxy/, docs/team.md).
-    _opt("user_model_concurrency", integer(1, 1000, "a number"), 4,
-         "with a team `--auth` mode: model requests at once per user; one more gets 429",
-         metavar="N"),
-    _opt("user_daily_tokens", integer(0, 10**12, "a number"), 0,
-         "with a team `--auth` mode: prompt and completion tokens per user per day (reset at "
-         "local midnight, kept across restarts); a request past it gets 429; `0`: no quota",
-         metavar="N"),
-    _opt("model_concurrency", integer(1, 100_000, "a number"), 64,
-         "with a team `--auth` mode: model requests at once through the server, all users "
-         "together; one more gets 503", metavar="N"),
+    *team_options.OPTIONS,  # admins and per-user limits (team/options.py)
+    *model_proxy_options.OPTIONS,  # the model pass-through (model_proxy/options.py)
     Option("model_server_url", (), (defaults.MODEL_SERVER_URL_ENV,), str,
            defaults.DEFAULT_MODEL_SERVER_URL,
            "passed through to every session (for `chat`) and polled for the status bar"),
@@ -410,8 +402,6 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         allowed_users=_names(v["allowed_users"]),
         allowed_groups=_names(v["allowed_groups"]),
         oidc=oidc,
-        user_model_concurrency=v["user_model_concurrency"],
-        user_daily_tokens=v["user_daily_tokens"],
-        model_concurrency=v["model_concurrency"],
-        model_usage_file=None if v["auth"] == "token" else state_dir(env) / "model-usage.json",
+        **team_options.values(v),
+        **model_proxy_options.values(v, env),
     )

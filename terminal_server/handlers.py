@@ -270,7 +270,7 @@ class TermSocket(_Guarded, WebSocketHandler):
         session = self.ctx.manager.get(self.get_query_argument("session", None), user)
         if session is not None and self.get_query_argument("restart", "0") == "1":
             # "Restart": end the session (chat, shell and all) and start a fresh one.
-            await session.close()
+            await session.close("restart")
             session = None
         reattached = session is not None
         if session is None:

@@ -22,6 +22,7 @@ from mixvllm_common.names import EXPORT_ENV, SESSION_ENV
 
 from .config import ENV_PREFIX, Config
 from .session_user import SessionUser
+from .team.limits import ChildLimits
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -131,8 +132,25 @@ def spawn(
     cols: int,
     *,
     user: SessionUser | None = None,
+    limits: ChildLimits | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start `argv` leading a new session on a new PTY; return it and the non-blocking master fd."""
+    """Start `argv` leading a new session on a new PTY; return it and the non-blocking master fd.
+
+    A session as `user` enters its working directory as that user, after the uid change (as
+    login does): a 0700 home needs no privilege of the server's (compose gives it none to
+    read others' files). `limits` (team/limits.py) are applied then too, before exec."""
+    folder = cwd if os.path.isdir(cwd) else "/"
+
+    def user_child() -> None:  # runs in the child
+        _session_user_child()
+        try:
+            os.chdir(folder)
+        except OSError:
+            os.chdir("/")
+        if limits is not None:
+            limits.apply()
+
+    child = user_child if user else _session_child
     master, slave = os.openpty()
     try:
         set_winsize(master, rows, cols)
@@ -143,10 +161,10 @@ def spawn(
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            cwd=cwd if os.path.isdir(cwd) else "/",
+            cwd="/" if user else folder,
             env=env,
             start_new_session=True,
-            preexec_fn=_session_user_child if user else _session_child,  # noqa: PLW1509 - signals, an ioctl, a prctl
+            preexec_fn=child,  # noqa: PLW1509 - signals, an ioctl, a prctl, setrlimit
             user=user.uid if user else None,
             group=user.gid if user else None,
             extra_groups=list(user.groups) if user else None,

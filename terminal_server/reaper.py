@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,8 +42,8 @@ class Member(NamedTuple):
     state: str  # "Z": exited, not reaped yet
 
 
-def _stat(pid: str) -> tuple[int, int, str, int] | None:
-    """(pid, ppid, state, session id) of one process, or None if it is gone."""
+def _fields(pid: str, count: int) -> list[bytes] | None:
+    """The first `count` fields of /proc/<pid>/stat after the command name, or None if gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
@@ -54,8 +54,14 @@ def _stat(pid: str) -> tuple[int, int, str, int] | None:
         return None
     finally:
         os.close(fd)
-    fields = raw[raw.rfind(b")") + 2 :].split(maxsplit=4)  # the command name may hold spaces
-    if len(fields) < 4:
+    fields = raw[raw.rfind(b")") + 2 :].split(maxsplit=count)  # the name may hold spaces
+    return fields if len(fields) >= count else None
+
+
+def _stat(pid: str) -> tuple[int, int, str, int] | None:
+    """(pid, ppid, state, session id) of one process, or None if it is gone."""
+    fields = _fields(pid, 4)
+    if fields is None:
         return None
     return int(pid), int(fields[1]), fields[0].decode(), int(fields[3])
 
@@ -65,6 +71,27 @@ def scan() -> Iterator[tuple[int, int, str, int]]:
     for name in os.listdir("/proc"):
         if name.isdigit() and (stat := _stat(name)) is not None:
             yield stat
+
+
+class Usage(NamedTuple):
+    processes: int
+    cpu_seconds: float  # user + system, with that of the children they reaped
+    rss_bytes: int
+
+
+def usage_by_session(sids: Collection[int]) -> dict[int, Usage]:
+    """What the processes of each kernel session in `sids` use: one scan of /proc, for the
+    admin page (run it off the event loop, like every scan here)."""
+    ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    found: dict[int, list[int]] = {sid: [0, 0, 0] for sid in sids}
+    for name in os.listdir("/proc"):
+        fields = _fields(name, 23) if name.isdigit() else None
+        if fields is None or (totals := found.get(int(fields[3]))) is None:
+            continue
+        totals[0] += 1
+        totals[1] += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        totals[2] += int(fields[21])  # rss, pages
+    return {sid: Usage(n, cpu / ticks, rss * page) for sid, (n, cpu, rss) in found.items()}
 
 
 def session_members(sid: int) -> list[Member]:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import secrets
 import subprocess
@@ -23,6 +24,8 @@ from .file_access import FileAccess
 from .identity import OWNER
 from .metrics import Metrics
 from .reaper import Reaper
+from .team.audit import AuditLog
+from .team.limits import UserLimits
 from .terminals import OUTPUT_READ_MAX, SESSION_ID_RE, Session
 
 log = logging.getLogger("mixvllm.terminal")
@@ -35,9 +38,16 @@ class SessionLimitError(RuntimeError):
 class SessionManager:
     """Owns every session: creation under the cap, lookup by id, idle cull, shutdown."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, audit: AuditLog | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.audit = audit or AuditLog(None)
+        # Team sessions as the users' own accounts (a root server) get the per-user limits.
+        self.limits = UserLimits.build(
+            config.user_max_processes,
+            config.user_max_memory,
+            may_switch=config.team and os.geteuid() == 0,
+        )
         self.sessions: dict[str, Session] = {}
         self.user = session_user.lookup(config.session_user) if config.session_user else None
         self.exports = ChatExports(self.user)
@@ -141,6 +151,7 @@ class SessionManager:
         self.sessions[session_id] = session
         self.metrics.sessions_started += 1
         log.info("session %s of %s started (pid %d)", session_id, owner, proc.pid)
+        self.audit.record("session_start", owner, session=session_id, pid=proc.pid)
         return session
 
     def _spawn(
@@ -154,21 +165,29 @@ class SessionManager:
         clean_env: bool,
         owner: str = OWNER,
     ) -> tuple[subprocess.Popen[bytes], int]:  # runs in the spawner thread
+        limits = self.limits.for_user(user.name) if user is not None and clean_env else None
         env = processes.session_env(
             session_id, self.config, self.exports.folder(session_id, user), user, clean=clean_env
         )
         if self.model_env is not None:
             env.update(self.model_env(owner))
-        with self.reaper.spawning() as leaders:
-            proc, master = processes.spawn(
-                processes.session_argv(self.config, chat_args),
-                env,
-                user.home if user else self.config.cwd,
-                rows,
-                cols,
-                user=user,
-            )  # fmt: skip
-            leaders.add(proc.pid)
+        pid = None
+        try:
+            with self.reaper.spawning() as leaders:
+                proc, master = processes.spawn(
+                    processes.session_argv(self.config, chat_args),
+                    env,
+                    user.home if user else self.config.cwd,
+                    rows,
+                    cols,
+                    user=user,
+                    limits=limits,
+                )  # fmt: skip
+                pid = proc.pid
+                leaders.add(pid)
+        finally:
+            if limits is not None:
+                self.limits.spawned(pid, limits)
         return proc, master
 
     def _forget(self, session: Session) -> None:
@@ -177,29 +196,36 @@ class SessionManager:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
             log.info("session %s ended (exit %s)", session.id, session.exit_code)
+            self.audit.record(
+                "session_end", session.owner, session=session.id,
+                reason=session.end_reason or "exited", exit=session.exit_code,
+            )  # fmt: skip
 
     def clients(self) -> int:
         return sum(1 for s in self.sessions.values() if s.client is not None)
 
     def cull(self) -> None:
-        """Close sessions idle past the timeout, and those whose leader has exited."""
+        """Close sessions idle past the timeouts, and those whose leader has exited."""
         now = time.monotonic()
+        quiet = self.config.user_idle_timeout
         for session in list(self.sessions.values()):
-            idle = session.detached_at is not None and (
+            if session.detached_at is not None and (
                 now - session.detached_at >= self.config.idle_timeout
-            )
-            if idle:
-                log.info(
-                    "session %s: no client for %.0f s, closing",
-                    session.id,
-                    now - (session.detached_at or now),
-                )
-            if idle or session.leader_exited():
+            ):
+                log.info("session %s: no client for %.0f s, closing", session.id,
+                         now - session.detached_at)  # fmt: skip
+                session.close("idle")
+            elif quiet and now - session.last_input >= quiet:
+                log.info("session %s: no input for %.0f s, closing", session.id,
+                         now - session.last_input)  # fmt: skip
+                session.close("no input")
+            elif session.leader_exited():
                 session.close()
         self.reaper.reap_orphans()
 
     async def _cull_loop(self) -> None:
-        period = min(max(self.config.idle_timeout / 4, 0.05), 5.0)
+        timeouts = [self.config.idle_timeout, self.config.user_idle_timeout or math.inf]
+        period = min(max(min(timeouts) / 4, 0.05), 5.0)
         while True:
             await asyncio.sleep(period)
             self.cull()
@@ -211,7 +237,7 @@ class SessionManager:
                 await self._cull_task
             self._cull_task = None
         await self._started.wait()  # a session being spawned registers, then ends with the rest
-        tasks = [s.close() for s in list(self.sessions.values())]
+        tasks = [s.close("shutdown") for s in list(self.sessions.values())]
         if tasks:
             await asyncio.gather(*tasks)
         await self.reaper.stop()

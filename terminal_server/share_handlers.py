@@ -100,16 +100,20 @@ class ShareApiHandler(GuardedHandler):
 
     def post(self) -> None:
         session = self._session()
+        shared = self.ctx.shares.of(session)
         share = self.ctx.shares.create(session)
         log.info("session %s shared read-only", session.id)
+        if share is not shared:  # POST is idempotent: a second one creates nothing
+            self.ctx.audit.record("share_created", self.current_user, session=session.id)
         self._answer(share)
 
     def delete(self) -> None:
         session = self._session()
         share = self.ctx.shares.of(session)
-        if share is not None:
+        if share is not None and not share.ended:
             share.revoke()
             log.info("session %s: share revoked", session.id)
+            self.ctx.audit.record("share_revoked", self.current_user, session=session.id)
         self.set_status(204)
         self.finish()
 

@@ -80,6 +80,8 @@ class Session:
         self.client: Client | None = None
         self.audience: Audience | None = None
         self.detached_at: float | None = time.monotonic()
+        self.started_at = self.last_input = time.monotonic()  # for the idle cull, admin page
+        self.end_reason: str | None = None  # why it was closed (the audit log's "reason")
         self.exit_code: int | None = None
         self._loop = asyncio.get_running_loop()
         self._metrics = metrics
@@ -156,6 +158,7 @@ class Session:
 
     # -- input ----------------------------------------------------------------------------
     def write(self, text: str) -> None:
+        self.last_input = time.monotonic()
         data = text.encode("utf-8", "replace")
         self._metrics.bytes_in += len(data)
         if not self._input and not self.closed and len(data) <= INPUT_WRITE_MAX:
@@ -285,9 +288,12 @@ class Session:
     def leader_exited(self) -> bool:
         return self.proc.poll() is not None
 
-    def close(self) -> asyncio.Task[None]:
-        """Kill every process of the session (HUP -> TERM -> KILL), reap them, tell the client."""
+    def close(self, reason: str = "exited") -> asyncio.Task[None]:
+        """Kill every process of the session (HUP -> TERM -> KILL), reap them, tell the client.
+
+        `reason` (the first one given) is why: exited, restart, idle, admin, shutdown."""
         if self._closing is None:
+            self.end_reason = reason
             self._closing = asyncio.ensure_future(self._terminate())  # runs from the next tick
             self._reset_flow()
             self._update_reader()  # `closed` is now true: stop watching the fd

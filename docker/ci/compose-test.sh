@@ -64,4 +64,4 @@ phase wheel prebuilt_wheel
 phase images build_images
 phase stack env MIXVLLM_REQUIRE_ALL=1 .venv/bin/pytest -m docker -p no:cacheprovider -s \
     tests/e2e/test_compose_stack.py tests/e2e/test_compose_multinode.py \
-    tests/e2e/test_compose_replicas.py
+    tests/e2e/test_compose_replicas.py tests/e2e/test_compose_team.py

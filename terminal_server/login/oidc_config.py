@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from mixvllm_common import defaults
 from mixvllm_common.options import Option, boolean
 
+from ..option_kit import terminal_option as _opt
+
 ENV_PREFIX = defaults.TERMINAL_ENV_PREFIX
 SECRET_ENV = ENV_PREFIX + "OIDC_CLIENT_SECRET"
 CALLBACK_PATH = "login/oidc/callback"  # under the base path: the redirect URI to register
@@ -47,11 +49,6 @@ class OidcSettings:
     shell: str = "/bin/bash"
     create_accounts: bool = True
     label: str = ""  # the login page's "Sign in with …"
-
-
-def _opt(dest: str, kind: Any, default: object, help_: str, **more: Any) -> Option:
-    flag = "--" + dest.replace("_", "-")
-    return Option(dest, (flag,), (ENV_PREFIX + dest.upper(),), kind, default, help_, **more)
 
 
 OIDC_OPTIONS: tuple[Option, ...] = (

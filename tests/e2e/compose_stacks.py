@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 from .browser_support import ROOT
@@ -24,6 +26,11 @@ def docker_available() -> bool:
     return info.returncode == 0 and compose.returncode == 0
 
 
+def timed(what: str, started: float) -> None:
+    """How long a step of compose-test took, on its log."""
+    print(f"compose-test: {what}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class Stack:
     project: str
@@ -32,10 +39,12 @@ class Stack:
     token: str
     env: dict[str, str]
 
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, stdin: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [DOCKER, "compose", "-p", self.project, *self.files, *args], cwd=ROOT, env=self.env,
-            capture_output=True, text=True, timeout=timeout, check=False,
+            input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
 
     def logs(self, service: str) -> str:

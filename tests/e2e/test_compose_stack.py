@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 
@@ -27,7 +26,7 @@ from .browser_support import (
     wait_for_js,
     wait_for_text,
 )
-from .compose_stacks import DOCKER, Stack, docker_available
+from .compose_stacks import DOCKER, Stack, docker_available, timed
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,10 +34,6 @@ FILES = ("-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")
 MODEL = "smollm2-135m-instruct"
 ANSWER_TIMEOUT_MS = 180_000
 FOOTER = "tok/s"  # chat's footer after every finished answer
-
-
-def _timed(what: str, started: float) -> None:
-    print(f"compose-test: {what}: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +51,14 @@ def stack() -> Iterator[Stack]:
     s = Stack(f"mixvllm-ci-{secrets.token_hex(3)}", FILES, f"http://127.0.0.1:{port}/", token, env)
     started = time.monotonic()
     up = s.compose("up", "--wait", "--no-build", timeout=400)
-    _timed("compose up --wait", started)
+    timed("compose up --wait", started)
     try:
         assert up.returncode == 0, up.stdout + up.stderr + s.compose("logs").stdout
         yield s
     finally:
         started = time.monotonic()
         down = s.compose("down", "-v", "--remove-orphans", "--timeout", "20")
-        _timed("compose down -v", started)
+        timed("compose down -v", started)
         assert down.returncode == 0, down.stdout + down.stderr
         assert s.leftovers() == []
 
@@ -144,4 +139,4 @@ def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) ->
         assert streaming, "the answer arrived whole: nothing streamed"
         assert problems == []
         _check_sessions_are_chat(stack)  # while the page's session lives
-    _timed("browser: page, chat, streamed answer", started)
+    timed("browser: page, chat, streamed answer", started)
