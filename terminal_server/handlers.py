@@ -129,23 +129,30 @@ class GuardedHandler(_Guarded):
         self.set_header("Cache-Control", "no-store")
 
 
+def token_link_swapped(handler: web.RequestHandler, ctx: Context) -> bool:
+    """A page's `?token=` is swapped for the owner's cookie and dropped from the address bar
+    (not in the team modes: there the proxy or a login stands for it, users never see it)."""
+    valid = functools.partial(token_ok, ctx)
+    return not ctx.team and swap_link_for_cookie(handler, ctx, owner_link(ctx), valid)
+
+
+def serve_page(handler: web.RequestHandler, ctx: Context, name: str) -> None:
+    """An HTML page of static/, with the login's CSRF token and user (pam|oidc) in its head."""
+    handler.set_header("Content-Type", "text/html; charset=utf-8")
+    page = (ctx.static_dir / name).read_bytes()
+    if ctx.login:
+        page = page.replace(b"</head>", login_meta(handler, ctx) + b"</head>", 1)
+    handler.finish(page)
+
+
 class PageHandler(GuardedHandler):
     login_page = True  # without a login (--auth pam|oidc): sent to the login page
 
     def authorized(self) -> bool:
-        # A ?token= is swapped for a cookie and dropped from the address bar (not behind a
-        # proxy: there the proxy sends the token, users never see it).
-        valid = functools.partial(token_ok, self.ctx)
-        if not self.ctx.team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
-            return False
-        return super().authorized()
+        return not token_link_swapped(self, self.ctx) and super().authorized()
 
     def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        page = (self.ctx.static_dir / "index.html").read_bytes()
-        if self.ctx.login:  # the page's CSRF token and user, for its requests and logout
-            page = page.replace(b"</head>", login_meta(self, self.ctx) + b"</head>", 1)
-        self.finish(page)
+        serve_page(self, self.ctx, "index.html")
 
 
 class GuardedStaticHandler(_Guarded, web.StaticFileHandler):

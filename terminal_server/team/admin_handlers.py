@@ -10,7 +10,6 @@ the login's CSRF token (the guard checks it, login/csrf.py).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from typing import Any
@@ -18,10 +17,9 @@ from typing import Any
 from tornado import web
 
 from .. import protocol
-from ..auth import guard, owner_link, refuse, same_origin, swap_link_for_cookie, token_ok
+from ..auth import guard, refuse, same_origin
 from ..context import Context
-from ..handlers import GuardedHandler, GuardedStaticHandler
-from ..login.csrf import login_meta
+from ..handlers import GuardedHandler, GuardedStaticHandler, serve_page, token_link_swapped
 from ..terminals import SESSION_ID_RE, Session
 from . import admin_view
 from .admins import is_admin
@@ -58,17 +56,10 @@ class AdminPageHandler(_AdminOnly, GuardedHandler):
 
     def authorized(self) -> bool:
         # Token mode: `admin?token=` is swapped for the owner's cookie, as on the terminal page.
-        valid = functools.partial(token_ok, self.ctx)
-        if not self.ctx.team and swap_link_for_cookie(self, self.ctx, owner_link(self.ctx), valid):
-            return False
-        return super().authorized()
+        return not token_link_swapped(self, self.ctx) and super().authorized()
 
     def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        page = (self.ctx.static_dir / "admin.html").read_bytes()
-        if self.ctx.login:  # the CSRF token its actions send back
-            page = page.replace(b"</head>", login_meta(self, self.ctx) + b"</head>", 1)
-        self.finish(page)
+        serve_page(self, self.ctx, "admin.html")
 
 
 class AdminStaticHandler(_AdminOnly, GuardedStaticHandler):
