@@ -300,13 +300,24 @@ def test_chat_cli_bad_key_is_one_clear_line(server: vllm_cpu.Server, tmp_path: P
     assert re.search(r"key|401|unauthori", lines[0], re.IGNORECASE), lines[0]
 
 
-def test_chat_cli_server_error_is_one_clear_line(server: vllm_cpu.Server, tmp_path: Path) -> None:
-    result = run_chat(server, tmp_path, "--plain", "--max-tokens", "100000", "hi")
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        # chat knows vLLM's max_model_len (2048): far over it, the request is not sent at all.
+        (("--max-tokens", "100000"), "not sent: it would not fit the model's context"),
+        # A value chat lets through and vLLM refuses (top_p must be in (0, 1]): vLLM's 400.
+        (("--top-p", "0"), "top_p"),
+    ],
+)
+def test_chat_cli_server_error_is_one_clear_line(
+    server: vllm_cpu.Server, tmp_path: Path, flags: tuple[str, str], said: str
+) -> None:
+    result = run_chat(server, tmp_path, "--plain", *flags, "hi")
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert "max_model_len" in lines[0] or "max_tokens" in lines[0], lines[0]
+    assert said in lines[0], lines[0]
 
 
 def test_chat_cli_round_trip_through_an_mcp_tool(server: vllm_cpu.Server, tmp_path: Path) -> None:
