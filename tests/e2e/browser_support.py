@@ -147,4 +147,7 @@ def log_in(browser: Browser, url: str, who: Account, path: str = "") -> Page:
     page.fill("#password", who.password)
     page.click("#submit")
     wait_connected(page)
+    # The server's `setup` has arrived (the page titles itself with the session's id): until
+    # then window.mixvllm.sessionId is null, or the one the URL named.
+    page.wait_for_function("() => document.title.includes(' · ')", timeout=15000)
     return page
