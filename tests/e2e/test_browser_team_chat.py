@@ -61,7 +61,8 @@ def _ask(page: Page) -> None:
 def _wait_answer(page: Page) -> None:
     wait_for_js(page, f"(f) => ({BUFFER_TEXT})().includes(f)", FOOTER, ANSWER_TIMEOUT_MS)
     text = buffer_text(page)
-    answer = text[text.rindex(QUESTION) + len(QUESTION) : text.rindex(FOOTER)]
+    asked = text.index("> " + QUESTION) + len(QUESTION) + 2  # at chat's prompt
+    answer = text[asked : text.index(FOOTER, asked)]
     assert re.search(r"[A-Za-z]", answer), text  # the model said something
 
 
