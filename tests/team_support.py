@@ -15,8 +15,9 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,28 @@ def throwaway_accounts(
         yield accounts, prefix
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def reachable_python(scratch: Path) -> str:
+    """Shell lines that, inside the namespace, let the accounts run this Python when it lives
+    under a home they may not enter (/root/.pyenv): a 0755 tmpfs over that home with the
+    Python folder bound back into it (through `scratch`, a 0755 folder). Only the namespace
+    sees it."""
+    top = Path(sys.base_prefix).resolve()
+    blocked = next(
+        (p for p in reversed(top.parents) if p != Path("/") and not p.stat().st_mode & 0o001),
+        None,
+    )
+    if blocked is None:
+        return "true"
+    keep = top.relative_to(blocked).parts[0]
+    saved = scratch / "saved"
+    saved.mkdir()
+    return (
+        f"mount --bind {blocked / keep} {saved} && "
+        f"mount -t tmpfs -o mode=0755 tmpfs {blocked} && mkdir {blocked / keep} && "
+        f"mount --bind {saved} {blocked / keep}"
+    )
 
 
 def _port_open(port: int) -> bool:
@@ -260,9 +283,13 @@ class PamStack:
 
 
 @contextlib.contextmanager
-def pam_stack(*args: str) -> Iterator[PamStack]:
+def pam_stack(
+    *args: str, env: Mapping[str, str] | None = None, chat: bool = False
+) -> Iterator[PamStack]:
     """The server with `--auth pam` as root in a namespace where alice, bob, carol, dave and
-    sysop exist with real password hashes and the project's PAM service file."""
+    sysop exist with real password hashes and the project's PAM service file. `env` adds to
+    (or replaces) the server's environment; `chat`: sessions start the default `chat` (the
+    venv's), which the accounts may run (reachable_python)."""
     people = ["alice", "bob", "carol", "dave"]
     with (
         throwaway_accounts(people, system=["sysop"], expired=["dave"], pam_service="mixvllm") as (
@@ -272,12 +299,17 @@ def pam_stack(*args: str) -> Iterator[PamStack]:
         tempfile.TemporaryDirectory(prefix="mixvllm-pam-") as state,
     ):
         log, audit = Path(state, "server.log"), Path(state, "audit.jsonl")
-        env = {"VLLM_API_KEY": "sk-server-secret-0123", "MIXVLLM_TERMINAL_AUDIT_LOG": str(audit)}
-        argv = ["--auth", "pam", "--no-autostart-chat", "--shell", "/bin/bash --norc --noprofile",
-                *args]  # fmt: skip
+        env = {"VLLM_API_KEY": "sk-server-secret-0123", "MIXVLLM_TERMINAL_AUDIT_LOG": str(audit),
+               **(env or {})}  # fmt: skip
+        prefix = in_namespace
+        if chat:
+            reach = reachable_python(Path(state))
+            prefix = [*in_namespace, "sh", "-c", f'{reach} && exec "$@"', "sh"]
+        argv = ["--auth", "pam", *([] if chat else ["--no-autostart-chat"]),
+                "--shell", "/bin/bash --norc --noprofile", *args]  # fmt: skip
         with (
             log.open("w") as err,
-            server_process(*argv, env=env, prefix=in_namespace, stderr=err.fileno()) as (
+            server_process(*argv, env=env, prefix=prefix, stderr=err.fileno()) as (
                 proc,
                 url,
             ),

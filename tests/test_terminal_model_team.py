@@ -20,31 +20,16 @@ from tornado import httpclient, websocket
 from tests.embedded_server import EmbeddedServer
 from tests.prometheus_support import samples
 from tests.support import wait_for_async
-from tests.team_support import PROXY_SOURCE, Account, nginx_proxy, throwaway_accounts
+from tests.team_support import (
+    PROXY_SOURCE,
+    Account,
+    nginx_proxy,
+    reachable_python,
+    throwaway_accounts,
+)
 from tests.terminal_support import TOKEN, Client, run, server_process
 
 pytestmark = pytest.mark.embedded
-
-
-def _reachable_python(scratch: Path) -> str:
-    """Shell lines that, inside the namespace, let the accounts run this Python when it lives
-    under a home they may not enter (/root/.pyenv): a 0755 tmpfs over that home with the
-    Python folder bound back into it. Only the namespace sees it."""
-    top = Path(sys.base_prefix).resolve()
-    blocked = next(
-        (p for p in reversed(top.parents) if p != Path("/") and not p.stat().st_mode & 0o001),
-        None,
-    )
-    if blocked is None:
-        return "true"
-    keep = top.relative_to(blocked).parts[0]
-    saved = scratch / "saved"
-    saved.mkdir()
-    return (
-        f"mount --bind {blocked / keep} {saved} && "
-        f"mount -t tmpfs -o mode=0755 tmpfs {blocked} && mkdir {blocked / keep} && "
-        f"mount --bind {saved} {blocked / keep}"
-    )
 
 
 class Stack:
@@ -80,7 +65,7 @@ def stack(embedded_model_server: EmbeddedServer) -> Iterator[Stack]:
         tempfile.TemporaryDirectory(prefix="mixvllm-model-team-") as scratch,
     ):
         Path(scratch).chmod(0o755)
-        prefix = [*in_namespace, "sh", "-c", f'{_reachable_python(Path(scratch))} && exec "$@"',
+        prefix = [*in_namespace, "sh", "-c", f'{reachable_python(Path(scratch))} && exec "$@"',
                   "sh"]  # fmt: skip
         env = {
             "MIXVLLM_TERMINAL_TOKEN": TOKEN,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from playwright.sync_api import Browser, Page, Playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -14,6 +16,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from tests.conftest import require
 from tests.support import wait_for
 from tests.terminal_support import server_process
+
+if TYPE_CHECKING:
+    from tests.team_support import Account
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -115,3 +120,34 @@ def collect_problems(page: Page) -> list[str]:
         lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None,
     )
     return problems
+
+
+# In the page (a logged-in user's): the `setup` a WebSocket naming `query` gets, and the status
+# of a request with the user's cookies (and a CSRF token, if given).
+SETUP_OF = """async (query) => await new Promise((resolve, reject) => {
+  const ws = new WebSocket(new URL("ws?" + query, location.href).href.replace(/^http/, "ws"));
+  ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m[0] === "setup") { ws.close();
+    resolve(m[1]); } };
+  ws.onerror = () => reject(new Error("websocket failed"));
+})"""
+STATUS_OF = (
+    "async ([path, method, csrf]) => (await fetch(path, {method, headers: csrf ? "
+    "{'X-CSRF-Token': csrf} : {}})).status"
+)
+
+
+def log_in(browser: Browser, url: str, who: Account, path: str = "") -> Page:
+    """A new browser context (device scale factor 1) that opens `url + path`, lands on the
+    login page and logs in as `who`; returns its page once the terminal is connected."""
+    context = browser.new_context(viewport={"width": 900, "height": 600}, device_scale_factor=1)
+    page = context.new_page()
+    page.goto(url + path)
+    page.wait_for_url(re.compile(r"/login\?next="))  # no login yet: the login page
+    page.fill("#user", who.name)
+    page.fill("#password", who.password)
+    page.click("#submit")
+    wait_connected(page)
+    # The server's `setup` has arrived (the page titles itself with the session's id): until
+    # then window.mixvllm.sessionId is null, or the one the URL named.
+    page.wait_for_function("() => document.title.includes(' · ')", timeout=15000)
+    return page

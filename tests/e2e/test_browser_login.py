@@ -11,33 +11,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
-from tests.team_support import Account, PamStack, pam_stack, require_pamela
+from tests.team_support import PamStack, pam_stack, require_pamela
 
 from .browser_support import (
     BUFFER_TEXT,
+    SETUP_OF,
+    STATUS_OF,
     buffer_text,
     chromium,
     collect_problems,
+    log_in,
     type_line,
-    wait_connected,
     wait_for_js,
 )
 
 pytestmark = pytest.mark.browser
 
 SHOTS = Path("/work/prompts2/shots")
-SETUP_OF = """async (query) => await new Promise((resolve, reject) => {
-  const ws = new WebSocket(new URL("ws?" + query, location.href).href.replace(/^http/, "ws"));
-  ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m[0] === "setup") { ws.close();
-    resolve(m[1]); } };
-  ws.onerror = () => reject(new Error("websocket failed"));
-})"""
-STATUS_OF = (
-    "async ([path, method, csrf]) => (await fetch(path, {method, headers: csrf ? "
-    "{'X-CSRF-Token': csrf} : {}})).status"
-)
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +46,6 @@ def _whoami(page: Page, tag: str) -> str:
     match = re.search(pattern, buffer_text(page))
     assert match is not None
     return match.group(1)
-
-
-def _log_in(browser: Browser, stack: PamStack, who: Account, path: str = "") -> Page:
-    context = browser.new_context(viewport={"width": 900, "height": 600}, device_scale_factor=1)
-    page = context.new_page()
-    page.goto(stack.url + path)
-    page.wait_for_url(re.compile(r"/login\?next="))  # no login yet: the login page
-    page.fill("#user", who.name)
-    page.fill("#password", who.password)
-    page.click("#submit")
-    wait_connected(page)
-    return page
 
 
 def test_the_login_page_in_chromium(stack: PamStack) -> None:
@@ -94,7 +74,7 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
 ) -> None:
     with sync_playwright() as p, chromium(p) as browser:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        alice = _log_in(browser, stack, stack.alice)
+        alice = log_in(browser, stack.url, stack.alice)
         hers = alice.evaluate("() => window.mixvllm.sessionId")
         assert _whoami(alice, "WHO") == "alice"
         assert alice.is_visible("#logout")
@@ -103,7 +83,7 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
         alice.screenshot(path=str(SHOTS / "login-terminal.png"))
 
         # Bob follows a link to Alice's session: the login page, then a session of his own.
-        bob = _log_in(browser, stack, stack.bob, f"?session={hers}")
+        bob = log_in(browser, stack.url, stack.bob, f"?session={hers}")
         his = bob.evaluate("() => window.mixvllm.sessionId")
         assert his != hers and _whoami(bob, "BOB") == "bob"
         csrf = bob.evaluate("() => document.querySelector('meta[name=mixvllm-csrf]').content")
