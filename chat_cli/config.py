@@ -18,7 +18,7 @@ from chat_cli import chats
 from chat_cli.errors import ConfigError
 from chat_cli.tools import mcp_config
 from chat_cli.tools.mcp_config import TOOL_CHOICES, TOOL_NAME, ServerSpec
-from mixvllm_common import defaults
+from mixvllm_common import defaults, names
 from mixvllm_common.options import (
     Kind,
     Option,
@@ -137,7 +137,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("seed", ("--seed",), ("CHAT_SEED",), _whole(), None, "sampling seed", "N"),
     Option(
-        "context_length", ("--context-length",), ("CHAT_CONTEXT_LENGTH",), _whole(1), None,
+        "context_length", ("--context-length",), (names.CHAT_CONTEXT_LENGTH_ENV,), _whole(1), None,
         "the model's context in tokens, for a server that does not report it", "N",
         shown_default="the server's (vLLM, llama.cpp's llama-server)",
     ),

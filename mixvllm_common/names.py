@@ -23,3 +23,6 @@ PAGE_OSC = 7337
 DROP_NOTICE_PREFIX = "dropped-"
 DOWNLOAD_TICKET_PREFIX = "download-"
 NOTICE_SUFFIX = ".json"
+# chat's --context-length; `mixvllm-serve up` sets it for the sessions from the profile when the
+# engine does not report its context length itself.
+CHAT_CONTEXT_LENGTH_ENV = "CHAT_CONTEXT_LENGTH"

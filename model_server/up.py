@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, NoReturn
 
-from mixvllm_common import defaults
+from mixvllm_common import defaults, names
 from mixvllm_common.options import Option, OptionError, add_to_parser, integer, number, resolve
 from mixvllm_common.state import state_dir
 from model_server import config, health
@@ -240,6 +240,10 @@ def run(cfg: UpConfig, env: Mapping[str, str], out: IO[str] = sys.stdout) -> int
         say(f"model {profile.served_model_name!r} answers")
 
         terminal_env = {**child_env, defaults.MODEL_SERVER_URL_ENV: model_url}
+        if profile.max_model_len and names.CHAT_CONTEXT_LENGTH_ENV not in env:
+            # chat's footer shows the context in use; an engine that does not report its
+            # length (llama.cpp's Python server) leaves chat to learn it from here.
+            terminal_env[names.CHAT_CONTEXT_LENGTH_ENV] = str(profile.max_model_len)
         terminal = _start_terminal(cfg, terminal_env, terminal_log, children)
         host = _http_host(_connect_host(cfg.terminal_host))
         say(f"terminal ready: http://{host}:{cfg.terminal_port}/?token={cfg.token}")

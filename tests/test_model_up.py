@@ -129,6 +129,7 @@ def test_up_runs_both_and_stops_cleanly(start_up: object, sig: signal.Signals) -
     terminal_env = terminal[0].environ()
     assert terminal_env["MODEL_SERVER_URL"] == model_url
     assert terminal_env["VLLM_API_KEY"] == up.api_key
+    assert terminal_env["CHAT_CONTEXT_LENGTH"] == "4096"  # the profile's: chat's footer shows it
 
     up.proc.send_signal(sig)
     assert up.proc.wait(60) == 0, up.rest()
