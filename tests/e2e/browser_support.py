@@ -151,3 +151,13 @@ def log_in(browser: Browser, url: str, who: Account, path: str = "") -> Page:
     # then window.mixvllm.sessionId is null, or the one the URL named.
     page.wait_for_function("() => document.title.includes(' · ')", timeout=15000)
     return page
+
+
+def whoami(page: Page, tag: str) -> str:
+    """The user the page's shell runs as (the echoed command line has `$(`, not a name)."""
+    type_line(page, f'echo "{tag}<$(id -un)>"')
+    pattern = rf"{tag}<([a-z]+)>"
+    wait_for_js(page, f"(re) => new RegExp(re).test(({BUFFER_TEXT})())", pattern, 15000)
+    match = re.search(pattern, buffer_text(page))
+    assert match is not None
+    return match.group(1)

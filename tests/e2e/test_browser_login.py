@@ -11,20 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import sync_playwright
 
 from tests.team_support import PamStack, pam_stack, require_pamela
 
 from .browser_support import (
-    BUFFER_TEXT,
     SETUP_OF,
     STATUS_OF,
-    buffer_text,
     chromium,
     collect_problems,
     log_in,
-    type_line,
-    wait_for_js,
+    whoami,
 )
 
 pytestmark = pytest.mark.browser
@@ -37,15 +34,6 @@ def stack() -> Iterator[PamStack]:
     require_pamela()
     with pam_stack() as parts:
         yield parts
-
-
-def _whoami(page: Page, tag: str) -> str:
-    type_line(page, f'echo "{tag}<$(id -un)>"')
-    pattern = rf"{tag}<([a-z]+)>"
-    wait_for_js(page, f"(re) => new RegExp(re).test(({BUFFER_TEXT})())", pattern, 15000)
-    match = re.search(pattern, buffer_text(page))
-    assert match is not None
-    return match.group(1)
 
 
 def test_the_login_page_in_chromium(stack: PamStack) -> None:
@@ -76,7 +64,7 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
         SHOTS.mkdir(parents=True, exist_ok=True)
         alice = log_in(browser, stack.url, stack.alice)
         hers = alice.evaluate("() => window.mixvllm.sessionId")
-        assert _whoami(alice, "WHO") == "alice"
+        assert whoami(alice, "WHO") == "alice"
         assert alice.is_visible("#logout")
         button = alice.locator("#logout").bounding_box()
         assert button is not None and button["x"] + button["width"] <= 900  # not clipped
@@ -85,7 +73,7 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
         # Bob follows a link to Alice's session: the login page, then a session of his own.
         bob = log_in(browser, stack.url, stack.bob, f"?session={hers}")
         his = bob.evaluate("() => window.mixvllm.sessionId")
-        assert his != hers and _whoami(bob, "BOB") == "bob"
+        assert his != hers and whoami(bob, "BOB") == "bob"
         csrf = bob.evaluate("() => document.querySelector('meta[name=mixvllm-csrf]').content")
         for path, method in ((f"api/share?session={hers}", "GET"),
                              (f"api/share?session={hers}", "POST"),
@@ -105,4 +93,4 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
         bob.wait_for_url(re.compile(r"/login(\?next=.*)?$"))
         assert bob.evaluate(STATUS_OF, ["api/status", "GET", ""]) == 401
         assert alice.evaluate("() => window.mixvllm.connected") is True
-        assert _whoami(alice, "AGAIN") == "alice"
+        assert whoami(alice, "AGAIN") == "alice"

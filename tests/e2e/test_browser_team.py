@@ -4,7 +4,6 @@ WebSocket."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -14,13 +13,11 @@ from tests.team_support import Account, TeamStack, team_stack
 from tests.terminal_support import TOKEN
 
 from .browser_support import (
-    BUFFER_TEXT,
     buffer_text,
     chromium,
     collect_problems,
-    type_line,
     wait_connected,
-    wait_for_js,
+    whoami,
 )
 
 pytestmark = pytest.mark.browser
@@ -41,16 +38,6 @@ def stack() -> Iterator[TeamStack]:
         yield parts
 
 
-def _whoami(page: Page, tag: str) -> str:
-    """The user the page's shell runs as (the echoed command line has `$(`, not a name)."""
-    type_line(page, f'echo "{tag}<$(id -un)>"')
-    pattern = rf"{tag}<([a-z]+)>"
-    wait_for_js(page, f"(re) => new RegExp(re).test(({BUFFER_TEXT})())", pattern, 15000)
-    match = re.search(pattern, buffer_text(page))
-    assert match is not None
-    return match.group(1)
-
-
 def test_two_users_in_two_browsers_cannot_reach_each_others_sessions(stack: TeamStack) -> None:
     with sync_playwright() as p, chromium(p) as browser:
 
@@ -66,14 +53,14 @@ def test_two_users_in_two_browsers_cannot_reach_each_others_sessions(stack: Team
         alice.goto(stack.url)
         wait_connected(alice)
         hers = alice.evaluate("() => window.mixvllm.sessionId")
-        assert _whoami(alice, "WHO") == "alice"
+        assert whoami(alice, "WHO") == "alice"
 
         # Bob opens Alice's session by URL: he gets a new session of his own.
         bob.goto(f"{stack.url}?session={hers}")
         wait_connected(bob)
         his = bob.evaluate("() => window.mixvllm.sessionId")
         assert his != hers
-        assert _whoami(bob, "BOB") == "bob"
+        assert whoami(bob, "BOB") == "bob"
         assert "WHO<alice>" not in buffer_text(bob)
         # ... by API and by a WebSocket of his own making.
         for path in (f"api/share?session={hers}", f"api/chat?session={hers}"):
@@ -83,6 +70,6 @@ def test_two_users_in_two_browsers_cannot_reach_each_others_sessions(stack: Team
 
         # Alice's tab is still hers and connected: nothing took it over.
         assert alice.evaluate("() => window.mixvllm.connected") is True
-        assert _whoami(alice, "AGAIN") == "alice"
+        assert whoami(alice, "AGAIN") == "alice"
         assert alice.evaluate(STATUS_OF, f"api/share?session={hers}") == 200
         assert alice_problems == []
