@@ -23,8 +23,15 @@ from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# llama_cpp.server reads its settings from env too (pydantic-settings, no prefix).
-LLAMA_CPP_API_KEY_ENV = "API_KEY"
+# llama.cpp's server (tools/server in llama.cpp), built by scripts/install-embedded.sh into
+# the venv's bin; it reads its key from this variable.
+LLAMA_SERVER = "llama-server"
+LLAMA_CPP_API_KEY_ENV = "LLAMA_API_KEY"
+# Slots when a llama.cpp profile does not say; 1 answers one request at a time.
+DEFAULT_PARALLEL = 1
+# MiB of RAM for llama-server's cache of finished prompts (a follow-up question reuses the
+# conversation's prefix); its own default is 8 GiB.
+LLAMA_PROMPT_CACHE_MIB = 256
 # The address vLLM (and our NCCL/Gloo interface lookup) uses for this node.
 HOST_IP_ENV = "VLLM_HOST_IP"
 MASTER_ADDR_PLACEHOLDER = "<MASTER_ADDR>"
@@ -174,24 +181,41 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _llama_cpp_argv(p: Profile, model: str, python: str) -> list[str]:
+# Profile sampling keys as llama-server's flags (its per-request defaults).
+_LLAMA_SAMPLING_FLAGS = {
+    "temperature": "--temp",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "min_p": "--min-p",
+    "repetition_penalty": "--repeat-penalty",
+    "presence_penalty": "--presence-penalty",
+    "frequency_penalty": "--frequency-penalty",
+    "max_new_tokens": "--n-predict",
+}
+
+
+def llama_server_binary(env: Mapping[str, str]) -> str:
+    """The venv's llama-server (next to this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / LLAMA_SERVER
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(LLAMA_SERVER, path=env.get("PATH")) or LLAMA_SERVER
+
+
+def _llama_cpp_argv(p: Profile, model: str, binary: str) -> list[str]:
     threads = str(p.threads or usable_cpus())
-    argv = [
-        python,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        model,
-        "--model_alias",
-        p.served_model_name,
-    ]
+    slots = p.parallel or DEFAULT_PARALLEL
+    argv = [binary, "--model", model, "--alias", p.served_model_name]
     argv += ["--host", p.host, "--port", str(p.port)]
+    argv += ["--threads", threads, "--threads-batch", threads]
+    # Continuous batching over `slots` answers; the context is split evenly between slots.
+    argv += ["--parallel", str(slots), "--cont-batching"]
     if p.max_model_len:
-        argv += ["--n_ctx", str(p.max_model_len)]
-    argv += ["--n_threads", threads, "--n_threads_batch", threads]
-    # The default cancels a running answer whenever another request arrives: wrong for a
-    # server shared by several terminal sessions.
-    argv += ["--interrupt_requests", "False"]
+        argv += ["--ctx-size", str(p.max_model_len * slots)]
+    # /slots shows every user's prompt to anyone with the key; the web UI is not ours.
+    argv += ["--no-slots", "--no-webui", "--cache-ram", str(LLAMA_PROMPT_CACHE_MIB)]
+    for key, value in sorted(p.sampling.items()):
+        argv += [_LLAMA_SAMPLING_FLAGS[key], f"{value:g}"]
     return argv
 
 
@@ -229,7 +253,7 @@ def build_command(
             if not config.master_addr:
                 warnings.append("MASTER_ADDR is not set: every node needs node 0's address")
     else:
-        argv = _llama_cpp_argv(p, model, sys.executable)
+        argv = _llama_cpp_argv(p, model, llama_server_binary(env))
         key_env = LLAMA_CPP_API_KEY_ENV
     argv += [*p.extra_args, *config.extra_args]
     secret: frozenset[str] = frozenset()
@@ -245,20 +269,15 @@ def build_command(
 def check_engine(config: ServeConfig, command: EngineCommand) -> None:
     """Fail early, with the install hint, when the engine is not installed."""
     p = config.profile
-    if p.engine == "llama.cpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise LaunchError(f"llama-cpp-python is not installed{_hint(p)}")
-        # The [server] extra; checked by name so llama_cpp itself is not imported here.
-        for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
-            if importlib.util.find_spec(module) is None:
-                raise LaunchError(f"llama-cpp-python's [server] extra is missing{_hint(p)}")
-        return
     binary = command.argv[0]
     found = shutil.which(binary) if os.sep not in binary else binary
-    if not found or not os.access(found, os.X_OK):
-        raise LaunchError(
-            f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
-        )
+    if found and os.access(found, os.X_OK):
+        return
+    if p.engine == "llama.cpp":
+        raise LaunchError(f"llama.cpp's server ({LLAMA_SERVER}) is not installed{_hint(p)}")
+    raise LaunchError(
+        f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
+    )
 
 
 def exec_engine(command: EngineCommand) -> NoReturn:

@@ -85,7 +85,6 @@ _VLLM_ONLY = (
     "reasoning_parser",
     "tool_call_parser",
     "distributed_executor_backend",
-    "sampling",
 )
 
 
@@ -117,7 +116,11 @@ class Profile:
     distributed_executor_backend: Text | None = None
     # llama.cpp only: CPU threads; None means all of them.
     threads: int | None = Field(default=None, ge=1)
-    # vLLM only: default sampling, passed as --override-generation-config.
+    # llama.cpp only: answers decoded together (server slots, continuous batching); each
+    # slot holds max_model_len tokens of context.
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    # Default sampling for requests that do not set their own (vLLM:
+    # --override-generation-config; llama.cpp: --temp, --top-k, ...).
     sampling: Mapping[SamplingKey, Annotated[float | int, PlainValidator(_number)]] = Field(
         default_factory=dict
     )
@@ -145,8 +148,9 @@ class Profile:
             if self.enable_prefix_caching:
                 self._fail("enable_prefix_caching", "is a vLLM setting")
         else:
-            if self.threads is not None:
-                self._fail("threads", "is a llama.cpp setting; engine vllm does not take it")
+            for key in ("threads", "parallel"):
+                if getattr(self, key) is not None:
+                    self._fail(key, "is a llama.cpp setting; engine vllm does not take it")
             if isinstance(self.model, PackageFile):
                 self._fail("model", "engine vllm needs a model id or directory, not a package file")
             self._check_nodes()

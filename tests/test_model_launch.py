@@ -80,8 +80,8 @@ def test_dry_run_for_every_profile(capsys: pytest.CaptureFixture[str], name: str
             assert opts[opts.index("--nnodes") + 1] == str(p.nnodes)
             assert opts[opts.index("--node-rank") + 1] == "0"
     else:
-        assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
-        assert argv[argv.index("--model_alias") + 1] == p.served_model_name
+        assert Path(argv[0]).name == "llama-server"
+        assert argv[argv.index("--alias") + 1] == p.served_model_name
 
 
 def test_env_overrides_reach_the_command(
@@ -213,12 +213,15 @@ def test_embedded_command_is_exact(
     argv, err = dry_run(capsys, "--port", "8123")
     threads = str(len(os.sched_getaffinity(0)))
     assert argv == [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny",
-        "--host", "127.0.0.1", "--port", "8123", "--n_ctx", "4096",
-        "--n_threads", threads, "--n_threads_batch", threads, "--interrupt_requests", "False",
+        launch.llama_server_binary(os.environ), "--model", str(gguf), "--alias", "tiny",
+        "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", threads,
+        # 4 answers decoded together, each with the profile's 4096 tokens of context
+        "--parallel", "4", "--cont-batching", "--ctx-size", "16384",
+        "--no-slots", "--no-webui", "--cache-ram", "256",
+        "--min-p", "0.05", "--temp", "0.2", "--top-k", "40", "--top-p", "0.95",
     ]  # fmt: skip
-    # llama_cpp.server reads API_KEY from its environment (pydantic-settings).
-    assert "# env: API_KEY=<hidden>" in err
+    # llama-server reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
+    assert "# env: LLAMA_API_KEY=<hidden>" in err
 
 
 def test_engine_args_after_double_dash(capsys: pytest.CaptureFixture[str]) -> None:
@@ -350,4 +353,19 @@ def test_busy_port_is_one_line_before_the_engine_starts(tmp_path: Path) -> None:
     assert result.stderr == (
         f"mixvllm-serve: error: model server port {port} on 127.0.0.1 is not free "
         "(Address already in use)\n"
+    )
+
+
+def test_missing_llama_server_names_the_install_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("MODEL", str(gguf))
+    monkeypatch.setattr(launch, "llama_server_binary", lambda env: str(tmp_path / "llama-server"))
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "mixvllm-serve: error: llama.cpp's server (llama-server) is not installed (install the "
+        "embedded engine: bash scripts/install-embedded.sh .venv (or: make embedded))\n"
     )

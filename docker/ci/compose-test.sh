@@ -22,10 +22,10 @@ phase base-images ci_base_images
 DOCKER=$MIXVLLM_DOCKER
 
 prebuilt_wheel() {
-    # The llama.cpp wheel compiled for this venv (pip's wheel cache after `make embedded`):
-    # same CPython 3.11 and glibc 2.36 as the bookworm base, and no 8-minute compile.
-    rm -f docker/wheels/*.whl
-    .venv/bin/pip wheel --quiet --no-deps llama-cpp-python==0.3.36 -w docker/wheels
+    # The llama-server `make embedded` compiled for this venv: same glibc 2.36 as the
+    # bookworm base, and no compile in the image.
+    rm -f docker/wheels/*.whl docker/wheels/llama-server
+    install -m 0755 .venv/bin/llama-server docker/wheels/llama-server
 }
 
 build_images() {
