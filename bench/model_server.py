@@ -238,11 +238,19 @@ def main() -> int:
                 continue
             server = stack.enter_context(started(engine, args.start_timeout))
             servers[engine.label] = server
-            print(f"{engine.label:18s} start-up to first answer {server.startup_s:7.2f} s")
+            print(
+                f"{engine.label:18s} start-up to first answer {server.startup_s:7.2f} s", flush=True
+            )
         for _ in range(args.runs):
             for c in args.concurrency:
                 for label, server in servers.items():
-                    samples.setdefault((label, c), []).append(measure(server, c, args.max_tokens))
+                    lv = measure(server, c, args.max_tokens)
+                    samples.setdefault((label, c), []).append(lv)
+                    print(
+                        f"  measured {label} x{c}: TTFT max {lv.ttft_max_s:.2f} s, "
+                        f"aggregate {lv.aggregate_tok_s:.1f} tok/s",
+                        flush=True,
+                    )
     print(
         f"{'engine':18s} {'conc':>4s} {'TTFT p50':>9s} {'TTFT max':>9s} "
         f"{'tok/s/answer':>12s} {'aggregate tok/s':>15s} {'x conc 1':>8s}"
