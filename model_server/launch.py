@@ -17,20 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from model_server import gpus, netif
+from model_server import embedded, gpus, netif
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
 from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# llama.cpp's server (tools/server in llama.cpp), built by scripts/install-embedded.sh into
-# the venv's bin; it reads its key from this variable.
-LLAMA_SERVER = "llama-server"
-LLAMA_CPP_API_KEY_ENV = "LLAMA_API_KEY"
+# The embedded engine: llama.cpp's own server, run in-process by model_server/embedded.py
+# through xllamacpp (a prebuilt wheel); it reads its key from this variable.
+EMBEDDED_MODULE = "model_server.embedded"
+ENGINE_PACKAGE = "xllamacpp"
+LLAMA_CPP_API_KEY_ENV = embedded.API_KEY_ENV
 # Slots when a llama.cpp profile does not say; 1 answers one request at a time.
 DEFAULT_PARALLEL = 1
-# MiB of RAM for llama-server's cache of finished prompts (a follow-up question reuses the
-# conversation's prefix); its own default is 8 GiB.
+# MiB of RAM for the server's cache of finished prompts (a follow-up question reuses the
+# conversation's prefix); llama.cpp's own default is 8 GiB.
 LLAMA_PROMPT_CACHE_MIB = 256
 # The address vLLM (and our NCCL/Gloo interface lookup) uses for this node.
 HOST_IP_ENV = "VLLM_HOST_IP"
@@ -194,26 +195,17 @@ _LLAMA_SAMPLING_FLAGS = {
 }
 
 
-def llama_server_binary(env: Mapping[str, str]) -> str:
-    """The venv's llama-server (next to this Python), else the one on PATH."""
-    beside = Path(sys.executable).parent / LLAMA_SERVER
-    if os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(LLAMA_SERVER, path=env.get("PATH")) or LLAMA_SERVER
-
-
-def _llama_cpp_argv(p: Profile, model: str, binary: str) -> list[str]:
+def _llama_cpp_argv(p: Profile, model: str, python: str) -> list[str]:
     threads = str(p.threads or usable_cpus())
     slots = p.parallel or DEFAULT_PARALLEL
-    argv = [binary, "--model", model, "--alias", p.served_model_name]
+    argv = [python, "-m", EMBEDDED_MODULE, "--model", model, "--alias", p.served_model_name]
     argv += ["--host", p.host, "--port", str(p.port)]
     argv += ["--threads", threads, "--threads-batch", threads]
     # Continuous batching over `slots` answers; the context is split evenly between slots.
-    argv += ["--parallel", str(slots), "--cont-batching"]
+    argv += ["--parallel", str(slots)]
     if p.max_model_len:
         argv += ["--ctx-size", str(p.max_model_len * slots)]
-    # /slots shows every user's prompt to anyone with the key; the web UI is not ours.
-    argv += ["--no-slots", "--no-webui", "--cache-ram", str(LLAMA_PROMPT_CACHE_MIB)]
+    argv += ["--cache-ram", str(LLAMA_PROMPT_CACHE_MIB)]
     for key, value in sorted(p.sampling.items()):
         argv += [_LLAMA_SAMPLING_FLAGS[key], f"{value:g}"]
     return argv
@@ -253,7 +245,7 @@ def build_command(
             if not config.master_addr:
                 warnings.append("MASTER_ADDR is not set: every node needs node 0's address")
     else:
-        argv = _llama_cpp_argv(p, model, llama_server_binary(env))
+        argv = _llama_cpp_argv(p, model, sys.executable)
         key_env = LLAMA_CPP_API_KEY_ENV
     argv += [*p.extra_args, *config.extra_args]
     secret: frozenset[str] = frozenset()
@@ -269,12 +261,15 @@ def build_command(
 def check_engine(config: ServeConfig, command: EngineCommand) -> None:
     """Fail early, with the install hint, when the engine is not installed."""
     p = config.profile
+    if p.engine == "llama.cpp":
+        # Checked by name: importing it would load llama.cpp into the launcher.
+        if importlib.util.find_spec(ENGINE_PACKAGE) is None:
+            raise LaunchError(f"llama.cpp's server ({ENGINE_PACKAGE}) is not installed{_hint(p)}")
+        return
     binary = command.argv[0]
     found = shutil.which(binary) if os.sep not in binary else binary
     if found and os.access(found, os.X_OK):
         return
-    if p.engine == "llama.cpp":
-        raise LaunchError(f"llama.cpp's server ({LLAMA_SERVER}) is not installed{_hint(p)}")
     raise LaunchError(
         f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
     )

@@ -136,17 +136,7 @@ class Profile:
         if self.name != self.path.stem:
             self._fail("name", f"must match the file name '{self.path.stem}', got {self.name!r}")
         if self.engine == "llama.cpp":
-            for key in _VLLM_ONLY:
-                if getattr(self, key):
-                    self._fail(key, "is a vLLM setting; engine llama.cpp does not take it")
-            if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
-                self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
-            if self.nnodes != 1:
-                self._fail("nnodes", "engine llama.cpp serves on one device only")
-            if self.data_parallel_size != 1:
-                self._fail("data_parallel_size", "engine llama.cpp serves on one device only")
-            if self.enable_prefix_caching:
-                self._fail("enable_prefix_caching", "is a vLLM setting")
+            self._check_llama_cpp()
         else:
             for key in ("threads", "parallel"):
                 if getattr(self, key) is not None:
@@ -156,6 +146,19 @@ class Profile:
             self._check_nodes()
         if self.tool_call_parser and "--enable-auto-tool-choice" in self.extra_args:
             self._fail("extra_args", "--enable-auto-tool-choice is added with tool_call_parser")
+
+    def _check_llama_cpp(self) -> None:
+        for key in _VLLM_ONLY:
+            if getattr(self, key):
+                self._fail(key, "is a vLLM setting; engine llama.cpp does not take it")
+        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
+            self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
+        if self.nnodes != 1:
+            self._fail("nnodes", "engine llama.cpp serves on one device only")
+        if self.data_parallel_size != 1:
+            self._fail("data_parallel_size", "engine llama.cpp serves on one device only")
+        if self.enable_prefix_caching:
+            self._fail("enable_prefix_caching", "is a vLLM setting")
 
     def _check_nodes(self) -> None:
         workers = self.tensor_parallel_size * self.pipeline_parallel_size

