@@ -174,11 +174,7 @@ class Toolbox:
         if not exposed:
             return None
         choice: Any = self.choice if first_round else "auto"
-        if choice not in CHOICES and choice in exposed:
-            # "required" with only the named tool offered forces that tool on every
-            # OpenAI-style server; llama.cpp's server reads a named choice as "auto".
-            exposed, choice = {choice: exposed[choice]}, "required"
-        elif choice not in CHOICES:
+        if choice not in CHOICES:
             choice = {"type": "function", "function": {"name": choice}}
         return {
             "tools": [tool.to_openai(name) for name, tool in exposed.items()],
