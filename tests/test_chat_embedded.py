@@ -142,9 +142,16 @@ def test_a_new_shell_finds_the_launchers_local_key(
     assert result.stdout.strip()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the embedded llama.cpp (xllamacpp) lets text precede a forced call and SmolLM2-135M "
+    "never starts one; the round trip's shape is checked against the fake server "
+    "(tests/test_chat_tools.py)",
+)
 def test_a_tool_round_trip_with_llama_cpp(tmp_path: Path, embedded_model_server: Any) -> None:
     """llama.cpp's server refuses an assistant message whose content is null: the answer that
-    carried the calls must go back with its calls and an empty text."""
+    carried the calls must go back with its calls and an empty text. Strict: once the engine
+    forces a named tool again, this passes and the marker must go."""
     server_cmd = f"demo={sys.executable} {ROOT / 'tests' / 'mcp_server.py'}"
     result = run_chat(
         tmp_path, embedded_model_server, "--mcp", server_cmd, "--tool-choice", "secret_word",
