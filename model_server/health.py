@@ -1,8 +1,9 @@
 """Readiness checks for an OpenAI-compatible model server (vLLM or llama.cpp).
 
-vLLM answers `GET /health` with 200 once the engine is up (503 once it died); llama.cpp's
-`llama-server` answers 503 "Loading model" until its model is loaded, then 200. A server
-without /health (llama-cpp-python's) is ready when `/v1/models` (with the key) answers.
+vLLM answers `GET /health` with 200 once the engine is up (503 once it died); llama.cpp's own
+server (the embedded engine, llama-server) answers 503 "Loading model" until its model is
+loaded, then 200. A server without /health (llama-cpp-python's) is ready when `/v1/models`
+(with the key) answers.
 
 `container_health` is the container's health check: a server that does not answer yet is
 still downloading or loading its model (healthy, however long that takes); one that
@@ -29,7 +30,7 @@ from mixvllm_common.urls import server_root
 from model_server.errors import LauncherError
 
 CONNECT_TIMEOUT_S = 2.0
-# llama-server's /health body while it loads the model: starting, not broken.
+# llama.cpp's /health body while it loads the model: starting, not broken.
 LOADING_MODEL = b"Loading model"
 # What cannot be sent or read in time: the server is not (yet) answering HTTP.
 TransportError = (*http_client.TransportError, http_client.Timeout)

@@ -182,7 +182,8 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# Profile sampling keys as llama-server's flags (its per-request defaults).
+# Profile sampling keys as the embedded engine's flags (llama-server's names; its per-request
+# defaults).
 _LLAMA_SAMPLING_FLAGS = {
     "temperature": "--temp",
     "top_p": "--top-p",
