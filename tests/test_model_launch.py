@@ -210,6 +210,7 @@ def test_embedded_command_is_exact(
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setenv("MODEL", str(gguf))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     argv, err = dry_run(capsys, "--port", "8123")
     threads = str(len(os.sched_getaffinity(0)))
     assert argv == [
@@ -221,6 +222,11 @@ def test_embedded_command_is_exact(
     ]  # fmt: skip
     # The engine reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
     assert "# env: LLAMA_API_KEY=<hidden>" in err
+    # OpenMP threads sleep at barriers instead of spinning (a shared CPU box).
+    assert "# env: OMP_WAIT_POLICY=PASSIVE" in err
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice is kept
+    _, err = dry_run(capsys, "--port", "8123")
+    assert "OMP_WAIT_POLICY" not in err
 
 
 def test_engine_args_after_double_dash(capsys: pytest.CaptureFixture[str]) -> None:
