@@ -114,7 +114,7 @@ class Profile:
     reasoning_parser: Text | None = None
     tool_call_parser: Text | None = None
     distributed_executor_backend: Text | None = None
-    # llama.cpp only: CPU threads; None means all of them.
+    # llama.cpp only: CPU threads; None means half of them to decode, all to read prompts.
     threads: int | None = Field(default=None, ge=1)
     # llama.cpp only: answers decoded together (server slots, continuous batching); each
     # slot holds max_model_len tokens of context.

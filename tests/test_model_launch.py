@@ -215,10 +215,11 @@ def test_embedded_command_is_exact(
     monkeypatch.setenv("MODEL", str(gguf))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     argv, err = dry_run(capsys, "--port", "8123")
-    threads = str(len(os.sched_getaffinity(0)))
+    cpus = len(os.sched_getaffinity(0))
+    threads, batch = str(max(1, cpus // 2)), str(cpus)
     assert argv == [
         sys.executable, "-m", "model_server.embedded", "--model", str(gguf), "--alias", "tiny",
-        "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", threads,
+        "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", batch,
         # 4 answers decoded together, each with the profile's 4096 tokens of context
         "--parallel", "4", "--ctx-size", "16384", "--cache-ram", "256",
         "--min-p", "0.05", "--temp", "0.2", "--top-k", "40", "--top-p", "0.95",
@@ -378,6 +379,11 @@ def test_missing_engine_names_the_install_command(
         "(install the "
         "embedded engine: bash scripts/install-embedded.sh .venv (or: make embedded))\n"
     )
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 1), (16, 8)])
+def test_decoding_takes_half_the_cpus(cpus: int, threads: int) -> None:
+    assert launch.decode_threads(cpus) == threads
 
 
 def test_every_flag_the_launcher_writes_is_one_the_embedded_engine_takes(tmp_path: Path) -> None:
