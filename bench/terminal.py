@@ -740,8 +740,12 @@ async def closed_loop_server(
 
         async def open_one() -> None:
             t0 = time.monotonic()
-            async with connect(target):
+            async with connect(target) as conn:
                 opened.append(time.monotonic() - t0)
+                # The shell ends, as a tab's does when its person closes it: mixvllm keeps a
+                # session whose page left for a reconnect (terminado ends it), so without this
+                # the opens pile up past the server's cap over the repeats.
+                conn.send("exit\r")
 
         s2, _, _ = await closed_loop(conns, seconds, target.cpu, open_one)
         return pct(s, 0.5), pct(s, 0.99), cores, per_key, pct(s2, 0.99), pct(opened, 0.5)

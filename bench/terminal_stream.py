@@ -325,6 +325,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each answer")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the figures are medians")
     parser.add_argument("--before", metavar="DIR", help="also run the server of this checkout")
+    # terminal.py's start_targets reads it; chat as another account is not measured here.
+    parser.set_defaults(team=None)
     args = parser.parse_args()
     if args.stream_server:
         out, rate, n_tokens = args.stream_server

@@ -376,4 +376,5 @@ def _answer_json(session: Session, answer: Answer, failure: ChatError | None) ->
             for r in (session.tools.records if session.tools is not None else [])
         ],
         "error": None if failure is None else failure.one_shot(),
+        "note": session.notice,
     }

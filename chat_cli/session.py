@@ -91,6 +91,7 @@ class Session:
         self.unsent: Message | None = None  # a question whose request failed before any answer
         self.last_answer: Answer | None = None
         self.last_note: str | None = None  # INTERRUPTED, INCOMPLETE, ROUND_LIMIT or None
+        self.notice: str | None = None  # the last question's note that lost nothing
         self.tools = tools
         self.tool_view = tool_view
         self.answers: list[Answer] = []  # the last question's, one per round
@@ -128,6 +129,7 @@ class Session:
         if self.tools is not None:
             self.tools.records.clear()
         self.answers = []
+        self.notice = None
         failure: str | None = None
         try:
             return self._rounds(text, renderer, fresh)
@@ -221,8 +223,8 @@ class Session:
             if note is None and failure is None and answer.finish_reason == "length":
                 note = TRUNCATED
             kept_calls = self._keep(question, answer, note)
-            said_something = bool(answer.text or answer.reasoning_text)
-            renderer.finish(answer, note if said_something or note == INTERRUPTED else None)
+            forced_round = first_round and tools is not None and failure is None
+            renderer.finish(answer, self._note_to_show(answer, note, forced_round))
         if failure is None and note == TRUNCATED and answer.calls and not answer.text:
             failure = errors.nothing_answered("length", [], bool(answer.reasoning_text))
         if failure is not None:
@@ -233,6 +235,15 @@ class Session:
         if not kept_calls:
             answer.drop_calls()  # cut short: the calls are not whole, nothing is run
         return answer
+
+    def _note_to_show(self, answer: Answer, note: str | None, forced_round: bool) -> str | None:
+        """The note under an answer: why it ended early, and that a forced tool went uncalled."""
+        said_something = bool(answer.text or answer.reasoning_text)
+        shown = note if note is not None and (said_something or note == INTERRUPTED) else None
+        if not forced_round or self.tools is None or note == INTERRUPTED:
+            return shown
+        self.notice = self.tools.ignored(len(answer.calls))
+        return " · ".join(part for part in (shown, self.notice) if part) or None
 
     def _check_fits(self, messages: list[dict[str, Any]], question: str | None) -> None:
         """Refuse a request that would not fit, rather than have the server refuse it."""

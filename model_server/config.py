@@ -69,7 +69,7 @@ OVERRIDES: tuple[Option, ...] = (
     Option("nnodes", ("--nnodes",), ("NNODES",), integer(1, 1024), None,
            "nodes the model spans (vLLM multi-node)", "N", _PROFILES),
     Option("max_model_len", ("--max-model-len",), ("MAX_MODEL_LEN",),
-           integer(16, 10_000_000), None, "context length (`--n_ctx` for llama.cpp)", "N",
+           integer(16, 10_000_000), None, "context length (per slot for llama.cpp)", "N",
            _PROFILES),
     Option("gpu_memory_utilization", ("--gpu-memory-utilization",),
            ("GPU_MEMORY_UTILIZATION",), number(0.0, 1.0), None,

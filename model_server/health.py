@@ -1,7 +1,9 @@
 """Readiness checks for an OpenAI-compatible model server (vLLM or llama.cpp).
 
-vLLM answers `GET /health` with 200 once the engine is up; llama.cpp's server has no
-/health, so `/v1/models` (with the key) counts as ready too.
+vLLM answers `GET /health` with 200 once the engine is up (503 once it died); llama.cpp's own
+server (the embedded engine, llama-server) answers 503 "Loading model" until its model is
+loaded, then 200. A server without /health (llama-cpp-python's) is ready when `/v1/models`
+(with the key) answers.
 
 `container_health` is the container's health check: a server that does not answer yet is
 still downloading or loading its model (healthy, however long that takes); one that
@@ -28,6 +30,8 @@ from mixvllm_common.urls import server_root
 from model_server.errors import LauncherError
 
 CONNECT_TIMEOUT_S = 2.0
+# llama.cpp's /health body while it loads the model: starting, not broken.
+LOADING_MODEL = b"Loading model"
 # What cannot be sent or read in time: the server is not (yet) answering HTTP.
 TransportError = (*http_client.TransportError, http_client.Timeout)
 
@@ -75,14 +79,21 @@ def transport_detail(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _said_by_health(status: int, body: bytes) -> Probe | None:
+    """What `GET /health` tells; None when the server has none."""
+    if status == 200:
+        return Probe(True, "/health: 200")
+    if status == 503 and LOADING_MODEL in body:
+        return Probe(False, "/health: 503 (loading the model)", answered=False)
+    return None if status == 404 else Probe(False, f"/health: {status}")
+
+
 def probe(root: str, api_key: str | None, timeout: float = 5.0) -> Probe:
     try:
-        status, _ = request(f"{root}/health", timeout=timeout)
-        if status == 200:
-            return Probe(True, "/health: 200")
-        if status != 404:
-            return Probe(False, f"/health: {status}")
-        # No /health (llama.cpp): a keyed /v1/models answers instead.
+        said = _said_by_health(*request(f"{root}/health", timeout=timeout))
+        if said is not None:
+            return said
+        # No /health (llama-cpp-python): a keyed /v1/models answers instead.
         status, _ = request(f"{root}/v1/models", timeout=timeout, headers=_headers(api_key))
     except TransportError as exc:
         return Probe(False, transport_detail(exc), answered=False)

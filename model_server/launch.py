@@ -17,14 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from model_server import gpus, netif
+from model_server import embedded, gpus, netif
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
 from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# llama_cpp.server reads its settings from env too (pydantic-settings, no prefix).
-LLAMA_CPP_API_KEY_ENV = "API_KEY"
+# The embedded engine: llama.cpp's own server, run in-process by model_server/embedded.py
+# through xllamacpp (a prebuilt wheel); it reads its key from this variable.
+EMBEDDED_MODULE = "model_server.embedded"
+ENGINE_PACKAGE = "xllamacpp"
+LLAMA_CPP_API_KEY_ENV = embedded.API_KEY_ENV
+# Slots when a llama.cpp profile does not say; 1 answers one request at a time.
+DEFAULT_PARALLEL = 1
+# MiB of RAM for the server's cache of finished prompts (a follow-up question reuses the
+# conversation's prefix); llama.cpp's own default is 8 GiB.
+LLAMA_PROMPT_CACHE_MIB = 256
 # The address vLLM (and our NCCL/Gloo interface lookup) uses for this node.
 HOST_IP_ENV = "VLLM_HOST_IP"
 MASTER_ADDR_PLACEHOLDER = "<MASTER_ADDR>"
@@ -174,24 +182,38 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Profile sampling keys as the embedded engine's flags (llama-server's names; its per-request
+# defaults).
+_LLAMA_SAMPLING_FLAGS = {
+    "temperature": "--temp",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "min_p": "--min-p",
+    "repetition_penalty": "--repeat-penalty",
+    "presence_penalty": "--presence-penalty",
+    "frequency_penalty": "--frequency-penalty",
+    "max_new_tokens": "--n-predict",
+}
+
+
 def _llama_cpp_argv(p: Profile, model: str, python: str) -> list[str]:
-    threads = str(p.threads or usable_cpus())
-    argv = [
-        python,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        model,
-        "--model_alias",
-        p.served_model_name,
-    ]
+    # Every usable CPU decodes and reads prompts (llama-cpp-python's policy before it). On a
+    # quiet 2-core box 2 threads gave one answer 105 tokens/s and four together 141; 1 thread
+    # 73 and 144. OpenMP's threads spin at llama.cpp's barriers (its default): sleeping
+    # instead (OMP_WAIT_POLICY=PASSIVE) cut one answer to 37 tokens/s there, and only helps
+    # a box that is busy with other work (docs/troubleshooting.md).
+    threads = p.threads or usable_cpus()
+    slots = p.parallel or DEFAULT_PARALLEL
+    argv = [python, "-m", EMBEDDED_MODULE, "--model", model, "--alias", p.served_model_name]
     argv += ["--host", p.host, "--port", str(p.port)]
+    argv += ["--threads", str(threads), "--threads-batch", str(threads)]
+    # Continuous batching over `slots` answers; the context is split evenly between slots.
+    argv += ["--parallel", str(slots)]
     if p.max_model_len:
-        argv += ["--n_ctx", str(p.max_model_len)]
-    argv += ["--n_threads", threads, "--n_threads_batch", threads]
-    # The default cancels a running answer whenever another request arrives: wrong for a
-    # server shared by several terminal sessions.
-    argv += ["--interrupt_requests", "False"]
+        argv += ["--ctx-size", str(p.max_model_len * slots)]
+    argv += ["--cache-ram", str(LLAMA_PROMPT_CACHE_MIB)]
+    for key, value in sorted(p.sampling.items()):
+        argv += [_LLAMA_SAMPLING_FLAGS[key], f"{value:g}"]
     return argv
 
 
@@ -246,19 +268,17 @@ def check_engine(config: ServeConfig, command: EngineCommand) -> None:
     """Fail early, with the install hint, when the engine is not installed."""
     p = config.profile
     if p.engine == "llama.cpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise LaunchError(f"llama-cpp-python is not installed{_hint(p)}")
-        # The [server] extra; checked by name so llama_cpp itself is not imported here.
-        for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
-            if importlib.util.find_spec(module) is None:
-                raise LaunchError(f"llama-cpp-python's [server] extra is missing{_hint(p)}")
+        # Checked by name: importing it would load llama.cpp into the launcher.
+        if importlib.util.find_spec(ENGINE_PACKAGE) is None:
+            raise LaunchError(f"llama.cpp's server ({ENGINE_PACKAGE}) is not installed{_hint(p)}")
         return
     binary = command.argv[0]
     found = shutil.which(binary) if os.sep not in binary else binary
-    if not found or not os.access(found, os.X_OK):
-        raise LaunchError(
-            f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
-        )
+    if found and os.access(found, os.X_OK):
+        return
+    raise LaunchError(
+        f"vLLM not found ({binary!r}; set {VLLM_BIN_ENV} or put vllm on PATH){_hint(p)}"
+    )
 
 
 def exec_engine(command: EngineCommand) -> NoReturn:

@@ -85,7 +85,6 @@ _VLLM_ONLY = (
     "reasoning_parser",
     "tool_call_parser",
     "distributed_executor_backend",
-    "sampling",
 )
 
 
@@ -115,9 +114,13 @@ class Profile:
     reasoning_parser: Text | None = None
     tool_call_parser: Text | None = None
     distributed_executor_backend: Text | None = None
-    # llama.cpp only: CPU threads; None means all of them.
+    # llama.cpp only: CPU threads, to decode and to read prompts; None means every usable one.
     threads: int | None = Field(default=None, ge=1)
-    # vLLM only: default sampling, passed as --override-generation-config.
+    # llama.cpp only: answers decoded together (server slots, continuous batching); each
+    # slot holds max_model_len tokens of context.
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    # Default sampling for requests that do not set their own (vLLM:
+    # --override-generation-config; llama.cpp: --temp, --top-k, ...).
     sampling: Mapping[SamplingKey, Annotated[float | int, PlainValidator(_number)]] = Field(
         default_factory=dict
     )
@@ -133,25 +136,29 @@ class Profile:
         if self.name != self.path.stem:
             self._fail("name", f"must match the file name '{self.path.stem}', got {self.name!r}")
         if self.engine == "llama.cpp":
-            for key in _VLLM_ONLY:
-                if getattr(self, key):
-                    self._fail(key, "is a vLLM setting; engine llama.cpp does not take it")
-            if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
-                self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
-            if self.nnodes != 1:
-                self._fail("nnodes", "engine llama.cpp serves on one device only")
-            if self.data_parallel_size != 1:
-                self._fail("data_parallel_size", "engine llama.cpp serves on one device only")
-            if self.enable_prefix_caching:
-                self._fail("enable_prefix_caching", "is a vLLM setting")
+            self._check_llama_cpp()
         else:
-            if self.threads is not None:
-                self._fail("threads", "is a llama.cpp setting; engine vllm does not take it")
+            for key in ("threads", "parallel"):
+                if getattr(self, key) is not None:
+                    self._fail(key, "is a llama.cpp setting; engine vllm does not take it")
             if isinstance(self.model, PackageFile):
                 self._fail("model", "engine vllm needs a model id or directory, not a package file")
             self._check_nodes()
         if self.tool_call_parser and "--enable-auto-tool-choice" in self.extra_args:
             self._fail("extra_args", "--enable-auto-tool-choice is added with tool_call_parser")
+
+    def _check_llama_cpp(self) -> None:
+        for key in _VLLM_ONLY:
+            if getattr(self, key):
+                self._fail(key, "is a vLLM setting; engine llama.cpp does not take it")
+        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
+            self._fail("tensor_parallel_size", "engine llama.cpp serves on one device only")
+        if self.nnodes != 1:
+            self._fail("nnodes", "engine llama.cpp serves on one device only")
+        if self.data_parallel_size != 1:
+            self._fail("data_parallel_size", "engine llama.cpp serves on one device only")
+        if self.enable_prefix_caching:
+            self._fail("enable_prefix_caching", "is a vLLM setting")
 
     def _check_nodes(self) -> None:
         workers = self.tensor_parallel_size * self.pipeline_parallel_size

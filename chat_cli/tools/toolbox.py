@@ -181,6 +181,14 @@ class Toolbox:
             "tool_choice": choice,
         }
 
+    def ignored(self, answer_calls: int) -> str | None:
+        """After a first round that forced a tool: a note when the server answered without
+        calling one (some engines, llama.cpp's among them, read a forced choice as "auto")."""
+        if answer_calls or self.choice in ("auto", "none") or not self.exposed():
+            return None
+        what = "no tool was" if self.choice == "required" else f"{self.choice} was not"
+        return f"{what} called: the server ignored tool_choice {self.choice}"
+
     def toggle(self, name: str, on: bool) -> str:
         """Turn a server or a tool on or off; what it was, for the user."""
         self.start()

@@ -22,10 +22,9 @@ phase base-images ci_base_images
 DOCKER=$MIXVLLM_DOCKER
 
 prebuilt_wheel() {
-    # The llama.cpp wheel compiled for this venv (pip's wheel cache after `make embedded`):
-    # same CPython 3.11 and glibc 2.36 as the bookworm base, and no 8-minute compile.
+    # The engine's wheel (prebuilt, manylinux): from pip's cache after `make embedded`.
     rm -f docker/wheels/*.whl
-    .venv/bin/pip wheel --quiet --no-deps llama-cpp-python==0.3.36 -w docker/wheels
+    bash scripts/install-embedded.sh --wheel docker/wheels .venv
 }
 
 build_images() {
