@@ -36,6 +36,16 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VLLM_API_KEY", "secret-key-123")
 
 
+@pytest.fixture
+def tiny_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A stand-in GGUF file the embedded profile serves (MODEL): the launcher only checks it
+    exists."""
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("MODEL", str(gguf))
+    return gguf
+
+
 def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[list[str], str]:
     own, engine = (
         (argv[: argv.index("--")], argv[argv.index("--") :]) if "--" in argv else (argv, ())
@@ -208,11 +218,9 @@ def test_multinode_misconfigurations_are_one_line_errors(
 
 
 def test_embedded_command_is_exact(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_gguf: Path
 ) -> None:
-    gguf = tmp_path / "tiny.gguf"
-    gguf.write_bytes(b"GGUF")
-    monkeypatch.setenv("MODEL", str(gguf))
+    gguf = tiny_gguf
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     argv, err = dry_run(capsys, "--port", "8123")
     threads = batch = str(len(os.sched_getaffinity(0)))  # every usable CPU
@@ -361,12 +369,10 @@ def test_busy_port_is_one_line_before_the_engine_starts(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.usefixtures("tiny_gguf")
 def test_missing_engine_names_the_install_command(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gguf = tmp_path / "tiny.gguf"
-    gguf.write_bytes(b"GGUF")
-    monkeypatch.setenv("MODEL", str(gguf))
     monkeypatch.setattr(launch, "ENGINE_PACKAGE", "xllamacpp_not_installed_here")
     assert main([]) == 1
     err = capsys.readouterr().err
@@ -377,11 +383,10 @@ def test_missing_engine_names_the_install_command(
     )
 
 
-def test_every_flag_the_launcher_writes_is_one_the_embedded_engine_takes(tmp_path: Path) -> None:
+def test_every_flag_the_launcher_writes_is_one_the_embedded_engine_takes(tiny_gguf: Path) -> None:
     """The launcher and model_server/embedded.py agree on llama-server's flag names: a profile
     with every sampling key builds a command the engine's parser accepts."""
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = tiny_gguf
     values = {"temperature": 0.5, "top_p": 0.9, "top_k": 20, "min_p": 0.1,
               "repetition_penalty": 1.1, "presence_penalty": 0.2, "frequency_penalty": 0.3,
               "max_new_tokens": 64}  # fmt: skip
