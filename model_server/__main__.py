@@ -133,6 +133,8 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(command.shell_line())
         return 0
     launch.check_engine(cfg, command)
+    for warning in command.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     p = cfg.profile
     if cfg.headless:
         print(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from model_server import embedded, gpus, netif
+from model_server import embedded, gpus, netif, requantize
 from model_server.config import API_KEY_ENV, VLLM_BIN_ENV, ServeConfig
 from model_server.errors import LauncherError
 from model_server.profiles import PackageFile, Profile, sampling_json
@@ -82,6 +82,25 @@ def package_file(spec: PackageFile) -> Path:
         if matches:
             return Path(matches[0])
     raise LaunchError(f"model package {spec.package!r} has no file matching {spec.pattern!r}")
+
+
+def _converted(source: Path, target: str, dry_run: bool) -> tuple[str, list[str]]:
+    """The packaged model's copy in `target` (made on the first real start) and what to say."""
+    found = requantize.cached(source, target)
+    if found is not None:
+        return str(found), []
+    if dry_run:
+        return str(source), [f"the model is served from a {target} copy, made on the first start"]
+    print(
+        f"mixvllm-serve: writing a {target} copy of {source.name}, once (llama.cpp answers "
+        f"several requests together faster from {target})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return str(requantize.ensure(source, target)), []
+    except requantize.RequantizeError as exc:
+        return str(source), [f"serving {source.name} as it is: no {target} copy ({exc})"]
 
 
 def resolve_model(profile: Profile, cwd: Path) -> str:
@@ -224,6 +243,7 @@ def build_command(
     cwd = Path.cwd() if cwd is None else cwd
     p = config.profile
     warnings: list[str] = []
+    notes: list[str] = []
     try:
         model = resolve_model(p, cwd)
     except LaunchError as exc:
@@ -231,8 +251,11 @@ def build_command(
             raise
         model = f"<{p.model}>"
         warnings.append(str(exc))
+    else:
+        if isinstance(p.model, PackageFile) and p.model.convert_to:
+            model, said = _converted(Path(model), p.model.convert_to, config.dry_run)
+            (notes if config.dry_run else warnings).extend(said)
     extra_env = dict(p.env)
-    notes: list[str] = []
     if p.engine == "vllm":
         argv = _vllm_argv(p, model, vllm_binary(env, cwd)) + _node_argv(config)
         dp = gpus.plan(

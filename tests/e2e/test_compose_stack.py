@@ -101,6 +101,9 @@ def test_the_browser_gets_a_streamed_answer_from_the_containers(stack: Stack) ->
     assert "model-server healthy" in ps.stdout, ps.stdout
     # Its HEALTHCHECK works on the hardened container (read-only root, no capabilities).
     assert "terminal-server healthy" in ps.stdout, ps.stdout
+    # The engine serves the Q8_0 copy the image's build made: nothing converted at start.
+    engine_log = stack.logs("model-server")
+    assert ".Q8_0.gguf" in engine_log and "writing a Q8_0 copy" not in engine_log, engine_log
     started = time.monotonic()
     with sync_playwright() as p, chromium(p) as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 700})
