@@ -189,6 +189,8 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         request = json.loads(self.rfile.read(length) or b"{}")
         if self.path in ("/tokenize", "/extras/tokenize/count"):
+            if not self._authorized():
+                return
             self.state.tokenized.append(request.get("prompt", ""))
             if self.state.tokenize_count is None:
                 self._json(404, {"detail": "Not Found"})

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from tornado import httpclient
 
+from chat_cli.api import context as api_context
 from terminal_server.model_proxy.counting import StreamCounter
 from terminal_server.model_proxy.credentials import ModelKeys
 from terminal_server.model_proxy.handler import ModelPassThrough
@@ -147,6 +148,52 @@ def test_a_whole_answer_is_counted_from_its_usage() -> None:
                 )  # fmt: skip
                 completions = await ask(srv, "bob", {"model": MODEL, "prompt": "x"}, "completions")
                 assert json.loads(completions.body)["choices"][0]["text"]
+
+    run(body)
+
+
+def test_chat_learns_the_context_and_counts_tokens_through_the_pass_through() -> None:
+    """llama-server's /props (its n_ctx, nothing else) and /tokenize reach a team session's
+    chat, with the server's own key upstream; neither is counted against the user."""
+    props = {
+        "default_generation_settings": {"n_ctx": 2048, "temperature": 0.8},
+        "model_path": "/srv/private/models/secret.gguf",
+        "chat_template": "{{ messages }}",
+        "build_info": "b1234",
+    }
+
+    async def body() -> None:
+        with fake_server(
+            api_key=REAL_KEY, props=props, tokenize_count=5,
+            model_fields={"meta": {"n_ctx_train": 8192}},
+        ) as fake:  # fmt: skip
+            async with pass_through(fake) as srv:
+                base = srv.http + "model/v1"  # what chat makes of MODEL_SERVER_URL
+                alice = srv.ctx.model_keys.key_for("alice")
+                shown = await srv.fetch("model/props", key(srv, "alice"))
+                assert json.loads(shown.body) == {"default_generation_settings": {"n_ctx": 2048}}
+                # chat's own code, as a team session runs it (its key, the pass-through's URL)
+                reported = await asyncio.to_thread(api_context.reported, base, alice, MODEL)
+                assert (reported.exact, reported.trained) == (2048, 8192)
+                tokenizer = api_context.Tokenizer(base, alice)
+                assert await asyncio.to_thread(tokenizer.count, MODEL, "hello world") == 5
+                assert fake.state.tokenized == ["hello world"]
+                assert "alice" not in srv.ctx.usage.snapshot()
+                # Each only with its own method, only with a key, and nothing else at the root.
+                refused = [
+                    await srv.fetch("model/props", key(srv, "bob"), method="POST", body="{}"),
+                    await srv.fetch("model/tokenize", key(srv, "bob")),
+                    await srv.fetch("model/props", {}),
+                    await srv.fetch("model/slots", key(srv, "bob")),
+                    await srv.fetch("model/tokenize", key(srv, "bob"), method="POST", body="[1]"),
+                ]
+                assert [r.code for r in refused] == [405, 405, 401, 404, 400]
+                assert error_message(refused[0]) == "/props takes GET"
+            # A server with no /props (vLLM): its 404 passes as it is.
+            fake.state.props = None
+            async with pass_through(fake) as srv:
+                missing = await srv.fetch("model/props", key(srv, "alice"))
+                assert missing.code == 404 and b"secret" not in missing.body
 
     run(body)
 

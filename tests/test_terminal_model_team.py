@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tornado import httpclient, websocket
 
+from model_server import profiles
 from tests.embedded_server import EmbeddedServer
 from tests.prometheus_support import samples
 from tests.support import wait_for_async
@@ -117,6 +118,17 @@ def test_chat_in_a_team_session_answers_through_the_pass_through_and_is_counted(
         assert env["VLLM_API_KEY"].startswith("mxu.alice.")
         assert "OPENAI_API_KEY" not in env
         assert env["MODEL_SERVER_URL"] == f"http://127.0.0.1:{stack.server_port}/model"
+        # Her chat learns the engine's context per slot (llama-server's /props, only that) and
+        # counts with its tokenizer, through the pass-through and with her own key.
+        mine = {"Authorization": f"Bearer {env['VLLM_API_KEY']}"}
+        props = await fetch(f"{env['MODEL_SERVER_URL']}/props", headers=mine)
+        n_ctx = profiles.load("embedded").max_model_len
+        assert json.loads(props.body) == {"default_generation_settings": {"n_ctx": n_ctx}}
+        tokenized = await fetch(
+            f"{env['MODEL_SERVER_URL']}/tokenize", method="POST", headers=mine,
+            body=json.dumps({"content": "Name a colour."}),
+        )  # fmt: skip
+        assert 2 <= len(json.loads(tokenized.body)["tokens"]) <= 10
         assert whole["usage"]["estimated"] is False
         assert _counted(after_whole) == _usage(whole)  # the model's own count
         assert streamed["usage"]["estimated"] is False
@@ -144,6 +156,10 @@ async def _chat(client: Client, *args: str) -> dict[str, Any]:
     answer: dict[str, Any] = json.loads(base64.b64decode(await _say(client, line, "J", 120)))
     assert answer["error"] is None and answer["content"], answer
     return answer
+
+
+async def fetch(url: str, **kw: Any) -> httpclient.HTTPResponse:
+    return await httpclient.AsyncHTTPClient().fetch(url, **kw)
 
 
 def _usage(answer: dict[str, Any]) -> tuple[int, int]:

@@ -22,12 +22,18 @@ from ..auth import admit, host_allowed, presented_token
 from ..context import Context
 from .counting import StreamCounter, WholeCounter, prompt_chars
 from .limits import ModelLimits, Refusal
+from .props import PropsFilter
 from .upstream import Exchange, Target, UpstreamError
 
 log = logging.getLogger("mixvllm.terminal")
 
-# What sessions may ask: endpoint -> its method. Completions are counted and limited per user.
+# What sessions may ask under /v1: endpoint -> its method.
 ENDPOINTS = {"models": "GET", "chat/completions": "POST", "completions": "POST"}
+# And at the model server's root, what chat reads to know the context and count tokens:
+# llama-server's /props (only its n_ctx passes, props.py) and vLLM's or llama-server's /tokenize.
+ROOT_ENDPOINTS = {"props": "GET", "tokenize": "POST"}
+# Counted and limited per user (quota, concurrency); the others only by the server-wide bound.
+COUNTED = frozenset({"chat/completions", "completions"})
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a long conversation; checked before the body is read
 IDLE_TIMEOUT_S = 300.0  # the model server must send something at least this often
 WRITE_TIMEOUT_S = 60.0  # a client that reads nothing for this long is dropped
@@ -45,7 +51,10 @@ def model_routes(ctx: Context) -> list[Any]:
         "limits": ModelLimits(ctx.config, ctx.usage, ctx.audit),
         "target": Target.from_url(ctx.config.model_server_url, ctx.config.model_api_key),
     }
-    return [(ctx.config.base_path + r"model/v1/(.*)", ModelPassThrough, kw)]
+    return [
+        (ctx.config.base_path + r"model/v1/(.*)", ModelPassThrough, kw),
+        (ctx.config.base_path + r"model/(props|tokenize)", ModelPassThrough, {**kw, "root": True}),
+    ]
 
 
 def error_body(message: str, code: str, kind: str = "invalid_request_error") -> bytes:
@@ -57,15 +66,21 @@ class ModelPassThrough(web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "POST")
     write_timeout = WRITE_TIMEOUT_S
 
-    def initialize(self, ctx: Context, limits: ModelLimits, target: Target) -> None:
+    def initialize(
+        self, ctx: Context, limits: ModelLimits, target: Target, root: bool = False
+    ) -> None:
         self.ctx = ctx
         self.limits = limits
         self.target = target
+        # At the model server's root (ROOT_ENDPOINTS), not under its /v1 (ENDPOINTS).
+        self.endpoints, self.prefix = (
+            (ROOT_ENDPOINTS, target.root) if root else (ENDPOINTS, target.prefix)
+        )
         self.user: str | None = None
         self.counted = False
         self._body: list[bytes] = []
         self._exchange: Exchange | None = None
-        self._counter: StreamCounter | WholeCounter | None = None
+        self._counter: StreamCounter | WholeCounter | PropsFilter | None = None
         self._running = False  # counted in the limits until released
         self._gone = False
         self._key_refused = False
@@ -99,11 +114,12 @@ class ModelPassThrough(web.RequestHandler):
             self._error(401, "Invalid API key: the terminal server's pass-through takes the "
                         "key a team session finds in VLLM_API_KEY.", "invalid_api_key")  # fmt: skip
             return
-        if ENDPOINTS.get(endpoint) is None:
-            self._error(404, f"No such endpoint here: /v1/{endpoint[:80]}", "not_found")
+        shown = f"{self.prefix.removeprefix(self.target.root)}/{endpoint[:80]}"
+        if self.endpoints.get(endpoint) is None:
+            self._error(404, f"No such endpoint here: {shown}", "not_found")
             return
-        if ENDPOINTS[endpoint] != method:
-            self._error(405, f"/v1/{endpoint} takes {ENDPOINTS[endpoint]}", "method_not_allowed")
+        if self.endpoints[endpoint] != method:
+            self._error(405, f"{shown} takes {self.endpoints[endpoint]}", "method_not_allowed")
             return
         bound = MAX_REQUEST_BYTES if method == "POST" else 0
         connection = self.request.connection
@@ -114,7 +130,7 @@ class ModelPassThrough(web.RequestHandler):
             self._error(413, f"Request body too large (at most {bound} bytes).", "body_too_large")
             return
         admit(self, self.ctx)
-        self.user, self.counted = user, endpoint != "models"
+        self.user, self.counted = user, endpoint in COUNTED
         refusal = self.limits.admit(user, counted=self.counted)
         if refusal is not None:
             self._refuse(refusal)
@@ -130,6 +146,8 @@ class ModelPassThrough(web.RequestHandler):
         self._body.append(chunk)  # within the bound set in prepare
 
     async def get(self, endpoint: str) -> None:
+        if endpoint == "props":
+            self._counter = PropsFilter()
         await self._relay(endpoint, None)
 
     async def post(self, endpoint: str) -> None:
@@ -140,6 +158,9 @@ class ModelPassThrough(web.RequestHandler):
         self._body.clear()
         if not isinstance(request, dict):
             self._error(400, "The request body is not a JSON object.", "invalid_json", close=False)
+            return
+        if endpoint not in COUNTED:
+            await self._relay(endpoint, json.dumps(request).encode())
             return
         if request.get("stream") is True:
             options = request.get("stream_options")
@@ -157,7 +178,11 @@ class ModelPassThrough(web.RequestHandler):
         exchange = self._exchange = Exchange(self.target, IDLE_TIMEOUT_S)
         try:
             whole = await exchange.run(
-                self.request.method or "GET", "/" + endpoint, body, self._start, self._chunk
+                self.request.method or "GET",
+                f"{self.prefix}/{endpoint}",
+                body,
+                self._start,
+                self._chunk,
             )
         except UpstreamError as exc:
             if not self._gone:

@@ -47,6 +47,11 @@ class Target:
         return cls(parts.scheme, parts.hostname or "localhost", port, parts.path, api_key)
 
     @property
+    def root(self) -> str:
+        """The model server's root path, where /props and /tokenize live (`prefix` less /v1)."""
+        return self.prefix.removesuffix("/v1")
+
+    @property
     def netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
@@ -87,7 +92,7 @@ class Exchange:
         self._timer: asyncio.TimerHandle | None = None
 
     async def run(
-        self, method: str, endpoint: str, body: bytes | None, on_start: OnStart, on_chunk: OnChunk
+        self, method: str, path: str, body: bytes | None, on_start: OnStart, on_chunk: OnChunk
     ) -> bool:
         """Send the request; True if the whole answer came, False if it was cut or closed.
 
@@ -120,9 +125,7 @@ class Exchange:
         delegate = _Delegate(on_start, self._watched(on_chunk))
         self._arm()
         try:
-            conn.write_headers(
-                httputil.RequestStartLine(method, target.prefix + endpoint, "HTTP/1.1"), headers
-            )
+            conn.write_headers(httputil.RequestStartLine(method, path, "HTTP/1.1"), headers)
             if body:
                 conn.write(body)
             conn.finish()
