@@ -229,7 +229,8 @@ def test_embedded_command_is_exact(
         "--host", "127.0.0.1", "--port", "8123", "--threads", threads, "--threads-batch", batch,
         # 4 answers decoded together, each with the profile's 4096 tokens of context
         "--parallel", "4", "--ctx-size", "16384", "--cache-ram", "256",
-        "--min-p", "0.05", "--temp", "0.2", "--top-k", "40", "--top-p", "0.95",
+        "--min-p", "0.05", "--repeat-penalty", "1.1", "--temp", "0.2", "--top-k", "40",
+        "--top-p", "0.95",
     ]  # fmt: skip
     # The engine reads its key from LLAMA_API_KEY: never in argv (ps), never printed.
     assert "# env: LLAMA_API_KEY=<hidden>" in err
