@@ -1,4 +1,5 @@
-"""`{base}model/v1/…`: the OpenAI-compatible pass-through a team session's `chat` talks to.
+"""`{base}model/v1/…`: the OpenAI-compatible pass-through a team session's `chat` talks to,
+and `{base}model/props` and `{base}model/tokenize` beside it, for the context and the count.
 
 Its own guard, not auth.guard: sessions reach it directly on loopback, with neither the
 proxy's header nor a login cookie, so the one credential is the user's model key
