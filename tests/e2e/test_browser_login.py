@@ -6,6 +6,7 @@ device scale factor 1."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from .browser_support import (
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path("/work/prompts2/shots")
+SHOTS = Path(os.environ.get("MIXVLLM_SHOTS", "/tmp/team-shots"))
 
 
 @pytest.fixture(scope="module")

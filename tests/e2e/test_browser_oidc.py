@@ -4,6 +4,7 @@ made on this first login. The login page is saved as a screenshot at device scal
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from .browser_support import (
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path("/work/prompts2/shots")
+SHOTS = Path(os.environ.get("MIXVLLM_SHOTS", "/tmp/team-shots"))
 
 
 @pytest.fixture(scope="module")
