@@ -360,6 +360,7 @@
   let reconnectTimer = null;
   let lastError = "";
   let restartRequested = false;
+  let leaving = false;  // logout or the login page's redirect: one navigation, no reconnecting
   // With a server that answers set_size with ["size", r, c] in order with the output, the
   // screen is resized there: output already on its way, drawn for the old size, lands at the
   // old size (resizing at once garbles a streaming chat answer, whose frames count rows).
@@ -493,12 +494,17 @@
 
   function onClose(event) {
     ws = null;
+    if (leaving) return;  // a second navigation would abort the first (ERR_ABORTED)
     if (VIEWER && viewerClosed(event)) return;
     if (document.querySelector('meta[name="mixvllm-csrf"]')) {
       // Login modes: a socket refused (401, seen as 1006) after logout or expiry: if the page
       // now answers with the login page's redirect, go there instead of reconnecting.
       fetch(location.href, { cache: "no-store", credentials: "same-origin", redirect: "manual" })
-        .then((r) => { if (r.type === "opaqueredirect") location.reload(); })
+        .then((r) => {
+          if (r.type !== "opaqueredirect" || leaving) return;
+          leaving = true;
+          location.reload();
+        })
         .catch(() => {});
     }
     if (event.code === CLOSE.SESSION_ENDED) { ended("Session ended."); return; }
@@ -782,6 +788,7 @@
     logoutButton.hidden = false;
     logoutButton.title = `Log out ${loginUser.content} (your sessions keep running)`;
     logoutButton.addEventListener("click", async () => {
+      leaving = true;  // the server closes this login's sockets: no reconnecting, no probe
       try {
         await fetch("logout", { method: "POST", credentials: "same-origin", headers: csrfHeaders() });
       } finally {

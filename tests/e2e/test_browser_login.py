@@ -89,9 +89,15 @@ def test_two_users_log_in_on_the_page_and_cannot_reach_each_others_sessions(
         alice.wait_for_function("() => document.getElementById('share-url').value !== ''")
         assert "view/?share=" in alice.input_value("#share-url")
 
-        # Logout: back to the login form; the page's requests are refused from then on.
+        # Logout: back to the login form, in one navigation: the sockets the server closes do not
+        # send the page probing or reloading its old URL (a second navigation aborts the first).
+        # The page's requests are refused from then on.
+        after_logout: list[str] = []
+        bob.on("request", lambda request: after_logout.append(request.url))
         bob.click("#logout")
         bob.wait_for_url(re.compile(r"/login(\?next=.*)?$"))
+        bob.wait_for_selector("#login")
+        assert not [url for url in after_logout if "session=" in url], after_logout
         assert bob.evaluate(STATUS_OF, ["api/status", "GET", ""]) == 401
         assert alice.evaluate("() => window.mixvllm.connected") is True
         assert whoami(alice, "AGAIN") == "alice"
