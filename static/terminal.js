@@ -360,6 +360,7 @@
   let reconnectTimer = null;
   let lastError = "";
   let restartRequested = false;
+  let attached = false;  // the current socket's setup arrived: its session is known
   let leaving = false;  // logout or the login page's redirect: one navigation, no reconnecting
   // With a server that answers set_size with ["size", r, c] in order with the output, the
   // screen is resized there: output already on its way, drawn for the old size, lands at the
@@ -395,6 +396,7 @@
   function connect() {
     reconnectTimer = null;
     lastError = "";
+    attached = false;
     const sock = new WebSocket(socketUrl());
     sock.binaryType = "arraybuffer";
     ws = sock;
@@ -453,6 +455,7 @@
     switch (msg[0]) {
       case MSG.SETUP: {
         const info = msg[1] || {};
+        attached = true;
         if (VIEWER) { viewerSetup(info); break; }
         if (Number.isInteger(info.ack_bytes) && info.ack_bytes > 0) acks.byBytes(info.ack_bytes);
         sizesEchoed = info.sizes === true;
@@ -966,7 +969,8 @@
   window.mixvllm = {
     term,
     get sessionId() { return sessionId; },
-    get connected() { return ws !== null && ws.readyState === WebSocket.OPEN; },
+    // Open and attached: sessionId is the server's, not the address's (a guessed or gone id).
+    get connected() { return ws !== null && ws.readyState === WebSocket.OPEN && attached; },
     get viewer() { return VIEWER; },
     get copyButtons() { return copyBlocks.size; },
   };

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import WebSocketRoute, sync_playwright
 
 from .browser_support import (
     BUFFER_TEXT,
@@ -101,3 +104,38 @@ def test_second_tab_takes_over_and_the_first_can_take_it_back(server_url: str) -
         overlay.wait_for(state="hidden", timeout=15000)
         assert first.evaluate("() => window.mixvllm.sessionId") == session
         second.locator("#overlay").wait_for(state="visible", timeout=15000)
+
+
+def test_connected_waits_for_the_servers_session_not_the_address(server_url: str) -> None:
+    """`window.mixvllm.connected` (what every browser test waits on) is true only once the
+    socket's setup arrived: before it, `sessionId` is still the address's, which may be a
+    guessed or gone id. The server's setup frame is held back here to make that window wide."""
+    with sync_playwright() as p, chromium(p) as browser:
+        page = browser.new_page(viewport={"width": 900, "height": 600})
+        page.goto(server_url)  # the token for the cookie
+        page.wait_for_function("() => window.mixvllm && window.mixvllm.connected", timeout=15000)
+        held: list[str | bytes] = []
+        routes: list[WebSocketRoute] = []
+
+        def hold_the_setup(route: WebSocketRoute) -> None:
+            server = route.connect_to_server()  # the page's frames go on to the server as sent
+            routes.append(route)
+            server.on_message(lambda message: held.append(message) if routes else None)
+
+        page.route_web_socket(re.compile(r"/ws\b"), hold_the_setup)
+        page.goto(server_url.split("?", maxsplit=1)[0] + "?session=gone-0123456789")
+        deadline = time.monotonic() + 15
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "the server sent nothing"
+        assert page.evaluate("() => window.mixvllm.sessionId") == "gone-0123456789"
+        assert page.evaluate("() => window.mixvllm.connected") is False  # open, not attached
+        setup = json.loads(held[0])
+        assert setup[0] == "setup" and setup[1]["reattached"] is False
+
+        route = routes[0]
+        for message in held:
+            route.send(message)
+        routes.clear()  # from here the server's frames are dropped: only the setup matters
+        page.wait_for_function("() => window.mixvllm.connected", timeout=15000)
+        assert page.evaluate("() => window.mixvllm.sessionId") == setup[1]["session"]
