@@ -79,6 +79,7 @@ def wait_for_clipboard(page: Page, want: str, timeout_s: float = 5.0) -> None:
 
 
 def wait_connected(page: Page, timeout_ms: int = 15000) -> None:
+    """The page's socket is open and its setup has arrived: sessionId is the server's."""
     page.wait_for_function("() => window.mixvllm && window.mixvllm.connected", timeout=timeout_ms)
 
 
@@ -147,9 +148,6 @@ def log_in(browser: Browser, url: str, who: Account, path: str = "") -> Page:
     page.fill("#password", who.password)
     page.click("#submit")
     wait_connected(page)
-    # The server's `setup` has arrived (the page titles itself with the session's id): until
-    # then window.mixvllm.sessionId is null, or the one the URL named.
-    page.wait_for_function("() => document.title.includes(' · ')", timeout=15000)
     return page
 
 
